@@ -1,0 +1,89 @@
+"""zeromesh wire protocol v1, sans-IO: messages as values, frames in and out, no sockets.
+
+Worker, client and broker are shells around this package: they move frames, this
+package gives them meaning. It never imports zmq or tornado (a test checks), so any
+transport, or a test, can drive it. The wire format is specified in protocol/SPEC.md.
+"""
+
+from ._framing import (
+    FLAG_BATCH,
+    HEADER_SIZE,
+    PROTOCOL_VERSION,
+    SIGNATURE,
+    Header,
+    decode,
+    decode_header,
+    encode,
+)
+from ._limits import DEFAULT_LIMITS, Limits
+from ._messages import (
+    Cancel,
+    Disconnect,
+    Error,
+    Hello,
+    Message,
+    MessageType,
+    Ping,
+    Pong,
+    Progress,
+    Ready,
+    Reply,
+    Request,
+)
+from ._values import Codec
+from .errors import (
+    BadArguments,
+    Cancelled,
+    ErrorCode,
+    NoWorkers,
+    Overloaded,
+    ProtocolError,
+    RemoteError,
+    Timeout,
+    UnknownHandler,
+    WorkerLost,
+    ZeromeshError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # messages
+    "Cancel",
+    "Disconnect",
+    "Error",
+    "Hello",
+    "Message",
+    "MessageType",
+    "Ping",
+    "Pong",
+    "Progress",
+    "Ready",
+    "Reply",
+    "Request",
+    # framing
+    "Codec",
+    "DEFAULT_LIMITS",
+    "FLAG_BATCH",
+    "HEADER_SIZE",
+    "Header",
+    "Limits",
+    "PROTOCOL_VERSION",
+    "SIGNATURE",
+    "decode",
+    "decode_header",
+    "encode",
+    # errors
+    "BadArguments",
+    "Cancelled",
+    "ErrorCode",
+    "NoWorkers",
+    "Overloaded",
+    "ProtocolError",
+    "RemoteError",
+    "Timeout",
+    "UnknownHandler",
+    "WorkerLost",
+    "ZeromeshError",
+    "__version__",
+]

@@ -1,0 +1,14 @@
+"""Test configuration shared by every tier."""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+# The suite's profile: fuzz thoroughly but never let one property eat the time budget.
+settings.register_profile(
+    "zeromesh",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "zeromesh"))
