@@ -1,1 +1,46 @@
-"""placeholder"""
+"""zeromesh client: call handlers served by workers, from threads, asyncio or an Executor.
+
+from client import Client
+with Client(["tcp://127.0.0.1:5555"]) as c:
+    c.call("math.add", 1, 2)
+"""
+
+from protocol import (
+    BadArguments,
+    Cancelled,
+    Codec,
+    NoWorkers,
+    Overloaded,
+    ProtocolError,
+    RemoteError,
+    Timeout,
+    UnknownHandler,
+    WorkerLost,
+    ZeromeshError,
+)
+
+from ._async import AsyncClient
+from ._client import Client, Options
+from ._core import WorkerInfo
+from ._executor import Executor
+
+__all__ = [
+    # clients
+    "AsyncClient",
+    "Client",
+    "Codec",
+    "Executor",
+    "Options",
+    "WorkerInfo",
+    # errors a caller can meet
+    "BadArguments",
+    "Cancelled",
+    "NoWorkers",
+    "Overloaded",
+    "ProtocolError",
+    "RemoteError",
+    "Timeout",
+    "UnknownHandler",
+    "WorkerLost",
+    "ZeromeshError",
+]

@@ -52,14 +52,21 @@ class ErrorCode(IntEnum):
     """The receiver's queue is full; retry later."""
     CANCELLED = 24
     """The request was cancelled."""
+    DRAINING = 25
+    """The worker is shutting down and did not start the request: send it elsewhere."""
     REMOTE = 30
     """The handler raised an exception."""
 
 
 class ZeromeshError(Exception):
-    """Root of every error zeromesh raises; catch this to catch them all."""
+    """Root of every error zeromesh raises; catch this to catch them all.
+
+    ``detail`` holds extra data the remote side sent, if any: for a failed item of a
+    batch (``Client.map``), ``{"index": i, "results": [...before it...]}``.
+    """
 
     code: ErrorCode = ErrorCode.PROTOCOL
+    detail: dict[str, Any] | None = None
 
 
 class ProtocolError(ZeromeshError):
@@ -153,6 +160,9 @@ _BY_CODE: dict[int, type[ZeromeshError]] = {
     ErrorCode.WORKER_LOST: WorkerLost,
     ErrorCode.OVERLOADED: Overloaded,
     ErrorCode.CANCELLED: Cancelled,
+    # A client re-sends a DRAINING refusal elsewhere; if it still surfaces, the
+    # request found no live worker to take it.
+    ErrorCode.DRAINING: WorkerLost,
 }
 
 

@@ -1,0 +1,206 @@
+"""`AsyncClient`: the same client as coroutines, on the running asyncio loop (tornado too).
+
+No IO thread: the `Core` runs on the caller's loop, so a request costs no thread
+hand-off. Create it anywhere; it binds to the loop that first uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from protocol import DEFAULT_LIMITS, Codec, Limits, ZeromeshError
+
+from ._client import Options, _codec, changed_options, check_settings, make_request
+from ._core import Call, Core, WorkerInfo
+from ._endpoints import resolve_endpoints
+from ._mapping import auto_chunksize, results_before_failure
+
+__all__ = ["AsyncClient"]
+
+
+class _AsyncCalls:
+    """``call``/``submit``/``map`` with fixed `Options` (see `AsyncClient.options`)."""
+
+    _opts: Options
+    _owner: AsyncClient
+
+    async def call(self, target: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``target`` on a worker and return its result (see `Client.call`).
+
+        Waits for a free slot when ``max_in_flight`` requests are unanswered.
+        Cancelling the awaiting task asks the worker to drop the request.
+        """
+        return await self._owner._request(target, list(args), kwargs, self._opts, False)
+
+    async def submit(self, target: str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Send a request now and return a future for its result, without awaiting it."""
+        return await self._owner._start(target, list(args), kwargs, self._opts, False)
+
+    async def map(
+        self, target: str, /, *iterables: Iterable[Any], chunksize: int | None = None
+    ) -> AsyncIterator[Any]:
+        """Async ``map``: ``async for r in ac.map("math.add", xs, ys)``; results in order."""
+        if not iterables:
+            raise TypeError("map() needs at least one iterable of arguments")
+        owner = self._owner
+        core = owner._core_started()
+        try:
+            total: int | None = min(len(it) for it in iterables)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        size = chunksize or auto_chunksize(total, core.capacity())
+        items = zip(*iterables, strict=False)
+        window: deque[tuple[asyncio.Future[Any], int]] = deque()
+        sent = 0
+        exhausted = False
+        try:
+            while True:
+                limit = min(max(4, 2 * core.capacity()), owner.max_in_flight)
+                while not exhausted and len(window) < limit:
+                    chunk = list(itertools.islice(items, size))
+                    if not chunk:
+                        exhausted = True
+                        break
+                    window.append((await owner._start(target, chunk, {}, self._opts, True), sent))
+                    sent += len(chunk)
+                if not window:
+                    return
+                fut, first = window.popleft()
+                try:
+                    results = await fut
+                except ZeromeshError as exc:
+                    for r in results_before_failure(exc, first):
+                        yield r
+                    raise
+                for r in results:
+                    yield r
+        finally:
+            for fut, _ in window:
+                fut.cancel()
+
+    def options(
+        self,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        codec: Codec | str | None = None,
+    ) -> _AsyncCalls:
+        """A cheap view with other per-call settings (see `Client.options`)."""
+        view = _AsyncCalls()
+        view._opts = changed_options(self._opts, timeout, retries, codec)
+        view._owner = self._owner
+        return view
+
+
+class AsyncClient(_AsyncCalls):
+    """asyncio client of a zeromesh mesh; same arguments as `Client`.
+
+    ``async with AsyncClient([...]) as ac: await ac.call("math.add", 1, 2)``.
+    Use it from one event loop only (tornado's IOLoop is an asyncio loop).
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str] | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 2,
+        max_in_flight: int = 1000,
+        prefetch: int = 100,
+        codec: Codec | str = Codec.MSGPACK,
+        heartbeat: float = 1.0,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self._opts = Options(timeout, retries, _codec(codec))
+        check_settings(max_in_flight, prefetch, heartbeat)
+        self.endpoints = resolve_endpoints(endpoints)
+        self.max_in_flight = max_in_flight
+        self._owner = self
+        self._prefetch = prefetch
+        self._heartbeat = heartbeat
+        self._limits = limits
+        self._core: Core | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncClient:
+        self._core_started()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.endpoints!r})"
+
+    def close(self) -> None:
+        """Fail unanswered requests and close the sockets. Idempotent."""
+        self._closed = True
+        if self._core is not None:
+            self._core.close()
+
+    async def workers(self, timeout: float = 2.0) -> list[WorkerInfo]:
+        """Ask every endpoint who it is (see `Client.workers`)."""
+        return await self._core_started().info(timeout)
+
+    def _core_started(self) -> Core:
+        if self._closed:
+            raise ZeromeshError("the client is closed; create a new AsyncClient")
+        core = self._core
+        loop = asyncio.get_running_loop()
+        if core is None:
+            core = Core(
+                self.endpoints,
+                heartbeat=self._heartbeat,
+                prefetch=self._prefetch,
+                limits=self._limits,
+                loop=loop,
+            )
+            core.start()
+            self._core = core
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        elif core.loop is not loop:
+            raise ZeromeshError(
+                "this AsyncClient belongs to another event loop; create one per loop"
+            )
+        return core
+
+    async def _start(
+        self, target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool
+    ) -> asyncio.Future[Any]:
+        core = self._core_started()
+        rid, frames = make_request(target, args, kwargs, opts, batch)
+        slots = self._slots
+        assert slots is not None
+        await slots.acquire()
+        fut: asyncio.Future[Any] = core.loop.create_future()
+        call = Call(target, frames, rid, opts.timeout, opts.retries, fut, _complete)
+        call.on_progress = None
+        fut.add_done_callback(lambda f: _on_done(f, core, rid, slots))
+        core.submit(call)
+        return fut
+
+    async def _request(
+        self, target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool
+    ) -> Any:
+        return await self._start(target, args, kwargs, opts, batch)
+
+
+def _complete(call: Call, value: Any, exc: BaseException | None) -> None:
+    fut = call.future
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(value)
+    else:
+        fut.set_exception(exc)
+
+
+def _on_done(fut: asyncio.Future[Any], core: Core, rid: int, slots: asyncio.Semaphore) -> None:
+    slots.release()
+    if fut.cancelled():
+        core.cancel(rid)

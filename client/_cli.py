@@ -1,0 +1,168 @@
+"""``zeromesh``: command-line tools for a mesh — call, ping, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from protocol import RemoteError, ZeromeshError
+
+from ._client import Client
+from ._endpoints import ENV_ENDPOINTS
+
+__all__ = ["main"]
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    raise TypeError(f"cannot show a {type(value).__name__} as JSON")
+
+
+def _parse_value(text: str) -> Any:
+    """JSON if it parses (1, 2.5, "s", [1,2], {"a":1}, true, null); else the raw string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _add_connect(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--connect",
+        "-c",
+        metavar="EP[,EP...]",
+        default=os.environ.get(ENV_ENDPOINTS),
+        help=f"worker or broker endpoints, comma-separated (default: ${ENV_ENDPOINTS})",
+    )
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    kwargs: dict[str, Any] = {}
+    for item in args.kw or ():
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"zeromesh call: --kw expects KEY=VALUE, got {item!r}")
+        kwargs[key] = _parse_value(value)
+    values = [_parse_value(a) for a in args.args]
+    with Client(args.connect, timeout=args.timeout, retries=args.retries, codec=args.codec) as c:
+        result = c.call(args.target, *values, **kwargs)
+    print(json.dumps(result, default=_json_default))
+    return 0
+
+
+def _cmd_ping(args: argparse.Namespace) -> int:
+    with Client(args.connect) as c:
+        rows = c.workers(timeout=args.timeout)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            if row["state"] == "unreachable":
+                print(
+                    f"{row['endpoint']}  UNREACHABLE (nothing answered within {args.timeout:g} s)"
+                )
+                continue
+            handlers = ", ".join(
+                f"{svc}.{h}" for svc, hs in sorted(row["services"].items()) for h in hs
+            )
+            print(
+                f"{row['endpoint']}  {row['state'].upper()}  {row['role']} {row['name']} "
+                f"host={row['host']} pid={row['pid']} version={row['version']} "
+                f"capacity={row['capacity']} in_flight={row['in_flight']} "
+                f"uptime={row['uptime']:.1f}s\n    handlers: {handlers or '(none)'}"
+            )
+    down = sum(1 for r in rows if r["state"] == "unreachable")
+    if down:
+        print(f"{down} of {len(rows)} endpoint(s) did not answer", file=sys.stderr)
+    return 1 if down else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(workers=args.workers, items=args.items, transport=args.transport)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zeromesh",
+        description="Tools for a zeromesh worker mesh.",
+        epilog="Start workers with `zeromesh-worker MODULE:SERVICE --bind ENDPOINT`.",
+    )
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "call",
+        help="call a handler once and print its result as JSON",
+        description="Call SERVICE.HANDLER with arguments parsed as JSON (a word that is "
+        "not JSON is taken as a string); print the result as JSON.",
+        epilog="example: zeromesh call --connect tcp://127.0.0.1:5555 math.add 1 2",
+    )
+    _add_connect(p)
+    p.add_argument("target", metavar="SERVICE.HANDLER")
+    p.add_argument("args", nargs="*", metavar="ARG", help="positional arguments (JSON)")
+    p.add_argument("--kw", action="append", metavar="KEY=VALUE", help="keyword argument (JSON)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.add_argument("--retries", type=int, default=2, help="re-sends if a worker is lost (2)")
+    p.add_argument("--codec", choices=["msgpack", "json"], default="msgpack")
+    p.set_defaults(func=_cmd_call)
+
+    p = sub.add_parser(
+        "ping",
+        help="show who answers on each endpoint",
+        description="Ask every endpoint for its hello: services, host, pid, version, "
+        "capacity, in-flight requests, uptime. Exits 1 if any endpoint does not answer.",
+    )
+    _add_connect(p)
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_ping)
+
+    p = sub.add_parser(
+        "demo",
+        help="start local workers, make some calls, stop them",
+        description="Start local workers of the bundled example service, make a call, a "
+        "numpy call, a failing call and a map with a progress bar, then stop them.",
+    )
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--items", type=int, default=100_000, help="items to map (default 100000)")
+    p.add_argument("--transport", choices=["tcp", "ipc"], default="tcp")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except RemoteError as exc:
+        print(f"error: the handler raised {exc.remote_type}: {exc.remote_message}", file=sys.stderr)
+        if exc.remote_traceback:
+            print(exc.remote_traceback.rstrip(), file=sys.stderr)
+        return 1
+    except ZeromeshError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # bad endpoints and the like
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

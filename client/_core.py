@@ -1,0 +1,624 @@
+"""The client's socket loop: one DEALER per worker endpoint, load-aware dispatch, liveness.
+
+Everything here runs on one asyncio loop (the IO thread's for `Client`, the caller's
+for `AsyncClient`); no method is thread-safe. One socket per endpoint, not one DEALER
+connected to all: the client must know which worker holds each request, to send the
+next one to the least busy worker, to never exceed a worker's capacity, and to re-send
+exactly what a lost worker held.
+
+Liveness comes from three sources: the socket monitor (a killed worker's connection
+closes at once), application PING/PONG (a frozen worker, or a stuck loop, stops
+answering: lost after 3 missed intervals), and the worker's own DISCONNECT on drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+import protocol
+from protocol import (
+    Cancel,
+    Disconnect,
+    Error,
+    ErrorCode,
+    Hello,
+    Limits,
+    NoWorkers,
+    Ping,
+    Pong,
+    Progress,
+    ProtocolError,
+    Reply,
+    Timeout,
+    UnknownHandler,
+    WorkerLost,
+    ZeromeshError,
+)
+
+__all__ = ["Call", "Core", "WorkerInfo"]
+
+log = logging.getLogger("zeromesh.client")
+
+_ids = itertools.count(1)  # process-wide: ids never repeat across clients or retries
+_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_CONNECTING, _READY, _DRAINING = "connecting", "ready", "draining"
+
+
+def next_id() -> int:
+    """A fresh request id (thread-safe: ``next`` on a count is atomic under the GIL)."""
+    return next(_ids)
+
+
+class Call:
+    """One request the client owes an answer for, from submit until it completes.
+
+    ``complete(call, value, exc)`` is the facade's: it resolves the caller's future.
+    """
+
+    __slots__ = (
+        "attempts",
+        "complete",
+        "deadline",
+        "frames",
+        "future",
+        "id",
+        "on_progress",
+        "peer",
+        "service",
+        "target",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        target: str,
+        frames: list[Any],
+        rid: int,
+        timeout: float,
+        retries: int,
+        future: Any,
+        complete: Callable[[Call, Any, BaseException | None], None],
+    ) -> None:
+        self.id = rid
+        self.target = target
+        self.service = target.partition(".")[0]
+        self.frames = frames
+        self.timeout = timeout
+        self.deadline = 0.0
+        self.attempts = retries + 1
+        self.future = future
+        self.complete = complete
+        self.peer: _Peer | None = None
+        self.on_progress: Callable[[Progress], None] | None = None
+
+
+class WorkerInfo(dict[str, Any]):
+    """What one endpoint said about itself (a dict, printed by ``zeromesh ping``)."""
+
+
+class _Peer:
+    __slots__ = (
+        "capacity",
+        "endpoint",
+        "hello",
+        "hello_at",
+        "last_seen",
+        "monitor",
+        "outstanding",
+        "pinged_at",
+        "role",
+        "sock",
+        "state",
+        "targets",
+    )
+
+    def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
+        self.endpoint = endpoint
+        self.sock = sock
+        self.monitor = monitor
+        self.state = _CONNECTING
+        self.capacity = 0
+        self.targets: frozenset[str] = frozenset()
+        self.role = ""
+        self.outstanding: set[int] = set()
+        self.last_seen = 0.0
+        self.pinged_at = 0.0
+        self.hello_at = 0.0  # when we last got a HELLO from it
+        self.hello: Hello | None = None
+
+    def serves(self, target: str) -> bool:
+        return self.role == "broker" or target in self.targets
+
+
+class Core:
+    """Sockets, dispatch and liveness for a set of endpoints. Loop-thread only."""
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        *,
+        heartbeat: float,
+        prefetch: int,
+        limits: Limits,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.endpoints = endpoints
+        self.heartbeat = heartbeat
+        self.prefetch = prefetch
+        self.limits = limits
+        self.loop = loop
+        self.calls: dict[int, Call] = {}
+        self._queues: dict[str, deque[Call]] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._peers: list[_Peer] = []
+        self._sent_to: set[_Peer] = set()
+        self._rr = 0
+        self._ticker: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._info_waiters: list[tuple[float, asyncio.Future[None]]] = []
+        self._hello_frames = protocol.encode(
+            Hello(
+                0,
+                role="client",
+                version=protocol.__version__,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            )
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        for endpoint in self.endpoints:
+            sock = self._ctx.socket(zmq.DEALER)
+            # IMMEDIATE: never queue a request on a pipe with no live worker behind it.
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.LINGER, 0)  # a dead peer must not hang close()
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            hb = int(self.heartbeat * 1000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, hb)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * hb)
+            sock.setsockopt(zmq.MAXMSGSIZE, max(self.limits.max_body_bytes, 1 << 20))
+            monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            peer = _Peer(endpoint, sock, monitor)
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                self.close()
+                raise ValueError(f"cannot connect to {endpoint}: {exc.strerror}") from exc
+            self._peers.append(peer)
+            self.loop.add_reader(sock.FD, self._on_readable, peer)
+            self.loop.add_reader(monitor.FD, self._on_monitor, peer)
+        self._tick()
+
+    def close(self) -> None:
+        """Fail what is still pending, close every socket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for handle in (self._timer, self._ticker):
+            if handle is not None:
+                handle.cancel()
+        for call in list(self.calls.values()):
+            self._finish(call, None, ZeromeshError("the client was closed before a reply came"))
+        bye = protocol.encode(Disconnect(0, "client closing"))
+        for peer in self._peers:
+            if peer.state != _CONNECTING:
+                self._try_send(peer, bye)
+            for s in (peer.sock, peer.monitor):
+                if not s.closed:
+                    self.loop.remove_reader(s.FD)
+            peer.sock.disable_monitor()
+            peer.monitor.close(linger=0)
+            peer.sock.close(linger=0)
+        self._ctx.term()
+
+    # --- submitting ----------------------------------------------------------------------
+
+    def submit(self, call: Call) -> None:
+        """Take ``call``: send it now if a worker has room, else queue it."""
+        if self._closed:
+            call.complete(call, None, ZeromeshError("the client is closed"))
+            return
+        self.calls[call.id] = call
+        deadline = time.monotonic() + call.timeout
+        call.deadline = deadline
+        heapq.heappush(self._deadlines, (deadline, call.id))
+        if self._timer is None or deadline < self._timer_at:
+            self._arm_timer(deadline)
+        self._queue_for(call.service).append(call)
+        self._dispatch(call.service)
+
+    def cancel(self, rid: int) -> None:
+        """The caller gave up on ``rid``: forget it, and tell its worker to drop it."""
+        call = self.calls.pop(rid, None)
+        if call is None:
+            return
+        peer = call.peer
+        if peer is None:
+            q = self._queues.get(call.service)
+            if q is not None and call in q:
+                q.remove(call)
+        elif rid in peer.outstanding:
+            self._try_send(peer, protocol.encode(Cancel(rid)))
+
+    def _queue_for(self, service: str) -> deque[Call]:
+        q = self._queues.get(service)
+        if q is None:
+            q = self._queues[service] = deque()
+        return q
+
+    def _dispatch(self, service: str) -> None:
+        q = self._queues.get(service)
+        while q:
+            call = q[0]
+            if call.id not in self.calls:  # timed out or cancelled while queued
+                q.popleft()
+                continue
+            peer = self._pick(call.target)
+            if peer is None:
+                self._unknown_check(call)
+                return
+            q.popleft()
+            self._send_call(peer, call)
+
+    def _dispatch_all(self) -> None:
+        for service in list(self._queues):
+            self._dispatch(service)
+
+    def _pick(self, target: str) -> _Peer | None:
+        """The ready worker with the fewest outstanding requests and room for one more."""
+        best: _Peer | None = None
+        best_load = 1 << 62
+        peers = self._peers
+        n = len(peers)
+        start = self._rr
+        for i in range(n):
+            peer = peers[(start + i) % n]
+            if peer.state is not _READY or not peer.serves(target):
+                continue
+            load = len(peer.outstanding)
+            if load < best_load and load < peer.capacity + self.prefetch:
+                best, best_load = peer, load
+        if best is not None:
+            self._rr = (start + 1) % n  # rotate among equals
+        return best
+
+    def _unknown_check(self, call: Call) -> None:
+        """Fail at once a call no worker can serve, once every worker has said what it serves."""
+        known = [p for p in self._peers if p.hello is not None]
+        if not known or len(known) < len(self._peers):
+            return
+        if any(p.serves(call.target) for p in known):
+            return
+        served = sorted({t for p in known for t in p.targets})
+        self._finish(
+            call,
+            None,
+            UnknownHandler(
+                f"no worker serves {call.target!r}; served: {', '.join(served) or 'nothing'}"
+            ),
+        )
+
+    def _send_call(self, peer: _Peer, call: Call) -> None:
+        if not self._try_send(peer, call.frames):
+            # Not connected after all (or its queue is full): let it go elsewhere.
+            peer.state = _CONNECTING
+            self._lost(peer, "cannot send to it")
+            self._queue_for(call.service).appendleft(call)
+            return
+        call.peer = peer
+        peer.outstanding.add(call.id)
+
+    def _try_send(self, peer: _Peer, frames: list[Any]) -> bool:
+        try:
+            peer.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            log.warning("send to %s failed: %s", peer.endpoint, exc)
+            return False
+        # ZeroMQ's FD is edge-triggered and a send may swallow the edge of a reply that
+        # arrived meanwhile: look at EVENTS once this burst of sends is over.
+        if not self._sent_to:
+            self.loop.call_soon(self._check_input)
+        self._sent_to.add(peer)
+        return True
+
+    def _check_input(self) -> None:
+        sent_to, self._sent_to = self._sent_to, set()
+        for peer in sent_to:
+            sock = peer.sock
+            if not sock.closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._on_readable(peer)
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def _on_readable(self, peer: _Peer) -> None:
+        sock = peer.sock
+        if sock.closed:
+            return
+        recv = sock.recv_multipart
+        calls = self.calls
+        outstanding = peer.outstanding
+        limits = self.limits
+        got = False
+        for _ in range(1024):
+            try:
+                frames = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            got = True
+            try:
+                msg = protocol.decode(frames, limits)
+            except ProtocolError as exc:
+                self._on_bad_message(peer, exc)
+                continue
+            kind = type(msg)
+            if kind is Reply:
+                outstanding.discard(msg.id)
+                call = calls.pop(msg.id, None)
+                if call is not None:
+                    call.complete(call, msg.result, None)
+            elif kind is Error:
+                outstanding.discard(msg.id)
+                self._on_error(peer, msg)
+            elif kind is Pong:
+                pass
+            elif kind is Hello:
+                self._on_hello(peer, msg)
+            elif kind is Progress:
+                call = calls.get(msg.id)
+                if call is not None and call.on_progress is not None:
+                    call.on_progress(msg)
+            elif kind is Disconnect:
+                self._on_disconnect(peer, msg)
+            # READY and the rest mean nothing to a direct client: ignore.
+        else:
+            self.loop.call_soon(self._on_readable, peer)  # more waiting; let others run
+        if got:
+            peer.last_seen = time.monotonic()
+            self._dispatch_all()
+
+    def _on_bad_message(self, peer: _Peer, exc: ProtocolError) -> None:
+        log.warning("malformed message from %s: %s", peer.endpoint, exc)
+        call = self.calls.pop(exc.request_id, None) if exc.request_id else None
+        if call is not None:
+            peer.outstanding.discard(call.id)
+            call.complete(call, None, exc)
+
+    def _on_error(self, peer: _Peer, msg: Error) -> None:
+        call = self.calls.get(msg.id)
+        if call is None:
+            if msg.id == 0:
+                log.warning("%s reported a protocol error: %s", peer.endpoint, msg.message)
+            return
+        if msg.code == ErrorCode.DRAINING:
+            # Not started: safe to send elsewhere, and it does not use up a retry.
+            call.peer = None
+            self._queue_for(call.service).appendleft(call)
+            if peer.state is _READY:
+                peer.state = _DRAINING
+            return
+        if msg.code == ErrorCode.WORKER_LOST and self._retry(
+            call, f"{peer.endpoint}: {msg.message}"
+        ):
+            return
+        del self.calls[call.id]
+        exc = msg.to_exception()
+        exc.detail = msg.detail
+        call.complete(call, None, exc)
+
+    def _on_hello(self, peer: _Peer, msg: Hello) -> None:
+        if msg.role not in ("worker", "broker"):
+            log.warning("%s answered as a %r, not a worker or broker", peer.endpoint, msg.role)
+            return
+        first = peer.hello is None
+        peer.hello = msg
+        peer.hello_at = time.monotonic()
+        peer.role = msg.role
+        peer.targets = frozenset(f"{s}.{h}" for s, hs in msg.services.items() for h in hs)
+        if msg.capacity <= 0:
+            peer.state = _DRAINING
+        else:
+            peer.capacity = msg.capacity
+            if peer.state is not _READY:
+                log.info(
+                    "%s %s ready: %s %s (pid %d), capacity %d",
+                    "connected to" if first else "reconnected to",
+                    peer.endpoint,
+                    msg.role,
+                    msg.name,
+                    msg.pid,
+                    msg.capacity,
+                )
+            peer.state = _READY
+        waiters, self._info_waiters = self._info_waiters, []
+        for since, fut in waiters:
+            if all(p.hello_at > since for p in self._peers):
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                self._info_waiters.append((since, fut))
+
+    def _on_disconnect(self, peer: _Peer, msg: Disconnect) -> None:
+        log.info("%s is draining (%s): sending it nothing new", peer.endpoint, msg.reason)
+        peer.state = _DRAINING
+
+    def _on_monitor(self, peer: _Peer) -> None:
+        mon = peer.monitor
+        while not mon.closed:
+            try:
+                event = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._try_send(peer, self._hello_frames)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                peer.state = _CONNECTING
+                self._lost(peer, "connection closed")
+
+    # --- failure handling ------------------------------------------------------------------
+
+    def _lost(self, peer: _Peer, why: str) -> None:
+        """``peer`` is gone: re-send what it held, or fail it with WorkerLost."""
+        held = [self.calls[rid] for rid in peer.outstanding if rid in self.calls]
+        peer.outstanding.clear()
+        if held:
+            log.warning(
+                "worker at %s lost (%s) holding %d request(s): re-sending",
+                peer.endpoint,
+                why,
+                len(held),
+            )
+        for call in held:
+            self._retry(call, f"worker at {peer.endpoint} lost ({why})")
+        self._dispatch_all()
+
+    def _retry(self, call: Call, why: str) -> bool:
+        """Re-queue ``call`` if it has attempts left; else fail it. True if re-queued."""
+        call.peer = None
+        call.attempts -= 1
+        if call.attempts > 0:
+            self._queue_for(call.service).appendleft(call)
+            return True
+        self.calls.pop(call.id, None)
+        call.complete(
+            call,
+            None,
+            WorkerLost(f"{call.target}: {why}; no retries left (raise retries= to re-send more)"),
+        )
+        return True
+
+    def _finish(self, call: Call, value: Any, exc: BaseException | None) -> None:
+        self.calls.pop(call.id, None)
+        call.complete(call, value, exc)
+
+    # --- timers ------------------------------------------------------------------------------
+
+    def _arm_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(self._loop_time(when), self._on_deadline)
+
+    def _loop_time(self, monotonic_at: float) -> float:
+        return self.loop.time() + (monotonic_at - time.monotonic())
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            call = self.calls.get(rid)
+            if call is None:
+                continue
+            del self.calls[rid]
+            call.complete(call, None, self._expired(call))
+            peer = call.peer
+            if peer is not None and rid in peer.outstanding:
+                self._try_send(peer, protocol.encode(Cancel(rid)))
+        if heap:
+            self._arm_timer(heap[0][0])
+
+    def _expired(self, call: Call) -> ZeromeshError:
+        if call.peer is not None:
+            return Timeout(
+                f"{call.target}: no reply within {call.timeout:g} s from {call.peer.endpoint} "
+                "(it may still run; raise the timeout with options(timeout=...))"
+            )
+        ready = [p for p in self._peers if p.state is _READY and p.serves(call.target)]
+        if ready:
+            return Timeout(
+                f"{call.target}: waited {call.timeout:g} s for a free worker; all "
+                f"{len(ready)} are busy (add workers or raise the timeout)"
+            )
+        down = ", ".join(p.endpoint for p in self._peers if p.state is not _READY)
+        return NoWorkers(
+            f"{call.target}: no worker answered within {call.timeout:g} s "
+            f"(not reachable: {down or 'none'}); is a worker running there? check with "
+            f"`zeromesh ping --connect {','.join(self.endpoints)}`"
+        )
+
+    def _tick(self) -> None:
+        """Every heartbeat: ping quiet workers, expire silent ones, greet new ones."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        hb = self.heartbeat
+        for peer in self._peers:
+            if peer.state is _CONNECTING:
+                self._try_send(peer, self._hello_frames)
+                continue
+            quiet = now - peer.last_seen
+            if quiet > 3 * hb:
+                log.warning(
+                    "worker at %s missed 3 heartbeats (silent %.1f s): treating it as lost",
+                    peer.endpoint,
+                    quiet,
+                )
+                peer.state = _CONNECTING
+                self._lost(peer, f"silent for {quiet:.1f} s")
+            elif quiet > hb * 0.9 and now - peer.pinged_at > hb * 0.9:
+                peer.pinged_at = now
+                self._try_send(peer, protocol.encode(Ping(0)))
+        self._dispatch_all()
+        self._ticker = self.loop.call_later(hb, self._tick)
+
+    # --- introspection ---------------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """Total capacity of the ready workers (readable from any thread)."""
+        return sum(p.capacity for p in self._peers if p.state is _READY)
+
+    async def info(self, timeout: float) -> list[WorkerInfo]:
+        """Ask every endpoint for a fresh HELLO; wait up to ``timeout`` for all of them."""
+        since = time.monotonic()
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._info_waiters.append((since, fut))
+        for peer in self._peers:
+            self._try_send(peer, self._hello_frames)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fut, timeout)
+        rows = []
+        for peer in self._peers:
+            row = WorkerInfo(endpoint=peer.endpoint)
+            h = peer.hello
+            if h is None or peer.hello_at <= since:
+                row["state"] = "unreachable"
+            else:
+                row.update(
+                    state="draining" if h.capacity <= 0 else "ready",
+                    role=h.role,
+                    name=h.name,
+                    host=h.host,
+                    pid=h.pid,
+                    version=h.version,
+                    services=h.services,
+                    capacity=h.capacity,
+                    in_flight=h.in_flight,
+                    uptime=h.uptime,
+                )
+            rows.append(row)
+        return rows

@@ -1,0 +1,1 @@
+"""Example services used by ``zeromesh demo``, the README and the tests."""

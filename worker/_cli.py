@@ -1,0 +1,136 @@
+"""``zeromesh-worker`` / ``python -m worker``: serve services on ZeroMQ endpoints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+
+from ._loader import load_services
+from ._server import StartupError, Worker, WorkerConfig
+
+__all__ = ["main"]
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+
+_EPILOG = """\
+examples:
+  zeromesh-worker mysvc:svc --bind tcp://127.0.0.1:5555
+  zeromesh-worker mysvc:svc --bind tcp://0.0.0.0:5555 --bind ipc:///tmp/zm/w1.sock
+  python -m worker examples.mathsvc:svc --concurrency 4 --log-level debug
+
+exit status: 0 after a clean drain (SIGTERM/SIGINT, --max-requests, --max-rss),
+  2 bad usage or cannot start, 3 drain timeout passed with work abandoned,
+  70 a handler overran --hard-timeout (let supervisord restart the worker).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zeromesh-worker",
+        description="Serve zeromesh handlers on ROUTER sockets until SIGTERM, then drain.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "services",
+        nargs="+",
+        metavar="MODULE:ATTR",
+        help="the Service to serve, e.g. mysvc:svc (a bare module serves all its Services)",
+    )
+    p.add_argument(
+        "--bind",
+        action="append",
+        metavar="ENDPOINT",
+        help=f"endpoint to bind, repeatable: tcp://HOST:PORT or ipc:///PATH "
+        f"(default: $ZEROMESH_BIND or {DEFAULT_BIND})",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="sync handlers run at once, in threads (default 1: scale CPU with processes)",
+    )
+    p.add_argument(
+        "--max-async",
+        type=int,
+        default=100,
+        help="async handlers run at once on the event loop (default 100)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to finish in-flight work after SIGTERM (default 10)",
+    )
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="drain and exit 0 after N requests, for supervisord to restart (default: off)",
+    )
+    p.add_argument(
+        "--max-rss",
+        type=float,
+        default=0,
+        metavar="MB",
+        help="drain and exit 0 once resident memory passes MB (default: off)",
+    )
+    p.add_argument(
+        "--hard-timeout",
+        type=float,
+        default=0,
+        metavar="S",
+        help="a sync handler running over S seconds is answered Timeout and the worker "
+        "exits 70 (default: off)",
+    )
+    p.add_argument("--heartbeat-ms", type=int, default=1000, help="heartbeat interval (1000)")
+    p.add_argument("--name", default="", help="name shown by zeromesh ping (default host:pid)")
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("ZEROMESH_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default info)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    log = logging.getLogger("zeromesh.worker")
+    binds = args.bind or [os.environ.get("ZEROMESH_BIND") or DEFAULT_BIND]
+    try:
+        services = [svc for spec in args.services for svc in load_services(spec)]
+        config = WorkerConfig(
+            binds=binds,
+            concurrency=args.concurrency,
+            max_async=args.max_async,
+            drain_timeout=args.drain_timeout,
+            heartbeat_ms=args.heartbeat_ms,
+            name=args.name,
+            max_requests=args.max_requests,
+            max_rss_mb=args.max_rss,
+            hard_timeout=args.hard_timeout,
+        )
+        worker = Worker(services, config)
+        code = worker.run()
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    logging.shutdown()
+    if any(t.is_alive() and t.daemon for t in threading.enumerate()):
+        # A handler thread is stuck (hard timeout, drain timeout): it cannot be joined,
+        # and interpreter shutdown would wait on it. Leave now with the status we owe.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -1,0 +1,812 @@
+"""The worker process: one ROUTER socket, one asyncio loop, handler threads beside it.
+
+The loop owns the socket and never runs user code. It drains the socket in batches
+(non-blocking receives until ``zmq.Again``: an ``await`` per message costs ~75 µs in
+pyzmq), answers HELLO and PING itself, and hands requests to
+
+* handler threads (``concurrency`` of them) for plain functions, and
+* asyncio tasks on the same loop (at most ``max_async`` at once) for ``async def``.
+
+Threads hand replies back through a deque and one ``call_soon_threadsafe`` per batch.
+Every request the worker accepts is answered exactly once: a reply, a typed error, or,
+when it shuts down before starting it, a DRAINING refusal the client re-sends elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+import protocol
+from protocol import (
+    DEFAULT_LIMITS,
+    Cancel,
+    Disconnect,
+    Error,
+    ErrorCode,
+    Hello,
+    Limits,
+    Ping,
+    Pong,
+    Progress,
+    ProtocolError,
+    Reply,
+    Request,
+)
+
+from . import _context
+from ._service import Handler, Service
+
+__all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "Worker", "WorkerConfig"]
+
+log = logging.getLogger("zeromesh.worker")
+
+EXIT_DRAIN_TIMEOUT = 3
+"""Exit status when in-flight work was abandoned because the drain took too long."""
+EXIT_HARD_TIMEOUT = 70
+"""Exit status after a handler overran ``hard_timeout`` (EX_SOFTWARE): restart me."""
+
+_BATCH = 256  # messages handled per wake-up before other callbacks get a turn
+_HOUSEKEEPING_S = 0.25
+_PEER_FORGET_S = 60.0
+
+
+class StartupError(Exception):
+    """The worker cannot start: bad endpoint, address in use, path owned by a live worker."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker runs. Defaults suit a CPU-bound service, one process per core."""
+
+    binds: Sequence[str]
+    concurrency: int = 1
+    """Sync handlers running at once (threads). CPU scale comes from more processes."""
+    max_async: int = 100
+    """``async def`` handlers running at once on the loop (IO-bound work)."""
+    drain_timeout: float = 10.0
+    """Seconds to finish in-flight work after SIGTERM before giving up on it."""
+    heartbeat_ms: int = 1000
+    """Ping interval clients should use; also the ZMTP heartbeat interval."""
+    name: str = ""
+    max_requests: int = 0
+    """Drain and exit 0 after this many requests (0: never); supervisord starts a fresh one."""
+    max_rss_mb: float = 0
+    """Drain and exit 0 once resident memory passes this (0: never)."""
+    hard_timeout: float = 0
+    """A sync handler running longer gets a Timeout reply; the worker exits 70 (0: off)."""
+    limits: Limits = field(default=DEFAULT_LIMITS)
+
+    def __post_init__(self) -> None:
+        if not self.binds:
+            raise StartupError("no endpoint to bind: give at least one --bind")
+        checks = [
+            (self.concurrency >= 1, "--concurrency must be at least 1"),
+            (self.max_async >= 1, "--max-async must be at least 1"),
+            (self.drain_timeout >= 0, "--drain-timeout must be >= 0"),
+            (self.heartbeat_ms >= 100, "heartbeat must be at least 100 ms"),
+            (self.max_requests >= 0, "--max-requests must be >= 0"),
+            (self.max_rss_mb >= 0, "--max-rss must be >= 0"),
+            (self.hard_timeout >= 0, "--hard-timeout must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise StartupError(message)
+
+
+class _Job:
+    """One accepted request, from arrival until its answer is sent.
+
+    ``state`` moves QUEUED → RUNNING → DONE under the worker's claim lock, so exactly
+    one party (the handler, the drain, the hard-timeout watchdog) answers it.
+    """
+
+    __slots__ = (
+        "cancelled",
+        "deadline",
+        "handler",
+        "peer",
+        "request",
+        "started",
+        "state",
+        "task",
+        "worker",
+    )
+    QUEUED, RUNNING, DONE = 0, 1, 2
+
+    def __init__(
+        self, worker: Worker, peer: bytes, request: Request, handler: Handler, now: float
+    ) -> None:
+        self.worker = worker
+        self.peer = peer
+        self.request = request
+        self.handler = handler
+        self.deadline = now + request.ttl_ms / 1000 if request.ttl_ms else 0.0
+        self.cancelled = False
+        self.started = 0.0
+        self.state = _Job.QUEUED
+        self.task: asyncio.Task[None] | None = None
+
+    def report_progress(self, done: float, total: float | None, note: str) -> None:
+        if self.state == _Job.RUNNING:
+            msg = Progress(self.request.id, done, total, note, self.request.codec)
+            self.worker._post(self, protocol.encode(msg), final=False)
+
+
+class Worker:
+    """Serves ``services`` on ``config.binds`` until drained.
+
+    Use `serve` from a running loop, or `run` to own one. Not thread-safe apart from
+    `request_stop`, which any thread (or a signal handler) may call.
+    """
+
+    def __init__(self, services: Sequence[Service], config: WorkerConfig) -> None:
+        if not services:
+            raise StartupError("no service to serve")
+        self.config = config
+        self._handlers: dict[str, Handler] = {}
+        self._services: dict[str, list[str]] = {}
+        for svc in services:
+            if svc.name in self._services:
+                raise StartupError(f"two services are named {svc.name!r}")
+            if not svc.handlers:
+                raise StartupError(f"service {svc.name!r} has no handlers")
+            self._services[svc.name] = sorted(svc.handlers)
+            for h in svc.handlers.values():
+                self._handlers[h.target] = h
+        has_async = any(h.is_async for h in self._handlers.values())
+        has_sync = any(not h.is_async for h in self._handlers.values())
+        self.capacity = (config.concurrency if has_sync else 0) + (
+            config.max_async if has_async else 0
+        )
+        self.name = config.name or f"{socket.gethostname()}:{os.getpid()}"
+        self.endpoints: list[str] = []
+        self.exit_code = 0
+        self.requests_done = 0
+        self.protocol_errors = 0
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: dict[tuple[bytes, int], _Job] = {}
+        self._sync_queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._async_running = 0
+        self._ready: list[_Job] = []
+        self._async_pending: deque[_Job] = deque()
+        self._claim = threading.Lock()
+        self._done: deque[tuple[_Job | None, bytes, list[Any]]] = deque()
+        self._done_wake = False
+        self._backlog: deque[list[Any]] = deque()
+        self._peers: dict[bytes, float] = {}
+        self._draining = False
+        self._stopped: asyncio.Event | None = None
+        self._started_at = time.monotonic()
+        self._pump_scheduled = False
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve on a new event loop until drained; returns the exit status."""
+        return asyncio.run(self.serve())
+
+    async def serve(self) -> int:
+        """Bind, serve until stopped (SIGTERM/SIGINT or `request_stop`), drain, close.
+
+        Returns the exit status: 0 after a clean drain, `EXIT_DRAIN_TIMEOUT` if work
+        was abandoned, `EXIT_HARD_TIMEOUT` after a handler overran ``hard_timeout``.
+
+        Raises:
+            StartupError: an endpoint cannot be bound.
+        """
+        self._loop = loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._ctx = zmq.Context()
+        try:
+            self._bind()
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            raise
+        sock = self._sock
+        assert sock is not None
+        for i in range(self.config.concurrency):
+            t = threading.Thread(target=self._thread_main, name=f"zeromesh-handler-{i}")
+            t.daemon = True  # a handler stuck past the drain must not keep the process up
+            t.start()
+            self._threads.append(t)
+        loop.add_reader(sock.FD, self._pump)
+        installed = self._install_signals(loop)
+        housekeeping = loop.create_task(self._housekeeping())
+        log.info(
+            "worker %s serving %s on %s (pid %d, capacity %d)",
+            self.name,
+            ", ".join(f"{s}.{{{','.join(h)}}}" for s, h in self._services.items()),
+            " ".join(self.endpoints),
+            os.getpid(),
+            self.capacity,
+        )
+        loop.call_soon(self._pump)
+        try:
+            await self._stopped.wait()
+            await self._drain()
+        finally:
+            housekeeping.cancel()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            loop.remove_reader(sock.FD)
+            for _ in self._threads:
+                self._sync_queue.put(None)
+            # LINGER: give queued replies a moment to leave; a dead peer must not hang exit.
+            sock.close(linger=2000)
+            self._ctx.term()
+        return self.exit_code
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Begin a graceful drain. Safe from any thread."""
+        loop = self._loop
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(self._begin_drain, reason)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._begin_drain, f"{signal.Signals(sig).name}")
+            installed.append(sig)
+        return installed
+
+    def _bind(self) -> None:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.ROUTER)
+        # Replies to a client that left must fail fast (EHOSTUNREACH), not vanish silently.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.MAXMSGSIZE, max(self.config.limits.max_body_bytes, 1 << 20))
+        sock.setsockopt(zmq.HEARTBEAT_IVL, self.config.heartbeat_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self.config.heartbeat_ms)
+        sock.setsockopt(zmq.LINGER, 0)
+        self._sock = sock
+        try:
+            for endpoint in self.config.binds:
+                self._bind_one(sock, endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+
+    def _bind_one(self, sock: zmq.Socket[bytes], endpoint: str) -> None:
+        scheme, sep, rest = endpoint.partition("://")
+        if not sep or scheme not in ("tcp", "ipc") or not rest:
+            raise StartupError(
+                f"cannot bind {endpoint!r}: use tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555, "
+                "tcp://*:5555) or ipc:///path/to/socket"
+            )
+        if scheme == "ipc":
+            self._check_ipc_free(endpoint, rest)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            hint = ""
+            if exc.errno == zmq.EADDRINUSE:
+                hint = ": the address is in use (another worker on this port?)"
+            elif exc.errno == zmq.ENOENT or exc.errno == 2:
+                hint = ": the directory does not exist"
+            raise StartupError(f"cannot bind {endpoint}: {exc.strerror}{hint}") from exc
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoints.append(bound)
+        log.info("bound %s", bound)
+
+    def _check_ipc_free(self, endpoint: str, path: str) -> None:
+        """Refuse a path a live worker answers on; libzmq would silently take it over."""
+        if len(path.encode()) > 100:
+            raise StartupError(
+                f"ipc path {path!r} is {len(path.encode())} bytes; unix sockets allow ~107, "
+                "use a shorter path"
+            )
+        if not os.path.exists(path):
+            return
+        if not _is_socket(path):
+            raise StartupError(f"cannot bind {endpoint}: {path} exists and is not a socket")
+        assert self._ctx is not None
+        probe = self._ctx.socket(zmq.DEALER)
+        probe.setsockopt(zmq.LINGER, 0)
+        try:
+            probe.connect(endpoint)
+            probe.send_multipart(protocol.encode(Hello(0, role="client", name="bind-check")))
+            if probe.poll(500, zmq.POLLIN):
+                try:
+                    hello = protocol.decode(probe.recv_multipart())
+                except ProtocolError:
+                    hello = None
+                who = (
+                    f"worker {hello.name} (pid {hello.pid})"
+                    if isinstance(hello, Hello)
+                    else "a live process"
+                )
+                raise StartupError(
+                    f"cannot bind {endpoint}: {who} is serving on it; stop it first or "
+                    "bind another path"
+                )
+        finally:
+            probe.close(linger=0)
+        log.info("reusing stale socket file %s (nothing answers on it)", path)
+
+    # --- the socket loop --------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Drain the socket in a batch, then send what handlers finished meanwhile."""
+        self._pump_scheduled = False
+        sock = self._sock
+        assert sock is not None
+        recv = sock.recv_multipart
+        handle = self._on_message
+        ready = self._ready
+        try:
+            for _ in range(_BATCH):
+                handle(recv(zmq.NOBLOCK, copy=False))
+            else:
+                self._schedule_pump()  # more may wait: let timers and signals run first
+        except zmq.Again:
+            pass
+        if ready:
+            # Wake handler threads once per batch, not per message: a woken thread grabs
+            # the GIL each time this loop releases it, and the two would trade it per frame.
+            put = self._sync_queue.put
+            for job in ready:
+                put(job)
+            ready.clear()
+        self._flush_done()
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._pump)
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        peer = frames[0].bytes
+        self._peers[peer] = time.monotonic()
+        try:
+            msg = protocol.decode(frames[1:], self.config.limits)
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            log.warning(
+                "malformed message from client %s (%d frames): %s [%d so far]",
+                peer.hex(),
+                len(frames) - 1,
+                exc,
+                self.protocol_errors,
+            )
+            self._send(peer, protocol.encode(Error(exc.request_id, exc.code, str(exc))))
+            return
+        kind = type(msg)
+        if kind is Request:
+            self._on_request(peer, msg)
+        elif kind is Ping:
+            self._send(peer, protocol.encode(Pong(msg.id, msg.codec)))
+        elif kind is Hello:
+            self._send(peer, protocol.encode(self._hello(msg.id, msg.codec)))
+        elif kind is Cancel:
+            self._on_cancel(peer, msg.id)
+        elif kind is Disconnect:
+            self._peers.pop(peer, None)
+        else:
+            # Never answer an answer (ERROR, REPLY, PONG...): two peers doing that would
+            # bounce errors forever. Count it and move on.
+            self.protocol_errors += 1
+            log.warning(
+                "client %s sent a %s message, which a worker does not accept; ignored",
+                peer.hex(),
+                kind.__name__,
+            )
+
+    def _hello(self, rid: int, codec: protocol.Codec) -> Hello:
+        return Hello(
+            rid,
+            role="worker",
+            name=self.name,
+            version=protocol.__version__,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            services=self._services,
+            capacity=0 if self._draining else self.capacity,
+            in_flight=len(self._jobs),
+            uptime=round(time.monotonic() - self._started_at, 3),
+            heartbeat_ms=self.config.heartbeat_ms,
+            codec=codec,
+        )
+
+    def _on_request(self, peer: bytes, req: Request) -> None:
+        if self._draining:
+            self._send_error(peer, req, ErrorCode.DRAINING, f"worker {self.name} is draining")
+            return
+        handler = self._handlers.get(req.target)
+        if handler is None:
+            served = ", ".join(sorted(self._handlers))
+            self._send_error(
+                peer,
+                req,
+                ErrorCode.UNKNOWN_HANDLER,
+                f"no handler {req.target!r} on worker {self.name}; it serves: {served}",
+            )
+            return
+        key = (peer, req.id)
+        if key in self._jobs:
+            self._send_error(
+                peer, req, ErrorCode.PROTOCOL, f"request id {req.id} is already in flight"
+            )
+            return
+        job = _Job(self, peer, req, handler, time.monotonic())
+        self._jobs[key] = job
+        if not handler.is_async:
+            self._ready.append(job)
+        elif self._async_running < self.config.max_async:
+            self._start_async(job)
+        else:
+            self._async_pending.append(job)
+
+    def _on_cancel(self, peer: bytes, rid: int) -> None:
+        job = self._jobs.get((peer, rid))
+        if job is None:
+            return  # already answered: nothing to cancel
+        job.cancelled = True
+        if job.task is not None:
+            job.task.cancel()
+        elif job.handler.is_async and self._take(job, _Job.QUEUED):
+            with contextlib.suppress(ValueError):
+                self._async_pending.remove(job)
+            self._answer_error(job, ErrorCode.CANCELLED, "cancelled before it started")
+        # A queued sync job is answered CANCELLED by the thread that picks it up.
+
+    def _send(self, peer: bytes, frames: list[Any]) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            sock.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # The client's pipe is full; keep order and retry shortly.
+            self._backlog.append([peer, *frames])
+            assert self._loop is not None
+            if len(self._backlog) == 1:
+                self._loop.call_later(0.01, self._flush_backlog)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            log.debug("client %s left before its reply; dropped", peer.hex())
+            self._peers.pop(peer, None)
+
+    def _flush_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, deque()
+        for frames in backlog:
+            self._send(frames[0], frames[1:])
+
+    def _send_error(self, peer: bytes, req: Request, code: ErrorCode, message: str) -> None:
+        self._send(peer, protocol.encode(Error(req.id, code, message, codec=req.codec)))
+
+    # --- running handlers ----------------------------------------------------------------
+
+    def _take(self, job: _Job, expected: int) -> bool:
+        """Move ``job`` from ``expected`` to the next state if nobody else did first."""
+        with self._claim:
+            if job.state != expected:
+                return False
+            job.state = _Job.RUNNING if expected == _Job.QUEUED else _Job.DONE
+            if job.state == _Job.RUNNING:
+                job.started = time.monotonic()
+            return True
+
+    def _thread_main(self) -> None:
+        get = self._sync_queue.get
+        while (job := get()) is not None:
+            if not self._take(job, _Job.QUEUED):
+                continue  # answered already (drain, cancel)
+            frames = self._refusal(job)
+            if frames is None:
+                token = _context.current.set(job)
+                try:
+                    frames = self._call_sync(job)
+                finally:
+                    _context.current.reset(token)
+                if not self._take(job, _Job.RUNNING):
+                    continue  # the hard-timeout watchdog answered it meanwhile
+            else:
+                job.state = _Job.DONE
+            self._post(job, frames, final=True)
+
+    def _refusal(self, job: _Job) -> list[Any] | None:
+        """The answer for a job that must not start (cancelled, expired), else None."""
+        req = job.request
+        if job.cancelled:
+            return protocol.encode(Error(req.id, ErrorCode.CANCELLED, "cancelled", codec=req.codec))
+        if job.deadline and job.started > job.deadline:
+            waited = job.started - (job.deadline - req.ttl_ms / 1000)
+            return protocol.encode(
+                Error(
+                    req.id,
+                    ErrorCode.TIMEOUT,
+                    f"{req.target} expired after waiting {waited:.3f} s in the worker's "
+                    "queue; it did not run",
+                    codec=req.codec,
+                )
+            )
+        return None
+
+    def _call_sync(self, job: _Job) -> list[Any]:
+        req = job.request
+        fn = job.handler.fn
+        index = 0
+        results: list[Any] = []
+        try:
+            if req.batch:
+                kwargs = req.kwargs
+                for index, item in enumerate(req.args):  # noqa: B007 - index used on error
+                    results.append(fn(*item, **kwargs))
+                result: Any = results
+            else:
+                result = fn(*req.args, **req.kwargs)
+        except (Exception, SystemExit) as exc:
+            return self._handler_error(job, exc, index, results)
+        return self._reply_frames(job, result)
+
+    def _start_async(self, job: _Job) -> None:
+        self._async_running += 1
+        assert self._loop is not None
+        job.task = self._loop.create_task(self._call_async(job))
+
+    async def _call_async(self, job: _Job) -> None:
+        try:
+            if not self._take(job, _Job.QUEUED):
+                return
+            frames = self._refusal(job)
+            if frames is None:
+                _context.current.set(job)  # this task's own context
+                req = job.request
+                c = req.codec
+                fn = job.handler.fn
+                index = 0
+                results: list[Any] = []
+                try:
+                    if req.batch:
+                        for index, item in enumerate(req.args):  # noqa: B007
+                            results.append(await fn(*item, **req.kwargs))
+                        result: Any = results
+                    else:
+                        result = await fn(*req.args, **req.kwargs)
+                except asyncio.CancelledError:
+                    frames = protocol.encode(
+                        Error(req.id, ErrorCode.CANCELLED, "cancelled by the caller", codec=c)
+                    )
+                except (Exception, SystemExit) as exc:
+                    frames = self._handler_error(job, exc, index, results)
+                else:
+                    frames = self._reply_frames(job, result)
+                if not self._take(job, _Job.RUNNING):
+                    return  # answered by the drain meanwhile
+            else:
+                job.state = _Job.DONE
+            self._post(job, frames, final=True)
+        finally:
+            self._async_running -= 1
+            if self._async_pending and not self._draining:
+                self._start_async(self._async_pending.popleft())
+
+    def _reply_frames(self, job: _Job, result: Any) -> list[Any]:
+        req = job.request
+        try:
+            return protocol.encode(Reply(req.id, result, req.codec, req.batch))
+        except ProtocolError as exc:
+            return protocol.encode(
+                Error(
+                    req.id,
+                    ErrorCode.REMOTE,
+                    f"{req.target} returned a value that cannot be sent: {exc}",
+                    type="ProtocolError",
+                    codec=req.codec,
+                )
+            )
+
+    def _handler_error(
+        self, job: _Job, exc: BaseException, index: int, results: list[Any]
+    ) -> list[Any]:
+        req = job.request
+        args = req.args[index] if req.batch else req.args
+        if isinstance(exc, TypeError):
+            problem = job.handler.arguments_error(list(args), req.kwargs)
+            if problem is not None:
+                return protocol.encode(
+                    Error(req.id, ErrorCode.BAD_ARGUMENTS, problem, "BadArguments", codec=req.codec)
+                )
+        # Drop our own frame: the caller wants the handler's traceback, not ours.
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        detail = None
+        if req.batch:
+            detail = {"index": index, "results": results}
+        err = Error.from_exception(req.id, exc, req.codec, traceback=text, detail=detail)
+        try:
+            return protocol.encode(err)
+        except ProtocolError:  # partial results not encodable: send the error alone
+            return protocol.encode(Error.from_exception(req.id, exc, req.codec, traceback=text))
+
+    def _answer_error(self, job: _Job, code: ErrorCode, message: str) -> None:
+        req = job.request
+        self._post(job, protocol.encode(Error(req.id, code, message, codec=req.codec)), True)
+
+    def _post(self, job: _Job, frames: list[Any], final: bool) -> None:
+        """Queue frames for ``job``'s client from any thread; the loop sends them."""
+        self._done.append((job if final else None, job.peer, frames))
+        if not self._done_wake:
+            self._done_wake = True
+            loop = self._loop
+            assert loop is not None
+            # RuntimeError: the loop is closed, the process is exiting anyway.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._flush_done)
+
+    def _flush_done(self) -> None:
+        self._done_wake = False
+        done = self._done
+        jobs = self._jobs
+        send = self._send
+        finished = 0
+        while done:
+            job, peer, frames = done.popleft()
+            if job is not None:
+                if jobs.pop((peer, job.request.id), None) is None:
+                    continue  # answered already by the watchdog; drop the late result
+                finished += 1
+            send(peer, frames)
+        if finished:
+            self.requests_done += finished
+            limit = self.config.max_requests
+            if limit and self.requests_done >= limit and not self._draining:
+                self._begin_drain(f"served {self.requests_done} requests (--max-requests {limit})")
+            if self._draining and not jobs:
+                assert self._stopped is not None
+                self._stopped.set()
+        sock = self._sock
+        # Sending may have consumed the FD's edge: look for input we would otherwise miss.
+        if sock is not None and not sock.closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._schedule_pump()
+
+    # --- drain and housekeeping ----------------------------------------------------------
+
+    def _begin_drain(self, reason: str) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        log.info(
+            "draining (%s): taking no new work, %d request(s) in flight, %d client(s) told",
+            reason,
+            len(self._jobs),
+            len(self._peers),
+        )
+        goodbye = protocol.encode(Disconnect(0, f"worker {self.name} draining: {reason}"))
+        for peer in list(self._peers):
+            self._send(peer, list(goodbye))
+        # Queued async work was accepted: it still runs, within the drain timeout.
+        while self._async_pending and self._async_running < self.config.max_async:
+            self._start_async(self._async_pending.popleft())
+        assert self._stopped is not None
+        self._stopped.set()
+
+    async def _drain(self) -> None:
+        started = time.monotonic()
+        deadline = started + self.config.drain_timeout
+        assert self._stopped is not None
+        while self._jobs and time.monotonic() < deadline:
+            self._stopped.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), deadline - time.monotonic())
+        if self._jobs:
+            self._abandon(f"drain timeout ({self.config.drain_timeout:g} s) passed")
+            if not self.exit_code:
+                self.exit_code = EXIT_DRAIN_TIMEOUT
+        self._flush_done()
+        log.info(
+            "drained in %.2f s: %d request(s) served in total; exiting %d",
+            time.monotonic() - started,
+            self.requests_done,
+            self.exit_code,
+        )
+
+    def _abandon(self, why: str) -> None:
+        """Answer every job still held: unstarted ones DRAINING, running ones WORKER_LOST."""
+        for job in list(self._jobs.values()):
+            if self._take(job, _Job.QUEUED):
+                self._answer_error(job, ErrorCode.DRAINING, f"worker {self.name} stopped: {why}")
+            elif self._take(job, _Job.RUNNING):
+                if job.task is not None:
+                    job.task.cancel()
+                log.error(
+                    "abandoning %s (id %d) after %.1f s: %s",
+                    job.request.target,
+                    job.request.id,
+                    time.monotonic() - job.started,
+                    why,
+                )
+                self._answer_error(
+                    job, ErrorCode.WORKER_LOST, f"worker {self.name} gave up on it: {why}"
+                )
+        self._flush_done()
+
+    async def _housekeeping(self) -> None:
+        cfg = self.config
+        next_rss = 0.0
+        while True:
+            await asyncio.sleep(_HOUSEKEEPING_S)
+            now = time.monotonic()
+            if cfg.hard_timeout:
+                self._check_hard_timeout(now)
+            if cfg.max_rss_mb and now >= next_rss and not self._draining:
+                next_rss = now + 1.0
+                rss = _rss_mb()
+                if rss > cfg.max_rss_mb:
+                    limit = cfg.max_rss_mb
+                    self._begin_drain(f"resident memory {rss:.0f} MB > --max-rss {limit:g}")
+            stale = [p for p, seen in self._peers.items() if now - seen > _PEER_FORGET_S]
+            for peer in stale:
+                del self._peers[peer]
+
+    def _check_hard_timeout(self, now: float) -> None:
+        limit = self.config.hard_timeout
+        for job in list(self._jobs.values()):
+            if job.handler.is_async or job.state != _Job.RUNNING or now - job.started <= limit:
+                continue
+            if not self._take(job, _Job.RUNNING):
+                continue
+            log.error(
+                "%s (id %d) still running after %.1f s (--hard-timeout %g): answering Timeout; "
+                "this worker stops taking work and exits %d so a fresh one replaces it",
+                job.request.target,
+                job.request.id,
+                now - job.started,
+                limit,
+                EXIT_HARD_TIMEOUT,
+            )
+            self._answer_error(
+                job,
+                ErrorCode.TIMEOUT,
+                f"{job.request.target} ran longer than the worker's hard timeout ({limit:g} s)",
+            )
+            self.exit_code = EXIT_HARD_TIMEOUT
+            if not self._draining:
+                self._begin_drain("hard timeout")
+            # Its thread is stuck: work queued behind it would never start. Refuse it now
+            # so clients re-send it elsewhere.
+            for other in list(self._jobs.values()):
+                if not other.handler.is_async and self._take(other, _Job.QUEUED):
+                    self._answer_error(other, ErrorCode.DRAINING, "worker restarting")
+
+
+def _is_socket(path: str) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
