@@ -187,7 +187,8 @@ class AsyncClient(_AsyncCalls):
     async def _request(
         self, target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool
     ) -> Any:
-        return await self._start(target, args, kwargs, opts, batch)
+        fut = await self._start(target, args, kwargs, opts, batch)
+        return await fut
 
 
 def _complete(call: Call, value: Any, exc: BaseException | None) -> None:

@@ -281,11 +281,13 @@ class _IOThread:
                 os.eventfd_write(fd, 1)
 
     def _drain_inbox(self) -> None:
-        # Clear the flag before draining: an append racing with us then either lands
-        # in this drain or sees the flag down and wakes us again. Never lost.
-        self._awake = False
+        # Consume the wake-up first, then lower the flag, then drain: an append racing
+        # with us either lands before the flag drops (and this drain sees it) or sees
+        # the flag down and writes the eventfd again. Lowering the flag before reading
+        # the eventfd could swallow that write and leave the flag up forever.
         with contextlib.suppress(BlockingIOError, OSError):
             os.eventfd_read(self._wake_fd)
+        self._awake = False
         inbox = self._inbox
         core = self.core
         while inbox:

@@ -208,6 +208,7 @@ class Core:
             self._peers.append(peer)
             self.loop.add_reader(sock.FD, self._on_readable, peer)
             self.loop.add_reader(monitor.FD, self._on_monitor, peer)
+            self._greet(peer, 0.005)
         self._tick()
 
     def close(self) -> None:
@@ -473,10 +474,20 @@ class Core:
                 return
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._try_send(peer, self._hello_frames)
+                self._greet(peer, 0.005)
             elif kind == zmq.EVENT_DISCONNECTED:
                 peer.state = _CONNECTING
                 self._lost(peer, "connection closed")
+                self._greet(peer, 0.005)
+
+    def _greet(self, peer: _Peer, delay: float) -> None:
+        """Send HELLO until it goes out: right after the handshake the pipe may not take
+        messages yet (IMMEDIATE), so retry quickly, backing off to the heartbeat."""
+        if self._closed or peer.state is not _CONNECTING or peer.sock.closed:
+            return
+        if self._try_send(peer, self._hello_frames) and delay > 0.1:
+            return  # a HELLO is out; the tick resends it if no answer comes
+        self.loop.call_later(delay, self._greet, peer, min(delay * 2, self.heartbeat))
 
     # --- failure handling ------------------------------------------------------------------
 

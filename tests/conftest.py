@@ -12,3 +12,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "zeromesh"))
+
+# Fixtures that start real worker processes (see tests/meshkit.py).
+from meshkit import mesh, short_tmp  # noqa: E402, F401
