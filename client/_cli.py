@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +42,7 @@ def _add_connect(p: argparse.ArgumentParser) -> None:
         "--connect",
         "-c",
         metavar="EP[,EP...]",
-        default=os.environ.get(ENV_ENDPOINTS),
+        default=None,  # resolve_endpoints reads the environment, and says so if empty
         help=f"worker or broker endpoints, comma-separated (default: ${ENV_ENDPOINTS})",
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -304,7 +305,7 @@ class Worker:
             hint = ""
             if exc.errno == zmq.EADDRINUSE:
                 hint = ": the address is in use (another worker on this port?)"
-            elif exc.errno == zmq.ENOENT or exc.errno == 2:
+            elif exc.errno == errno.ENOENT:
                 hint = ": the directory does not exist"
             raise StartupError(f"cannot bind {endpoint}: {exc.strerror}{hint}") from exc
         bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
