@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from protocol import DEFAULT_LIMITS, Codec, Limits, ZeromeshError
+from protocol import DEFAULT_LIMITS, Codec, Limits, Progress, ZeromeshError
 
 from ._client import Options, _codec, changed_options, check_settings, make_request
 from ._core import Call, Core, WorkerInfo
@@ -88,10 +88,11 @@ class _AsyncCalls:
         timeout: float | None = None,
         retries: int | None = None,
         codec: Codec | str | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> _AsyncCalls:
         """A cheap view with other per-call settings (see `Client.options`)."""
         view = _AsyncCalls()
-        view._opts = changed_options(self._opts, timeout, retries, codec)
+        view._opts = changed_options(self._opts, timeout, retries, codec, on_progress)
         view._owner = self._owner
         return view
 
@@ -179,7 +180,7 @@ class AsyncClient(_AsyncCalls):
         await slots.acquire()
         fut: asyncio.Future[Any] = core.loop.create_future()
         call = Call(target, frames, rid, opts.timeout, opts.retries, fut, _complete)
-        call.on_progress = None
+        call.on_progress = opts.on_progress
         fut.add_done_callback(lambda f: _on_done(f, core, rid, slots))
         core.submit(call)
         return fut

@@ -15,12 +15,12 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import protocol
-from protocol import DEFAULT_LIMITS, Codec, Limits, Request, ZeromeshError
+from protocol import DEFAULT_LIMITS, Codec, Limits, Progress, Request, ZeromeshError
 
 from ._core import Call, Core, WorkerInfo, next_id
 from ._endpoints import resolve_endpoints
@@ -41,6 +41,9 @@ class Options:
     """Re-sends when the worker holding a request is lost (at-least-once)."""
     codec: Codec = Codec.MSGPACK
     """Body codec of the requests sent."""
+    on_progress: Callable[[Progress], None] | None = None
+    """Called with each PROGRESS message a running handler sends (``worker.progress``).
+    For `Client` it runs on the IO thread: keep it quick, never block in it."""
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -118,22 +121,29 @@ class _Calls:
         timeout: float | None = None,
         retries: int | None = None,
         codec: Codec | str | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> _Calls:
         """A cheap view of this client with other per-call settings.
 
         ``client.options(timeout=0.5, retries=0).call("math.add", 1, 2)``
         """
         view = _Calls()
-        view._opts = changed_options(self._opts, timeout, retries, codec)
+        view._opts = changed_options(self._opts, timeout, retries, codec, on_progress)
         view._io = self._io
         return view
 
 
 def changed_options(
-    opts: Options, timeout: float | None, retries: int | None, codec: Codec | str | None
+    opts: Options,
+    timeout: float | None,
+    retries: int | None,
+    codec: Codec | str | None,
+    on_progress: Callable[[Progress], None] | None,
 ) -> Options:
     """``opts`` with the settings that are not None replaced (validated)."""
     changes: dict[str, Any] = {}
+    if on_progress is not None:
+        changes["on_progress"] = on_progress
     if timeout is not None:
         changes["timeout"] = timeout
     if retries is not None:
@@ -308,6 +318,7 @@ class _IOThread:
         fut = _Future()
         self._slots.acquire()
         call = Call(target, frames, rid, opts.timeout, opts.retries, fut, self._complete)
+        call.on_progress = opts.on_progress
         fut._zm_cancel = lambda: self._post(lambda core: core.cancel(rid))
         self._post(call)
         return fut

@@ -117,16 +117,26 @@ def test_map_failure_yields_results_before_it(mesh: Mesh) -> None:
         assert info.value.detail["item"] == 2
 
 
-def test_timeout_then_worker_still_serves(mesh: Mesh) -> None:
-    w = mesh.start()
+# Two worker modes: "math" has an async handler, so sync handlers run in a thread
+# beside the loop; "t" is sync only, so they run inline with a watchdog thread.
+MODES = [
+    pytest.param(("examples.mathsvc:svc", "math", {}), id="threaded"),
+    pytest.param(("testsvc:svc", "t", TEST_ENV), id="inline"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_timeout_then_worker_still_serves(mesh: Mesh, mode: tuple[str, str, dict]) -> None:
+    spec, svc, env = mode
+    w = mesh.start(service=spec, env=env)
     with Client([w.endpoint]) as c:
         start = time.monotonic()
         with pytest.raises(Timeout, match=r"no reply within 0\.5 s"):
-            c.options(timeout=0.5).call("math.sleep", 30)
+            c.options(timeout=0.5).call(f"{svc}.sleep", 30)
         assert time.monotonic() - start < 10
         # The timed-out call was cancelled on the worker (its handler checks `cancelled()`),
         # so the next call does not wait 30 s behind it.
-        assert c.options(timeout=10).call("math.add", 1, 1) == 2
+        assert c.options(timeout=10).call(f"{svc}.sleep", 0) == "slept 0"
 
 
 def test_no_workers(short_tmp) -> None:
@@ -179,10 +189,14 @@ def test_sigterm_drains_in_flight_work_and_exits_0(mesh: Mesh) -> None:
         assert {c.call("t.slow_pid", 0) for _ in range(5)} == {w2.pid}
 
 
-def test_ping_is_answered_during_a_long_cpu_handler(mesh: Mesh) -> None:
-    w = mesh.start()
+@pytest.mark.parametrize("mode", MODES)
+def test_ping_is_answered_during_a_long_cpu_handler(
+    mesh: Mesh, mode: tuple[str, str, dict]
+) -> None:
+    spec, svc, env = mode
+    w = mesh.start(service=spec, env=env)
     with Client([w.endpoint]) as c:
-        fut = c.submit("math.spin", 4.0)
+        fut = c.submit(f"{svc}.spin", 3.0)
         time.sleep(0.5)
         for _ in range(3):
             (row,) = c.workers(timeout=2.0)
@@ -358,3 +372,25 @@ def test_cancel_a_submitted_future(mesh: Mesh) -> None:
         assert queued.cancel()
         assert blocker.result() == "slept 1.0"
         assert c.options(timeout=10).call("math.add", 1, 2) == 3
+
+
+def test_progress_reaches_the_client(mesh: Mesh) -> None:
+    w = mesh.start(service="testsvc:svc", env=TEST_ENV)
+    seen: list[tuple[float, float | None, str]] = []
+
+    async def main() -> int:
+        async with AsyncClient([w.endpoint]) as ac:
+            on_progress = lambda p: seen.append((p.done, p.total, p.note))  # noqa: E731
+            return await ac.options(on_progress=on_progress).call("t.count", 5)
+
+    assert asyncio.run(main()) == 5
+    assert seen == [(i + 1, 5, f"step {i + 1}") for i in range(5)]
+
+
+def test_hard_timeout_inline_answers_timeout_and_exits_70(mesh: Mesh) -> None:
+    w = mesh.start("--hard-timeout", "1", service="testsvc:svc", env=TEST_ENV)
+    with Client([w.endpoint], retries=0) as c:
+        with pytest.raises(Timeout, match="hard timeout"):
+            c.call("t.spin", 30)
+        assert w.wait(30) == 70
+    assert "--hard-timeout 1" in w.output()

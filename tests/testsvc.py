@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from worker import Service
+from worker import Service, cancelled, progress
 
 svc = Service("t")
 
@@ -38,3 +38,33 @@ def echo(value):
 def bad_type():
     """Raise a TypeError from inside the handler: must not look like bad arguments."""
     return len(5)  # type: ignore[arg-type]
+
+
+@svc.handler
+def spin(seconds: float) -> int:
+    """Hold the GIL in pure Python for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+    return n
+
+
+@svc.handler
+def sleep(seconds: float) -> str:
+    """Sleep in small steps, returning early once the caller cancels."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cancelled():
+            return "cancelled"
+        time.sleep(0.01)
+    return f"slept {seconds}"
+
+
+@svc.handler
+def count(n: int) -> int:
+    """Report progress n times."""
+    for i in range(n):
+        progress(i + 1, n, f"step {i + 1}")
+        time.sleep(0.01)
+    return n

@@ -174,6 +174,12 @@ class Worker:
         self.capacity = (config.concurrency if has_sync else 0) + (
             config.max_async if has_async else 0
         )
+        # Inline mode: one sync handler at a time, run on the loop thread itself, with a
+        # watchdog thread that stands in on the socket while a handler runs long. Two
+        # runnable Python threads trade the GIL on every pyzmq call (each one releases
+        # it), which costs more than the handlers themselves for short calls; with
+        # --concurrency 1 and no async handlers there is nothing a second thread buys.
+        self.inline = config.concurrency == 1 and not has_async
         self.name = config.name or f"{socket.gethostname()}:{os.getpid()}"
         self.endpoints: list[str] = []
         self.exit_code = 0
@@ -186,7 +192,11 @@ class Worker:
         self._sync_queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._async_running = 0
-        self._ready: list[_Job] = []
+        self._ready: deque[_Job] = deque()
+        self._sock_lock = threading.Lock()  # inline mode: who may touch the socket now
+        self._running_inline: _Job | None = None
+        self._stolen: deque[list[zmq.Frame]] = deque()  # received by the watchdog
+        self._closing = False
         self._async_pending: deque[_Job] = deque()
         self._claim = threading.Lock()
         self._done: deque[tuple[_Job | None, bytes, list[Any]]] = deque()
@@ -223,11 +233,18 @@ class Worker:
             raise
         sock = self._sock
         assert sock is not None
-        for i in range(self.config.concurrency):
-            t = threading.Thread(target=self._thread_main, name=f"zeromesh-handler-{i}")
-            t.daemon = True  # a handler stuck past the drain must not keep the process up
+        if self.inline:
+            self._sock_lock.acquire()  # the loop owns the socket except inside a handler
+            t = threading.Thread(target=self._watchdog_main, name="zeromesh-watchdog")
+            t.daemon = True
             t.start()
             self._threads.append(t)
+        else:
+            for i in range(self.config.concurrency):
+                t = threading.Thread(target=self._thread_main, name=f"zeromesh-handler-{i}")
+                t.daemon = True  # a handler stuck past the drain must not keep the process up
+                t.start()
+                self._threads.append(t)
         loop.add_reader(sock.FD, self._pump)
         installed = self._install_signals(loop)
         housekeeping = loop.create_task(self._housekeeping())
@@ -248,8 +265,12 @@ class Worker:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             loop.remove_reader(sock.FD)
-            for _ in self._threads:
-                self._sync_queue.put(None)
+            self._closing = True
+            if self.inline:
+                self._sock_lock.release()
+            else:
+                for _ in self._threads:
+                    self._sync_queue.put(None)
             # LINGER: give queued replies a moment to leave; a dead peer must not hang exit.
             sock.close(linger=2000)
             self._ctx.term()
@@ -365,12 +386,15 @@ class Worker:
         except zmq.Again:
             pass
         if ready:
-            # Wake handler threads once per batch, not per message: a woken thread grabs
-            # the GIL each time this loop releases it, and the two would trade it per frame.
-            put = self._sync_queue.put
-            for job in ready:
-                put(job)
-            ready.clear()
+            if self.inline:
+                self._run_inline()
+            else:
+                # Wake handler threads once per batch, not per message: a woken thread
+                # grabs the GIL each time this loop releases it in a pyzmq call.
+                put = self._sync_queue.put
+                for job in ready:
+                    put(job)
+                ready.clear()
         self._flush_done()
 
     def _schedule_pump(self) -> None:
@@ -511,6 +535,132 @@ class Worker:
                 job.started = time.monotonic()
             return True
 
+    def _run_inline(self) -> None:
+        """Run the ready sync jobs on this (the loop's) thread, answering each at once."""
+        ready = self._ready
+        lock = self._sock_lock
+        while ready:
+            job = ready.popleft()
+            if not self._take(job, _Job.QUEUED):
+                continue
+            frames = self._refusal(job)
+            if frames is None:
+                token = _context.current.set(job)
+                self._running_inline = job
+                lock.release()  # the watchdog may answer pings while the handler runs
+                try:
+                    frames = self._call_sync(job)
+                finally:
+                    lock.acquire()
+                    self._running_inline = None
+                    _context.current.reset(token)
+                if not self._take(job, _Job.RUNNING):
+                    continue  # the watchdog answered it (hard timeout)
+            else:
+                job.state = _Job.DONE
+            self._done.append((job, job.peer, frames))
+            self._flush_done()
+            while self._stolen:  # what arrived while the handler ran
+                self._on_message(self._stolen.popleft())
+
+    def _watchdog_main(self) -> None:
+        """Inline mode: while a handler runs long, answer PING and HELLO, note CANCEL.
+
+        Holds the socket lock only while the loop thread is inside a handler (which
+        releases it). Requests are kept for the loop, never run here; the hard timeout
+        is enforced here, because the loop thread is the one that is stuck.
+        """
+        lock = self._sock_lock
+        while not self._closing:
+            time.sleep(0.1)
+            job = self._running_inline
+            if job is None or time.monotonic() - job.started < 0.2:
+                continue
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                if self._running_inline is job and not self._closing:
+                    self._stand_in(job)
+            finally:
+                lock.release()
+
+    def _stand_in(self, job: _Job) -> None:
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                header = protocol.decode_header(frames[1]) if len(frames) > 1 else None
+            except ProtocolError:
+                header = None
+            kind = header.type if header is not None else None
+            peer = frames[0].bytes
+            if kind is protocol.MessageType.PING:
+                self._send_now(peer, protocol.encode(Pong(header.id, header.codec)))
+            elif kind is protocol.MessageType.HELLO:
+                self._send_now(peer, protocol.encode(self._hello(header.id, header.codec)))
+            elif kind is protocol.MessageType.CANCEL and (peer, header.id) == (
+                job.peer,
+                job.request.id,
+            ):
+                job.cancelled = True
+            else:
+                self._stolen.append(frames)
+        limit = self.config.hard_timeout
+        if limit and time.monotonic() - job.started > limit and self._take(job, _Job.RUNNING):
+            self._hard_exit(job, limit)
+
+    def _send_now(self, peer: bytes, frames: list[Any]) -> None:
+        """Send from the watchdog thread (holding the socket lock); best effort."""
+        sock = self._sock
+        assert sock is not None
+        with contextlib.suppress(zmq.ZMQError):
+            sock.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+
+    def _hard_exit(self, job: _Job, limit: float) -> None:
+        """Inline mode: a handler overran the hard timeout; answer everything and exit."""
+        req = job.request
+        log.error(
+            "%s (id %d) still running after %.1f s (--hard-timeout %g): answering Timeout "
+            "and everything held, then exiting %d so a fresh worker replaces this one",
+            req.target,
+            req.id,
+            time.monotonic() - job.started,
+            limit,
+            EXIT_HARD_TIMEOUT,
+        )
+        msg = f"{req.target} ran longer than the worker's hard timeout ({limit:g} s)"
+        self._send_now(job.peer, protocol.encode(Error(req.id, ErrorCode.TIMEOUT, msg)))
+        goodbye = protocol.encode(Disconnect(0, f"worker {self.name} restarting"))
+        for peer in list(self._peers):
+            self._send_now(peer, goodbye)
+        for other in list(self._jobs.values()):
+            if other is not job and self._take(other, _Job.QUEUED):
+                self._send_now(
+                    other.peer,
+                    protocol.encode(
+                        Error(other.request.id, ErrorCode.DRAINING, "worker restarting")
+                    ),
+                )
+        for frames in self._stolen:
+            with contextlib.suppress(ProtocolError, IndexError):
+                header = protocol.decode_header(frames[1])
+                if header.type is protocol.MessageType.REQUEST:
+                    self._send_now(
+                        frames[0].bytes,
+                        protocol.encode(Error(header.id, ErrorCode.DRAINING, "worker restarting")),
+                    )
+        sock = self._sock
+        assert sock is not None
+        assert self._ctx is not None
+        sock.close(linger=2000)  # let the answers leave before the process does
+        self._ctx.term()
+        logging.shutdown()
+        os._exit(EXIT_HARD_TIMEOUT)
+
     def _thread_main(self) -> None:
         get = self._sync_queue.get
         while (job := get()) is not None:
@@ -650,6 +800,11 @@ class Worker:
 
     def _post(self, job: _Job, frames: list[Any], final: bool) -> None:
         """Queue frames for ``job``'s client from any thread; the loop sends them."""
+        if not final and self._running_inline is job:
+            # PROGRESS from an inline handler: the loop is busy running it, so send now.
+            with self._sock_lock:
+                self._send_now(job.peer, frames)
+            return
         self._done.append((job if final else None, job.peer, frames))
         if not self._done_wake:
             self._done_wake = True
@@ -752,7 +907,7 @@ class Worker:
         while True:
             await asyncio.sleep(_HOUSEKEEPING_S)
             now = time.monotonic()
-            if cfg.hard_timeout:
+            if cfg.hard_timeout and not self.inline:  # inline: the watchdog enforces it
                 self._check_hard_timeout(now)
             if cfg.max_rss_mb and now >= next_rss and not self._draining:
                 next_rss = now + 1.0
