@@ -47,6 +47,7 @@ from protocol import (
     WorkerLost,
     ZeromeshError,
 )
+from zmqio import has_input, recv_message, send_message
 
 __all__ = ["Call", "Core", "WorkerInfo"]
 
@@ -332,7 +333,7 @@ class Core:
 
     def _try_send(self, peer: _Peer, frames: list[Any]) -> bool:
         try:
-            peer.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_message(peer.sock, frames)
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
@@ -349,7 +350,7 @@ class Core:
         sent_to, self._sent_to = self._sent_to, set()
         for peer in sent_to:
             sock = peer.sock
-            if not sock.closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if has_input(sock):
                 self._on_readable(peer)
 
     # --- receiving -----------------------------------------------------------------------
@@ -358,14 +359,13 @@ class Core:
         sock = peer.sock
         if sock.closed:
             return
-        recv = sock.recv_multipart
         calls = self.calls
         outstanding = peer.outstanding
         limits = self.limits
         got = False
         for _ in range(1024):
             try:
-                frames = recv(zmq.NOBLOCK, copy=False)
+                frames = recv_message(sock)
             except zmq.Again:
                 break
             got = True

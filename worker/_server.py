@@ -48,6 +48,7 @@ from protocol import (
     Reply,
     Request,
 )
+from zmqio import has_input, recv_message, send_message
 
 from . import _context
 from ._service import Handler, Service
@@ -268,6 +269,8 @@ class Worker:
             self._closing = True
             if self.inline:
                 self._sock_lock.release()
+                for t in self._threads:
+                    t.join(timeout=1.0)  # the watchdog notices `_closing` within 0.1 s
             else:
                 for _ in self._threads:
                     self._sync_queue.put(None)
@@ -375,12 +378,11 @@ class Worker:
         self._pump_scheduled = False
         sock = self._sock
         assert sock is not None
-        recv = sock.recv_multipart
         handle = self._on_message
         ready = self._ready
         try:
             for _ in range(_BATCH):
-                handle(recv(zmq.NOBLOCK, copy=False))
+                handle(recv_message(sock))
             else:
                 self._schedule_pump()  # more may wait: let timers and signals run first
         except zmq.Again:
@@ -502,7 +504,7 @@ class Worker:
         sock = self._sock
         assert sock is not None
         try:
-            sock.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+            send_message(sock, [peer, *frames])
         except zmq.Again:
             # The client's pipe is full; keep order and retry shortly.
             self._backlog.append([peer, *frames])
@@ -559,7 +561,8 @@ class Worker:
             else:
                 job.state = _Job.DONE
             self._done.append((job, job.peer, frames))
-            self._flush_done()
+            if len(self._done) >= 32 or time.monotonic() - job.started > 0.001:
+                self._flush_done()  # answer slow calls at once, batch quick ones
             while self._stolen:  # what arrived while the handler ran
                 self._on_message(self._stolen.popleft())
 
@@ -589,7 +592,7 @@ class Worker:
         assert sock is not None
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_message(sock)
             except zmq.Again:
                 break
             try:
@@ -618,7 +621,7 @@ class Worker:
         sock = self._sock
         assert sock is not None
         with contextlib.suppress(zmq.ZMQError):
-            sock.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+            send_message(sock, [peer, *frames])
 
     def _hard_exit(self, job: _Job, limit: float) -> None:
         """Inline mode: a handler overran the hard timeout; answer everything and exit."""
@@ -837,7 +840,7 @@ class Worker:
                 self._stopped.set()
         sock = self._sock
         # Sending may have consumed the FD's edge: look for input we would otherwise miss.
-        if sock is not None and not sock.closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if sock is not None and has_input(sock):
             self._schedule_pump()
 
     # --- drain and housekeeping ----------------------------------------------------------
