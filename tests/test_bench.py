@@ -1,0 +1,28 @@
+"""Smoke test of the benchmark: it runs end to end and writes valid JSON (no timings checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.timeout(300)
+def test_bench_tiny_runs_and_writes_json(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.mesh", "--tiny", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RTT p50" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert len(rows) >= 6
+    for row in rows:
+        assert set(row) == {"scenario", "zeromesh", "baseline", "ratio", "target", "unit"}
+        assert row["zeromesh"] > 0
+        assert row["baseline"] > 0
