@@ -541,7 +541,12 @@ class Worker:
         """Run the ready sync jobs on this (the loop's) thread, answering each at once."""
         ready = self._ready
         lock = self._sock_lock
+        started = time.monotonic()
         while ready:
+            if time.monotonic() - started > 0.05:
+                # Let timers and signals (SIGTERM) in between long runs of work.
+                self._schedule_pump()
+                return
             job = ready.popleft()
             if not self._take(job, _Job.QUEUED):
                 continue
