@@ -209,6 +209,10 @@ class Core:
             self._peers.append(peer)
             self.loop.add_reader(sock.FD, self._on_readable, peer)
             self.loop.add_reader(monitor.FD, self._on_monitor, peer)
+            # ZeroMQ's FD is edge-triggered: events queued before the reader was added
+            # raise no new edge, and the monitor would never wake us (a drained worker's
+            # DISCONNECTED went unseen until heartbeats ran out). Drain it once now.
+            self.loop.call_soon(self._on_monitor, peer)
             self._greet(peer, 0.005)
         self._tick()
 
