@@ -480,6 +480,9 @@ class Core:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._greet(peer, 0.005)
             elif kind == zmq.EVENT_DISCONNECTED:
+                # Replies the worker sent before it closed are still queued here: take
+                # them first, or their requests count as lost and run twice.
+                self._on_readable(peer)
                 peer.state = _CONNECTING
                 self._lost(peer, "connection closed")
                 self._greet(peer, 0.005)
