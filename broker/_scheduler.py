@@ -1,0 +1,744 @@
+"""The broker's scheduler: who has credit, what is queued, what is in flight, what expired.
+
+A plain state machine, no sockets and no clock of its own (it is given one). The socket
+shell (`broker._server`) turns frames into method calls and executes the commands the
+scheduler leaves in `Scheduler.outbox`:
+
+* `Dispatch` — send the job's request frames to a worker;
+* `Answer` — answer the job's client with an ERROR of the given code;
+* `CancelAt` — tell the worker holding the job that its client gave up on it.
+
+Rules (protocol/SPEC.md, section 12, says the same for other implementations):
+
+* Requests queue per service, first in first out. A worker with credit for the service
+  takes the head of the queue; among several, the one that has waited longest since it
+  was last given work (least recently used).
+* Credit is exactly what the worker announced in READY, decreased by one per request
+  sent to it. Nothing is sent to a worker without credit: no hidden prefetch.
+* A worker is expired after ``liveness`` heartbeat intervals without a word from it
+  (its own ``heartbeat_ms``). The requests it held are queued again, at the head of
+  their queues; one that has already been handed to ``max_deliveries`` workers is
+  answered WORKER_LOST instead (a poison request must not kill the whole pool).
+* A request whose time-to-live passes while it is queued is answered TIMEOUT (or
+  NO_WORKERS when nobody serves its service) and is never sent to a worker.
+* A queue holding ``max_queue`` requests answers the next one OVERLOADED at once.
+* Every request accepted gets exactly one answer: the worker's reply (forwarded once;
+  later replies for it are dropped and counted as late) or one `Answer` from here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from protocol import ErrorCode
+
+__all__ = [
+    "RESERVED_SERVICE",
+    "Answer",
+    "CancelAt",
+    "Dispatch",
+    "Job",
+    "Scheduler",
+    "WorkerRecord",
+]
+
+RESERVED_SERVICE = "_broker"
+"""Requests to ``_broker.*`` are answered by the broker itself (``_broker.status``)."""
+
+QUEUED, IN_FLIGHT, DONE = 1, 2, 3
+
+
+class Job:
+    """One client request, from arrival at the broker until its answer leaves.
+
+    ``payload`` is opaque here: the shell keeps the request's frames in it.
+    """
+
+    __slots__ = (
+        "client",
+        "codec",
+        "deadline",
+        "deliveries",
+        "id",
+        "payload",
+        "seq",
+        "service",
+        "state",
+        "target",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        client: bytes,
+        rid: int,
+        target: str,
+        deadline: float,
+        payload: Any,
+        codec: int,
+        seq: int,
+    ) -> None:
+        self.client = client
+        self.id = rid
+        self.target = target
+        self.service = target.partition(".")[0]
+        self.deadline = deadline  # 0.0: none
+        self.payload = payload
+        self.codec = codec
+        self.seq = seq  # arrival order, for fairness between queues
+        self.deliveries = 0
+        self.state = QUEUED
+        self.worker: bytes | None = None
+
+    @property
+    def key(self) -> tuple[bytes, int]:
+        return (self.client, self.id)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.target} id={self.id} state={self.state} deliveries={self.deliveries}>"
+
+
+class WorkerRecord:
+    """What the broker knows about one connected worker."""
+
+    __slots__ = (
+        "capacity",
+        "credit",
+        "draining",
+        "enlisted",
+        "host",
+        "id",
+        "in_flight",
+        "last_seen",
+        "liveness",
+        "name",
+        "pid",
+        "registered_at",
+        "served",
+        "services",
+        "targets",
+    )
+
+    def __init__(self, wid: bytes, now: float) -> None:
+        self.id = wid
+        self.name = ""
+        self.host = ""
+        self.pid = 0
+        self.services: dict[str, list[str]] = {}
+        self.targets: frozenset[str] = frozenset()
+        self.capacity = 0
+        self.credit = 0
+        self.draining = False
+        self.enlisted = False  # counted among who serves what
+        self.in_flight: dict[tuple[bytes, int], Job] = {}
+        self.last_seen = now
+        self.liveness = 3.0  # seconds of silence before it is expired
+        self.registered_at = now
+        self.served = 0
+
+
+class Dispatch(NamedTuple):
+    """Send ``job.payload`` to ``worker``."""
+
+    worker: bytes
+    job: Job
+
+
+class Answer(NamedTuple):
+    """Answer ``job``'s client with an ERROR ``code`` carrying ``message``."""
+
+    job: Job
+    code: ErrorCode
+    message: str
+
+
+class CancelAt(NamedTuple):
+    """Tell ``worker`` that ``job``'s client cancelled it."""
+
+    worker: bytes
+    job: Job
+
+
+Command = Dispatch | Answer | CancelAt
+
+
+class Scheduler:
+    """Per-service queues, worker credit, in-flight table, liveness and deadlines.
+
+    Args:
+        max_queue: requests one service's queue holds before new ones are refused
+            OVERLOADED (requests put back after a worker was lost may exceed it).
+        max_deliveries: workers a request may be handed to before it is answered
+            WORKER_LOST rather than queued again.
+        liveness: heartbeat intervals of silence after which a worker is expired.
+        grace: seconds after start during which a request for a service no worker has
+            announced yet waits for one (workers reconnecting to a restarted broker);
+            afterwards such a request is answered UNKNOWN_HANDLER at once.
+        clock: monotonic seconds; tests pass a fake one.
+
+    Not thread-safe: one loop drives it. Every method appends its commands to `outbox`;
+    the caller executes and clears them.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_queue: int = 10_000,
+        max_deliveries: int = 3,
+        liveness: int = 3,
+        grace: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_queue < 1 or max_deliveries < 1 or liveness < 1:
+            raise ValueError("max_queue, max_deliveries and liveness must be at least 1")
+        self.max_queue = max_queue
+        self.max_deliveries = max_deliveries
+        self.liveness = liveness
+        self.grace = grace
+        self.clock = clock
+        self.started = clock()
+        self.outbox: list[Command] = []
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.jobs: dict[tuple[bytes, int], Job] = {}
+        self.draining = False
+        self._queues: dict[str, deque[Job]] = {}
+        self._depth: dict[str, int] = {}  # live (QUEUED) jobs per queue
+        # Per service: the workers with credit, least recently given work first.
+        self._avail: dict[str, OrderedDict[bytes, WorkerRecord]] = {}
+        # How many live, non-draining workers serve each service and each target.
+        self._providers: dict[str, int] = {}
+        self._target_count: dict[str, int] = {}
+        self._ever_served: set[str] = set()
+        self._deadlines: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "accepted",
+                "dispatched",
+                "answered",
+                "requeued",
+                "refused",
+                "expired_in_queue",
+                "overloaded",
+                "worker_lost",
+                "unknown",
+                "cancelled",
+                "late_replies",
+                "workers_expired",
+            ),
+            0,
+        )
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def register(
+        self,
+        wid: bytes,
+        *,
+        services: dict[str, list[str]],
+        capacity: int,
+        heartbeat: float,
+        name: str = "",
+        host: str = "",
+        pid: int = 0,
+    ) -> None:
+        """A worker said HELLO. A known worker saying it again starts a new credit count
+        at zero (its READY follows); the requests it holds stay in flight."""
+        now = self.clock()
+        w = self.workers.get(wid)
+        if w is None:
+            w = self.workers[wid] = WorkerRecord(wid, now)
+        else:
+            self._withdraw(w)
+            self._delist(w)
+            w.credit = 0
+        w.name, w.host, w.pid = name, host, pid
+        w.services = {s: list(h) for s, h in services.items() if s != RESERVED_SERVICE}
+        w.targets = frozenset(f"{s}.{h}" for s, hs in w.services.items() for h in hs)
+        w.capacity = max(0, capacity)
+        w.draining = False
+        w.last_seen = now
+        w.liveness = self.liveness * max(heartbeat, 0.01)
+        self._ever_served.update(w.services)
+        self._enlist(w)
+
+    def ready(self, wid: bytes, credit: int) -> bool:
+        """The worker grants ``credit`` more requests. False if it is not registered."""
+        w = self.workers.get(wid)
+        if w is None:
+            return False
+        w.last_seen = self.clock()
+        if credit <= 0 or w.draining:
+            return True
+        was = w.credit
+        w.credit = was + credit
+        if was == 0:
+            for s in w.services:
+                self._avail.setdefault(s, OrderedDict())[wid] = w
+        self._feed(w)
+        # What w took may have been blocking the head of a queue another worker can serve.
+        self._dispatch_services(w.services)
+        return True
+
+    def heard(self, wid: bytes) -> bool:
+        """Any message from the worker proves it alive. False if it is not registered."""
+        w = self.workers.get(wid)
+        if w is None:
+            return False
+        w.last_seen = self.clock()
+        return True
+
+    def disconnect(self, wid: bytes) -> None:
+        """The worker drains: it gets nothing new; replies to what it holds still pass."""
+        w = self.workers.get(wid)
+        if w is None or w.draining:
+            return
+        w.last_seen = self.clock()
+        self._withdraw(w)
+        self._delist(w)
+        w.draining = True
+        w.credit = 0
+
+    def remove(self, wid: bytes, why: str) -> None:
+        """The worker is gone (expired, unreachable): requeue or fail what it held."""
+        self._dispatch_services(self._remove(wid, why))
+
+    def _remove(self, wid: bytes, why: str) -> set[str]:
+        """Forget ``wid``; return the services whose queues may now move."""
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return set()
+        self._withdraw(w)
+        self._delist(w)
+        now = self.clock()
+        touched: set[str] = set()
+        # Put back in reverse so the oldest ends up at the head of its queue.
+        for job in sorted(w.in_flight.values(), key=lambda j: j.seq, reverse=True):
+            if job.state is not IN_FLIGHT:
+                continue
+            job.worker = None
+            if job.deliveries >= self.max_deliveries:
+                self.counters["worker_lost"] += 1
+                self._answer(
+                    job,
+                    ErrorCode.WORKER_LOST,
+                    f"{job.target}: handed to {job.deliveries} workers, all lost before "
+                    f"replying (last: {_who(w)}, {why}); not sent again",
+                )
+            elif job.deadline and job.deadline <= now:
+                self._expire(job, now)
+            else:
+                self.counters["requeued"] += 1
+                self._requeue(job)
+                touched.add(job.service)
+        w.in_flight.clear()
+        touched.update(w.services)
+        return touched
+
+    def finish(self, wid: bytes, client: bytes, rid: int) -> bool:
+        """The worker answered (REPLY or ERROR). True: forward it to the client.
+
+        False for a late answer: from a worker no longer registered, or for a request
+        that worker does not hold (it was expired and the request re-sent elsewhere).
+        """
+        w = self.workers.get(wid)
+        if w is None:
+            self.counters["late_replies"] += 1
+            return False
+        w.last_seen = self.clock()
+        job = w.in_flight.pop((client, rid), None)
+        if job is None:
+            self.counters["late_replies"] += 1
+            return False
+        job.state = DONE
+        job.worker = None
+        del self.jobs[job.key]
+        w.served += 1
+        self.counters["answered"] += 1
+        return True
+
+    def holds(self, wid: bytes, client: bytes, rid: int) -> bool:
+        """Whether ``wid`` holds that request now (PROGRESS is forwarded only then)."""
+        w = self.workers.get(wid)
+        return w is not None and (client, rid) in w.in_flight
+
+    def refused(self, wid: bytes, client: bytes, rid: int) -> None:
+        """The worker did not start the request (DRAINING: busy or stopping).
+
+        It goes back to the head of its queue without counting as a delivery, and the
+        worker's credit drops to zero until its next READY.
+        """
+        w = self.workers.get(wid)
+        if w is None:
+            self.counters["late_replies"] += 1
+            return
+        w.last_seen = self.clock()
+        self._withdraw(w)
+        w.credit = 0
+        job = w.in_flight.pop((client, rid), None)
+        if job is None:
+            self.counters["late_replies"] += 1
+            return
+        self.counters["refused"] += 1
+        job.deliveries -= 1
+        job.worker = None
+        self._requeue(job)
+        self._dispatch_services((job.service,))
+
+    # --- clients ------------------------------------------------------------------------------
+
+    def submit(
+        self, client: bytes, rid: int, target: str, ttl_ms: int, payload: Any, codec: int = 0
+    ) -> Job | None:
+        """A client's request. Returns its job, or None if it was answered at once."""
+        now = self.clock()
+        job = Job(
+            client,
+            rid,
+            target,
+            now + ttl_ms / 1000 if ttl_ms else 0.0,
+            payload,
+            codec,
+            next(self._seq),
+        )
+        key = (client, rid)
+        if self.draining:
+            self._answer(job, ErrorCode.DRAINING, "the broker is shutting down; not started")
+            return None
+        if key in self.jobs:
+            self._answer(job, ErrorCode.PROTOCOL, f"request id {rid} is already in flight")
+            return None
+        service = job.service
+        if self._providers.get(service):
+            if not self._target_count.get(target):
+                self.counters["unknown"] += 1
+                self._answer(job, ErrorCode.UNKNOWN_HANDLER, self._no_handler(target))
+                return None
+        elif service not in self._ever_served and now - self.started > self.grace:
+            self.counters["unknown"] += 1
+            self._answer(job, ErrorCode.UNKNOWN_HANDLER, self._no_handler(target))
+            return None
+        self.counters["accepted"] += 1
+        q = self._queues.get(service)
+        if not q or not self._depth.get(service):
+            avail = self._avail.get(service)
+            if avail:
+                w = _pick(avail, target)
+                if w is not None:
+                    self.jobs[key] = job
+                    self._send(w, job)
+                    return job
+        depth = self._depth.get(service, 0)
+        if depth >= self.max_queue:
+            self.counters["overloaded"] += 1
+            self._answer(
+                job,
+                ErrorCode.OVERLOADED,
+                f"the broker's queue for {service!r} is full ({depth} waiting); retry later",
+            )
+            return None
+        self.jobs[key] = job
+        if q is None:
+            q = self._queues[service] = deque()
+        q.append(job)
+        self._depth[service] = depth + 1
+        if job.deadline:
+            heapq.heappush(self._deadlines, (job.deadline, job.seq, job))
+        return job
+
+    def cancel(self, client: bytes, rid: int) -> None:
+        """The client gave up on a request: unqueue it, or tell its worker."""
+        job = self.jobs.get((client, rid))
+        if job is None:
+            return
+        self.counters["cancelled"] += 1
+        if job.state is QUEUED:
+            self._unqueue(job)
+            job.state = DONE
+            del self.jobs[job.key]
+            self._dispatch_services((job.service,))  # it may have blocked the head
+        elif job.state is IN_FLIGHT and job.worker is not None:
+            self.outbox.append(CancelAt(job.worker, job))
+
+    def forget_client(self, client: bytes) -> None:
+        """The client left (DISCONNECT): drop its queued requests, cancel the rest."""
+        touched = set()
+        for job in [j for j in self.jobs.values() if j.client == client]:
+            if job.state is QUEUED:
+                self.counters["cancelled"] += 1
+                self._unqueue(job)
+                job.state = DONE
+                del self.jobs[job.key]
+                touched.add(job.service)
+            elif job.worker is not None:
+                self.outbox.append(CancelAt(job.worker, job))
+        self._dispatch_services(touched)
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Expire silent workers and queued requests whose time is up."""
+        now = self.clock()
+        touched: set[str] = set()
+        # Remove every silent worker before dispatching: none of them may be given work.
+        for w in [w for w in self.workers.values() if now - w.last_seen > w.liveness]:
+            self.counters["workers_expired"] += 1
+            touched |= self._remove(w.id, f"silent for {now - w.last_seen:.1f} s")
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, job = heapq.heappop(heap)
+            if job.state is QUEUED and job.deadline <= now:
+                self._unqueue(job)
+                self._expire(job, now)
+                touched.add(job.service)  # it may have been blocking the head of its queue
+        self._dispatch_services(touched)
+
+    def next_wakeup(self) -> float | None:
+        """When `tick` next has something to do (a clock reading), None if never."""
+        times = [w.last_seen + w.liveness for w in self.workers.values()]
+        heap = self._deadlines
+        while heap and heap[0][2].state is not QUEUED:
+            heapq.heappop(heap)  # dispatched or answered meanwhile
+        if heap:
+            times.append(heap[0][0])
+        return min(times) if times else None
+
+    def drain(self) -> None:
+        """Take no new requests; answer every queued one DRAINING (not started)."""
+        self.draining = True
+        for q in self._queues.values():
+            for job in q:
+                if job.state is QUEUED:
+                    self._answer(job, ErrorCode.DRAINING, "the broker is shutting down")
+            q.clear()
+        self._depth.clear()
+
+    def abandon(self, why: str) -> None:
+        """Answer every request still in flight WORKER_LOST (the broker is leaving)."""
+        for w in self.workers.values():
+            for job in w.in_flight.values():
+                if job.state is IN_FLIGHT:
+                    self.counters["worker_lost"] += 1
+                    self._answer(job, ErrorCode.WORKER_LOST, f"{job.target}: {why}")
+            w.in_flight.clear()
+
+    # --- reading the state ----------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """Requests the registered, non-draining workers run at once, all together."""
+        return sum(w.capacity for w in self.workers.values() if not w.draining)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(w.in_flight) for w in self.workers.values())
+
+    def services(self) -> dict[str, list[str]]:
+        """Union of the services of the non-draining workers, with their handlers."""
+        out: dict[str, set[str]] = {}
+        for w in self.workers.values():
+            if not w.draining:
+                for s, hs in w.services.items():
+                    out.setdefault(s, set()).update(hs)
+        return {s: sorted(hs) for s, hs in sorted(out.items())}
+
+    def queue_depths(self) -> dict[str, int]:
+        return {s: n for s, n in sorted(self._depth.items()) if n}
+
+    def status(self) -> dict[str, Any]:
+        """Workers, queues and totals, as plain data (the ``_broker.status`` reply)."""
+        now = self.clock()
+        workers = [
+            {
+                "id": w.id.hex(),
+                "name": w.name,
+                "host": w.host,
+                "pid": w.pid,
+                "services": w.services,
+                "state": "draining" if w.draining else "ready",
+                "capacity": w.capacity,
+                "credit": w.credit,
+                "in_flight": len(w.in_flight),
+                "served": w.served,
+                "last_seen": round(now - w.last_seen, 3),
+                "connected": round(now - w.registered_at, 3),
+            }
+            for w in sorted(self.workers.values(), key=lambda w: (w.host, w.pid, w.id))
+        ]
+        queues = self.queue_depths()
+        return {
+            "workers": workers,
+            "queues": queues,
+            "totals": {
+                "workers": len(workers),
+                "capacity": self.capacity,
+                "credit": sum(w.credit for w in self.workers.values()),
+                "in_flight": self.in_flight,
+                "queued": sum(queues.values()),
+                **self.counters,
+            },
+        }
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _send(self, w: WorkerRecord, job: Job) -> None:
+        job.state = IN_FLIGHT
+        job.worker = w.id
+        job.deliveries += 1
+        w.in_flight[job.key] = job
+        w.credit -= 1
+        self.counters["dispatched"] += 1
+        if w.credit <= 0:
+            self._withdraw(w)
+        else:
+            avail = self._avail
+            for s in w.services:
+                avail[s].move_to_end(w.id)
+        self.outbox.append(Dispatch(w.id, job))
+
+    def _feed(self, w: WorkerRecord) -> None:
+        """Give ``w`` queued work while it has credit, oldest request first."""
+        queues = self._queues
+        while w.credit > 0:
+            best: Job | None = None
+            for s in w.services:
+                q = queues.get(s)
+                if not q:
+                    continue
+                head = self._head(q)
+                if (
+                    head is not None
+                    and head.target in w.targets
+                    and (best is None or head.seq < best.seq)
+                ):
+                    best = head
+            if best is None:
+                return
+            self._unqueue(best)
+            self._send(w, best)
+
+    def _head(self, q: deque[Job]) -> Job | None:
+        """The first live request of ``q``; expired ones on the way are answered."""
+        now = self.clock()
+        while q:
+            job = q[0]
+            if job.state is not QUEUED:
+                q.popleft()
+                continue
+            if job.deadline and job.deadline <= now:
+                self._unqueue(job)
+                self._expire(job, now)
+                continue
+            return job
+        return None
+
+    def _dispatch_services(self, services: Iterable[str]) -> None:
+        for s in services:
+            q = self._queues.get(s)
+            avail = self._avail.get(s)
+            while q and avail:
+                job = self._head(q)
+                if job is None:
+                    break
+                w = _pick(avail, job.target)
+                if w is None:
+                    break  # head of line: only busy workers serve its handler
+                self._unqueue(job)
+                self._send(w, job)
+
+    def _requeue(self, job: Job) -> None:
+        job.state = QUEUED
+        q = self._queues.get(job.service)
+        if q is None:
+            q = self._queues[job.service] = deque()
+        q.appendleft(job)
+        self._depth[job.service] = self._depth.get(job.service, 0) + 1
+        if job.deadline:
+            heapq.heappush(self._deadlines, (job.deadline, job.seq, job))
+
+    def _unqueue(self, job: Job) -> None:
+        """Take a QUEUED job out of its queue: popped if at the head, else left for
+        `_head` to skip (the caller moves it out of the QUEUED state)."""
+        self._depth[job.service] -= 1
+        q = self._queues[job.service]
+        if q and q[0] is job:
+            q.popleft()
+
+    def _expire(self, job: Job, now: float) -> None:
+        self.counters["expired_in_queue"] += 1
+        ran = (
+            f"; it had been sent to {job.deliveries} worker(s), lost before replying"
+            if job.deliveries
+            else "; it did not run"
+        )
+        if self._providers.get(job.service):
+            self._answer(
+                job, ErrorCode.TIMEOUT, f"{job.target}: its time ran out in the broker's queue{ran}"
+            )
+        else:
+            self._answer(
+                job,
+                ErrorCode.NO_WORKERS,
+                f"{job.target}: no worker serving {job.service!r} is connected to the "
+                f"broker, and its time ran out waiting for one{ran}",
+            )
+
+    def _answer(self, job: Job, code: ErrorCode, message: str) -> None:
+        job.state = DONE
+        if self.jobs.get(job.key) is job:
+            del self.jobs[job.key]
+        self.outbox.append(Answer(job, code, message))
+
+    def _enlist(self, w: WorkerRecord) -> None:
+        """Count ``w`` among the workers serving its services and handlers."""
+        if w.enlisted or w.draining:
+            return
+        w.enlisted = True
+        for s in w.services:
+            self._providers[s] = self._providers.get(s, 0) + 1
+        for t in w.targets:
+            self._target_count[t] = self._target_count.get(t, 0) + 1
+
+    def _delist(self, w: WorkerRecord) -> None:
+        if not w.enlisted:
+            return
+        w.enlisted = False
+        for counts, keys in ((self._providers, w.services), (self._target_count, w.targets)):
+            for k in keys:
+                n = counts[k] - 1
+                if n:
+                    counts[k] = n
+                else:
+                    del counts[k]
+
+    def _withdraw(self, w: WorkerRecord) -> None:
+        """Take ``w`` off the lists of workers with credit."""
+        wid = w.id
+        for s in w.services:
+            avail = self._avail.get(s)
+            if avail is not None:
+                avail.pop(wid, None)
+
+    def _no_handler(self, target: str) -> str:
+        served = sorted(self._target_count)
+        return (
+            f"no worker connected to the broker serves {target!r}; served: "
+            f"{', '.join(served) or 'nothing'}"
+        )
+
+
+def _pick(avail: OrderedDict[bytes, WorkerRecord], target: str) -> WorkerRecord | None:
+    """The least recently used worker with credit that serves ``target``."""
+    for w in avail.values():
+        if target in w.targets:
+            return w
+    return None
+
+
+def _who(w: WorkerRecord) -> str:
+    return f"{w.name or w.id.hex()} pid {w.pid}" if w.pid else (w.name or w.id.hex())
