@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ._limits import Limits
+from ._limits import DEFAULT_LIMITS, Limits
 from .errors import ErrorCode, ProtocolError
 
 __all__ = ["Codec", "decode_value", "encode_value"]
@@ -33,6 +33,9 @@ class Codec(IntEnum):
 
     MSGPACK = 0
     JSON = 1
+
+
+_MSGPACK = Codec.MSGPACK  # a module global is cheaper to read than an enum member
 
 
 EXT_NDARRAY = 1
@@ -69,11 +72,63 @@ def _array_descriptor(arr: np.ndarray, oob: list[Buffer]) -> tuple[str, list[int
     return dtype.str, list(arr.shape), len(oob) - 1
 
 
-def _numpy_scalar(obj: np.generic, oob: list[Buffer]) -> Any:
+def _numpy_scalar(obj: np.generic) -> Any:
     """numpy scalars become Python scalars; kinds with no Python twin go as 0-d arrays."""
     if obj.dtype.kind in "biuf":
         return obj.item()
     return np.asarray(obj)
+
+
+class _Encoder:
+    """A msgpack Packer and a JSON encoder that put arrays (and, in JSON, bytes) out of
+    band into ``self.oob``.
+
+    Building them costs more than encoding a small message, so `encode_value` re-uses
+    them from a pool: it takes one out for the duration of one encode, so two threads,
+    or a finalizer that encodes in the middle of an encode, never share one.
+    """
+
+    __slots__ = ("json", "oob", "pack")
+
+    def __init__(self) -> None:
+        self.oob: list[Buffer] = []
+        self.pack = msgpack.Packer(
+            default=self._msgpack_default, use_bin_type=True, datetime=False
+        ).pack
+        self.json = json.JSONEncoder(
+            default=self._json_default,
+            allow_nan=False,
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode
+
+    def _msgpack_default(self, obj: Any) -> Any:
+        if isinstance(obj, np.generic):
+            obj = _numpy_scalar(obj)
+            if not isinstance(obj, np.ndarray):
+                return obj
+        if isinstance(obj, np.ndarray):
+            desc = _array_descriptor(obj, self.oob)
+            return msgpack.ExtType(EXT_NDARRAY, msgpack.packb(desc))
+        raise TypeError(f"object of type {type(obj).__qualname__} is not supported")
+
+    def _json_default(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            dtype, shape, frame = _array_descriptor(obj, self.oob)
+            return {JSON_NDARRAY_KEY: {"dtype": dtype, "shape": shape, "frame": frame}}
+        if isinstance(obj, np.generic):
+            return _numpy_scalar(obj)
+        if isinstance(obj, bytes | bytearray | memoryview):
+            self.oob.append(obj)
+            return {JSON_BYTES_KEY: len(self.oob) - 1}
+        raise TypeError(f"object of type {type(obj).__qualname__} is not supported")
+
+
+_ENCODERS: list[_Encoder] = []
+_POOLED_ENCODERS = 16
+# A Packer's buffer starts at 256 KiB and keeps whatever it grew to for a larger body:
+# pool only encoders whose buffer did not grow.
+_POOLED_BODY_BYTES = 256 * 1024
 
 
 def encode_value(value: Any, codec: Codec) -> tuple[bytes, list[Buffer]]:
@@ -82,121 +137,226 @@ def encode_value(value: Any, codec: Codec) -> tuple[bytes, list[Buffer]]:
     Accepts None, bool, int, float, str, bytes, lists, tuples (sent as lists), dicts,
     numpy arrays and numpy scalars, nested freely. The returned out-of-band frames are
     the arrays' own buffers (no copy); the caller must not modify those arrays until
-    the send has completed.
+    the send has completed. Thread-safe.
 
     Raises:
         ProtocolError: for a value the codec cannot carry (a set, a custom object, an
             object-dtype array, an int beyond 64 bits, NaN in JSON ...).
     """
-    oob: list[Buffer] = []
     try:
-        if codec is Codec.MSGPACK:
-            return _packb(value, oob), oob
-        return _json_dumps(value, oob), oob
+        encoder = _ENCODERS.pop()  # list.pop and append are atomic: no lock needed
+    except IndexError:
+        encoder = _Encoder()
+    oob: list[Buffer] = []
+    encoder.oob = oob
+    body = b""
+    try:
+        body = encoder.pack(value) if codec is _MSGPACK else encoder.json(value).encode()
     except ProtocolError:
         raise
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise ProtocolError(
             f"cannot encode value for the wire ({codec.name}): {exc}. zeromesh sends "
             "None, bool, int, float, str, bytes, lists, dicts and numpy arrays; "
             "convert other objects first"
         ) from exc
+    finally:
+        encoder.oob = []
+        if len(body) <= _POOLED_BODY_BYTES and len(_ENCODERS) < _POOLED_ENCODERS:
+            _ENCODERS.append(encoder)
+    return body, oob
 
 
-def _packb(value: Any, oob: list[Buffer]) -> bytes:
-    def default(obj: Any) -> Any:
-        if isinstance(obj, np.ndarray):
-            desc = _array_descriptor(obj, oob)
-            return msgpack.ExtType(EXT_NDARRAY, msgpack.packb(desc))
-        if isinstance(obj, np.generic):
-            return _numpy_scalar(obj, oob)
-        raise TypeError(f"object of type {type(obj).__qualname__} is not supported")
+_MAX_EXT_BYTES = 4096
+"""Largest msgpack extension payload accepted (an array descriptor is ~20 bytes)."""
 
-    return msgpack.packb(value, default=default, use_bin_type=True, datetime=False)
+# Bytes that open a msgpack map or array (fixmap, fixarray, array 16/32, map 16/32).
+# Nesting d levels deep needs d of them, so their count bounds the depth from above
+# (string contents may add false ones: the bound only errs high).
+_NOT_MSGPACK_CONTAINER = bytes(
+    b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF)
+)
+_unpackb = msgpack.unpackb
 
 
-def _json_dumps(value: Any, oob: list[Buffer]) -> bytes:
-    def default(obj: Any) -> Any:
-        if isinstance(obj, np.ndarray):
-            dtype, shape, frame = _array_descriptor(obj, oob)
-            return {JSON_NDARRAY_KEY: {"dtype": dtype, "shape": shape, "frame": frame}}
-        if isinstance(obj, np.generic):
-            return _numpy_scalar(obj, oob)
-        if isinstance(obj, bytes | bytearray | memoryview):
-            oob.append(obj)
-            return {JSON_BYTES_KEY: len(oob) - 1}
-        raise TypeError(f"object of type {type(obj).__qualname__} is not supported")
-
-    text = json.dumps(
-        value, default=default, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+def _msgpack_floor(limits: Limits) -> int:
+    """Body size up to which msgpack's own limits (derived from the body's length:
+    nothing can be longer than the body) are at least as tight as ``limits``."""
+    return min(
+        limits.max_str_len,
+        limits.max_bin_len,
+        limits.max_array_len,
+        2 * limits.max_map_len,
+        _MAX_EXT_BYTES,
     )
-    return text.encode()
 
 
-def decode_value(body: Buffer, codec: Codec, oob: Sequence[Buffer], limits: Limits) -> Any:
+_DEFAULT_MSGPACK_FLOOR = _msgpack_floor(DEFAULT_LIMITS)
+
+
+def decode_value(
+    body: Buffer, codec: Codec, oob: Sequence[Buffer], limits: Limits, size: int = -1
+) -> Any:
     """Decode one body frame, rebuilding arrays on the out-of-band frames (no copy).
+
+    ``size`` is the body's length in bytes, when the caller knows it already.
 
     Raises:
         ProtocolError: for anything malformed or over ``limits``; never another type.
     """
-    arrays = _ArrayBuilder(oob, limits)
+    if size < 0:
+        size = memoryview(body).nbytes
     try:
-        if codec is Codec.MSGPACK:
-            value = msgpack.unpackb(
-                body,
-                ext_hook=arrays.from_msgpack_ext,
-                raw=False,
-                strict_map_key=False,
-                use_list=True,
-                timestamp=0,
-                max_str_len=limits.max_str_len,
-                max_bin_len=limits.max_bin_len,
-                max_array_len=limits.max_array_len,
-                max_map_len=limits.max_map_len,
-                max_ext_len=4096,
-            )
+        if codec is _MSGPACK:
+            hook = _ArrayBuilder(oob, limits).from_msgpack_ext if oob else _ext_without_frames
+            floor = _DEFAULT_MSGPACK_FLOOR if limits is DEFAULT_LIMITS else _msgpack_floor(limits)
+            if size <= floor:
+                value = _unpackb(body, ext_hook=hook, raw=False, strict_map_key=False)
+            else:
+                # Never let a length claim exceed the body itself: msgpack pre-sizes
+                # lists from the claim before it finds the data missing.
+                value = _unpackb(
+                    body,
+                    ext_hook=hook,
+                    raw=False,
+                    strict_map_key=False,
+                    max_str_len=min(limits.max_str_len, size),
+                    max_bin_len=min(limits.max_bin_len, size),
+                    max_array_len=min(limits.max_array_len, size),
+                    max_map_len=min(limits.max_map_len, size // 2),
+                    max_ext_len=min(_MAX_EXT_BYTES, size),
+                )
+            walk_above = limits.max_depth
         else:
-            value = json.loads(bytes(body), object_hook=arrays.from_json_object)
+            # RFC 8259: UTF-8 only (json.loads would also guess UTF-16 and UTF-32).
+            text = str(body, "utf-8")
+            if oob:
+                hook = _ArrayBuilder(oob, limits).from_json_object
+                value = json.JSONDecoder(object_hook=hook).decode(text)
+            else:
+                value = _json_without_frames(text)
+            walk_above = _DEFAULT_JSON_FLOOR if limits is DEFAULT_LIMITS else _json_floor(limits)
     except ProtocolError:
         raise
     except RecursionError as exc:
         raise ProtocolError("body nests too deep", ErrorCode.LIMIT_EXCEEDED) from exc
     except Exception as exc:  # anything a malformed body can make msgpack/json raise
         raise ProtocolError(f"malformed {codec.name} body: {exc}") from exc
-    # A container costs at least one byte per level (two in JSON), so a body no longer
-    # than max_depth cannot nest past it: small messages skip the walk.
-    if len(body) > limits.max_depth:
-        _check_shape(value, limits, codec)
+    # A body no longer than a limit cannot exceed it (a level of nesting, an item, a
+    # pair or a byte of string each costs at least a byte): small bodies skip the walk.
+    if size > walk_above:
+        _check_body(value, body, size, codec, limits)
     return value
 
 
-def _check_shape(value: Any, limits: Limits, codec: Codec) -> None:
-    """Enforce max_depth (both codecs) and list/map lengths (JSON has no native limit)."""
-    check_lengths = codec is Codec.JSON
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, list):
-            children: Any = node
-            if check_lengths and len(node) > limits.max_array_len:
-                raise ProtocolError(
-                    f"list of {len(node)} items exceeds limit {limits.max_array_len}",
-                    ErrorCode.LIMIT_EXCEEDED,
-                )
-        elif isinstance(node, dict):
-            children = node.values()
-            if check_lengths and len(node) > limits.max_map_len:
-                raise ProtocolError(
-                    f"map of {len(node)} pairs exceeds limit {limits.max_map_len}",
-                    ErrorCode.LIMIT_EXCEEDED,
-                )
-        else:
-            continue
-        if depth > limits.max_depth:
+def _json_floor(limits: Limits) -> int:
+    """Body size up to which no JSON body can exceed a depth or length limit."""
+    return min(limits.max_depth, limits.max_array_len, limits.max_map_len, limits.max_str_len)
+
+
+_DEFAULT_JSON_FLOOR = _json_floor(DEFAULT_LIMITS)
+
+
+def _check_body(value: Any, body: Buffer, size: int, codec: Codec, limits: Limits) -> None:
+    """Enforce max_depth (both codecs), and list, map and string lengths in JSON, which
+    has no limits of its own; skip the walk when the body's size or its count of
+    container-opening bytes shows no limit can be exceeded."""
+    if type(body) is not bytes and type(body) is not bytearray:
+        body = bytes(memoryview(body))
+    if codec is _MSGPACK:
+        if len(body.translate(None, _NOT_MSGPACK_CONTAINER)) > limits.max_depth:
+            _walk(value, limits.max_depth, 0, 0, 0)
+        return
+    max_list = limits.max_array_len if size > limits.max_array_len else 0
+    max_map = limits.max_map_len if size > limits.max_map_len else 0
+    max_str = limits.max_str_len if size > limits.max_str_len else 0
+    if max_list or max_map or max_str or body.count(b"[") + body.count(b"{") > limits.max_depth:
+        _walk(value, limits.max_depth, max_list, max_map, max_str)
+
+
+def _walk(value: Any, max_depth: int, max_list: int, max_map: int, max_str: int) -> None:
+    """Check ``value`` level by level; a length limit of 0 is not checked."""
+    if type(value) is not list and type(value) is not dict:
+        if max_str and type(value) is str:
+            _check_strings((value,), max_str)
+        return
+    level: list[Any] = [value]
+    depth = 1
+    while True:
+        if depth > max_depth:
             raise ProtocolError(
-                f"body nests deeper than {limits.max_depth} levels", ErrorCode.LIMIT_EXCEEDED
+                f"body nests deeper than {max_depth} levels", ErrorCode.LIMIT_EXCEEDED
             )
-        stack.extend((child, depth + 1) for child in children if type(child) in (list, dict))
+        below: list[Any] = []
+        for node in level:
+            if type(node) is list:
+                if max_list and len(node) > max_list:
+                    raise ProtocolError(
+                        f"list of {len(node)} items exceeds limit {max_list}",
+                        ErrorCode.LIMIT_EXCEEDED,
+                    )
+                items: Any = node
+            else:
+                if max_map and len(node) > max_map:
+                    raise ProtocolError(
+                        f"map of {len(node)} pairs exceeds limit {max_map}",
+                        ErrorCode.LIMIT_EXCEEDED,
+                    )
+                if max_str:
+                    _check_strings(node, max_str)
+                items = node.values()
+            kinds = set(map(type, items))  # in C: a long flat list costs no Python loop
+            if max_str and str in kinds:
+                _check_strings(items, max_str)
+            if list in kinds or dict in kinds:
+                below += [item for item in items if type(item) is list or type(item) is dict]
+        if not below:
+            return
+        level = below
+        depth += 1
+
+
+def _check_strings(items: Any, max_str: int) -> None:
+    for item in items:
+        # A character is 1 to 4 bytes of UTF-8: encode only strings near the limit.
+        if (
+            type(item) is str
+            and len(item) * 4 > max_str
+            and (len(item) > max_str or len(item.encode("utf-8", "surrogatepass")) > max_str)
+        ):
+            raise ProtocolError(
+                f"string of more than {max_str} bytes exceeds the limit",
+                ErrorCode.LIMIT_EXCEEDED,
+            )
+
+
+def _ext_without_frames(code: int, data: bytes) -> Any:
+    """msgpack ext hook of a message with no out-of-band frames: no descriptor fits."""
+    return _ArrayBuilder((), DEFAULT_LIMITS).from_msgpack_ext(code, data)
+
+
+def _json_object_without_frames(obj: dict[str, Any]) -> Any:
+    """JSON object hook of a message with no out-of-band frames."""
+    if len(obj) == 1 and (JSON_NDARRAY_KEY in obj or JSON_BYTES_KEY in obj):
+        return _ArrayBuilder((), DEFAULT_LIMITS).from_json_object(obj)
+    return obj
+
+
+# Shared like json's own default decoder: decoding keeps no state in the decoder.
+_JSON_WITHOUT_FRAMES = json.JSONDecoder(object_hook=_json_object_without_frames)
+_scan_without_frames = _JSON_WITHOUT_FRAMES.scan_once
+
+
+def _json_without_frames(text: str) -> Any:
+    """``_JSON_WITHOUT_FRAMES.decode(text)``, minus its two regex calls when the text
+    starts with its value (what every encoder sends)."""
+    try:
+        value, end = _scan_without_frames(text, 0)
+    except StopIteration:  # no value at offset 0: leading whitespace, or none at all
+        return _JSON_WITHOUT_FRAMES.decode(text)
+    if end == len(text) or not text[end:].strip(" \t\n\r"):
+        return value
+    return _JSON_WITHOUT_FRAMES.decode(text)  # raises "Extra data" for what follows
 
 
 class _ArrayBuilder:
@@ -212,7 +372,7 @@ class _ArrayBuilder:
         if code != EXT_NDARRAY:
             raise ProtocolError(f"unknown msgpack extension type {code}")
         try:
-            desc = msgpack.unpackb(data, raw=False, max_array_len=self.limits.max_ndim + 3)
+            desc = _unpackb(data, raw=False, max_array_len=self.limits.max_ndim + 3)
         except Exception as exc:
             raise ProtocolError(f"malformed array descriptor: {exc}") from exc
         if not isinstance(desc, list) or len(desc) != 3:
@@ -245,7 +405,9 @@ class _ArrayBuilder:
         if dt.kind not in _ALLOWED_KINDS:
             raise ProtocolError(f"array dtype {dtype!r} is not allowed")
         if not isinstance(shape, list) or len(shape) > self.limits.max_ndim:
-            raise ProtocolError(f"array shape {shape!r} must be a list of <= 32 sizes")
+            raise ProtocolError(
+                f"array shape {shape!r} must be a list of <= {self.limits.max_ndim} sizes"
+            )
         count = 1
         for dim in shape:
             if type(dim) is not int or dim < 0:
