@@ -65,6 +65,7 @@ EXIT_HARD_TIMEOUT = 70
 _BATCH = 256  # messages handled per wake-up before other callbacks get a turn
 _HOUSEKEEPING_S = 0.25
 _PEER_FORGET_S = 60.0
+_HANGUP_GRACE_S = 0.2  # after a drain: time for clients to read our last messages
 
 
 class StartupError(Exception):
@@ -882,6 +883,11 @@ class Worker:
             if not self.exit_code:
                 self.exit_code = EXIT_DRAIN_TIMEOUT
         self._flush_done()
+        if self._peers:
+            # Clients connect with IMMEDIATE=1, and when we hang up their libzmq drops what
+            # it received but they had not read yet: our last replies, the DISCONNECT, a
+            # hard-timeout Timeout. Stay connected a moment so they read them first.
+            await asyncio.sleep(_HANGUP_GRACE_S)
         log.info(
             "drained in %.2f s: %d request(s) served in total; exiting %d",
             time.monotonic() - started,
