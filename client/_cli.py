@@ -1,4 +1,4 @@
-"""``zeromesh``: command-line tools for a mesh — call, ping, demo."""
+"""``zeromesh``: command-line tools for a mesh — call, ping, demo, rollout."""
 
 from __future__ import annotations
 
@@ -94,6 +94,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(workers=args.workers, items=args.items, transport=args.transport)
 
 
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from ._rollout import rollout
+
+    return rollout(args.config, args.group, timeout=args.timeout, dry_run=args.dry_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zeromesh",
@@ -142,6 +148,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=100_000, help="items to map (default 100000)")
     p.add_argument("--transport", choices=["tcp", "ipc"], default="tcp")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "rollout",
+        help="restart supervisord workers one at a time, each ready before the next",
+        description=(
+            "Restart the processes of a supervisord group one at a time, through\n"
+            "supervisord's XML-RPC interface. After each restart, wait until the new\n"
+            "process is RUNNING and answers a zeromesh ping on its endpoint (the first\n"
+            "--bind of its command) before the next one: the others serve meanwhile.\n"
+            "A process that does not come back stops the rollout; the rest are left\n"
+            "untouched."
+        ),
+        epilog=(
+            "example:\n  zeromesh rollout -c supervisord.conf worker\n\n"
+            "exit status: 0 all restarted and ready, 1 one did not come back (the rest\n"
+            "  untouched), 2 no config, no supervisord or no such group."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        default="supervisord.conf",
+        metavar="PATH",
+        help="the supervisord config (default ./supervisord.conf)",
+    )
+    p.add_argument(
+        "group",
+        nargs="?",
+        default="worker",
+        metavar="GROUP",
+        help="the group to restart: GROUP, GROUP:* or GROUP:NAME (default worker)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds each process may take to answer again (default 30)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the processes, their states and endpoints; restart nothing",
+    )
+    p.set_defaults(func=_cmd_rollout)
     return parser
 
 
