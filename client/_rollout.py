@@ -198,6 +198,8 @@ def _rollout(
     started = time.monotonic()
     total = len(processes)
     say(f"rolling {total} process(es) of {spec}, one at a time (timeout {timeout:g} s each)")
+    if total == 1:
+        say("note: one process only: nothing serves while it restarts")
     for n, process in enumerate(processes, 1):
         try:
             line = _restart_one(proxy, process, timeout)

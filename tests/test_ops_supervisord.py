@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from opskit import Load, LoadReport, Supervisor, supervised
+from opskit import Load, LoadReport, Supervisor, kill_processes_under, supervised
 
 from client import Client, Timeout
 
@@ -187,3 +187,27 @@ def test_hard_timeout_answers_timeout_and_replaces_worker(short_tmp: Path) -> No
         print(f"\n{report.line()}")
         report.check()
         assert "exited: worker-01 (exit status 70; not expected)" in sup.supervisord_log()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_failing_test_leaves_no_process_behind(short_tmp: Path) -> None:
+    pids: list[int] = []
+
+    def failing_test() -> None:
+        with supervised(short_tmp) as sup:
+            assert sup.proc is not None
+            pids.extend([sup.proc.pid, *sup.pids().values()])
+            raise RuntimeError("the test failed here")
+
+    with pytest.raises(RuntimeError, match="failed here"):
+        failing_test()
+    assert len(pids) == 3
+    assert not [pid for pid in pids if _alive(pid)]
+    assert kill_processes_under(short_tmp) == []
