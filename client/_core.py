@@ -598,6 +598,10 @@ class Core:
                 )
                 peer.state = _CONNECTING
                 self._lost(peer, f"silent for {quiet:.1f} s")
+            elif peer.state is _DRAINING:
+                # HELLO, not PING: if a fresh worker replaced the draining one on this
+                # endpoint and we missed the disconnect, its answer makes it READY again.
+                self._try_send(peer, self._hello_frames)
             elif quiet > hb * 0.9 and now - peer.pinged_at > hb * 0.9:
                 peer.pinged_at = now
                 self._try_send(peer, protocol.encode(Ping(0)))
