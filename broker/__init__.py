@@ -1,14 +1,21 @@
-"""zeromesh broker: load-balancing by credit between clients and workers.
+"""zeromesh broker: balance clients' requests over the workers that connect to it.
 
 ``zeromesh-broker --bind tcp://*:5600``; workers connect out with
 ``zeromesh-worker mysvc:svc --broker tcp://HOST:5600``; clients list the broker's
-endpoint like a worker's. The wire rules are in protocol/SPEC.md, section 12.
+endpoint like a worker's (the HELLO answer tells them apart). The wire rules are in
+protocol/SPEC.md, section 12.
 """
 
 from ._scheduler import RESERVED_SERVICE, Scheduler
+from ._server import EXIT_DRAIN_TIMEOUT, Broker, BrokerConfig, StartupError
 
 __all__ = [
-    # the pure core
+    # running a broker in-process (the CLI does this for you)
+    "Broker",
+    "BrokerConfig",
+    "EXIT_DRAIN_TIMEOUT",
+    "StartupError",
+    # the pure core: dispatch decisions, driven by method calls and a clock
     "RESERVED_SERVICE",
     "Scheduler",
 ]

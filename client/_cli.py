@@ -88,6 +88,13 @@ def _cmd_ping(args: argparse.Namespace) -> int:
     return 1 if down else 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ._endpoints import resolve_endpoints
+    from ._status import run_status
+
+    return run_status(resolve_endpoints(args.connect), args.timeout, args.json)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -137,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_ping)
+
+    p = sub.add_parser(
+        "status",
+        help="show a broker's workers, queues and totals",
+        description="Ask each broker for its status: every worker (host, pid, services, "
+        "credit, in-flight requests, last seen), the queue depth per service, and totals. "
+        "Exits 1 if any endpoint does not answer as a broker.",
+        epilog="example: zeromesh status --connect tcp://b1:5600,tcp://b2:5600",
+    )
+    _add_connect(p)
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
         "demo",

@@ -19,6 +19,7 @@ _EPILOG = """\
 examples:
   zeromesh-worker mysvc:svc --bind tcp://127.0.0.1:5555
   zeromesh-worker mysvc:svc --bind tcp://0.0.0.0:5555 --bind ipc:///tmp/zm/w1.sock
+  zeromesh-worker mysvc:svc --broker tcp://b1:5600 --broker tcp://b2:5600
   python -m worker examples.mathsvc:svc --concurrency 4 --log-level debug
 
 exit status: 0 after a clean drain (SIGTERM/SIGINT, --max-requests, --max-rss),
@@ -45,7 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ENDPOINT",
         help=f"endpoint to bind, repeatable: tcp://HOST:PORT or ipc:///PATH "
-        f"(default: $ZEROMESH_BIND or {DEFAULT_BIND})",
+        f"(default: $ZEROMESH_BIND, or {DEFAULT_BIND} unless --broker is given)",
+    )
+    p.add_argument(
+        "--broker",
+        action="append",
+        metavar="ENDPOINT",
+        help="connect out to this broker and take work from it, repeatable; with --bind "
+        "too, the worker serves both at once",
+    )
+    p.add_argument(
+        "--broker-prefetch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="credit offered to brokers beyond --concurrency, so short calls pipeline "
+        "(default 0: exact credit, no request waits behind a busy handler)",
     )
     p.add_argument(
         "--concurrency",
@@ -108,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     log = logging.getLogger("zeromesh.worker")
     binds = args.bind or [os.environ.get("ZEROMESH_BIND") or DEFAULT_BIND]
+    if args.broker and not args.bind and not os.environ.get("ZEROMESH_BIND"):
+        binds = []  # brokers only: nothing to bind
     try:
         services = [svc for spec in args.services for svc in load_services(spec)]
         config = WorkerConfig(
@@ -120,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             max_requests=args.max_requests,
             max_rss_mb=args.max_rss,
             hard_timeout=args.hard_timeout,
+            brokers=args.broker or (),
+            broker_prefetch=args.broker_prefetch,
         )
         worker = Worker(services, config)
         code = worker.run()

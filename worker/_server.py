@@ -51,6 +51,7 @@ from protocol import (
 from zmqio import has_input, recv_message, send_message
 
 from . import _context
+from ._broker_link import BrokerLink
 from ._service import Handler, Service
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "Worker", "WorkerConfig"]
@@ -93,10 +94,21 @@ class WorkerConfig:
     hard_timeout: float = 0
     """A sync handler running longer gets a Timeout reply; the worker exits 70 (0: off)."""
     limits: Limits = field(default=DEFAULT_LIMITS)
+    brokers: Sequence[str] = ()
+    """Brokers to connect out to and take work from (worker/_broker_link.py)."""
+    broker_prefetch: int = 0
+    """Credit offered to brokers beyond capacity (0: exact; short calls pipeline with more)."""
 
     def __post_init__(self) -> None:
-        if not self.binds:
-            raise StartupError("no endpoint to bind: give at least one --bind")
+        if not self.binds and not self.brokers:
+            raise StartupError("nothing to serve on: give at least one --bind or --broker")
+        for endpoint in self.brokers:
+            scheme, sep, rest = endpoint.partition("://")
+            if not sep or scheme not in ("tcp", "ipc") or not rest:
+                raise StartupError(
+                    f"cannot connect to broker {endpoint!r}: use tcp://HOST:PORT or "
+                    "ipc:///path/to/socket"
+                )
         checks = [
             (self.concurrency >= 1, "--concurrency must be at least 1"),
             (self.max_async >= 1, "--max-async must be at least 1"),
@@ -105,6 +117,7 @@ class WorkerConfig:
             (self.max_requests >= 0, "--max-requests must be >= 0"),
             (self.max_rss_mb >= 0, "--max-rss must be >= 0"),
             (self.hard_timeout >= 0, "--hard-timeout must be >= 0"),
+            (self.broker_prefetch >= 0, "--broker-prefetch must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -209,6 +222,7 @@ class Worker:
         self._stopped: asyncio.Event | None = None
         self._started_at = time.monotonic()
         self._pump_scheduled = False
+        self._link: BrokerLink | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -235,6 +249,15 @@ class Worker:
             raise
         sock = self._sock
         assert sock is not None
+        if self.config.brokers:
+            self._link = BrokerLink(self, self.config.brokers)
+            try:
+                self._link.start(self._ctx, loop)
+            except ValueError as exc:
+                self._link.close(linger=0)
+                sock.close(linger=0)
+                self._ctx.term()
+                raise StartupError(str(exc)) from exc
         if self.inline:
             self._sock_lock.acquire()  # the loop owns the socket except inside a handler
             t = threading.Thread(target=self._watchdog_main, name="zeromesh-watchdog")
@@ -276,6 +299,8 @@ class Worker:
                 for _ in self._threads:
                     self._sync_queue.put(None)
             # LINGER: give queued replies a moment to leave; a dead peer must not hang exit.
+            if self._link is not None:
+                self._link.close(linger=2000)
             sock.close(linger=2000)
             self._ctx.term()
         return self.exit_code
@@ -502,6 +527,9 @@ class Worker:
         # A queued sync job is answered CANCELLED by the thread that picks it up.
 
     def _send(self, peer: bytes, frames: list[Any]) -> None:
+        if type(peer) is not bytes:  # a client behind a broker: its link sends it
+            peer.link.reply(peer, frames)  # type: ignore[attr-defined]
+            return
         sock = self._sock
         assert sock is not None
         try:
@@ -618,12 +646,17 @@ class Worker:
                 job.cancelled = True
             else:
                 self._stolen.append(frames)
+        if self._link is not None:
+            self._link.stand_in()  # the brokers need heartbeats too
         limit = self.config.hard_timeout
         if limit and time.monotonic() - job.started > limit and self._take(job, _Job.RUNNING):
             self._hard_exit(job, limit)
 
     def _send_now(self, peer: bytes, frames: list[Any]) -> None:
         """Send from the watchdog thread (holding the socket lock); best effort."""
+        if type(peer) is not bytes:  # a client behind a broker
+            peer.link.reply_now(peer, frames)  # type: ignore[attr-defined]
+            return
         sock = self._sock
         assert sock is not None
         with contextlib.suppress(zmq.ZMQError):
@@ -665,6 +698,8 @@ class Worker:
         sock = self._sock
         assert sock is not None
         assert self._ctx is not None
+        if self._link is not None:
+            self._link.close(linger=2000)
         sock.close(linger=2000)  # let the answers leave before the process does
         self._ctx.term()
         logging.shutdown()
@@ -844,6 +879,8 @@ class Worker:
             if self._draining and not jobs:
                 assert self._stopped is not None
                 self._stopped.set()
+        if self._link is not None:
+            self._link.grant()  # free slots become credit at the brokers
         sock = self._sock
         # Sending may have consumed the FD's edge: look for input we would otherwise miss.
         if sock is not None and has_input(sock):
@@ -864,6 +901,8 @@ class Worker:
         goodbye = protocol.encode(Disconnect(0, f"worker {self.name} draining: {reason}"))
         for peer in list(self._peers):
             self._send(peer, list(goodbye))
+        if self._link is not None:
+            self._link.drain(reason)
         # Queued async work was accepted: it still runs, within the drain timeout.
         while self._async_pending and self._async_running < self.config.max_async:
             self._start_async(self._async_pending.popleft())

@@ -1,0 +1,7 @@
+"""``python -m broker``: the same as ``zeromesh-broker``."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

@@ -1,0 +1,706 @@
+"""The broker process: one ROUTER socket for clients and workers, around the scheduler.
+
+Clients and workers both connect to the broker's endpoints; the first frame after the
+routing id tells them apart (protocol/SPEC.md, section 12):
+
+* ``[peer, header, body, oob…]`` — a client message, exactly what a worker would get;
+* ``[peer, "", header, body…]`` — a worker's own message to the broker (HELLO, READY,
+  PING, DISCONNECT): the empty frame is the envelope "from the worker itself";
+* ``[peer, client, header, body…]`` from a registered worker — its answer (REPLY,
+  ERROR, PROGRESS) to request ``header.id`` of ``client``.
+
+Requests travel to workers as ``[worker, client, header, body, oob…]`` and replies back
+to clients as ``[client, header, body, oob…]``: frames are forwarded as received, never
+decoded beyond the header (a broker routes on the header alone); only a request's
+``ttl_ms`` is rewritten to the time it has left.
+
+The loop never blocks: every send is non-blocking with ``ROUTER_MANDATORY``, so a peer
+that left raises ``EHOSTUNREACH`` (a worker is then removed and its requests re-queued)
+and a full pipe raises ``zmq.Again`` (a request goes back to its queue; an answer waits
+in a bounded backlog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+import protocol
+from protocol import (
+    DEFAULT_LIMITS,
+    Cancel,
+    Codec,
+    Disconnect,
+    Error,
+    ErrorCode,
+    Hello,
+    Limits,
+    MessageType,
+    Ping,
+    Pong,
+    ProtocolError,
+    Ready,
+    Reply,
+)
+from zmqio import has_input, recv_message, send_message
+
+from ._scheduler import IN_FLIGHT, RESERVED_SERVICE, Answer, CancelAt, Dispatch, Scheduler
+
+__all__ = ["EXIT_DRAIN_TIMEOUT", "Broker", "BrokerConfig", "StartupError"]
+
+log = logging.getLogger("zeromesh.broker")
+
+EXIT_DRAIN_TIMEOUT = 3
+"""Exit status when requests were still in flight at the end of the drain timeout."""
+
+_BATCH = 512  # messages handled per wake-up before timers and signals get a turn
+_CLIENT_FORGET_S = 60.0
+_HANGUP_GRACE_S = 0.2  # after a drain: time for clients to read our last messages
+_MAX_BACKLOG = 100_000  # answers waiting for a full client pipe; beyond, they are dropped
+_TTL = struct.Struct("!I")
+_TTL_OFFSET = 14  # of ttl_ms in the header (SPEC section 2)
+_EMPTY = b""
+_REQUEST = MessageType.REQUEST
+_REPLY = MessageType.REPLY
+_ERROR = MessageType.ERROR
+_PROGRESS = MessageType.PROGRESS
+
+
+class StartupError(Exception):
+    """The broker cannot start: a bad endpoint, or an address in use."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """How a broker runs."""
+
+    binds: Sequence[str]
+    max_queue: int = 10_000
+    """Requests one service's queue holds before new ones are answered OVERLOADED."""
+    max_deliveries: int = 3
+    """Workers a request may be handed to (all lost) before it is answered WORKER_LOST."""
+    heartbeat_ms: int = 1000
+    """Ping interval clients should use; the ZMTP heartbeat of the socket."""
+    drain_timeout: float = 10.0
+    """Seconds to wait for in-flight replies after SIGTERM."""
+    name: str = ""
+    limits: Limits = field(default=DEFAULT_LIMITS)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (bool(self.binds), "no endpoint to bind: give at least one --bind"),
+            (self.max_queue >= 1, "--max-queue must be at least 1"),
+            (self.max_deliveries >= 1, "--max-deliveries must be at least 1"),
+            (self.heartbeat_ms >= 100, "--heartbeat-ms must be at least 100"),
+            (self.drain_timeout >= 0, "--drain-timeout must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise StartupError(message)
+
+
+class Broker:
+    """Dispatches clients' requests to workers by credit, until drained.
+
+    Use `serve` from a running loop or `run` to own one. Not thread-safe apart from
+    `request_stop`.
+    """
+
+    def __init__(self, config: BrokerConfig, *, clock: Any = time.monotonic) -> None:
+        self.config = config
+        self.name = config.name or f"{socket.gethostname()}:{os.getpid()}"
+        self.sched = Scheduler(
+            max_queue=config.max_queue,
+            max_deliveries=config.max_deliveries,
+            grace=3 * config.heartbeat_ms / 1000,
+            clock=clock,
+        )
+        self.endpoints: list[str] = []
+        self.exit_code = 0
+        self.protocol_errors = 0
+        self.dropped = 0  # answers dropped: their client left, or its pipe stayed full
+        self._clock = clock
+        self._started = clock()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clients: dict[bytes, float] = {}  # client -> last heard (those who said HELLO)
+        self._backlog: deque[list[Any]] = deque()
+        self._draining = False
+        self._stopped: asyncio.Event | None = None
+        self._pump_scheduled = False
+        self._advertised: tuple[int, dict[str, list[str]]] = (0, {})
+        self._announce_at = 0.0
+        self._hello_ids = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve on a new event loop until drained; returns the exit status."""
+        return asyncio.run(self.serve())
+
+    async def serve(self) -> int:
+        """Bind, serve until SIGTERM/SIGINT or `request_stop`, drain, close.
+
+        Returns 0 after a clean drain, `EXIT_DRAIN_TIMEOUT` if requests were still in
+        flight when the drain timeout passed (they were answered WORKER_LOST).
+
+        Raises:
+            StartupError: an endpoint cannot be bound.
+        """
+        self._loop = loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._ctx = zmq.Context()
+        try:
+            self._bind()
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            raise
+        sock = self._sock
+        assert sock is not None
+        loop.add_reader(sock.FD, self._pump)
+        installed = self._install_signals(loop)
+        ticker = loop.create_task(self._ticker())
+        log.info(
+            "broker %s on %s (pid %d, max queue %d per service, heartbeat %d ms)",
+            self.name,
+            " ".join(self.endpoints),
+            os.getpid(),
+            self.config.max_queue,
+            self.config.heartbeat_ms,
+        )
+        loop.call_soon(self._pump)
+        try:
+            await self._stopped.wait()
+            await self._drain()
+        finally:
+            ticker.cancel()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            loop.remove_reader(sock.FD)
+            sock.close(linger=2000)  # let the last answers leave; a dead peer cannot hang us
+            self._ctx.term()
+        return self.exit_code
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Begin a graceful drain. Safe from any thread."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._begin_drain, reason)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._begin_drain, signal.Signals(sig).name)
+        return [signal.SIGTERM, signal.SIGINT]
+
+    def _bind(self) -> None:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.ROUTER)
+        # A peer that left must fail a send at once (EHOSTUNREACH), not swallow it.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        limits = self.config.limits
+        sock.setsockopt(zmq.MAXMSGSIZE, max(limits.max_message_bytes, 1 << 20))
+        # ZMTP heartbeats only clear away connections whose peer host vanished; liveness
+        # is the application's (3 silent heartbeats expire a worker). A frozen worker's
+        # connection outlives its expiry, so its late replies arrive and are dropped here.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, self.config.heartbeat_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10 * self.config.heartbeat_ms)
+        sock.setsockopt(zmq.LINGER, 0)
+        self._sock = sock
+        try:
+            for endpoint in self.config.binds:
+                self._bind_one(sock, endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+
+    def _bind_one(self, sock: zmq.Socket[bytes], endpoint: str) -> None:
+        scheme, sep, rest = endpoint.partition("://")
+        if not sep or scheme not in ("tcp", "ipc") or not rest:
+            raise StartupError(
+                f"cannot bind {endpoint!r}: use tcp://HOST:PORT (e.g. tcp://*:5600) or "
+                "ipc:///path/to/socket"
+            )
+        if scheme == "ipc" and len(rest.encode()) > 100:
+            raise StartupError(f"ipc path {rest!r} is too long (unix sockets allow ~107 bytes)")
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            hint = ""
+            if exc.errno == zmq.EADDRINUSE:
+                hint = ": the address is in use (another broker or worker on it?)"
+            elif exc.errno == zmq.ENOENT:
+                hint = ": the directory does not exist"
+            raise StartupError(f"cannot bind {endpoint}: {exc.strerror}{hint}") from exc
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoints.append(bound)
+        log.info("bound %s", bound)
+
+    # --- the socket loop --------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Drain the socket in a batch, then carry out what the scheduler decided."""
+        self._pump_scheduled = False
+        sock = self._sock
+        assert sock is not None
+        handle = self._on_message
+        try:
+            for _ in range(_BATCH):
+                handle(recv_message(sock))
+            else:
+                self._schedule_pump()  # more may wait: let timers and signals run first
+        except zmq.Again:
+            pass
+        self._run_outbox()
+        self._maybe_announce()
+        if has_input(sock):  # sending may have consumed the FD's edge
+            self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._pump)
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        if len(frames) < 2:
+            self._bad(frames[0].bytes, ProtocolError("a message needs a header and a body"))
+            return
+        peer = frames[0].bytes
+        first = frames[1]
+        if not len(first):
+            self._on_control(peer, frames[2:])
+        elif peer in self.sched.workers:
+            self._on_worker_answer(peer, first.bytes, frames[2:])
+        else:
+            self._on_client(peer, frames)
+
+    # --- clients ------------------------------------------------------------------------------
+
+    def _on_client(self, peer: bytes, frames: list[zmq.Frame]) -> None:
+        limits = self.config.limits
+        try:
+            header = protocol.decode_header(frames[1], limits)
+        except ProtocolError as exc:
+            if self._late_from_unknown_worker(peer, frames):
+                return
+            self._bad(peer, exc)
+            return
+        kind = header.type
+        if kind is _REQUEST:
+            if len(frames) - 1 > limits.max_frames:
+                exc = ProtocolError(
+                    f"message of {len(frames) - 1} frames exceeds limit {limits.max_frames}",
+                    ErrorCode.LIMIT_EXCEEDED,
+                )
+                exc.request_id = header.id
+                self._bad(peer, exc, header.codec)
+                return
+            if header.target.startswith(RESERVED_SERVICE + "."):
+                self._answer_itself(peer, header)
+                return
+            self.sched.submit(
+                peer, header.id, header.target, header.ttl_ms, frames[1:], header.codec
+            )
+            return
+        if kind is MessageType.PING:
+            self._send([peer, *protocol.encode(Pong(header.id, header.codec))])
+        elif kind is MessageType.HELLO:
+            self._clients[peer] = self._clock()
+            self._send([peer, *protocol.encode(self._hello(header.id, header.codec))])
+        elif kind is MessageType.CANCEL:
+            self.sched.cancel(peer, header.id)
+        elif kind is MessageType.DISCONNECT:
+            self._clients.pop(peer, None)
+            self.sched.forget_client(peer)
+        else:
+            # Never answer an answer (ERROR, REPLY, PONG...): two peers doing that would
+            # bounce errors forever. Count it and move on.
+            self._count_bad(peer, f"a client sent a {kind.name}, which a broker does not take")
+        if peer in self._clients:
+            self._clients[peer] = self._clock()
+
+    def _late_from_unknown_worker(self, peer: bytes, frames: list[zmq.Frame]) -> bool:
+        """``[peer, client, header…]`` from a worker we do not know (it was expired, or
+        reconnected): drop its answer and ask it to say HELLO again."""
+        if len(frames) < 3 or len(frames[1]) > 255:
+            return False
+        try:
+            protocol.decode_header(frames[2], self.config.limits)
+        except ProtocolError:
+            return False
+        self.sched.counters["late_replies"] += 1
+        self._send_control(peer, protocol.encode(self._hello(0, Codec.MSGPACK)))
+        return True
+
+    def _answer_itself(self, peer: bytes, header: protocol.Header) -> None:
+        """``_broker.status``: the broker's own view, answered without a worker."""
+        if header.target != RESERVED_SERVICE + ".status":
+            msg = Error(
+                header.id,
+                ErrorCode.UNKNOWN_HANDLER,
+                f"the broker answers {RESERVED_SERVICE}.status only, not {header.target!r}",
+                "UnknownHandler",
+                codec=header.codec,
+            )
+            self._send([peer, *protocol.encode(msg)])
+            return
+        self._send([peer, *protocol.encode(Reply(header.id, self.status(), header.codec))])
+
+    def status(self) -> dict[str, Any]:
+        """The scheduler's status plus who this broker is (the ``_broker.status`` reply)."""
+        out = self.sched.status()
+        out["broker"] = {
+            "name": self.name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": protocol.__version__,
+            "endpoints": list(self.endpoints),
+            "uptime": round(self._clock() - self._started, 3),
+            "state": "draining" if self._draining else "ready",
+            "max_queue": self.config.max_queue,
+            "clients": len(self._clients),
+            "protocol_errors": self.protocol_errors,
+            "dropped": self.dropped,
+        }
+        return out
+
+    def _hello(self, rid: int, codec: Codec) -> Hello:
+        return Hello(
+            rid,
+            role="broker",
+            name=self.name,
+            version=protocol.__version__,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            services=self.sched.services(),
+            capacity=0 if self._draining else self.sched.capacity,
+            in_flight=self.sched.in_flight,
+            uptime=round(self._clock() - self._started, 3),
+            heartbeat_ms=self.config.heartbeat_ms,
+            codec=codec,
+        )
+
+    def _maybe_announce(self) -> None:
+        """Tell clients (unasked HELLO, id 0) when the capacity or services behind this
+        broker change: a client sends nothing to a broker that reports capacity 0."""
+        if self._draining or not self._clients:
+            return
+        now = self._clock()
+        current = (self.sched.capacity, self.sched.services())
+        if current == self._advertised:
+            return
+        if now < self._announce_at:
+            return  # at most one announcement per 50 ms; the ticker comes back
+        self._advertised = current
+        self._announce_at = now + 0.05
+        frames = protocol.encode(self._hello(0, Codec.MSGPACK))
+        for client in list(self._clients):
+            self._send([client, *frames])
+
+    # --- workers ------------------------------------------------------------------------------
+
+    def _on_control(self, peer: bytes, frames: list[zmq.Frame]) -> None:
+        """``[peer, "", header, body]``: a worker speaking to the broker itself."""
+        sched = self.sched
+        try:
+            msg = protocol.decode(frames, self.config.limits)
+        except ProtocolError as exc:
+            self._count_bad(peer, f"bad message from a worker: {exc}")
+            if not _is_error(frames):
+                self._send_control(peer, protocol.encode(Error(exc.request_id, exc.code, str(exc))))
+            return
+        kind = type(msg)
+        if kind is Ping:
+            self._send_control(peer, protocol.encode(Pong(msg.id, msg.codec)))
+            if not sched.heard(peer):
+                self._send_control(peer, protocol.encode(self._hello(0, msg.codec)))
+        elif kind is Ready:
+            if not sched.ready(peer, msg.credit):
+                self._send_control(peer, protocol.encode(self._hello(0, msg.codec)))
+        elif kind is Hello:
+            if msg.role != "worker":
+                self._count_bad(peer, f"HELLO with role {msg.role!r} in a worker's envelope")
+                self._send_control(
+                    peer,
+                    protocol.encode(
+                        Error(msg.id, ErrorCode.PROTOCOL, "only workers use the empty envelope")
+                    ),
+                )
+                return
+            known = peer in sched.workers
+            sched.register(
+                peer,
+                services=msg.services,
+                capacity=msg.capacity,
+                heartbeat=(msg.heartbeat_ms or self.config.heartbeat_ms) / 1000,
+                name=msg.name,
+                host=msg.host,
+                pid=msg.pid,
+            )
+            log.info(
+                "worker %s %s: %s (host %s, pid %d, capacity %d)",
+                msg.name or peer.hex(),
+                "re-registered" if known else "registered",
+                ", ".join(f"{s}.{{{','.join(h)}}}" for s, h in msg.services.items()),
+                msg.host,
+                msg.pid,
+                msg.capacity,
+            )
+            self._send_control(peer, protocol.encode(self._hello(msg.id, msg.codec)))
+        elif kind is Disconnect:
+            w = sched.workers.get(peer)
+            if w is not None:
+                log.info(
+                    "worker %s draining (%s): no new work; %d in flight still answered",
+                    w.name or peer.hex(),
+                    msg.reason,
+                    len(w.in_flight),
+                )
+            sched.disconnect(peer)
+        elif kind is Pong:
+            sched.heard(peer)
+        elif kind is Error:
+            log.warning("worker %s reported an error: %s", peer.hex(), msg.message)
+        else:
+            self._count_bad(peer, f"a worker sent a {kind.__name__} in the broker envelope")
+
+    def _on_worker_answer(self, wid: bytes, client: bytes, frames: list[zmq.Frame]) -> None:
+        """``[wid, client, header, body…]``: a worker's answer to a client's request."""
+        sched = self.sched
+        try:
+            header = protocol.decode_header(frames[0], self.config.limits)
+        except ProtocolError as exc:
+            self._count_bad(wid, f"bad answer from a worker: {exc}")
+            return
+        kind = header.type
+        if kind is _REPLY:
+            if sched.finish(wid, client, header.id):
+                self._send([client, *frames])
+        elif kind is _ERROR:
+            code = _error_code(frames, self.config.limits)
+            if code == ErrorCode.DRAINING:
+                sched.refused(wid, client, header.id)
+            elif sched.finish(wid, client, header.id):
+                self._send([client, *frames])
+        elif kind is _PROGRESS:
+            if sched.holds(wid, client, header.id):
+                sched.heard(wid)
+                self._send([client, *frames])
+        else:
+            self._count_bad(wid, f"a worker sent a {kind.name} about a request")
+
+    def _send_control(self, wid: bytes, frames: list[Any]) -> None:
+        self._send([wid, _EMPTY, *frames])
+
+    # --- carrying out the scheduler's decisions ----------------------------------------------
+
+    def _run_outbox(self) -> None:
+        sched = self.sched
+        out = sched.outbox
+        i = 0
+        while i < len(out):  # sending may add commands (a worker found gone)
+            cmd = out[i]
+            i += 1
+            kind = type(cmd)
+            if kind is Dispatch:
+                self._dispatch(cmd)
+            elif kind is Answer:
+                job = cmd.job
+                msg = Error(job.id, cmd.code, cmd.message, _ERROR_NAMES[cmd.code], codec=job.codec)
+                self._send([job.client, *protocol.encode(msg)])
+            elif kind is CancelAt:
+                job = cmd.job
+                if job.state is IN_FLIGHT and job.worker == cmd.worker:
+                    self._send([cmd.worker, job.client, *protocol.encode(Cancel(job.id))])
+        out.clear()
+
+    def _dispatch(self, cmd: Dispatch) -> None:
+        job = cmd.job
+        wid = cmd.worker
+        if job.state is not IN_FLIGHT or job.worker != wid:
+            return  # superseded: the worker was removed later in the same batch
+        frames = job.payload
+        header = frames[0]
+        if job.deadline:
+            # The worker computes its deadline from ttl_ms on arrival: give it what is
+            # left, not what the client first said (the request waited here).
+            left = max(1, int((job.deadline - self._clock()) * 1000))
+            header = bytearray(header.bytes if isinstance(header, zmq.Frame) else header)
+            _TTL.pack_into(header, _TTL_OFFSET, left)
+            header = bytes(header)
+        sock = self._sock
+        assert sock is not None
+        try:
+            send_message(sock, [wid, job.client, header, *frames[1:]])
+        except zmq.Again:
+            self.sched.refused(wid, job.client, job.id)  # its pipe is full: try elsewhere
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            log.warning("worker %s unreachable: removing it", wid.hex())
+            self.sched.remove(wid, "unreachable")
+
+    def _send(self, frames: list[Any]) -> None:
+        """Send to a client (or a worker's control envelope); never blocks."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            send_message(sock, frames)
+        except zmq.Again:
+            if len(self._backlog) >= _MAX_BACKLOG:
+                self.dropped += 1
+                return
+            self._backlog.append(frames)
+            if len(self._backlog) == 1:
+                assert self._loop is not None
+                self._loop.call_later(0.01, self._flush_backlog)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.dropped += 1
+            peer = frames[0]
+            self._clients.pop(peer, None)
+            if peer in self.sched.workers:
+                self.sched.remove(peer, "unreachable")
+
+    def _flush_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, deque()
+        for frames in backlog:
+            self._send(frames)
+        self._run_outbox()
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    def _bad(self, peer: bytes, exc: ProtocolError, codec: Codec = Codec.MSGPACK) -> None:
+        """A malformed message from ``peer``: answer a typed ERROR, count it, log it."""
+        self._count_bad(peer, str(exc))
+        msg = Error(exc.request_id, exc.code, str(exc), "ProtocolError", codec=codec)
+        self._send([peer, *protocol.encode(msg)])
+
+    def _count_bad(self, peer: bytes, what: str) -> None:
+        self.protocol_errors += 1
+        n = self.protocol_errors
+        if n <= 10 or n % 1000 == 0:  # a flood of garbage must not flood the log too
+            log.warning("peer %s: %s [%d bad message(s) so far]", peer.hex(), what, n)
+
+    # --- time, drain ------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        interval = min(0.05, self.config.heartbeat_ms / 4000)
+        while True:
+            await asyncio.sleep(interval)
+            now = self._clock()
+            before = len(self.sched.workers)
+            self.sched.tick()
+            if len(self.sched.workers) < before:
+                log.warning(
+                    "%d worker(s) expired (silent for %d heartbeats); their requests re-queued",
+                    before - len(self.sched.workers),
+                    self.sched.liveness,
+                )
+            self._run_outbox()
+            self._maybe_announce()
+            for client in [c for c, seen in self._clients.items() if now - seen > _CLIENT_FORGET_S]:
+                del self._clients[client]
+            if self._draining and not self.sched.in_flight:
+                assert self._stopped is not None
+                self._stopped.set()
+
+    def _begin_drain(self, reason: str) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        queued = sum(self.sched.queue_depths().values())
+        log.info(
+            "draining (%s): %d queued request(s) handed back, %d in flight awaited, "
+            "%d client(s) and %d worker(s) told",
+            reason,
+            queued,
+            self.sched.in_flight,
+            len(self._clients),
+            len(self.sched.workers),
+        )
+        self.sched.drain()
+        goodbye = protocol.encode(Disconnect(0, f"broker {self.name} draining: {reason}"))
+        for client in list(self._clients):
+            self._send([client, *goodbye])
+        for wid in list(self.sched.workers):
+            self._send_control(wid, list(goodbye))
+        self._run_outbox()
+        assert self._stopped is not None
+        self._stopped.set()
+
+    async def _drain(self) -> None:
+        started = self._clock()
+        deadline = time.monotonic() + self.config.drain_timeout
+        assert self._stopped is not None
+        while self.sched.in_flight and time.monotonic() < deadline:
+            self._stopped.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), deadline - time.monotonic())
+        if self.sched.in_flight:
+            n = self.sched.in_flight
+            self.sched.abandon(
+                f"the broker stopped (drain timeout {self.config.drain_timeout:g} s) before "
+                "the worker replied"
+            )
+            self._run_outbox()
+            self.exit_code = EXIT_DRAIN_TIMEOUT
+            log.error("drain timeout: %d request(s) still in flight answered WORKER_LOST", n)
+        if self._clients:
+            # Clients connect with IMMEDIATE=1: when we hang up, their libzmq drops what it
+            # received but they had not read yet (the DRAINING answers, the DISCONNECT).
+            await asyncio.sleep(_HANGUP_GRACE_S)
+        log.info(
+            "drained in %.2f s: %d request(s) answered in total; exiting %d",
+            self._clock() - started,
+            self.sched.counters["answered"],
+            self.exit_code,
+        )
+
+
+_ERROR_NAMES = {
+    ErrorCode.TIMEOUT: "Timeout",
+    ErrorCode.NO_WORKERS: "NoWorkers",
+    ErrorCode.WORKER_LOST: "WorkerLost",
+    ErrorCode.OVERLOADED: "Overloaded",
+    ErrorCode.DRAINING: "WorkerLost",
+    ErrorCode.UNKNOWN_HANDLER: "UnknownHandler",
+    ErrorCode.PROTOCOL: "ProtocolError",
+    ErrorCode.CANCELLED: "Cancelled",
+}
+
+
+def _is_error(frames: Sequence[Any]) -> bool:
+    """Whether a message that failed to decode says it is an ERROR (never answered)."""
+    try:
+        return bool(frames) and protocol.decode_header(frames[0]).type is _ERROR
+    except ProtocolError:
+        return False
+
+
+def _error_code(frames: Sequence[Any], limits: Limits) -> int:
+    """The code of a worker's ERROR (its body is small); PROTOCOL if unreadable."""
+    try:
+        msg = protocol.decode(frames, limits)
+    except ProtocolError:
+        return ErrorCode.PROTOCOL
+    return msg.code if isinstance(msg, Error) else ErrorCode.PROTOCOL
