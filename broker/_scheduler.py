@@ -206,6 +206,8 @@ class Scheduler:
         self.workers: dict[bytes, WorkerRecord] = {}
         self.jobs: dict[tuple[bytes, int], Job] = {}
         self.draining = False
+        self.generation = 0
+        """Bumped whenever the set of serving workers changes (capacity, services)."""
         self._queues: dict[str, deque[Job]] = {}
         self._depth: dict[str, int] = {}  # live (QUEUED) jobs per queue
         # Per service: the workers with credit, least recently given work first.
@@ -699,6 +701,7 @@ class Scheduler:
         if w.enlisted or w.draining:
             return
         w.enlisted = True
+        self.generation += 1
         for s in w.services:
             self._providers[s] = self._providers.get(s, 0) + 1
         for t in w.targets:
@@ -708,6 +711,7 @@ class Scheduler:
         if not w.enlisted:
             return
         w.enlisted = False
+        self.generation += 1
         for counts, keys in ((self._providers, w.services), (self._target_count, w.targets)):
             for k in keys:
                 n = counts[k] - 1

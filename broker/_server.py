@@ -143,6 +143,7 @@ class Broker:
         self._stopped: asyncio.Event | None = None
         self._pump_scheduled = False
         self._advertised: tuple[int, dict[str, list[str]]] = (0, {})
+        self._advertised_gen = 0
         self._announce_at = 0.0
         self._hello_ids = 0
 
@@ -401,14 +402,15 @@ class Broker:
     def _maybe_announce(self) -> None:
         """Tell clients (unasked HELLO, id 0) when the capacity or services behind this
         broker change: a client sends nothing to a broker that reports capacity 0."""
-        if self._draining or not self._clients:
+        if self._draining or self.sched.generation == self._advertised_gen or not self._clients:
             return
         now = self._clock()
+        if now < self._announce_at:
+            return  # at most one announcement per 50 ms; the ticker comes back
+        self._advertised_gen = self.sched.generation
         current = (self.sched.capacity, self.sched.services())
         if current == self._advertised:
             return
-        if now < self._announce_at:
-            return  # at most one announcement per 50 ms; the ticker comes back
         self._advertised = current
         self._announce_at = now + 0.05
         frames = protocol.encode(self._hello(0, Codec.MSGPACK))
@@ -467,13 +469,18 @@ class Broker:
             self._send_control(peer, protocol.encode(self._hello(msg.id, msg.codec)))
         elif kind is Disconnect:
             w = sched.workers.get(peer)
-            if w is not None:
-                log.info(
-                    "worker %s draining (%s): no new work; %d in flight still answered",
-                    w.name or peer.hex(),
-                    msg.reason,
-                    len(w.in_flight),
-                )
+            if w is None:
+                return
+            if w.draining:  # the second one: it is gone
+                log.info("worker %s left (%s)", w.name or peer.hex(), msg.reason)
+                sched.remove(peer, f"left: {msg.reason}")
+                return
+            log.info(
+                "worker %s draining (%s): no new work; %d in flight still answered",
+                w.name or peer.hex(),
+                msg.reason,
+                len(w.in_flight),
+            )
             sched.disconnect(peer)
         elif kind is Pong:
             sched.heard(peer)

@@ -95,7 +95,8 @@ def format_status(endpoint: str, st: dict[str, Any]) -> str:
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
-            lines.append("    " + "  ".join(c.ljust(wd) for c, wd in zip(r, widths, strict=True)))
+            cells = "  ".join(c.ljust(wd) for c, wd in zip(r, widths, strict=True))
+            lines.append(("    " + cells).rstrip())
     queues = st.get("queues", {})
     shown = " ".join(f"{s}={n}" for s, n in sorted(queues.items())) or "empty"
     lines.append(f"  queues: {shown}")

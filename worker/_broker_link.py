@@ -290,7 +290,7 @@ class BrokerLink:
             pass
         if got:
             conn.heard = time.monotonic()
-            self.worker._schedule_pump()  # start what arrived, send what finished
+            self.worker._pump()  # start what arrived now, send what finished
 
     def _on_frames(self, conn: _Conn, frames: list[zmq.Frame]) -> None:
         w = self.worker
