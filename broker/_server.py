@@ -558,7 +558,11 @@ class Broker:
         try:
             send_message(sock, [wid, job.client, header, *frames[1:]])
         except zmq.Again:
-            self.sched.refused(wid, job.client, job.id)  # its pipe is full: try elsewhere
+            # Credit bounds what a worker's pipe holds, so a full one means the worker is
+            # not reading: drop it (its requests go elsewhere); if it lives, it is told
+            # to say HELLO again, which restarts its credit on both sides.
+            log.warning("worker %s is not reading (its pipe is full): removing it", wid.hex())
+            self.sched.remove(wid, "its pipe is full")
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 from brokerkit import SERVICE_B, BrokeredMesh, status, wait_for, workers_ready
@@ -73,6 +74,28 @@ def test_routes_by_service_and_status_shows_it(
     assert "totals: workers=3 " in out
     assert zeromesh(["status", "--connect", b.endpoint, "--json"]) == 0
     assert '"in_flight"' in capsys.readouterr().out
+
+
+def test_clients_may_come_first_and_cancel_what_waits(bmesh: BrokeredMesh) -> None:
+    b = bmesh.broker()
+    with Client([b.endpoint], timeout=30) as c:
+        (row,) = c.workers()
+        assert row["capacity"] == 0  # nobody behind it yet: the client holds its calls
+        early = c.submit("bk.pid")
+        w = bmesh.worker(b)
+        assert early.result() == w.pid  # the broker told the client when a worker came
+        busy = c.submit("bk.sleep_pid", 1.0)
+        wait_for(b, lambda st: st["totals"]["in_flight"] == 1, bmesh)
+        waiting = c.submit("bk.pid")
+        wait_for(b, lambda st: st["totals"]["queued"] == 1, bmesh)
+        assert waiting.cancel()
+        wait_for(b, lambda st: st["totals"]["queued"] == 0, bmesh, what="cancel")
+        arr = np.arange(300_000, dtype=np.float64).reshape(1000, 300)  # out-of-band frames
+        np.testing.assert_array_equal(c.call("bk.echo", {"a": arr})["a"], arr)
+        assert busy.result() == w.pid
+    st = status(b)
+    assert st["totals"]["cancelled"] == 1
+    assert st["workers"][0]["served"] == 3  # the cancelled call never reached it
 
 
 def test_killed_worker_requests_are_requeued_and_answered(bmesh: BrokeredMesh) -> None:
@@ -178,6 +201,21 @@ def test_two_brokers_kill_one_under_load_loses_nothing(bmesh: BrokeredMesh) -> N
     assert status(b2)["totals"]["answered"] > 0
 
 
+def test_workers_and_clients_come_back_to_a_restarted_broker(bmesh: BrokeredMesh) -> None:
+    b = bmesh.broker()
+    w = bmesh.worker(b)
+    wait_for(b, workers_ready(1), bmesh)
+    with Client([b.endpoint], timeout=30) as c:
+        assert c.call("bk.pid") == w.pid
+        b.signal(signal.SIGKILL)
+        b.wait()
+        pending = c.submit("bk.pid")  # held by the client until a broker answers again
+        b2 = bmesh.broker(endpoint=b.endpoint)
+        assert pending.result() == w.pid
+        st = wait_for(b2, workers_ready(1), bmesh)
+        assert st["workers"][0]["pid"] == w.pid
+
+
 def test_poison_request_is_answered_worker_lost(bmesh: BrokeredMesh) -> None:
     b = bmesh.broker("--max-deliveries", "2")
     bmesh.worker(b), bmesh.worker(b)
@@ -223,7 +261,9 @@ def test_broker_drains_on_sigterm_and_clients_fail_over(bmesh: BrokeredMesh) -> 
     assert "draining (SIGTERM)" in b1.output()
 
 
-def test_worker_serves_a_broker_and_direct_clients_at_once(bmesh: BrokeredMesh) -> None:
+def test_worker_serves_a_broker_and_direct_clients_at_once(
+    bmesh: BrokeredMesh, capsys: pytest.CaptureFixture[str]
+) -> None:
     from meshkit import free_port
 
     b = bmesh.broker()
@@ -234,6 +274,11 @@ def test_worker_serves_a_broker_and_direct_clients_at_once(bmesh: BrokeredMesh) 
         f1 = [c1.submit("bk.pid") for _ in range(100)]
         f2 = [c2.submit("bk.pid") for _ in range(100)]
         assert {f.result() for f in f1 + f2} == {w.pid}
+    assert zeromesh(["status", "--connect", f"{direct},{b.endpoint}"]) == 1
+    out = capsys.readouterr().out
+    assert f"{direct}  UNAVAILABLE: it answered" in out
+    assert "not a broker" in out
+    assert f"at {b.endpoint}  READY" in out
 
 
 def test_garbage_does_not_hurt_the_broker(bmesh: BrokeredMesh) -> None:
