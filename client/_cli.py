@@ -107,6 +107,13 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     return rollout(args.config, args.group, timeout=args.timeout, dry_run=args.dry_run)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    # The benchmarks ship with zeromesh but are not part of the client library.
+    from bench.mesh import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zeromesh",
@@ -214,10 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the processes, their states and endpoints; restart nothing",
     )
     p.set_defaults(func=_cmd_rollout)
+
+    p = sub.add_parser(
+        "bench",
+        add_help=False,  # `zeromesh bench --help` is the benchmark's own
+        help="run zeromesh beside raw pyzmq and ProcessPoolExecutor; print ratios",
+    )
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # Hand every argument, --help included, to the benchmark's own parser.
+        return _cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

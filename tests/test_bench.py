@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -13,7 +12,7 @@ import pytest
 def test_bench_tiny_runs_and_writes_json(tmp_path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.mesh", "--tiny", "--json", str(out)],
+        ["zeromesh", "bench", "--tiny", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=280,
