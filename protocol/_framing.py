@@ -8,7 +8,7 @@ a message without decoding its body (the broker relies on that).
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -27,7 +27,14 @@ from ._messages import (
     Reply,
     Request,
 )
-from ._values import Buffer, Codec, decode_value, encode_value
+from ._values import (
+    Buffer,
+    Codec,
+    decode_value,
+    encode_value,
+    travels_as_int,
+    travels_as_number,
+)
 from .errors import ErrorCode, ProtocolError
 
 __all__ = ["FLAG_BATCH", "HEADER_SIZE", "PROTOCOL_VERSION", "SIGNATURE", "Header"]
@@ -81,8 +88,11 @@ def encode(msg: Message) -> list[Buffer]:
     Out-of-band frames are the numpy arrays' own buffers: send them with
     ``copy=False`` and do not modify those arrays until the send completes.
 
+    Refuses whatever `decode` would refuse, so a message that encodes also decodes.
+
     Raises:
-        ProtocolError: a field is out of range, or a value cannot be encoded.
+        ProtocolError: a field is out of range or of the wrong type, or a value cannot
+            be encoded.
     """
     cls = type(msg)
     codec = msg.codec
@@ -91,16 +101,34 @@ def encode(msg: Message) -> list[Buffer]:
     flags = 0
     ttl = 0
     if cls is Request:
-        body, oob = encode_value([msg.args, msg.kwargs], codec)
+        args = msg.args
+        kwargs = msg.kwargs
+        batch = msg.batch
+        if (
+            batch
+            or type(kwargs) is not dict
+            or (type(args) is not list and type(args) is not tuple)
+        ):
+            _check_request(msg)
+        elif kwargs:
+            for key in kwargs:
+                if type(key) is not str:
+                    _check_request(msg)  # a str subclass is fine; anything else raises
+                    break
+        body, oob = encode_value([args, kwargs], codec)
         target = _target_bytes(msg.target)
         ttl = msg.ttl_ms
-        if msg.batch:
+        if batch:
             flags = FLAG_BATCH
     elif cls is Reply:
-        body, oob = encode_value(msg.result, codec)
-        target = _EMPTY
         if msg.batch:
             flags = FLAG_BATCH
+            if not isinstance(msg.result, list | tuple):
+                raise ProtocolError(
+                    f"batch reply result must be a list of results, not {type(msg.result).__name__}"
+                )
+        body, oob = encode_value(msg.result, codec)
+        target = _EMPTY
     elif cls is Ping or cls is Pong or cls is Cancel:
         body, oob, target = _EMPTY, [], _EMPTY
     else:
@@ -127,6 +155,24 @@ def _codec(codec: Any) -> Codec:
         return Codec(codec)
     except ValueError:
         raise ProtocolError(f"unknown codec {codec!r}") from None
+
+
+def _check_request(msg: Request) -> None:
+    """Refuse a request body `decode` would refuse (SPEC section 3)."""
+    if not isinstance(msg.args, list | tuple):
+        raise ProtocolError(f"request args must be a list or tuple, not {type(msg.args).__name__}")
+    if not isinstance(msg.kwargs, dict):
+        raise ProtocolError(f"request kwargs must be a dict, not {type(msg.kwargs).__name__}")
+    for key in msg.kwargs:
+        if not isinstance(key, str):
+            raise ProtocolError(f"request kwargs keys must be strings, not {key!r}")
+    if msg.batch:
+        for i, item in enumerate(msg.args):
+            if not isinstance(item, list | tuple):
+                raise ProtocolError(
+                    "batch request args must be a list of argument lists (lists or "
+                    f"tuples); item {i} is {type(item).__name__}"
+                )
 
 
 def _target_bytes(target: Any) -> bytes:
@@ -156,38 +202,54 @@ def _read_header(frame: Buffer, limits: Limits) -> tuple[MessageType, Codec, int
         frame = _byte_view(frame)
         size = frame.nbytes
     if size < HEADER_SIZE or size > limits.max_header_bytes:
+        # Signature and version first: a later version's header may be longer.
+        _check_signature_and_version(frame, size)
         raise ProtocolError(
             f"header frame of {size} bytes; a zeromesh header is {HEADER_SIZE} to "
             f"{limits.max_header_bytes} bytes (is the peer speaking zeromesh?)"
         )
     sig, version, mtype, codec, flags, rid, ttl, tlen = _unpack_header(frame)
-    if sig != SIGNATURE:
-        raise ProtocolError(f"header does not start with {SIGNATURE!r}: not a zeromesh peer")
-    if version != PROTOCOL_VERSION:
-        raise _with_id(
-            ProtocolError(
-                f"protocol version {version} is not supported (this peer speaks "
-                f"version {PROTOCOL_VERSION}); upgrade the older side",
-                ErrorCode.UNSUPPORTED_VERSION,
-            ),
-            rid,
-        )
+    if sig != SIGNATURE or version != PROTOCOL_VERSION:
+        _check_signature_and_version(frame, size)
     mt = _TYPE_OF[mtype]
     cd = _CODEC_OF[codec]
     if mt is None or cd is None or flags & ~_KNOWN_FLAGS:
         raise _with_id(
             ProtocolError(f"unknown message type {mtype}, codec {codec} or flags {flags:#x}"),
             rid,
+            _MSGPACK if cd is None else cd,
+        )
+    if flags and mt is not _REQUEST and mt is not _REPLY:
+        raise _with_id(
+            ProtocolError(f"the batch flag is set on a {mt.name}; only REQUEST and REPLY carry it"),
+            rid,
+            cd,
         )
     if HEADER_SIZE + tlen != size:
-        raise _with_id(ProtocolError("header length does not match its target length"), rid)
+        raise _with_id(ProtocolError("header length does not match its target length"), rid, cd)
     target = ""
     if tlen:
         try:
             target = str(frame[HEADER_SIZE:], "utf-8")
         except UnicodeDecodeError as exc:
-            raise _with_id(ProtocolError("target name is not UTF-8"), rid) from exc
+            raise _with_id(ProtocolError("target name is not UTF-8"), rid, cd) from exc
     return mt, cd, flags, rid, ttl, target
+
+
+def _check_signature_and_version(frame: Buffer, size: int) -> None:
+    """Refuse a header whose first 3 bytes are not ``ZM`` and version 1, whatever its
+    size: they keep their place in every version (SPEC section 9)."""
+    if size >= 2 and bytes(frame[:2]) != SIGNATURE:
+        raise ProtocolError(f"header does not start with {SIGNATURE!r}: not a zeromesh peer")
+    if size >= 3 and frame[2] != PROTOCOL_VERSION:
+        raise _with_id(
+            ProtocolError(
+                f"protocol version {frame[2]} is not supported (this peer speaks "
+                f"version {PROTOCOL_VERSION}); upgrade the older side",
+                ErrorCode.UNSUPPORTED_VERSION,
+            ),
+            int.from_bytes(frame[6:14], "big") if size >= 14 else 0,
+        )
 
 
 def _byte_view(frame: Buffer) -> memoryview:
@@ -207,7 +269,8 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
 
     Raises:
         ProtocolError: for anything malformed or over ``limits`` — and only that.
-            Its ``request_id`` attribute holds the id when the header could be read.
+            Its ``request_id`` and ``codec`` attributes hold the header's id and codec
+            when the header could be read (else 0 and MSGPACK): answer in that codec.
     """
     count = len(frames)
     if count < 2 or count > limits.max_frames:
@@ -269,7 +332,7 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
             raise ProtocolError(f"{mt.name} body must be a map")
         return _BODY_DECODERS[mt](rid, codec, value)
     except ProtocolError as exc:
-        raise _with_id(exc, rid) from exc.__cause__
+        raise _with_id(exc, rid, codec) from exc.__cause__
 
 
 # Request and Reply are built without their __init__: a frozen dataclass's __init__
@@ -325,22 +388,108 @@ def _new_reply(rid: int, result: Any, codec: Codec, batch: bool) -> Reply:
     return msg
 
 
-def _with_id(exc: ProtocolError, request_id: int) -> ProtocolError:
+def _with_id(exc: ProtocolError, request_id: int, codec: Codec = _MSGPACK) -> ProtocolError:
     exc.request_id = request_id
+    exc.codec = codec
     return exc
 
 
 # --- per-type bodies: maps with named fields -----------------------------------------
 
 
-def _field(body: dict[str, Any], name: str, types: type | tuple[type, ...], default: Any) -> Any:
+def _field(body: dict[str, Any], name: str, types: tuple[type, ...], default: Any) -> Any:
+    # Exact types: a decoded value is a plain bool, int, float, str ..., and a boolean
+    # is not a number here (bool is an int subclass).
     value = body.get(name, default)
-    if value is not default and not isinstance(value, types):
+    if value is not default and type(value) not in types:
         raise ProtocolError(f"field {name!r} has the wrong type ({type(value).__name__})")
     return value
 
 
+_STR = (str,)
+_INT = (int,)
+_NUMBER = (int, float)
+_MAP = (dict,)
+
+
+# --- what the encoder checks in map bodies: what the decoders above accept -------------
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_count(value: Any) -> bool:
+    return travels_as_int(value) and value >= 0
+
+
+def _is_number_or_none(value: Any) -> bool:
+    return value is None or travels_as_number(value)
+
+
+def _is_map_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, dict)
+
+
+def _is_services(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(name, str)
+        and isinstance(handlers, list | tuple)
+        and all(isinstance(h, str) for h in handlers)
+        for name, handlers in value.items()
+    )
+
+
+# (field, exact types that pass at once, the full test, what it must be)
+_Check = tuple[str, tuple[type, ...], Callable[[Any], bool], str]
+_NONE = type(None)
+
+
+def _check_fields(msg: Message, checks: tuple[_Check, ...]) -> None:
+    for name, fast, ok, want in checks:
+        value = getattr(msg, name)
+        if type(value) not in fast and not ok(value):
+            raise ProtocolError(
+                f"{type(msg).__name__}.{name} must be {want}, not {type(value).__name__} "
+                f"{value!r:.40}"
+            )
+
+
+_STRING: tuple[tuple[type, ...], Callable[[Any], bool], str] = (_STR, _is_str, "a string")
+_INTEGER = (_INT, travels_as_int, "an integer (not a bool)")
+_ERROR_CHECKS: tuple[_Check, ...] = (
+    ("code", (int, ErrorCode), travels_as_int, "an integer (not a bool)"),
+    ("message", *_STRING),
+    ("type", *_STRING),
+    ("traceback", *_STRING),
+    ("detail", (_NONE, dict), _is_map_or_none, "a dict or None"),
+)
+_HELLO_CHECKS: tuple[_Check, ...] = (
+    ("role", *_STRING),
+    ("name", *_STRING),
+    ("version", *_STRING),
+    ("host", *_STRING),
+    ("pid", *_INTEGER),
+    ("services", (), _is_services, "a dict of service names to lists of handler names"),
+    ("capacity", *_INTEGER),
+    ("in_flight", *_INTEGER),
+    ("uptime", _NUMBER, travels_as_number, "a number (not a bool)"),
+    ("heartbeat_ms", *_INTEGER),
+)
+_READY_CHECKS: tuple[_Check, ...] = (("credit", (), _is_count, "an integer >= 0 (not a bool)"),)
+_PROGRESS_CHECKS: tuple[_Check, ...] = (
+    ("done", _NUMBER, travels_as_number, "a number (not a bool)"),
+    ("total", (_NONE, int, float), _is_number_or_none, "a number (not a bool) or None"),
+    ("note", *_STRING),
+)
+_DISCONNECT_CHECKS: tuple[_Check, ...] = (("reason", *_STRING),)
+
+
+# --- per-type bodies ---------------------------------------------------------------------
+
+
 def _error_body(m: Error) -> dict[str, Any]:
+    _check_fields(m, _ERROR_CHECKS)
     body: dict[str, Any] = {"code": m.code, "message": m.message}
     if m.type:
         body["type"] = m.type
@@ -358,15 +507,16 @@ def _decode_error(rid: int, codec: Codec, b: dict[str, Any]) -> Error:
     return Error(
         rid,
         code,
-        _field(b, "message", str, ""),
-        _field(b, "type", str, ""),
-        _field(b, "traceback", str, ""),
-        _field(b, "detail", dict, None),
+        _field(b, "message", _STR, ""),
+        _field(b, "type", _STR, ""),
+        _field(b, "traceback", _STR, ""),
+        _field(b, "detail", _MAP, None),
         codec,
     )
 
 
 def _hello_body(m: Hello) -> dict[str, Any]:
+    _check_fields(m, _HELLO_CHECKS)
     return {
         "role": m.role,
         "name": m.name,
@@ -382,7 +532,7 @@ def _hello_body(m: Hello) -> dict[str, Any]:
 
 
 def _decode_hello(rid: int, codec: Codec, b: dict[str, Any]) -> Hello:
-    services = _field(b, "services", dict, {})
+    services = _field(b, "services", _MAP, {})
     for name, handlers in services.items():
         if type(name) is not str or type(handlers) is not list:
             raise ProtocolError("hello 'services' must map service names to handler lists")
@@ -390,16 +540,16 @@ def _decode_hello(rid: int, codec: Codec, b: dict[str, Any]) -> Hello:
             raise ProtocolError("hello handler names must be strings")
     return Hello(
         rid,
-        _field(b, "role", str, "client"),
-        _field(b, "name", str, ""),
-        _field(b, "version", str, ""),
-        _field(b, "host", str, ""),
-        _field(b, "pid", int, 0),
+        _field(b, "role", _STR, "client"),
+        _field(b, "name", _STR, ""),
+        _field(b, "version", _STR, ""),
+        _field(b, "host", _STR, ""),
+        _field(b, "pid", _INT, 0),
         services,
-        _field(b, "capacity", int, 0),
-        _field(b, "in_flight", int, 0),
-        _float(_field(b, "uptime", (int, float), 0.0), "uptime"),
-        _field(b, "heartbeat_ms", int, 0),
+        _field(b, "capacity", _INT, 0),
+        _field(b, "in_flight", _INT, 0),
+        _float(_field(b, "uptime", _NUMBER, 0.0), "uptime"),
+        _field(b, "heartbeat_ms", _INT, 0),
         codec,
     )
 
@@ -413,10 +563,27 @@ def _float(value: float, name: str) -> float:
 
 def _decode_progress(rid: int, codec: Codec, b: dict[str, Any]) -> Progress:
     total = b.get("total")
-    if total is not None and not isinstance(total, int | float):
+    if total is not None and type(total) is not int and type(total) is not float:
         raise ProtocolError("progress 'total' must be a number or null")
-    done = _field(b, "done", (int, float), 0)
-    return Progress(rid, done, total, _field(b, "note", str, ""), codec)
+    done = _field(b, "done", _NUMBER, 0)
+    return Progress(rid, done, total, _field(b, "note", _STR, ""), codec)
+
+
+def _ready_body(m: Ready) -> dict[str, Any]:
+    credit = m.credit
+    if type(credit) is not int or credit < 0:
+        _check_fields(m, _READY_CHECKS)
+    return {"credit": credit}
+
+
+def _progress_body(m: Progress) -> dict[str, Any]:
+    _check_fields(m, _PROGRESS_CHECKS)
+    return {"done": m.done, "total": m.total, "note": m.note}
+
+
+def _disconnect_body(m: Disconnect) -> dict[str, Any]:
+    _check_fields(m, _DISCONNECT_CHECKS)
+    return {"reason": m.reason}
 
 
 def _decode_ready(rid: int, codec: Codec, b: dict[str, Any]) -> Ready:
@@ -429,9 +596,9 @@ def _decode_ready(rid: int, codec: Codec, b: dict[str, Any]) -> Ready:
 _BODY_ENCODERS: dict[type, Any] = {
     Error: _error_body,
     Hello: _hello_body,
-    Ready: lambda m: {"credit": m.credit},
-    Progress: lambda m: {"done": m.done, "total": m.total, "note": m.note},
-    Disconnect: lambda m: {"reason": m.reason},
+    Ready: _ready_body,
+    Progress: _progress_body,
+    Disconnect: _disconnect_body,
 }
 _BODY_DECODERS: dict[MessageType, Any] = {
     MessageType.ERROR: _decode_error,
@@ -439,7 +606,7 @@ _BODY_DECODERS: dict[MessageType, Any] = {
     MessageType.READY: _decode_ready,
     MessageType.PROGRESS: _decode_progress,
     MessageType.DISCONNECT: lambda rid, codec, b: Disconnect(
-        rid, _field(b, "reason", str, ""), codec
+        rid, _field(b, "reason", _STR, ""), codec
     ),
 }
 _EMPTY_BODY_TYPES: dict[MessageType, Any] = {

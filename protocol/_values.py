@@ -16,24 +16,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from enum import IntEnum
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from ._codec import Codec
 from ._limits import DEFAULT_LIMITS, Limits
 from .errors import ErrorCode, ProtocolError
 
-__all__ = ["Codec", "decode_value", "encode_value"]
-
-
-class Codec(IntEnum):
-    """The body codec named in every header."""
-
-    MSGPACK = 0
-    JSON = 1
-
+__all__ = ["Codec", "decode_value", "encode_value", "travels_as_int", "travels_as_number"]
 
 _MSGPACK = Codec.MSGPACK  # a module global is cheaper to read than an enum member
 
@@ -44,10 +36,18 @@ EXT_NDARRAY = 1
 JSON_NDARRAY_KEY = "$nd"
 JSON_BYTES_KEY = "$bytes"
 
-_ALLOWED_KINDS = frozenset("biufcmM")
+# (kind, item size) of the dtypes that travel. Not long double (f16/c32, or f12/c24
+# on some platforms): its layout differs between platforms. Where long double is
+# plain double, numpy spells it "<f8" and it travels as float64.
+_SENDABLE = frozenset(
+    [("b", 1), ("f", 2), ("f", 4), ("f", 8), ("c", 8), ("c", 16), ("M", 8), ("m", 8)]
+    + [(kind, size) for kind in "iu" for size in (1, 2, 4, 8)]
+)
 # dtype strings as numpy's dtype.str spells them: byte order, kind, item size, and a
 # unit for datetime64/timedelta64 ("<M8[ns]"). Nothing else is parsed by np.dtype.
-_DTYPE_RE = re.compile(r"[<>|=][biufcmM]\d{1,2}(\[\d*[a-zA-Z]{1,2}\])?")
+# The byte order is explicit: "|" for 1-byte items, "<" or ">" for the others ("="
+# would mean the receiver's own order, whatever the sender's was).
+_DTYPE_RE = re.compile(r"([<>|])([biufcmM])(\d{1,2})(\[\d*[a-zA-Z]{1,2}\])?")
 
 Buffer = Any  # bytes, memoryview, zmq.Frame: anything with the buffer protocol
 
@@ -55,12 +55,10 @@ Buffer = Any  # bytes, memoryview, zmq.Frame: anything with the buffer protocol
 def _array_descriptor(arr: np.ndarray, oob: list[Buffer]) -> tuple[str, list[int], int]:
     """Append the array's memory to ``oob`` and return (dtype, shape, frame index)."""
     dtype = arr.dtype
-    if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype:
-        raise ProtocolError(
-            f"cannot send a numpy array of dtype {dtype!r}: only bool, integer, float, "
-            "complex, datetime64 and timedelta64 arrays travel (object, string and "
-            "structured arrays do not; convert them to lists or numeric arrays first)"
-        )
+    text = dtype.str  # never "=": numpy spells native order as "<" or ">"
+    if text not in _KNOWN_DTYPES:
+        _check_sendable(dtype)
+        _dtype(text)  # what the decoder accepts, and only that
     if not arr.flags.c_contiguous:
         # One copy, here; the contiguous copy is then sent without another.
         arr = np.ascontiguousarray(arr)
@@ -69,13 +67,43 @@ def _array_descriptor(arr: np.ndarray, oob: list[Buffer]) -> tuple[str, list[int
         oob.append(arr.view(f"{dtype.byteorder}i{dtype.itemsize}"))
     else:
         oob.append(arr)
-    return dtype.str, list(arr.shape), len(oob) - 1
+    return text, list(arr.shape), len(oob) - 1
+
+
+def _check_sendable(dtype: np.dtype) -> None:
+    """Refuse, with a message saying what to do, a dtype that does not travel."""
+    if (dtype.kind, dtype.itemsize) not in _SENDABLE or dtype.fields is not None:
+        if dtype.kind in "fc" and dtype.fields is None:
+            raise ProtocolError(
+                f"cannot send a numpy array of dtype {dtype!r}: long double "
+                "(float128, complex256) has a different layout on every platform; "
+                "convert it to float64 or complex128 first"
+            )
+        raise ProtocolError(
+            f"cannot send a numpy array of dtype {dtype!r}: only bool, integer, float, "
+            "complex, datetime64 and timedelta64 arrays travel (object, string and "
+            "structured arrays do not; convert them to lists or numeric arrays first)"
+        )
+
+
+def travels_as_int(value: Any) -> bool:
+    """True if ``value`` goes on the wire as an integer: an int or a numpy integer,
+    not a boolean (bool is an int subclass, but travels as true/false)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def travels_as_number(value: Any) -> bool:
+    """True if ``value`` goes on the wire as an integer or a float, not a boolean."""
+    return travels_as_int(value) or isinstance(value, float | np.floating)
 
 
 def _numpy_scalar(obj: np.generic) -> Any:
-    """numpy scalars become Python scalars; kinds with no Python twin go as 0-d arrays."""
+    """numpy scalars become Python scalars; kinds with no Python twin go as 0-d arrays
+    (and long double, refused as an array, with a message that says why)."""
     if obj.dtype.kind in "biuf":
-        return obj.item()
+        value = obj.item()
+        if not isinstance(value, np.generic):  # long double's item() is itself
+            return value
     return np.asarray(obj)
 
 
@@ -151,7 +179,20 @@ def encode_value(value: Any, codec: Codec) -> tuple[bytes, list[Buffer]]:
     encoder.oob = oob
     body = b""
     try:
-        body = encoder.pack(value) if codec is _MSGPACK else encoder.json(value).encode()
+        if codec is _MSGPACK:
+            body = encoder.pack(value)
+        else:
+            text = encoder.json(value)
+            # Inside a JSON string a quote is escaped, so '{"$' opens an object whose
+            # first key starts with "$": the encoder's descriptors, or application data.
+            if '{"$' in text and _has_reserved_map(value, text, len(oob)):
+                raise ProtocolError(
+                    f"cannot encode value for the wire (JSON): a map whose only key is "
+                    f'"{JSON_NDARRAY_KEY}" or "{JSON_BYTES_KEY}" would be read as an array '
+                    "or bytes descriptor (SPEC section 4); use the msgpack codec, or rename "
+                    "the key"
+                )
+            body = text.encode()
     except ProtocolError:
         raise
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
@@ -165,6 +206,29 @@ def encode_value(value: Any, codec: Codec) -> tuple[bytes, list[Buffer]]:
         if len(body) <= _POOLED_BODY_BYTES and len(_ENCODERS) < _POOLED_ENCODERS:
             _ENCODERS.append(encoder)
     return body, oob
+
+
+def _has_reserved_map(value: Any, text: str, descriptors: int) -> bool:
+    """True if ``value`` holds a map whose one key is "$nd" or "$bytes".
+
+    ``text`` is its JSON encoding, holding ``descriptors`` descriptors the encoder
+    wrote itself: the walk runs only if the text opens more such objects than that.
+    """
+    if (
+        text.count('{"' + JSON_NDARRAY_KEY + '":') + text.count('{"' + JSON_BYTES_KEY + '":')
+        <= descriptors
+    ):
+        return False
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if len(node) == 1 and (JSON_NDARRAY_KEY in node or JSON_BYTES_KEY in node):
+                return True
+            stack += node.values()
+        elif isinstance(node, list | tuple):
+            stack += node
+    return False
 
 
 _MAX_EXT_BYTES = 4096
@@ -232,7 +296,9 @@ def decode_value(
             text = str(body, "utf-8")
             if oob:
                 hook = _ArrayBuilder(oob, limits).from_json_object
-                value = json.JSONDecoder(object_hook=hook).decode(text)
+                value = json.JSONDecoder(
+                    object_hook=hook, parse_float=_finite_float, parse_constant=_no_constant
+                ).decode(text)
             else:
                 value = _json_without_frames(text)
             walk_above = _DEFAULT_JSON_FLOOR if limits is DEFAULT_LIMITS else _json_floor(limits)
@@ -241,7 +307,9 @@ def decode_value(
     except RecursionError as exc:
         raise ProtocolError("body nests too deep", ErrorCode.LIMIT_EXCEEDED) from exc
     except Exception as exc:  # anything a malformed body can make msgpack/json raise
-        raise ProtocolError(f"malformed {codec.name} body: {exc}") from exc
+        raise ProtocolError(
+            f"malformed {codec.name} body: {str(exc) or type(exc).__name__}"
+        ) from exc
     # A body no longer than a limit cannot exceed it (a level of nesting, an item, a
     # pair or a byte of string each costs at least a byte): small bodies skip the walk.
     if size > walk_above:
@@ -332,18 +400,39 @@ def _check_strings(items: Any, max_str: int) -> None:
 
 def _ext_without_frames(code: int, data: bytes) -> Any:
     """msgpack ext hook of a message with no out-of-band frames: no descriptor fits."""
-    return _ArrayBuilder((), DEFAULT_LIMITS).from_msgpack_ext(code, data)
+    if code != EXT_NDARRAY:
+        raise ProtocolError(f"unknown msgpack extension type {code}")
+    raise ProtocolError("array descriptor in a message without out-of-band frames")
 
 
 def _json_object_without_frames(obj: dict[str, Any]) -> Any:
-    """JSON object hook of a message with no out-of-band frames."""
+    """JSON object hook of a message with no out-of-band frames: no descriptor fits."""
     if len(obj) == 1 and (JSON_NDARRAY_KEY in obj or JSON_BYTES_KEY in obj):
-        return _ArrayBuilder((), DEFAULT_LIMITS).from_json_object(obj)
+        raise ProtocolError(
+            f"{next(iter(obj))!r} descriptor in a message without out-of-band frames"
+        )
     return obj
 
 
+def _finite_float(text: str) -> float:
+    """JSON number hook: a float out of range (1e999) is refused, not made infinite."""
+    value = float(text)
+    if value - value:  # inf - inf is NaN, which is true; a finite x - x is 0.0
+        raise ProtocolError(f"JSON number {text[:40]} is out of the float64 range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    """JSON constant hook: NaN, Infinity and -Infinity are not JSON (RFC 8259)."""
+    raise ProtocolError(f"{name} is not a JSON number")
+
+
 # Shared like json's own default decoder: decoding keeps no state in the decoder.
-_JSON_WITHOUT_FRAMES = json.JSONDecoder(object_hook=_json_object_without_frames)
+_JSON_WITHOUT_FRAMES = json.JSONDecoder(
+    object_hook=_json_object_without_frames,
+    parse_float=_finite_float,
+    parse_constant=_no_constant,
+)
 _scan_without_frames = _JSON_WITHOUT_FRAMES.scan_once
 
 
@@ -372,7 +461,9 @@ class _ArrayBuilder:
         if code != EXT_NDARRAY:
             raise ProtocolError(f"unknown msgpack extension type {code}")
         try:
-            desc = _unpackb(data, raw=False, max_array_len=self.limits.max_ndim + 3)
+            # The payload is at most _MAX_EXT_BYTES: msgpack's own bounds, derived from
+            # its length, keep it small; `build` checks the shape against max_ndim.
+            desc = _unpackb(data, raw=False)
         except Exception as exc:
             raise ProtocolError(f"malformed array descriptor: {exc}") from exc
         if not isinstance(desc, list) or len(desc) != 3:
@@ -399,14 +490,12 @@ class _ArrayBuilder:
         return memoryview(self.oob[index])
 
     def build(self, dtype: Any, shape: Any, index: Any) -> np.ndarray:
-        if not isinstance(dtype, str) or not _DTYPE_RE.fullmatch(dtype):
-            raise ProtocolError(f"array dtype {dtype!r} is not an accepted dtype string")
-        dt = np.dtype(dtype)
-        if dt.kind not in _ALLOWED_KINDS:
-            raise ProtocolError(f"array dtype {dtype!r} is not allowed")
-        if not isinstance(shape, list) or len(shape) > self.limits.max_ndim:
+        dt = _dtype(dtype)
+        if type(shape) is not list:
+            raise ProtocolError(f"array shape must be a list of sizes, not {shape!r}")
+        if len(shape) > self.limits.max_ndim:
             raise ProtocolError(
-                f"array shape {shape!r} must be a list of <= {self.limits.max_ndim} sizes"
+                f"array of {len(shape)} dimensions exceeds limit max_ndim={self.limits.max_ndim}"
             )
         count = 1
         for dim in shape:
@@ -425,3 +514,37 @@ class _ArrayBuilder:
             # numpy works on unaligned data, but slowly and not everywhere. Copy those.
             arr = arr.copy()
         return arr
+
+
+# Accepted dtype strings, parsed: np.dtype(text) costs more than the lookup. Bounded,
+# since a peer can name any number of distinct datetime units.
+_KNOWN_DTYPES: dict[str, np.dtype] = {}
+_MAX_KNOWN_DTYPES = 256
+
+
+def _dtype(text: Any) -> np.dtype:
+    """The dtype a descriptor names, if it is one that travels (SPEC section 5)."""
+    if type(text) is not str:
+        raise ProtocolError(f"array dtype {text!r} is not an accepted dtype string")
+    dt = _KNOWN_DTYPES.get(text)
+    if dt is not None:
+        return dt
+    match = _DTYPE_RE.fullmatch(text)
+    if match is None:
+        raise ProtocolError(f"array dtype {text!r} is not an accepted dtype string")
+    order, kind, size, unit = match.groups()
+    itemsize = int(size)
+    if (kind, itemsize) not in _SENDABLE or (unit is not None and kind not in "mM"):
+        raise ProtocolError(f"array dtype {text!r} is not allowed")
+    if (order == "|") != (itemsize == 1):
+        raise ProtocolError(
+            f"array dtype {text!r}: the byte order must be '|' for 1-byte items and "
+            "'<' or '>' for larger ones"
+        )
+    try:
+        dt = np.dtype(text)
+    except TypeError:  # a datetime unit numpy does not know
+        raise ProtocolError(f"array dtype {text!r} is not allowed") from None
+    if len(_KNOWN_DTYPES) < _MAX_KNOWN_DTYPES:
+        _KNOWN_DTYPES[text] = dt
+    return dt

@@ -13,6 +13,8 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
+from ._codec import Codec
+
 __all__ = [
     "BadArguments",
     "Cancelled",
@@ -74,13 +76,17 @@ class ProtocolError(ZeromeshError):
 
     Raised by the decoder for anything it will not accept, and by the encoder for a
     value it cannot put on the wire. ``code`` tells which (see `ErrorCode`);
-    ``request_id`` is the offending message's id when its header could be read, else 0.
+    ``request_id`` is the offending message's id when its header could be read, else 0;
+    ``codec`` is the offending message's codec when its header could be read (a known
+    version and codec), else MSGPACK: answer the ERROR in it, so a JSON-only peer can
+    read the answer.
     """
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> None:
         super().__init__(message)
         self.code = code
         self.request_id = 0
+        self.codec = Codec.MSGPACK
 
 
 class UnknownHandler(ZeromeshError, LookupError):

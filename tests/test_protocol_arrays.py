@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -344,6 +345,92 @@ def test_lying_descriptors_are_refused(lie: str, codec: Codec) -> None:
         protocol.decode(with_descriptor(codec, desc, oob))
     assert info.value.code == ErrorCode.PROTOCOL
     assert info.value.request_id == 1
+
+
+# SPEC 5: the byte order is explicit ("|" for 1-byte items, "<" or ">" for larger
+# ones), and long double, whose layout differs between platforms, does not travel.
+REFUSED_DTYPES = [
+    "=f8",  # native: the receiver's order, not the sender's
+    "|f8",
+    "=i2",
+    "|M8[ns]",
+    "=m8[s]",
+    "<i1",  # 1-byte items have no byte order
+    ">u1",
+    "=b1",
+    "<f16",  # long double
+    ">c32",
+    "<f12",
+    "<c24",
+    "<i8[s]",  # a unit on a non-datetime kind
+    "<b2",
+    "<u16",
+]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("dtype", REFUSED_DTYPES)
+def test_decoder_refuses_implicit_byte_order_and_long_double(dtype: str, codec: Codec) -> None:
+    size = {"1": 1, "2": 2, "8": 8}.get(dtype[-1], 16)
+    with pytest.raises(ProtocolError, match="dtype") as info:
+        protocol.decode(with_descriptor(codec, [dtype, [1], 0], [b"\0" * size]))
+    assert info.value.code == ErrorCode.PROTOCOL
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_decoder_accepts_explicit_byte_orders(codec: Codec) -> None:
+    for dtype, size in (("|b1", 1), ("|i1", 1), ("|u1", 1), ("<f8", 8), (">f8", 8), (">c16", 16)):
+        got = protocol.decode(with_descriptor(codec, [dtype, [1], 0], [b"\0" * size])).result
+        assert got.dtype.str == dtype
+    got = protocol.decode(with_descriptor(codec, ["<M8[10ms]", [1], 0], [b"\0" * 8])).result
+    assert got.dtype == np.dtype("datetime64[10ms]")
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("name", ["int16", "uint32", "float64", "complex64", "datetime64[ns]"])
+def test_native_arrays_are_sent_with_an_explicit_byte_order(name: str, codec: Codec) -> None:
+    native = "<" if sys.byteorder == "little" else ">"
+    for dtype in (np.dtype(name), np.dtype(name).newbyteorder("=")):
+        arr = np.zeros(3, dtype)
+        frames = protocol.encode(Reply(1, arr, codec=codec))
+        if codec is Codec.MSGPACK:
+            sent = msgpack.unpackb(msgpack.unpackb(frames[1]).data)[0]
+        else:
+            sent = json.loads(frames[1])["$nd"]["dtype"]
+        assert sent[0] == native
+        assert_same_array(protocol.decode(to_receiver(frames)).result, arr)
+    one_byte = protocol.encode(Reply(1, np.zeros(2, np.int8), codec=codec))
+    assert b"|i1" in one_byte[1]
+
+
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize <= 8, reason="long double is double here")
+@pytest.mark.parametrize("codec", CODECS)
+def test_long_double_is_refused_when_sending(codec: Codec) -> None:
+    for value in (
+        np.zeros(2, np.longdouble),
+        np.zeros(2, np.clongdouble),
+        np.longdouble(1.5),
+        np.clongdouble(1j),
+    ):
+        with pytest.raises(ProtocolError, match="long double"):
+            protocol.encode(Reply(1, [value], codec=codec))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_ndim_error_names_the_configured_limit(codec: Codec) -> None:
+    arr = np.zeros((1,) * 7)
+    frames = protocol.encode(Reply(1, arr, codec=codec))
+    with pytest.raises(ProtocolError, match="max_ndim=6") as info:
+        protocol.decode(frames, Limits(max_ndim=6))
+    assert "32" not in str(info.value)
+    # Past the default limit of 32, with a limit raised to fit (numpy stops at 64).
+    deep = np.zeros((1,) * 40)
+    frames = protocol.encode(Reply(1, deep, codec=codec))
+    with pytest.raises(ProtocolError, match="max_ndim=32"):
+        protocol.decode(frames)
+    assert protocol.decode(frames, Limits(max_ndim=40)).result.shape == deep.shape
+    with pytest.raises(ProtocolError, match="max_ndim=39"):
+        protocol.decode(frames, Limits(max_ndim=39))
 
 
 def test_json_descriptor_needs_all_keys() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgpack
+import numpy as np
 import pytest
 
 import protocol
@@ -217,6 +219,26 @@ def test_unknown_version() -> None:
         assert info.value.code == ErrorCode.UNSUPPORTED_VERSION
 
 
+@pytest.mark.parametrize("version", [0, 2, 255])
+def test_unknown_version_whatever_the_header_size(version: int) -> None:
+    # SPEC 9: bytes 0-2 keep their place in every version; a later version's header
+    # may be shorter or longer than 20 bytes, and still gets UNSUPPORTED_VERSION.
+    full = header(version=version, rid=42)
+    long = header(version=version, rid=42, target=b"x" * 300, tlen=1)  # 320 bytes
+    for frame, rid in ((full[:3], 0), (full[:13], 0), (full[:14], 42), (long, 42)):
+        exc = refused([frame, b""], ErrorCode.UNSUPPORTED_VERSION)
+        assert exc.request_id == rid
+        assert exc.codec is Codec.MSGPACK  # the codec byte of another version means nothing
+        with pytest.raises(ProtocolError) as info:
+            protocol.decode_header(frame)
+        assert info.value.code == ErrorCode.UNSUPPORTED_VERSION
+    # Not the signature: not a zeromesh peer at all, whatever the version byte says.
+    assert "zeromesh" in str(refused([b"XX" + bytes([version]), b""]))
+    # Version 1, but too short or too long: a malformed v1 header.
+    for frame in (header()[:3], header() + b"x" * 300):
+        refused([frame, b""])
+
+
 def test_bad_signature() -> None:
     for sig in (b"XX", b"zm", b"MZ", b"\x00\x00"):
         exc = refused([header(signature=sig), b"\xc0"])
@@ -246,6 +268,20 @@ def test_target_empty_too_long_or_not_utf8() -> None:
     with pytest.raises(ProtocolError):
         protocol.encode(Request(1, "bad\udc80.surrogate"))
     assert protocol.decode(protocol.encode(Request(1, "é" * 127))).target == "é" * 127
+
+
+@pytest.mark.parametrize(
+    "mtype", [t for t in MessageType if t not in (MessageType.REQUEST, MessageType.REPLY)]
+)
+def test_batch_flag_only_on_request_and_reply(mtype: MessageType) -> None:
+    msg = next(m for m in messages(Codec.JSON) if m.TYPE is mtype)
+    body = protocol.encode(msg)[1]
+    assert protocol.decode([header(mtype, codec=Codec.JSON), body]).TYPE is mtype
+    exc = refused([header(mtype, flags=FLAG_BATCH, codec=Codec.JSON, rid=6), body])
+    assert "batch" in str(exc)
+    assert (exc.request_id, exc.codec) == (6, Codec.JSON)
+    with pytest.raises(ProtocolError, match="batch"):
+        protocol.decode_header(header(mtype, flags=FLAG_BATCH))
 
 
 def test_target_length_must_match_header() -> None:
@@ -307,11 +343,21 @@ BAD_BODIES: list[tuple[MessageType, Any]] = [
     (MessageType.HELLO, {"role": 5}),
     (MessageType.HELLO, {"pid": "1"}),
     (MessageType.HELLO, {"uptime": "long"}),
+    # bool is an int subclass in Python: still not a number on the wire (SPEC 3).
+    (MessageType.ERROR, {"code": True, "message": "bool code"}),
+    (MessageType.HELLO, {"pid": True}),
+    (MessageType.HELLO, {"capacity": True}),
+    (MessageType.HELLO, {"in_flight": False}),
+    (MessageType.HELLO, {"uptime": True}),
+    (MessageType.HELLO, {"heartbeat_ms": True}),
     (MessageType.READY, {}),
     (MessageType.READY, {"credit": -1}),
     (MessageType.READY, {"credit": 1.5}),
+    (MessageType.READY, {"credit": True}),
     (MessageType.PROGRESS, {"done": "x"}),
     (MessageType.PROGRESS, {"total": "x"}),
+    (MessageType.PROGRESS, {"done": True}),
+    (MessageType.PROGRESS, {"total": False}),
     (MessageType.PROGRESS, {"note": 1}),
     (MessageType.DISCONNECT, {"reason": 1}),
     (MessageType.DISCONNECT, "bye"),
@@ -346,6 +392,52 @@ def test_malformed_bodies(codec: Codec) -> None:
             refused([head, body])
 
 
+@pytest.mark.parametrize("with_frames", [False, True])
+def test_json_numbers_must_be_finite(with_frames: bool) -> None:
+    # The encoder refuses NaN and infinities in JSON; so does the decoder (RFC 8259 has
+    # no NaN or Infinity, and 1e999 would become infinity).
+    head = header(MessageType.REPLY, codec=Codec.JSON)
+    oob = [b"x"] if with_frames else []  # decoded with another JSON decoder
+    for text in (
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "[1, NaN]",
+        '{"a": Infinity}',
+        "1e999",
+        "-1E+400",
+        "[0.5, 2e308]",
+        "1" * 310 + ".0",
+    ):
+        body = f'[{text}, {{"$bytes": 0}}]' if with_frames else text
+        exc = refused([head, body.encode(), *oob])
+        assert exc.codec is Codec.JSON
+    for text, value in (("1e308", 1e308), ("-1e-400", -0.0), ("1" * 310, int("1" * 310))):
+        body = f'[{text}, {{"$bytes": 0}}]' if with_frames else text
+        got = protocol.decode([head, body.encode(), *oob]).result
+        assert (got[0] if with_frames else got) == value
+    hello = header(MessageType.HELLO, codec=Codec.JSON)
+    refused([hello, b'{"uptime": 1e999}'])
+
+
+def test_protocol_error_carries_the_codec() -> None:
+    # SPEC 6: a peer answers a bad message in its own codec, when the header says which.
+    assert ProtocolError("x").codec is Codec.MSGPACK
+    for codec in CODECS:
+        for frames in (
+            [header(codec=codec, rid=3), b"\xc1{"],  # malformed body
+            [header(MessageType.REQUEST, codec=codec, rid=3, target=b"\xff"), b""],  # target
+            [header(MessageType.REQUEST, codec=codec, rid=3, target=b"a", tlen=2), b""],
+            [header(77, codec=codec, rid=3), b""],  # unknown type, known codec
+        ):
+            exc = refused(frames)
+            assert (exc.request_id, exc.codec) == (3, codec)
+    # Where the header says no (known) codec: MessagePack.
+    assert refused([header(codec=9), b""]).codec is Codec.MSGPACK
+    assert refused([header(codec=Codec.JSON)]).codec is Codec.MSGPACK  # header not read
+    assert refused([b"XX" + header(codec=Codec.JSON)[2:], b""]).codec is Codec.MSGPACK
+
+
 def test_json_body_must_be_utf8() -> None:
     head = header(MessageType.REPLY, codec=Codec.JSON)
     refused([head, '"é"'.encode("latin-1")])
@@ -375,6 +467,106 @@ def test_encoder_refuses_what_the_wire_cannot_carry(codec: Codec) -> None:
         for value in (float("nan"), float("inf"), {b"k": 1}):
             with pytest.raises(ProtocolError):
                 protocol.encode(Reply(1, value, codec=codec))
+
+
+# What the decoder refuses, the encoder refuses: a message that encodes, decodes.
+UNENCODABLE: list[tuple[Any, str]] = [
+    (Request(1, "a.b", [1, 2], batch=True), "batch request args"),
+    (Request(1, "a.b", [[1], 2], batch=True), "item 1 is int"),
+    (Request(1, "a.b", {"x": 1}), "args must be a list"),  # type: ignore[arg-type]
+    (Request(1, "a.b", np.zeros(2)), "args must be a list"),  # type: ignore[arg-type]
+    (Request(1, "a.b", [], [("k", 1)]), "kwargs must be a dict"),  # type: ignore[arg-type]
+    (Request(1, "a.b", [], {1: 2}), "kwargs keys must be strings"),  # type: ignore[dict-item]
+    (Request(1, "a.b", [], {"k": 1, None: 2}), "kwargs keys"),  # type: ignore[dict-item]
+    (Request(1, b"a.b"), "target"),  # type: ignore[arg-type]
+    (Reply(1, 5, batch=True), "batch reply result must be a list"),
+    (Reply(1, {"a": 1}, batch=True), "batch reply result must be a list"),
+    (Ready(1, -1), "credit"),
+    (Ready(1, True), "credit"),
+    (Ready(1, 1.0), "credit"),  # type: ignore[arg-type]
+    (Error(1, True, "m"), "code"),
+    (Error(1, "1", "m"), "code"),  # type: ignore[arg-type]
+    (Error(1, 1, 5), "message"),  # type: ignore[arg-type]
+    (Error(1, 1, "m", detail=[1]), "detail"),  # type: ignore[arg-type]
+    (Hello(pid=True), "pid"),
+    (Hello(pid="1"), "pid"),  # type: ignore[arg-type]
+    (Hello(capacity=True), "capacity"),
+    (Hello(in_flight=False), "in_flight"),
+    (Hello(uptime=True), "uptime"),
+    (Hello(heartbeat_ms=True), "heartbeat_ms"),
+    (Hello(role=5), "role"),  # type: ignore[arg-type]
+    (Hello(services={"m": "add"}), "services"),  # type: ignore[dict-item]
+    (Hello(services={"m": [1]}), "services"),  # type: ignore[list-item]
+    (Hello(services={1: ["a"]}), "services"),  # type: ignore[dict-item]
+    (Progress(1, True), "done"),
+    (Progress(1, "x"), "done"),  # type: ignore[arg-type]
+    (Progress(1, 1, False), "total"),
+    (Progress(1, 1, None, 5), "note"),  # type: ignore[arg-type]
+    (Disconnect(reason=1), "reason"),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize(("msg", "why"), UNENCODABLE)
+def test_encoder_refuses_what_the_decoder_refuses(msg: Any, why: str, codec: Codec) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        protocol.encode(dataclasses.replace(msg, codec=codec))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_encoder_accepts_what_travels_as_the_right_type(codec: Codec) -> None:
+    # Tuples travel as lists, numpy numbers as plain numbers, str subclasses as str.
+    class Name(str):
+        pass
+
+    for msg, want in (
+        (
+            Request(1, "a.b", ((1,), [2]), {Name("k"): 1}, batch=True, codec=codec),
+            Request(1, "a.b", [[1], [2]], {"k": 1}, batch=True, codec=codec),
+        ),
+        (Reply(1, (1, 2), batch=True, codec=codec), Reply(1, [1, 2], batch=True, codec=codec)),
+        (
+            Hello(pid=np.int64(5), uptime=np.float32(0.5), services={"m": ("a",)}, codec=codec),
+            Hello(pid=5, uptime=0.5, services={"m": ["a"]}, codec=codec),
+        ),
+        (Progress(1, np.int8(2), np.float64(4.0), codec=codec), Progress(1, 2, 4.0, codec=codec)),
+        (Ready(1, np.uint16(2), codec), Ready(1, 2, codec)),
+        (Error(1, ErrorCode.TIMEOUT, "late", codec=codec), Error(1, 20, "late", codec=codec)),
+    ):
+        assert protocol.decode(protocol.encode(msg)) == want
+
+
+def test_json_refuses_maps_that_look_like_descriptors() -> None:
+    # SPEC 4: in JSON a map whose only key is "$nd" or "$bytes" is a descriptor; the
+    # encoder refuses to send application data of that shape rather than corrupt it.
+    for value in (
+        {"$nd": 1},
+        {"$bytes": 0},
+        [1, {"x": {"$nd": {"dtype": "<f8", "shape": [1], "frame": 0}}}],
+        [np.zeros(2), {"$bytes": 1}, b"x"],  # descriptors of its own, and one too many
+        ({"$bytes": 0},),
+    ):
+        with pytest.raises(ProtocolError, match="use the msgpack codec, or rename") as info:
+            protocol.encode(Reply(1, value, codec=Codec.JSON))
+        assert info.value.code == ErrorCode.PROTOCOL
+        # MessagePack has no reserved maps: the same value travels.
+        got = protocol.decode(protocol.encode(Reply(1, value))).result
+        if not isinstance(value, list) or not isinstance(value[0], np.ndarray):
+            assert got == (list(value) if isinstance(value, tuple) else value)
+    with pytest.raises(ProtocolError, match="msgpack"):
+        protocol.encode(Request(1, "a.b", [], {"$nd": 1}, codec=Codec.JSON))
+    # Other keys beside it, the key as a value or inside a string: ordinary data.
+    for value in (
+        {"$nd": 1, "x": 2},
+        {"x": 2, "$bytes": 0},
+        ["$nd", {"k": "$bytes"}],
+        '{"$nd": 1}',
+        {'{"$nd":': '{"$bytes":'},
+    ):
+        assert protocol.decode(protocol.encode(Reply(1, value, codec=Codec.JSON))).result == value
+    frames = protocol.encode(Reply(1, [np.ones(2), b"x", {"$ndx": 1}], codec=Codec.JSON))
+    arr, raw, plain = protocol.decode(received(frames)).result
+    assert (arr.tolist(), raw, plain) == ([1.0, 1.0], b"x", {"$ndx": 1})
 
 
 def test_encoder_refuses_bad_header_fields() -> None:

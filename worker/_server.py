@@ -445,7 +445,9 @@ class Worker:
                 exc,
                 self.protocol_errors,
             )
-            self._send(peer, protocol.encode(Error(exc.request_id, exc.code, str(exc))))
+            self._send(
+                peer, protocol.encode(Error(exc.request_id, exc.code, str(exc), codec=exc.codec))
+            )
             return
         kind = type(msg)
         if kind is Request:
