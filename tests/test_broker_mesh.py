@@ -235,10 +235,15 @@ def test_draining_worker_finishes_its_work_and_gets_no_more(bmesh: BrokeredMesh)
     w1, w2 = bmesh.worker(b), bmesh.worker(b)
     wait_for(b, workers_ready(2), bmesh)
     with Client([b.endpoint], timeout=30, retries=0) as c:
-        first = [c.submit("bk.sleep_pid", 0.8) for _ in range(2)]
+        first = [c.submit("bk.sleep_pid", 2.0) for _ in range(2)]
         wait_for(b, lambda st: len(held_by(st)) == 2, bmesh)
         w1.signal(signal.SIGTERM)
-        wait_for(b, lambda st: any(w["state"] == "draining" for w in st["workers"]), bmesh)
+        wait_for(
+            b,
+            lambda st: not any(w["pid"] == w1.pid and w["state"] == "ready" for w in st["workers"]),
+            bmesh,
+            what="w1 draining",
+        )
         later = [c.submit("bk.pid") for _ in range(20)]
         assert sorted(f.result() for f in first) == sorted([w1.pid, w2.pid])  # replies pass
         assert {f.result() for f in later} == {w2.pid}
