@@ -16,7 +16,7 @@ import zmq
 from brokerkit import SERVICE_B, BrokeredMesh, status, wait_for, workers_ready
 
 import protocol
-from client import Client, Overloaded, UnknownHandler, WorkerLost
+from client import Client, Overloaded, Timeout, UnknownHandler, WorkerLost
 from client._cli import main as zeromesh
 from protocol import Error, ErrorCode, Hello, Reply, Request
 
@@ -249,6 +249,20 @@ def test_draining_worker_finishes_its_work_and_gets_no_more(bmesh: BrokeredMesh)
         assert {f.result() for f in later} == {w2.pid}
     assert w1.wait(10) == 0
     wait_for(b, lambda st: [w["pid"] for w in st["workers"]] == [w2.pid], bmesh)
+
+
+def test_hard_timeout_through_a_broker(bmesh: BrokeredMesh) -> None:
+    b = bmesh.broker()
+    w = bmesh.worker(b, args=("--hard-timeout", "0.5"))  # inline mode: the watchdog acts
+    wait_for(b, workers_ready(1), bmesh)
+    with (
+        Client([b.endpoint], timeout=30, retries=0) as c,
+        pytest.raises(Timeout, match="hard timeout"),
+    ):
+        c.call("bk.sleep_pid", 5.0)
+    assert w.wait(10) == 70
+    st = wait_for(b, lambda st: not st["workers"], bmesh, what="worker gone")
+    assert st["totals"]["workers_expired"] == 0  # it said goodbye, it was not expired
 
 
 def test_broker_drains_on_sigterm_and_clients_fail_over(bmesh: BrokeredMesh) -> None:

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -132,6 +133,7 @@ class BrokerLink:
         self._check_soon: set[_Conn] = set()
         self._stolen_wake = False
         self._ready_frames: dict[int, list[Any]] = {}
+        self._loop_thread = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class BrokerLink:
             ValueError: an endpoint is malformed.
         """
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         hb = self.worker.config.heartbeat_ms
         for conn in self.conns:
             sock = ctx.socket(zmq.DEALER)
@@ -170,18 +173,30 @@ class BrokerLink:
         self._ticker = loop.call_later(self.heartbeat, self._tick)
 
     def close(self, linger: int = 2000) -> None:
-        """Say goodbye (if drained) and close every link. Idempotent."""
-        if self._ticker is not None:
+        """Say goodbye and close every link. Idempotent.
+
+        Safe from the inline watchdog's thread too (hard timeout: the loop is stuck in a
+        handler and the process is about to exit), so it sends straight to the sockets.
+        """
+        on_loop = threading.get_ident() == self._loop_thread
+        if self._ticker is not None and on_loop:
             self._ticker.cancel()
             self._ticker = None
+        gone = [_EMPTY, *protocol.encode(Disconnect(0, "worker closed"))]
+        bye = [_EMPTY, *protocol.encode(Disconnect(0, f"worker {self.worker.name} stopping"))]
         for conn in self.conns:
             sock, monitor = conn.sock, conn.monitor
             if sock is None or sock.closed:
                 continue
-            if self.draining and conn.state in (_READY, _LEAVING):
-                self._send(conn, [_EMPTY, *protocol.encode(Disconnect(0, "worker closed"))])
+            if conn.state in (_READY, _LEAVING):
+                # DISCONNECT twice means "gone": the broker forgets this worker now
+                # rather than after 3 silent heartbeats.
+                with contextlib.suppress(zmq.ZMQError):
+                    if not self.draining:
+                        send_message(sock, bye)
+                    send_message(sock, gone)
             loop = self._loop
-            if loop is not None and not loop.is_closed():
+            if on_loop and loop is not None and not loop.is_closed():
                 loop.remove_reader(sock.FD)
                 if monitor is not None:
                     loop.remove_reader(monitor.FD)
