@@ -297,6 +297,9 @@ class Broker:
 
     def _on_client(self, peer: bytes, frames: list[zmq.Frame]) -> None:
         limits = self.config.limits
+        clients = self._clients
+        if peer in clients:
+            clients[peer] = self._clock()
         try:
             header = protocol.decode_header(frames[1], limits)
         except ProtocolError as exc:
@@ -335,8 +338,6 @@ class Broker:
             # Never answer an answer (ERROR, REPLY, PONG...): two peers doing that would
             # bounce errors forever. Count it and move on.
             self._count_bad(peer, f"a client sent a {kind.name}, which a broker does not take")
-        if peer in self._clients:
-            self._clients[peer] = self._clock()
 
     def _late_from_unknown_worker(self, peer: bytes, frames: list[zmq.Frame]) -> bool:
         """``[peer, client, header…]`` from a worker we do not know (it was expired, or
