@@ -1,0 +1,335 @@
+"""The HTTP surface: tornado handlers for calls, jobs and health, and their routes.
+
+Handlers only translate: HTTP in (body, path, query, Accept), `Gateway` methods, HTTP
+out. Every error leaves as ``{"error": {"type", "message", "code"}}`` (see `_errors`).
+
+Request bodies are streamed (``stream_request_body``) so a body's size is checked
+before it is all in memory: a ``Content-Length`` over ``--max-body`` is answered 413
+at once when the client waits for ``100-continue`` (or the body is huge), else the body
+is read and thrown away, so a client that is still sending reads the 413 rather than
+a reset connection, and its keep-alive connection stays usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
+
+from protocol import DEFAULT_LIMITS
+
+from ._errors import ApiError
+from ._render import JSON_TYPE, wants_msgpack
+
+if TYPE_CHECKING:
+    from ._gateway import Gateway
+
+__all__ = ["drain_limit", "make_app", "parse_call_body"]
+
+access_log = logging.getLogger("zeromesh.gateway.access")
+
+_MiB = 1024 * 1024
+_TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\.[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
+_JOB_ID = re.compile(r"[A-Za-z0-9_\-]{22}\Z")
+_MSGPACK_BODY = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+_BODY_KEYS = frozenset(("args", "kwargs"))
+# The request body the gateway sends nests ``args``/``kwargs`` one level down.
+MAX_ARGUMENT_DEPTH = DEFAULT_LIMITS.max_depth - 1
+_USAGE = 'expected a JSON object {"args": [...], "kwargs": {...}} (both optional)'
+
+
+def drain_limit(max_body: int) -> int:
+    """Oversized bodies up to this many bytes are read and discarded before the 413."""
+    return max(4 * max_body, max_body + 64 * _MiB)
+
+
+def make_app(gateway: Gateway) -> Application:
+    """The tornado `Application` serving ``gateway``."""
+    init = {"gateway": gateway}
+    return Application(
+        [
+            (r"/call/([^/]*)", CallHandler, init),
+            (r"/jobs/([^/]*)", JobsHandler, init),
+            (r"/healthz", HealthHandler, init),
+        ],
+        default_handler_class=NotFoundHandler,
+        default_handler_args=init,
+        log_function=_log_request,
+        compress_response=False,
+    )
+
+
+def _log_request(handler: RequestHandler) -> None:
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
+    if access_log.isEnabledFor(level):
+        request = handler.request
+        access_log.log(
+            level,
+            "%d %s %s (%s) %.1f ms",
+            status,
+            request.method,
+            request.uri,
+            request.remote_ip,
+            1000 * request.request_time(),
+        )
+
+
+def parse_call_body(body: bytes, content_type: str) -> tuple[list[Any], dict[str, Any]]:
+    """``(args, kwargs)`` from a call or job body (JSON, or msgpack by content type).
+
+    An empty body means no arguments.
+
+    Raises:
+        ApiError: 400 for a body that is not valid or not shaped as documented.
+    """
+    if not body.strip():
+        return [], {}
+    media = content_type.split(";", 1)[0].strip().lower()
+    try:
+        data = msgpack.unpackb(body, raw=False) if media in _MSGPACK_BODY else json.loads(body)
+    except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError) as exc:
+        kind = "msgpack" if media in _MSGPACK_BODY else "JSON"
+        raise ApiError(400, "BadRequest", f"the body is not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "BadRequest", f"{_USAGE}, not a {type(data).__name__}")
+    unknown = set(data) - _BODY_KEYS
+    if unknown:
+        raise ApiError(400, "BadRequest", f"unknown key(s) {sorted(map(str, unknown))}: {_USAGE}")
+    args = data.get("args", [])
+    kwargs = data.get("kwargs", {})
+    if not isinstance(args, list):
+        raise ApiError(400, "BadRequest", f'"args" must be a list, not {type(args).__name__}')
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ApiError(400, "BadRequest", '"kwargs" must be an object with string keys')
+    # Brackets bound the nesting from above: most bodies need no walk at all.
+    if body.count(b"[") + body.count(b"{") > MAX_ARGUMENT_DEPTH or media in _MSGPACK_BODY:
+        for value in (args, kwargs):
+            if _depth(value) > MAX_ARGUMENT_DEPTH:
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f"arguments nest deeper than {MAX_ARGUMENT_DEPTH} levels of lists/objects",
+                )
+    return args, kwargs
+
+
+def _depth(value: Any) -> int:
+    """Levels of list/dict nesting in ``value`` (0 for a scalar), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_ARGUMENT_DEPTH:
+            return depth
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def check_target(target: str) -> None:
+    """Raise 404 for a path that cannot name a handler (``service.handler``)."""
+    if not _TARGET.match(target):
+        raise ApiError(
+            404,
+            "UnknownHandler",
+            f"{target!r} is not a handler name: expected service.handler, e.g. demo.fib",
+        )
+
+
+@stream_request_body
+class _Handler(RequestHandler):
+    """Base: streamed body with a size limit, JSON errors, results in the asked format."""
+
+    gateway: Gateway
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+
+    def set_default_headers(self) -> None:
+        self.set_header("Server", "zeromesh-gateway")
+
+    def prepare(self) -> None:
+        limit = self.gateway.config.max_body
+        header = self.request.headers.get("Content-Length")
+        length = int(header) if header is not None and header.isdigit() else 0
+        if length <= limit:
+            return
+        self._too_large = True
+        self._size = length
+        waiting = self.request.headers.get("Expect", "").lower() == "100-continue"
+        if waiting or length > drain_limit(limit):
+            # Answer now: a waiting client sends nothing more; a huge body is not worth
+            # reading. Raise the connection's own limit first, or tornado would append
+            # its bare "400 Bad Request" to our 413; the connection closes after it.
+            self.request.connection.set_max_body_size(length)  # type: ignore[union-attr]
+            raise self._body_too_large(length)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._too_large:
+            return  # read and dropped: the 413 comes once the body is in
+        self._size += len(chunk)
+        if self._size > self.gateway.config.max_body:
+            self._too_large = True
+            self._chunks.clear()
+            return
+        self._chunks.append(chunk)
+
+    def body(self) -> bytes:
+        """The request body. Raises 413 when it was over ``--max-body``."""
+        if self._too_large:
+            raise self._body_too_large(self._size)
+        return b"".join(self._chunks)
+
+    def _body_too_large(self, size: int) -> ApiError:
+        limit = self.gateway.config.max_body
+        what = f"{size} bytes" if size > limit else "more"
+        return ApiError(
+            413,
+            "PayloadTooLarge",
+            f"the request body is {what}, over the gateway's limit of {limit} bytes "
+            "(--max-body); send large data by reference",
+        )
+
+    def call_arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        return parse_call_body(self.body(), self.request.headers.get("Content-Type", ""))
+
+    def timeout_argument(self) -> float:
+        """``?timeout=SECONDS``: lowers the gateway's ``--call-timeout``, never raises it."""
+        default = self.gateway.config.call_timeout
+        text = self.get_query_argument("timeout", None)
+        if text is None:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise ApiError(400, "BadRequest", f"timeout={text!r}: expected seconds > 0")
+        return min(value, default)
+
+    async def send_value(self, value: Any) -> None:
+        """Finish with ``value`` as JSON, or msgpack when the client's Accept asks."""
+        body, content_type = await self.gateway.render(
+            value, wants_msgpack(self.request.headers.get("Accept"))
+        )
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            error = exc
+        elif isinstance(exc, HTTPError) or exc is None:
+            reason = self._reason.replace(" ", "")
+            message = (exc.log_message if isinstance(exc, HTTPError) else None) or self._reason
+            error = ApiError(status_code, reason or "HTTPError", message)
+        else:
+            error = ApiError(500, "GatewayError", "internal error in the gateway; see its log")
+        self.set_status(error.status)
+        if error.retry_after is not None:
+            self.set_header("Retry-After", str(error.retry_after))
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(_dumps({"error": error.to_dict(self.gateway.config.debug)}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            return  # an answer, not a fault: the access log has it
+        super().log_exception(typ, value, tb)
+
+
+class CallHandler(_Handler):
+    """``POST /call/<service.handler>``: run it now, answer ``{"result": ...}``."""
+
+    _reply: asyncio.Future[Any] | None = None
+    _hung_up = False
+
+    async def post(self, target: str) -> None:
+        check_target(target)
+        args, kwargs = self.call_arguments()
+        timeout = self.timeout_argument()
+        try:
+            value = await self.gateway.call(target, args, kwargs, timeout, self._sent)
+        except asyncio.CancelledError:
+            if self._hung_up:
+                return  # the caller left; the worker was told to drop the request
+            raise
+        await self.send_value({"result": value})
+
+    def _sent(self, reply: asyncio.Future[Any]) -> None:
+        self._reply = reply
+        if self._hung_up:
+            reply.cancel()
+
+    def on_connection_close(self) -> None:
+        self._hung_up = True
+        if self._reply is not None:
+            self._reply.cancel()
+
+
+class JobsHandler(_Handler):
+    """``POST /jobs/<service.handler>`` submits; ``GET``/``DELETE /jobs/<id>`` read/cancel."""
+
+    async def post(self, target: str) -> None:
+        check_target(target)
+        args, kwargs = self.call_arguments()
+        record = await self.gateway.submit_job(target, args, kwargs)
+        url = f"/jobs/{record.id}"
+        self.set_status(202)
+        self.set_header("Location", url)
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(_dumps({"id": record.id, "status": record.status, "url": url}))
+
+    async def get(self, job_id: str) -> None:
+        await self.send_value(await self.gateway.job(_checked_id(job_id)))
+
+    async def delete(self, job_id: str) -> None:
+        await self.send_value(await self.gateway.cancel_job(_checked_id(job_id)))
+
+
+def _checked_id(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise ApiError(404, "UnknownJob", f"no job {job_id!r}")
+    return job_id
+
+
+class HealthHandler(_Handler):
+    """``GET /healthz``: 200 when some worker is ready, else 503; details in the body."""
+
+    async def get(self) -> None:
+        ok, body = await self.gateway.health()
+        self.set_status(200 if ok else 503)
+        self.set_header("Content-Type", JSON_TYPE)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(_dumps(body))
+
+
+class NotFoundHandler(_Handler):
+    """Any other path: a JSON 404 that says what exists."""
+
+    def prepare(self) -> None:
+        raise ApiError(
+            404,
+            "NotFound",
+            f"no route {self.request.path}: use POST /call/<service.handler>, "
+            "POST /jobs/<service.handler>, GET or DELETE /jobs/<id>, GET /healthz",
+        )

@@ -1,0 +1,421 @@
+"""`Gateway`: one HTTP server in front of the mesh — calls, jobs, health — and its lifecycle.
+
+It is a client of the mesh like any other (two `AsyncClient`s on tornado's loop: one
+for calls, one with ``prefetch=0`` for jobs), so it runs on any host, and scaling it
+out is running more of it, each with its own jobs database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+
+import protocol
+from client import AsyncClient, ZeromeshError
+
+from ._app import drain_limit, make_app
+from ._config import GatewayConfig
+from ._errors import RETRY_AFTER_NO_WORKERS, RETRY_AFTER_OVERLOADED, ApiError, api_error
+from ._jobs import DONE, FAILED, JobRecord, JobStore, StoreError
+from ._render import NeedsConversion, render, unpack_stored
+from ._runner import JobRunner
+
+__all__ = ["Gateway", "StartupError"]
+
+log = logging.getLogger("zeromesh.gateway")
+
+_TICK = 0.1  # seconds between looks at the workers' capacity
+_TARGETS_EVERY = 2.0  # seconds between refreshes of what the workers serve
+_HEALTH_TIMEOUT = 0.5  # seconds /healthz waits for workers to answer
+
+
+class StartupError(Exception):
+    """The gateway cannot start: the message says why and what to change."""
+
+
+class Gateway:
+    """An HTTP gateway serving ``config`` once `start` has run, until `stop`.
+
+    ``await gw.start()`` opens the jobs database, listens, connects to the workers and
+    re-submits unfinished jobs; ``await gw.stop()`` undoes all that. Use it from one
+    event loop (tornado's IOLoop is one).
+
+    Raises:
+        ValueError: on creation, when an endpoint in ``config.connect`` is malformed.
+    """
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._calls = AsyncClient(
+            config.connect,
+            timeout=config.call_timeout,
+            retries=config.retries,
+            max_in_flight=config.max_pending_calls,
+        )
+        # prefetch=0: a job goes to a worker only when it has a free slot, so "running"
+        # means a worker holds it and no job waits behind another inside a worker.
+        self._job_client = AsyncClient(
+            config.connect,
+            timeout=config.job_timeout,
+            retries=config.retries,
+            prefetch=0,
+        )
+        self.endpoints = self._calls.endpoints
+        self.store = JobStore(config.jobs_db)
+        self.jobs = JobRunner(
+            self.store,
+            self._job_client,
+            slots=self._job_slots,
+            timeout=config.job_timeout,
+            retries=config.retries,
+            max_result=config.max_result,
+            max_queued=config.max_queued_jobs,
+        )
+        self.port = config.port
+        self._server: HTTPServer | None = None
+        self._render_pool = ThreadPoolExecutor(2, thread_name_prefix="zeromesh-gateway-render")
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._workers_ready = asyncio.Event()
+        self._targets: frozenset[str] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = time.monotonic()
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` of the listening socket."""
+        host = self.config.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the jobs database, listen, connect, and queue unfinished jobs.
+
+        Raises:
+            StartupError: the database cannot be used or the address cannot be bound.
+        """
+        cfg = self.config
+        try:
+            await self.store.open()
+        except StoreError as exc:
+            await self.store.close()
+            raise StartupError(str(exc)) from exc
+        try:
+            sock = _listen(cfg.host, self.port)
+        except (OSError, ValueError) as exc:
+            await self.store.close()
+            errno = getattr(exc, "errno", None)
+            if isinstance(exc, socket.gaierror):
+                why = f"cannot resolve {cfg.host!r}: {exc.strerror}"
+            else:
+                # Not exc.strerror: create_server() appends the address to it.
+                why = os.strerror(errno) if errno else str(exc)
+            raise StartupError(
+                f"cannot listen on {cfg.host}:{cfg.port}: {why} (pick another --listen)"
+            ) from exc
+        self.port = sock.getsockname()[1]
+        self._server = HTTPServer(
+            make_app(self),
+            max_body_size=drain_limit(cfg.max_body),
+            # Slow or stalled clients must not hold connections forever.
+            idle_connection_timeout=60,
+            body_timeout=120,
+        )
+        self._server.add_socket(sock)
+        await self._calls.__aenter__()
+        await self._job_client.__aenter__()
+        await self.jobs.recover()
+        loop = asyncio.get_running_loop()
+        for coro in (self._watch_capacity(), self._watch_targets(), self._purge_expired()):
+            self._tasks.append(loop.create_task(coro))
+        log.info(
+            "listening on %s; workers at %s; jobs in %s",
+            self.url,
+            ",".join(self.endpoints),
+            cfg.jobs_db,
+        )
+
+    async def stop(self) -> None:
+        """Stop listening and starting jobs; let calls and jobs in progress finish for up
+        to ``drain_timeout``; then cancel what is left (running jobs stay recorded as
+        running, so the next start runs them again) and close everything. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            self._server.stop()
+        self.jobs.pause()
+        if self._pending or self.jobs.running:
+            log.info(
+                "stopping: waiting up to %g s for %d call(s) and %d job(s) in progress",
+                self.config.drain_timeout,
+                self._pending,
+                self.jobs.running,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(self._idle.wait(), self.jobs.idle()),
+                    self.config.drain_timeout,
+                )
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        running = self.jobs.running
+        await self.jobs.close()
+        if running:
+            log.info("stopping: %d job(s) still running will run again on the next start", running)
+        self._calls.close()
+        self._job_client.close()
+        if self._server is not None:
+            await self._server.close_all_connections()
+        await self.store.close()
+        self._render_pool.shutdown(wait=False)
+        log.info("stopped")
+
+    # --- calls ----------------------------------------------------------------------------
+
+    async def call(
+        self,
+        target: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        timeout: float,
+        on_sent: Callable[[asyncio.Future[Any]], None] | None = None,
+    ) -> Any:
+        """Run ``target`` on a worker and return its result.
+
+        ``on_sent`` gets the reply's future once the request is on its way: cancelling
+        that future tells the worker to drop the request.
+
+        Raises:
+            ApiError: the HTTP answer for whatever went wrong (see `_errors`).
+        """
+        if self._pending >= self.config.max_pending_calls:
+            raise ApiError(
+                429,
+                "Overloaded",
+                f"{self._pending} calls are in progress (--max-pending); retry later",
+                retry_after=RETRY_AFTER_OVERLOADED,
+            )
+        self._pending += 1
+        self._idle.clear()
+        try:
+            if _capacity(self._calls) == 0:
+                began = time.monotonic()
+                await self._wait_for_workers(min(timeout, self.config.wait_for_workers))
+                timeout = max(timeout - (time.monotonic() - began), 0.001)
+            view: Any = self._calls
+            if timeout != self.config.call_timeout:
+                view = self._calls.options(timeout=timeout)
+            reply = await view.submit(target, *args, **kwargs)
+            if on_sent is not None:
+                on_sent(reply)
+            return await reply
+        except ZeromeshError as exc:
+            raise api_error(exc) from exc
+        finally:
+            self._pending -= 1
+            if not self._pending:
+                self._idle.set()
+
+    async def _wait_for_workers(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._workers_ready.wait(), seconds)
+        except TimeoutError:
+            raise ApiError(
+                503,
+                "NoWorkers",
+                f"no worker is ready at {','.join(self.endpoints)} (waited {seconds:g} s); "
+                "retry later",
+                retry_after=RETRY_AFTER_NO_WORKERS,
+            ) from None
+
+    async def render(self, value: Any, as_msgpack: bool) -> tuple[bytes, str]:
+        """``value`` as a response body; slow conversions (numpy to JSON) run off the loop."""
+        try:
+            return render(value, as_msgpack, convert=False)
+        except NeedsConversion:
+            pass
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._render_pool, render, value, as_msgpack, True)
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    async def submit_job(self, target: str, args: list[Any], kwargs: dict[str, Any]) -> JobRecord:
+        """Record and queue a job. Raises `ApiError` 404 when the workers are known and
+        none serves ``target``, 429 when the queue is full."""
+        served = self._targets
+        if served is not None and target not in served:
+            raise ApiError(
+                404,
+                "UnknownHandler",
+                f"no worker serves {target!r}; served: {', '.join(sorted(served)) or 'nothing'}",
+            )
+        record = await self.jobs.submit(target, args, kwargs)
+        log.info("job %s (%s) queued", record.id, target)
+        return record
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        """The job's public view. Raises `ApiError` 404 for an unknown or expired id."""
+        record = await self.store.get(job_id)
+        if record is None:
+            raise _unknown_job(job_id)
+        return await self._view(record)
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; return its view. Raises `ApiError` 404 for an
+        unknown id, 409 for a job that finished first. Cancelling twice is harmless."""
+        record, changed = await self.jobs.cancel(job_id)
+        if record is None:
+            raise _unknown_job(job_id)
+        if not changed and record.status in (DONE, FAILED):
+            raise ApiError(409, "Conflict", f"job {job_id} is already {record.status}")
+        return await self._view(record)
+
+    async def _view(self, record: JobRecord) -> dict[str, Any]:
+        progress = record.progress
+        if record.status == "running":
+            progress = self.jobs.progress(record.id) or progress
+        error = None
+        if record.error is not None:
+            error = ApiError.from_dict(record.error).to_dict(self.config.debug)
+        result = None
+        if record.status == DONE and record.result is not None:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._render_pool, unpack_stored, record.result)
+        return {
+            "id": record.id,
+            "url": f"/jobs/{record.id}",
+            "target": record.target,
+            "status": record.status,
+            "created": _iso(record.created),
+            "started": _iso(record.started),
+            "finished": _iso(record.finished),
+            "attempts": record.attempts,
+            "progress": progress,
+            "result": result,
+            "error": error,
+        }
+
+    def _job_slots(self) -> int:
+        capacity = _capacity(self._job_client)
+        limit = self.config.job_concurrency
+        return min(capacity, limit) if limit else capacity
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, body)``: healthy when at least one worker is ready."""
+        rows = await self._calls.workers(timeout=_HEALTH_TIMEOUT)
+        keys = ("endpoint", "state", "name", "host", "pid", "version", "services")
+        workers = []
+        for row in rows:
+            view = {k: row[k] for k in keys if k in row}
+            for k in ("capacity", "in_flight", "uptime"):
+                if k in row:
+                    view[k] = row[k]
+            workers.append(view)
+        ready = sum(1 for w in workers if w["state"] == "ready")
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "workers_ready": ready,
+            "workers_reachable": sum(1 for w in workers if w["state"] != "unreachable"),
+            "in_flight": sum(int(w.get("in_flight", 0)) for w in workers),
+            "workers": workers,
+            "gateway": {
+                "version": protocol.__version__,
+                "pid": os.getpid(),
+                "uptime": round(time.monotonic() - self._started, 3),
+                "calls_in_progress": self._pending,
+                "jobs_queued": self.jobs.queued,
+                "jobs_running": self.jobs.running,
+            },
+        }
+        return ready > 0, body
+
+    # --- background --------------------------------------------------------------------------
+
+    async def _watch_capacity(self) -> None:
+        """Follow the workers' capacity: wake waiting calls, start queued jobs."""
+        while True:
+            if _capacity(self._calls) > 0:
+                self._workers_ready.set()
+            else:
+                self._workers_ready.clear()
+            self.jobs.pump()
+            await asyncio.sleep(_TICK)
+
+    async def _watch_targets(self) -> None:
+        """Keep the set of served handlers, to refuse a job nobody can run at submit."""
+        while True:
+            try:
+                rows = await self._calls.workers(timeout=1.0)
+            except ZeromeshError:
+                rows = []
+            known = bool(rows) and all(
+                r["state"] != "unreachable" and r.get("role") == "worker" for r in rows
+            )
+            self._targets = (
+                frozenset(f"{s}.{h}" for r in rows for s, hs in r["services"].items() for h in hs)
+                if known
+                else None
+            )
+            await asyncio.sleep(_TARGETS_EVERY)
+
+    async def _purge_expired(self) -> None:
+        """Delete finished jobs older than ``job_ttl``, now and then."""
+        ttl = self.config.job_ttl
+        every = min(max(ttl / 4, 0.05), 300.0)
+        while True:
+            try:
+                n = await self.store.purge(time.time() - ttl)
+            except StoreError:
+                return  # closed under us: stopping
+            if n:
+                log.info("removed %d finished job(s) older than %g s", n, ttl)
+            await asyncio.sleep(every)
+
+
+def _capacity(client: AsyncClient) -> int:
+    # AsyncClient has no public capacity() (the sync Client's IO bridge does); reading
+    # its Core is safe here: both live on this loop's thread.
+    return client._core_started().capacity()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening, non-blocking socket on the first address ``host`` resolves to.
+
+    Not tornado's ``bind_sockets``: it leaks the socket when the bind fails.
+    """
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    # A deep backlog: a burst of new connections must queue, not see SYNs dropped.
+    sock = socket.create_server(address, family=family, backlog=1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _unknown_job(job_id: str) -> ApiError:
+    return ApiError(
+        404, "UnknownJob", f"no job {job_id!r} (never submitted, or finished and expired)"
+    )
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
