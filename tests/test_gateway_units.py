@@ -358,3 +358,19 @@ def test_store_refuses_a_second_user_and_junk(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(open_junk())
+
+
+def test_gateway_is_a_client_of_the_mesh_only() -> None:
+    """DESIGN: the gateway imports ``client`` and ``protocol``, never ``worker``/``broker``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gateway; "
+        "bad = sorted({'worker', 'broker'} & {m.split('.')[0] for m in sys.modules}); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
