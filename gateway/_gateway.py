@@ -225,7 +225,12 @@ class Gateway:
                 on_sent(reply)
             return await reply
         except ZeromeshError as exc:
-            raise api_error(exc) from exc
+            error = api_error(exc)
+            # The client's advice is for Python callers; say it in HTTP terms.
+            error.message = error.message.replace(
+                "options(timeout=...)", "?timeout= (at most --call-timeout)"
+            )
+            raise error from exc
         finally:
             self._pending -= 1
             if not self._pending:

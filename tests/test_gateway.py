@@ -149,6 +149,13 @@ def test_handler_error_carries_the_remote_message(gw: GatewayProcess) -> None:
     }
 
 
+def test_timeout_advice_is_in_http_terms(gw: GatewayProcess) -> None:
+    err = gw.request("POST", "/call/demo.wait?timeout=0.2", {"args": [2000]}).error
+    assert "no reply within 0.2 s" in err["message"]
+    assert "?timeout=" in err["message"]
+    assert "options(" not in err["message"]
+
+
 def test_deepest_allowed_arguments_reach_the_worker(gw: GatewayProcess) -> None:
     from gateway._app import MAX_ARGUMENT_DEPTH
 
