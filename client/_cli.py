@@ -1,4 +1,4 @@
-"""``zeromesh``: command-line tools for a mesh — call, ping, demo, rollout."""
+"""``zeromesh``: command-line tools for a mesh — call, ping, status, demo, rollout."""
 
 from __future__ import annotations
 
