@@ -125,7 +125,9 @@ class Broker:
         self.sched = Scheduler(
             max_queue=config.max_queue,
             max_deliveries=config.max_deliveries,
-            grace=3 * config.heartbeat_ms / 1000,
+            # Workers (re)connecting to a freshly started broker may take a while to
+            # import their service: wait that long before calling a service unknown.
+            grace=max(10.0, 3 * config.heartbeat_ms / 1000),
             clock=clock,
         )
         self.endpoints: list[str] = []
