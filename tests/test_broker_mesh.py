@@ -202,7 +202,7 @@ def test_two_brokers_kill_one_under_load_loses_nothing(bmesh: BrokeredMesh) -> N
 
 
 def test_workers_and_clients_come_back_to_a_restarted_broker(bmesh: BrokeredMesh) -> None:
-    b = bmesh.broker()
+    b = bmesh.broker(endpoint=f"ipc://{bmesh.tmp}/b.sock")  # ipc, and the path is reused
     w = bmesh.worker(b)
     wait_for(b, workers_ready(1), bmesh)
     with Client([b.endpoint], timeout=30) as c:
