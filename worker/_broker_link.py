@@ -248,6 +248,7 @@ class BrokerLink:
                     conn.granted = free
 
     def _send(self, conn: _Conn, frames: list[Any]) -> bool:
+        """Send without blocking; False if the message was dropped (no broker there)."""
         sock = conn.sock
         if sock is None or sock.closed:
             return False
@@ -259,7 +260,7 @@ class BrokerLink:
             conn.backlog.append(frames)
             if len(conn.backlog) == 1 and self._loop is not None:
                 self._loop.call_later(0.01, self._flush_backlog, conn)
-            return False
+            return True  # it will go, in order
         except zmq.ZMQError as exc:
             log.warning("send to broker %s failed: %s", conn.endpoint, exc)
             return False
