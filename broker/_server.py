@@ -430,7 +430,8 @@ class Broker:
         except ProtocolError as exc:
             self._count_bad(peer, f"bad message from a worker: {exc}")
             if not _is_error(frames):
-                self._send_control(peer, protocol.encode(Error(exc.request_id, exc.code, str(exc))))
+                err = Error(exc.request_id, exc.code, str(exc), codec=exc.codec)
+                self._send_control(peer, protocol.encode(err))
             return
         kind = type(msg)
         if kind is Ping:
@@ -603,9 +604,11 @@ class Broker:
 
     # --- errors ----------------------------------------------------------------------------------
 
-    def _bad(self, peer: bytes, exc: ProtocolError, codec: Codec = Codec.MSGPACK) -> None:
-        """A malformed message from ``peer``: answer a typed ERROR, count it, log it."""
+    def _bad(self, peer: bytes, exc: ProtocolError, codec: Codec | None = None) -> None:
+        """A malformed message from ``peer``: answer a typed ERROR (in the offending
+        message's codec, when its header said), count it, log it."""
         self._count_bad(peer, str(exc))
+        codec = exc.codec if codec is None else codec
         msg = Error(exc.request_id, exc.code, str(exc), "ProtocolError", codec=codec)
         self._send([peer, *protocol.encode(msg)])
 

@@ -334,7 +334,8 @@ class BrokerLink:
                 w.protocol_errors,
             )
             if not _is_error(frames[1]):
-                self.reply(via, protocol.encode(Error(exc.request_id, exc.code, str(exc))))
+                err = Error(exc.request_id, exc.code, str(exc), codec=exc.codec)
+                self.reply(via, protocol.encode(err))
             return
         kind = type(msg)
         if kind is Request:
