@@ -424,8 +424,12 @@ class Core:
             if peer.state is _READY:
                 peer.state = _DRAINING
             return
-        if msg.code == ErrorCode.WORKER_LOST and self._retry(
-            call, f"{peer.endpoint}: {msg.message}"
+        # A broker's WORKER_LOST means its own delivery cap was reached: re-sending it
+        # would multiply the runs of what may be a poison request.
+        if (
+            msg.code == ErrorCode.WORKER_LOST
+            and peer.role != "broker"
+            and self._retry(call, f"{peer.endpoint}: {msg.message}")
         ):
             return
         del self.calls[call.id]

@@ -71,6 +71,7 @@ def test_readme_operations_commands_work_as_written(short_tmp: Path) -> None:
     shut_down, pid_line, *status = count.strip().splitlines()
     assert (shut_down, pid_line.isdigit()) == ("Shut down", True), count
     assert [line.split()[0] for line in status] == [
+        "broker",
         "worker:worker-01",
         "worker:worker-02",
         "worker:worker-03",

@@ -26,6 +26,7 @@ def test_conf_starts_workers_status_running_and_call(short_tmp: Path, transport:
     with supervised(short_tmp) as sup:
         status = sup.ctl("status").stdout.splitlines()
         assert [line.split()[:2] for line in status] == [
+            ["broker", "RUNNING"],
             ["worker:worker-01", "RUNNING"],
             ["worker:worker-02", "RUNNING"],
         ], status
@@ -39,6 +40,10 @@ def test_conf_starts_workers_status_running_and_call(short_tmp: Path, transport:
             assert {c.call("math.pid") for _ in range(40)} == set(sup.pids().values())
             arr = np.arange(12.0).reshape(4, 3)
             np.testing.assert_array_equal(c.call("math.mean", arr), arr.mean(axis=0))
+
+        # The same mesh through the broker the conf runs: only the endpoint changes.
+        with Client([f"ipc://{sup.conf.parent}/run/broker.sock"], timeout=20) as c:
+            assert c.call("math.add", 2, 3) == 5
 
         # rollout finds the same endpoints in supervisord's config (the first --bind).
         r = sup.zeromesh("rollout", "-c", str(sup.conf), "--dry-run")
