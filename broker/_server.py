@@ -55,7 +55,7 @@ from protocol import (
     Ready,
     Reply,
 )
-from zmqio import has_input, recv_message, send_message
+from zmqio import BindError, bind_router, has_input, recv_message, send_message
 
 from ._scheduler import IN_FLIGHT, RESERVED_SERVICE, Answer, CancelAt, Dispatch, Scheduler
 
@@ -213,48 +213,21 @@ class Broker:
 
     def _bind(self) -> None:
         assert self._ctx is not None
-        sock = self._ctx.socket(zmq.ROUTER)
-        # A peer that left must fail a send at once (EHOSTUNREACH), not swallow it.
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        limits = self.config.limits
-        sock.setsockopt(zmq.MAXMSGSIZE, max(limits.max_message_bytes, 1 << 20))
         # ZMTP heartbeats only clear away connections whose peer host vanished; liveness
         # is the application's (3 silent heartbeats expire a worker). A frozen worker's
         # connection outlives its expiry, so its late replies arrive and are dropped here.
-        sock.setsockopt(zmq.HEARTBEAT_IVL, self.config.heartbeat_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10 * self.config.heartbeat_ms)
-        sock.setsockopt(zmq.LINGER, 0)
-        self._sock = sock
         try:
-            for endpoint in self.config.binds:
-                self._bind_one(sock, endpoint)
-        except BaseException:
-            sock.close(linger=0)
-            raise
-
-    def _bind_one(self, sock: zmq.Socket[bytes], endpoint: str) -> None:
-        scheme, sep, rest = endpoint.partition("://")
-        if not sep or scheme not in ("tcp", "ipc") or not rest:
-            raise StartupError(
-                f"cannot bind {endpoint!r}: use tcp://HOST:PORT (e.g. tcp://*:5600) or "
-                "ipc:///path/to/socket"
+            self._sock, bound = bind_router(
+                self._ctx,
+                self.config.binds,
+                heartbeat_ms=self.config.heartbeat_ms,
+                heartbeat_timeout_ms=10 * self.config.heartbeat_ms,
+                max_message_bytes=self.config.limits.max_message_bytes,
+                log=log,
             )
-        if scheme == "ipc" and len(rest.encode()) > 100:
-            raise StartupError(f"ipc path {rest!r} is too long (unix sockets allow ~107 bytes)")
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            hint = ""
-            if exc.errno == zmq.EADDRINUSE:
-                hint = ": the address is in use (another broker or worker on it?)"
-            elif exc.errno == zmq.ENOENT:
-                hint = ": the directory does not exist"
-            raise StartupError(f"cannot bind {endpoint}: {exc.strerror}{hint}") from exc
-        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.endpoints.append(bound)
-        log.info("bound %s", bound)
+        except BindError as exc:
+            raise StartupError(str(exc)) from exc.__cause__
+        self.endpoints.extend(bound)
 
     # --- the socket loop --------------------------------------------------------------------
 

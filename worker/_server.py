@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import queue
@@ -48,7 +47,7 @@ from protocol import (
     Reply,
     Request,
 )
-from zmqio import has_input, recv_message, send_message
+from zmqio import BindError, bind_router, has_input, recv_message, send_message
 
 from . import _context
 from ._broker_link import BrokerLink
@@ -323,52 +322,22 @@ class Worker:
 
     def _bind(self) -> None:
         assert self._ctx is not None
-        sock = self._ctx.socket(zmq.ROUTER)
-        # Replies to a client that left must fail fast (EHOSTUNREACH), not vanish silently.
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.MAXMSGSIZE, max(self.config.limits.max_body_bytes, 1 << 20))
-        sock.setsockopt(zmq.HEARTBEAT_IVL, self.config.heartbeat_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self.config.heartbeat_ms)
-        sock.setsockopt(zmq.LINGER, 0)
-        self._sock = sock
         try:
-            for endpoint in self.config.binds:
-                self._bind_one(sock, endpoint)
-        except BaseException:
-            sock.close(linger=0)
-            raise
-
-    def _bind_one(self, sock: zmq.Socket[bytes], endpoint: str) -> None:
-        scheme, sep, rest = endpoint.partition("://")
-        if not sep or scheme not in ("tcp", "ipc") or not rest:
-            raise StartupError(
-                f"cannot bind {endpoint!r}: use tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555, "
-                "tcp://*:5555) or ipc:///path/to/socket"
+            self._sock, bound = bind_router(
+                self._ctx,
+                self.config.binds,
+                heartbeat_ms=self.config.heartbeat_ms,
+                heartbeat_timeout_ms=3 * self.config.heartbeat_ms,
+                max_message_bytes=self.config.limits.max_body_bytes,
+                check_ipc=self._check_ipc_free,
+                log=log,
             )
-        if scheme == "ipc":
-            self._check_ipc_free(endpoint, rest)
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            hint = ""
-            if exc.errno == zmq.EADDRINUSE:
-                hint = ": the address is in use (another worker on this port?)"
-            elif exc.errno == errno.ENOENT:
-                hint = ": the directory does not exist"
-            raise StartupError(f"cannot bind {endpoint}: {exc.strerror}{hint}") from exc
-        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.endpoints.append(bound)
-        log.info("bound %s", bound)
+        except BindError as exc:
+            raise StartupError(str(exc)) from exc.__cause__
+        self.endpoints.extend(bound)
 
     def _check_ipc_free(self, endpoint: str, path: str) -> None:
         """Refuse a path a live worker answers on; libzmq would silently take it over."""
-        if len(path.encode()) > 100:
-            raise StartupError(
-                f"ipc path {path!r} is {len(path.encode())} bytes; unix sockets allow ~107, "
-                "use a shorter path"
-            )
         if not os.path.exists(path):
             return
         if not _is_socket(path):

@@ -14,12 +14,14 @@ are, so `send_message` either sends all or raises ``zmq.Again`` having sent noth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import errno
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
 
-__all__ = ["has_input", "recv_message", "send_message"]
+__all__ = ["BindError", "bind_router", "has_input", "recv_message", "send_message"]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
@@ -67,3 +69,70 @@ def send_message(sock: zmq.Socket[Any], frames: Sequence[Any]) -> None:
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         send(frame, _NOBLOCK if i == last else _MORE, copy=type(frame) is bytes)
+
+
+class BindError(Exception):
+    """An endpoint cannot be bound; the message says why and what to do."""
+
+
+def bind_router(
+    ctx: zmq.Context[Any],
+    endpoints: Sequence[str],
+    *,
+    heartbeat_ms: int,
+    heartbeat_timeout_ms: int,
+    max_message_bytes: int,
+    check_ipc: Callable[[str, str], None] | None = None,
+    log: logging.Logger,
+) -> tuple[zmq.Socket[Any], list[str]]:
+    """A ROUTER bound on every endpoint, set up as worker and broker both need it.
+
+    ``check_ipc(endpoint, path)`` runs before an ipc bind (the worker refuses a path a
+    live worker answers on) and may raise `BindError`. Returns the socket and the
+    endpoints actually bound (``tcp://*:0`` resolved).
+
+    Raises:
+        BindError: a malformed endpoint, an address in use, a missing directory.
+    """
+    sock = ctx.socket(zmq.ROUTER)
+    # A send to a peer that left must fail at once (EHOSTUNREACH), not vanish silently.
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.setsockopt(zmq.MAXMSGSIZE, max(max_message_bytes, 1 << 20))
+    sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_timeout_ms)
+    sock.setsockopt(zmq.LINGER, 0)
+    bound: list[str] = []
+    try:
+        for endpoint in endpoints:
+            scheme, sep, rest = endpoint.partition("://")
+            if not sep or scheme not in ("tcp", "ipc") or not rest:
+                raise BindError(
+                    f"cannot bind {endpoint!r}: use tcp://HOST:PORT (e.g. "
+                    "tcp://127.0.0.1:5555, tcp://*:5555) or ipc:///path/to/socket"
+                )
+            if scheme == "ipc":
+                if len(rest.encode()) > 100:
+                    raise BindError(
+                        f"ipc path {rest!r} is {len(rest.encode())} bytes; unix sockets "
+                        "allow ~107, use a shorter path"
+                    )
+                if check_ipc is not None:
+                    check_ipc(endpoint, rest)
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                hint = ""
+                if exc.errno == zmq.EADDRINUSE:
+                    hint = ": the address is in use (another worker or broker on it?)"
+                elif exc.errno == errno.ENOENT:
+                    hint = ": the directory does not exist"
+                raise BindError(f"cannot bind {endpoint}: {exc.strerror}{hint}") from exc
+            last = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            bound.append(last)
+            log.info("bound %s", last)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock, bound
