@@ -125,3 +125,12 @@ def test_demo_runs_and_cleans_up() -> None:
     assert "served by 2 worker process(es)" in out.stdout
     assert "items/s" in out.stdout
     assert "workers stopped" in out.stdout
+
+
+def test_broker_startup_errors(short_tmp) -> None:
+    out = run("zeromesh-broker", "--bind", f"ipc://{short_tmp}/no/dir.sock")
+    assert out.returncode == 2
+    assert "the directory does not exist" in out.stderr
+    out = run("zeromesh-broker", "--bind", "udp://1.2.3.4:5")
+    assert out.returncode == 2
+    assert "cannot bind" in out.stderr
