@@ -669,6 +669,9 @@ class Worker:
         sock = self._sock
         assert sock is not None
         assert self._ctx is not None
+        # As after a drain: a client with IMMEDIATE=1 drops what it has not read yet once
+        # we hang up, and the Timeout just sent is the one answer that must reach it.
+        time.sleep(_HANGUP_GRACE_S)
         if self._link is not None:
             self._link.close(linger=2000)
         sock.close(linger=2000)  # let the answers leave before the process does
