@@ -20,9 +20,10 @@ from protocol import (
 )
 
 from ._async import AsyncClient
-from ._client import Client, Options
+from ._client import Client
 from ._core import WorkerInfo
 from ._executor import Executor
+from ._options import Options
 
 __all__ = [
     # clients

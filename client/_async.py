@@ -7,6 +7,7 @@ hand-off. Create it anywhere; it binds to the loop that first uses it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -14,10 +15,10 @@ from typing import Any
 
 from protocol import DEFAULT_LIMITS, Codec, Limits, Progress, ZeromeshError
 
-from ._client import Options, _codec, changed_options, check_settings, make_request
 from ._core import Call, Core, WorkerInfo
 from ._endpoints import resolve_endpoints
 from ._mapping import auto_chunksize, results_before_failure
+from ._options import Options, changed_options, check_settings, make_request, parse_codec
 
 __all__ = ["AsyncClient"]
 
@@ -116,7 +117,7 @@ class AsyncClient(_AsyncCalls):
         heartbeat: float = 1.0,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        self._opts = Options(timeout, retries, _codec(codec))
+        self._opts = Options(timeout, retries, parse_codec(codec))
         check_settings(max_in_flight, prefetch, heartbeat)
         self.endpoints = resolve_endpoints(endpoints)
         self.max_in_flight = max_in_flight
@@ -146,7 +147,12 @@ class AsyncClient(_AsyncCalls):
 
     async def workers(self, timeout: float = 2.0) -> list[WorkerInfo]:
         """Ask every endpoint who it is (see `Client.workers`)."""
-        return await self._core_started().info(timeout)
+        core = self._core_started()
+        answered: asyncio.Future[None] = core.loop.create_future()
+        since = core.ask_info(lambda: answered.done() or answered.set_result(None))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(answered, timeout)
+        return core.info_rows(since)
 
     def _core_started(self) -> Core:
         if self._closed:

@@ -1,7 +1,9 @@
 """The client's socket loop: one DEALER per worker endpoint, load-aware dispatch, liveness.
 
-Everything here runs on one asyncio loop (the IO thread's for `Client`, the caller's
-for `AsyncClient`); no method is thread-safe. One socket per endpoint, not one DEALER
+Everything here runs on one loop: the caller's asyncio loop for `AsyncClient`, and for
+`Client` a small loop (`_driver.SyncLoop`) that offers the same few methods and is
+driven under a lock by whichever thread is reading the sockets. No method is
+thread-safe. One socket per endpoint, not one DEALER
 connected to all: the client must know which worker holds each request, to send the
 next one to the least busy worker, to never exceed a worker's capacity, and to re-send
 exactly what a lost worker held.
@@ -14,7 +16,6 @@ answering: lost after 3 missed intervals), and the worker's own DISCONNECT on dr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -154,7 +155,7 @@ class Core:
         heartbeat: float,
         prefetch: int,
         limits: Limits,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | Any,
     ) -> None:
         self.endpoints = endpoints
         self.heartbeat = heartbeat
@@ -164,15 +165,15 @@ class Core:
         self.calls: dict[int, Call] = {}
         self._queues: dict[str, deque[Call]] = {}
         self._deadlines: list[tuple[float, int]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Any = None  # the loop's timer handle (asyncio's or SyncLoop's)
         self._timer_at = 0.0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._peers: list[_Peer] = []
         self._sent_to: set[_Peer] = set()
         self._rr = 0
-        self._ticker: asyncio.TimerHandle | None = None
+        self._ticker: Any = None
         self._closed = False
-        self._info_waiters: list[tuple[float, asyncio.Future[None]]] = []
+        self._info_waiters: list[tuple[float, Callable[[], None]]] = []
         self._hello_frames = protocol.encode(
             Hello(
                 0,
@@ -254,11 +255,14 @@ class Core:
         self._queue_for(call.service).append(call)
         self._dispatch(call.service)
 
-    def cancel(self, rid: int) -> None:
-        """The caller gave up on ``rid``: forget it, and tell its worker to drop it."""
+    def cancel(self, rid: int) -> bool:
+        """The caller gave up on ``rid``: forget it, and tell its worker to drop it.
+
+        True if the call was still pending (so its ``complete`` will never run).
+        """
         call = self.calls.pop(rid, None)
         if call is None:
-            return
+            return False
         peer = call.peer
         if peer is None:
             q = self._queues.get(call.service)
@@ -266,6 +270,7 @@ class Core:
                 q.remove(call)
         elif rid in peer.outstanding:
             self._try_send(peer, protocol.encode(Cancel(rid)))
+        return True
 
     def _queue_for(self, service: str) -> deque[Call]:
         q = self._queues.get(service)
@@ -462,12 +467,11 @@ class Core:
                 )
             peer.state = _READY
         waiters, self._info_waiters = self._info_waiters, []
-        for since, fut in waiters:
+        for since, on_done in waiters:
             if all(p.hello_at > since for p in self._peers):
-                if not fut.done():
-                    fut.set_result(None)
+                on_done()
             else:
-                self._info_waiters.append((since, fut))
+                self._info_waiters.append((since, on_done))
 
     def _on_disconnect(self, peer: _Peer, msg: Disconnect) -> None:
         log.info("%s is draining (%s): sending it nothing new", peer.endpoint, msg.reason)
@@ -618,15 +622,20 @@ class Core:
         """Total capacity of the ready workers (readable from any thread)."""
         return sum(p.capacity for p in self._peers if p.state is _READY)
 
-    async def info(self, timeout: float) -> list[WorkerInfo]:
-        """Ask every endpoint for a fresh HELLO; wait up to ``timeout`` for all of them."""
+    def ask_info(self, on_done: Callable[[], None]) -> float:
+        """Ask every endpoint for a fresh HELLO; ``on_done()`` once all have answered.
+
+        Returns the time of asking, for `info_rows`. The caller waits (with its own
+        timeout) in whatever way suits its loop.
+        """
         since = time.monotonic()
-        fut: asyncio.Future[None] = self.loop.create_future()
-        self._info_waiters.append((since, fut))
+        self._info_waiters.append((since, on_done))
         for peer in self._peers:
             self._try_send(peer, self._hello_frames)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(fut, timeout)
+        return since
+
+    def info_rows(self, since: float) -> list[WorkerInfo]:
+        """One row per endpoint: what it said in a HELLO later than ``since``."""
         rows = []
         for peer in self._peers:
             row = WorkerInfo(endpoint=peer.endpoint)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from protocol import ZeromeshError
 
 if TYPE_CHECKING:
-    from ._client import Options, _IOThread
+    from ._driver import Driver
+    from ._options import Options
 
 __all__ = ["auto_chunksize", "results_before_failure", "run_map"]
 
@@ -43,7 +44,7 @@ def results_before_failure(exc: ZeromeshError, first: int) -> list[Any]:
 
 
 def run_map(
-    io: _IOThread,
+    io: Driver,
     target: str,
     iterables: tuple[Iterable[Any], ...],
     opts: Options,
@@ -68,7 +69,7 @@ def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
 
 
 def _stream(
-    io: _IOThread,
+    io: Driver,
     target: str,
     items: Iterator[tuple[Any, ...]],
     total: int | None,
@@ -94,7 +95,7 @@ def _stream(
                 if not chunk:
                     exhausted = True
                     break
-                window.append((io.submit(target, chunk, {}, opts, True), sent))
+                window.append((io.request(target, chunk, {}, opts, True, True), sent))
                 sent += len(chunk)
             if not window:
                 return

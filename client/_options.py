@@ -1,0 +1,85 @@
+"""Per-call settings and request encoding, shared by `Client` and `AsyncClient`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import protocol
+from protocol import Codec, Progress, Request
+
+from ._core import next_id
+
+__all__ = ["Options", "changed_options", "check_settings", "make_request", "parse_codec"]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-call settings: never mixed with the handler's own keyword arguments."""
+
+    timeout: float = 30.0
+    """Seconds to wait for the reply (``Timeout``/``NoWorkers`` after)."""
+    retries: int = 2
+    """Re-sends when the worker holding a request is lost (at-least-once)."""
+    codec: Codec = Codec.MSGPACK
+    """Body codec of the requests sent."""
+    on_progress: Callable[[Progress], None] | None = None
+    """Called with each PROGRESS message a running handler sends (``worker.progress``).
+    For `Client` it runs on the IO thread: keep it quick, never block in it."""
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {self.timeout!r}")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, not {self.retries!r}")
+
+
+def make_request(
+    target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool
+) -> tuple[int, list[Any]]:
+    """Encode a request in the caller's thread: bad targets and values fail here."""
+    if not isinstance(target, str) or "." not in target:
+        raise ValueError(f"call target {target!r} must be 'service.handler', e.g. 'math.add'")
+    rid = next_id()
+    ttl = min(int(opts.timeout * 1000), 2**32 - 1)
+    return rid, protocol.encode(Request(rid, target, args, kwargs, ttl, opts.codec, batch))
+
+
+def changed_options(
+    opts: Options,
+    timeout: float | None,
+    retries: int | None,
+    codec: Codec | str | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> Options:
+    """``opts`` with the settings that are not None replaced (validated)."""
+    changes: dict[str, Any] = {}
+    if on_progress is not None:
+        changes["on_progress"] = on_progress
+    if timeout is not None:
+        changes["timeout"] = timeout
+    if retries is not None:
+        changes["retries"] = retries
+    if codec is not None:
+        changes["codec"] = parse_codec(codec)
+    return replace(opts, **changes)
+
+
+def check_settings(max_in_flight: int, prefetch: int, heartbeat: float) -> None:
+    """Validate the constructor settings shared by `Client` and `AsyncClient`."""
+    if not isinstance(max_in_flight, int) or max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be an integer >= 1, not {max_in_flight!r}")
+    if not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(f"prefetch must be an integer >= 0, not {prefetch!r}")
+    if not heartbeat >= 0.05:
+        raise ValueError(f"heartbeat must be at least 0.05 seconds, not {heartbeat!r}")
+
+
+def parse_codec(codec: Codec | str) -> Codec:
+    if isinstance(codec, Codec):
+        return codec
+    try:
+        return Codec[str(codec).upper()]
+    except KeyError:
+        raise ValueError(f"codec {codec!r}: use 'msgpack' or 'json'") from None

@@ -1,0 +1,112 @@
+"""`Client`'s driver: whoever waits reads the sockets; nobody waiting must not stall.
+
+Each test drives a real worker over loopback, the way a user's code would: futures
+that nobody waits on, callbacks that call the client again, backpressure, cancel,
+close while another thread waits.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import threading
+import time
+
+import pytest
+from meshkit import Mesh
+
+from client import Client, ZeromeshError
+
+TEST_SVC = "testsvc:svc"
+TEST_ENV = {"PYTHONPATH": os.path.dirname(__file__)}
+
+
+def test_futures_resolve_when_nobody_waits_on_them(mesh: Mesh) -> None:
+    # as_completed and done-callbacks never call result(): the IO thread must read.
+    w = mesh.start()
+    with Client([w.endpoint]) as c:
+        seen = threading.Event()
+        futs = [c.submit("math.add", i, i) for i in range(50)]
+        futs[-1].add_done_callback(lambda f: seen.set())
+        assert seen.wait(10), "a done-callback never ran although nobody waited"
+        done = {f.result() for f in cf.as_completed(futs, timeout=10)}
+    assert done == {2 * i for i in range(50)}
+
+
+def test_done_callback_may_call_the_client_again(mesh: Mesh) -> None:
+    # Callbacks run after the driver's lock is released: a nested submit must not hang.
+    w = mesh.start()
+    with Client([w.endpoint]) as c:
+        chained: cf.Future[object] = cf.Future()
+
+        def then(f: cf.Future[object]) -> None:
+            chained.set_result(c.call("math.add", f.result(), 100))
+
+        c.submit("math.add", 1, 2).add_done_callback(then)
+        assert chained.result(10) == 103
+
+
+def test_backpressure_reads_replies_to_free_slots(mesh: Mesh) -> None:
+    w = mesh.start()
+    with Client([w.endpoint], max_in_flight=4) as c:
+        futs = [c.submit("math.add", i, 1) for i in range(500)]
+        assert [f.result(10) for f in futs] == [i + 1 for i in range(500)]
+
+
+def test_cancelled_futures_give_their_slot_back(mesh: Mesh) -> None:
+    w = mesh.start(service=TEST_SVC, env=TEST_ENV)
+    with Client([w.endpoint], max_in_flight=2) as c:
+        slow = [c.submit("t.sleep", 5) for _ in range(2)]
+        assert all(f.cancel() for f in slow)
+        # Both slots are free again: this would block forever if cancel leaked them.
+        fut = c.submit("t.echo", "after")
+        assert fut.result(10) == "after"
+
+
+def test_close_fails_a_result_another_thread_waits_for(mesh: Mesh) -> None:
+    w = mesh.start(service=TEST_SVC, env=TEST_ENV)
+    c = Client([w.endpoint])
+    fut = c.submit("t.sleep", 30)
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            fut.result(20)
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    time.sleep(0.3)  # the waiter is reading the sockets now
+    c.close()
+    waiter.join(10)
+    assert not waiter.is_alive(), "result() still waits after close()"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ZeromeshError)
+    assert "closed" in str(outcome[0])
+
+
+def test_a_waiter_takes_over_from_the_io_thread(mesh: Mesh) -> None:
+    # Background futures make the IO thread read; a caller that then waits must not
+    # be left waiting on hand-offs forever, and every reply still lands once.
+    w = mesh.start()
+    with Client([w.endpoint]) as c:
+        background = [c.submit("math.add", i, 0) for i in range(200)]
+        time.sleep(0.05)  # past the grace: the IO thread leads now
+        assert [c.call("math.add", i, 1) for i in range(200)] == [i + 1 for i in range(200)]
+        assert [f.result(10) for f in background] == list(range(200))
+
+
+def test_result_timeout_while_another_thread_leads(mesh: Mesh) -> None:
+    w = mesh.start(service=TEST_SVC, env=TEST_ENV)
+    with Client([w.endpoint]) as c:
+        leader = threading.Thread(target=lambda: c.call("t.sleep", 1.0), daemon=True)
+        leader.start()
+        time.sleep(0.1)
+        fut = c.submit("t.sleep", 5)
+        started = time.monotonic()
+        with pytest.raises(cf.TimeoutError):
+            fut.result(timeout=0.3)
+        assert time.monotonic() - started < 3
+        fut.cancel()
+        leader.join(10)
