@@ -35,11 +35,17 @@ class _AsyncCalls:
         Waits for a free slot when ``max_in_flight`` requests are unanswered.
         Cancelling the awaiting task asks the worker to drop the request.
         """
-        return await self._owner._request(target, list(args), kwargs, self._opts, False)
+        owner = self._owner
+        fut = await owner._start(target, list(args), kwargs, self._opts, False, False)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            owner._forget(fut)
+            raise
 
     async def submit(self, target: str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Send a request now and return a future for its result, without awaiting it."""
-        return await self._owner._start(target, list(args), kwargs, self._opts, False)
+        return await self._owner._start(target, list(args), kwargs, self._opts, False, True)
 
     async def map(
         self, target: str, /, *iterables: Iterable[Any], chunksize: int | None = None
@@ -66,7 +72,8 @@ class _AsyncCalls:
                     if not chunk:
                         exhausted = True
                         break
-                    window.append((await owner._start(target, chunk, {}, self._opts, True), sent))
+                    fut = await owner._start(target, chunk, {}, self._opts, True, True)
+                    window.append((fut, sent))
                     sent += len(chunk)
                 if not window:
                     return
@@ -126,7 +133,8 @@ class AsyncClient(_AsyncCalls):
         self._heartbeat = heartbeat
         self._limits = limits
         self._core: Core | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._in_flight = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
@@ -169,7 +177,6 @@ class AsyncClient(_AsyncCalls):
             )
             core.start()
             self._core = core
-            self._slots = asyncio.Semaphore(self.max_in_flight)
         elif core.loop is not loop:
             raise ZeromeshError(
                 "this AsyncClient belongs to another event loop; create one per loop"
@@ -177,38 +184,72 @@ class AsyncClient(_AsyncCalls):
         return core
 
     async def _start(
-        self, target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool
+        self,
+        target: str,
+        args: Any,
+        kwargs: dict[str, Any],
+        opts: Options,
+        batch: bool,
+        watch_cancel: bool,
     ) -> asyncio.Future[Any]:
+        """Send one request once a slot is free; return its future.
+
+        ``watch_cancel``: the future goes to the user, who may cancel it directly
+        (``call`` handles its own cancellation without a callback per request).
+        """
         core = self._core_started()
         rid, frames = make_request(target, args, kwargs, opts, batch)
-        slots = self._slots
-        assert slots is not None
-        await slots.acquire()
+        while self._in_flight >= self.max_in_flight:
+            # Full: wait in line. A counter and a queue of futures, not an
+            # asyncio.Semaphore, whose release scans its waiters (O(n) per call
+            # with a thousand of them queued).
+            waiter: asyncio.Future[None] = core.loop.create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_next()  # we were handed a slot we will not use
+                raise
+        self._in_flight += 1
         fut: asyncio.Future[Any] = core.loop.create_future()
-        call = Call(target, frames, rid, opts.timeout, opts.retries, fut, _complete)
+        call = Call(target, frames, rid, opts.timeout, opts.retries, fut, self._complete)
         call.on_progress = opts.on_progress
-        fut.add_done_callback(lambda f: _on_done(f, core, rid, slots))
+        fut._zm_id = rid  # type: ignore[attr-defined]
+        if watch_cancel:
+            fut.add_done_callback(self._on_done)
         core.submit(call)
         return fut
 
-    async def _request(
-        self, target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool
-    ) -> Any:
-        fut = await self._start(target, args, kwargs, opts, batch)
-        return await fut
+    def _complete(self, call: Call, value: Any, exc: BaseException | None) -> None:
+        """The Core finished ``call`` (each call exactly once, unless forgotten)."""
+        self._release()
+        fut = call.future
+        if fut.done():
+            return
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)
 
+    def _on_done(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            self._forget(fut)
 
-def _complete(call: Call, value: Any, exc: BaseException | None) -> None:
-    fut = call.future
-    if fut.done():
-        return
-    if exc is None:
-        fut.set_result(value)
-    else:
-        fut.set_exception(exc)
+    def _forget(self, fut: asyncio.Future[Any]) -> None:
+        """The caller cancelled ``fut``: tell the worker, and free its slot."""
+        core = self._core
+        if core is not None and core.cancel(fut._zm_id):  # type: ignore[attr-defined]
+            self._release()  # its completion will never come
 
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._wake_next()
 
-def _on_done(fut: asyncio.Future[Any], core: Core, rid: int, slots: asyncio.Semaphore) -> None:
-    slots.release()
-    if fut.cancelled():
-        core.cancel(rid)
+    def _wake_next(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return

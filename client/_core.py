@@ -170,6 +170,7 @@ class Core:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._peers: list[_Peer] = []
         self._sent_to: set[_Peer] = set()
+        self._all_busy = False  # the last _pick found servers, all at their limit
         self._rr = 0
         self._ticker: Any = None
         self._closed = False
@@ -287,7 +288,8 @@ class Core:
                 continue
             peer = self._pick(call.target)
             if peer is None:
-                self._unknown_check(call)
+                if not self._all_busy:  # nobody ready serves it: maybe nobody can
+                    self._unknown_check(call)
                 return
             q.popleft()
             self._send_call(peer, call)
@@ -300,6 +302,7 @@ class Core:
         """The ready worker with the fewest outstanding requests and room for one more."""
         best: _Peer | None = None
         best_load = 1 << 62
+        self._all_busy = False
         peers = self._peers
         n = len(peers)
         start = self._rr
@@ -310,6 +313,8 @@ class Core:
             load = len(peer.outstanding)
             if load < best_load and load < peer.capacity + self.prefetch:
                 best, best_load = peer, load
+            else:
+                self._all_busy = True
         if best is not None:
             self._rr = (start + 1) % n  # rotate among equals
         return best

@@ -7,6 +7,7 @@ close while another thread waits.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import os
 import threading
@@ -15,7 +16,7 @@ import time
 import pytest
 from meshkit import Mesh
 
-from client import Client, ZeromeshError
+from client import AsyncClient, Client, ZeromeshError
 
 TEST_SVC = "testsvc:svc"
 TEST_ENV = {"PYTHONPATH": os.path.dirname(__file__)}
@@ -110,3 +111,36 @@ def test_result_timeout_while_another_thread_leads(mesh: Mesh) -> None:
         assert time.monotonic() - started < 3
         fut.cancel()
         leader.join(10)
+
+
+# --- AsyncClient: its in-flight bound and cancellation, on the caller's loop --------------
+
+
+def test_async_backpressure_and_cancel_free_their_slots(mesh: Mesh) -> None:
+    w = mesh.start(service=TEST_SVC, env=TEST_ENV)
+
+    async def main() -> None:
+        async with AsyncClient([w.endpoint], max_in_flight=2) as ac:
+            # Far more calls than slots: the rest wait in line, all complete in order.
+            got = await asyncio.gather(*(ac.call("t.echo", i) for i in range(300)))
+            assert got == list(range(300))
+            # A cancelled awaiting task and a cancelled submit() future both give their
+            # slot back; otherwise the next call would wait forever.
+            task = asyncio.ensure_future(ac.call("t.sleep", 5))
+            fut = await ac.submit("t.sleep", 5)
+            await asyncio.sleep(0.1)
+            task.cancel()
+            fut.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await asyncio.wait_for(ac.call("t.echo", "after"), 10) == "after"
+            # A caller cancelled while it waits for a slot does not take one either.
+            hogs = [await ac.submit("t.sleep", 5) for _ in range(2)]
+            queued = asyncio.ensure_future(ac.call("t.echo", "never"))
+            await asyncio.sleep(0.1)
+            queued.cancel()
+            for h in hogs:
+                h.cancel()
+            assert await asyncio.wait_for(ac.call("t.echo", "again"), 10) == "again"
+
+    asyncio.run(main())
