@@ -34,6 +34,52 @@ def serve(endpoint: str) -> None:
         sock.send_multipart([ident, msgpack.packb([rid, args[0]])])
 
 
+def serve_protocol(endpoint: str) -> None:
+    """The same blocking echo, speaking zeromesh's wire protocol (header + body frames).
+
+    Not a baseline for a target: it shows what the wire format itself costs over the
+    one-frame baseline, with no worker or client machinery at all.
+    """
+    import protocol
+    from protocol import Reply
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        msg = protocol.decode(frames[1:])
+        sock.send_multipart([frames[0], *protocol.encode(Reply(msg.id, msg.args[0]))])
+
+
+class ProtocolClient:
+    """A bare DEALER sending zeromesh requests: the client half of `serve_protocol`."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def rtts(self, n: int) -> list[float]:
+        import protocol
+        from protocol import Request
+
+        send, recv = self.sock.send_multipart, self.sock.recv_multipart
+        out = []
+        for i in range(n):
+            t = time.perf_counter()
+            send(protocol.encode(Request(i + 1, "bench.echo", [i])))
+            protocol.decode(recv(copy=False))
+            out.append(time.perf_counter() - t)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
 class RawClient:
     """The baseline's client side: a DEALER, msgpack, nothing else."""
 
@@ -86,4 +132,7 @@ class RawClient:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    if sys.argv[2:] == ["--protocol"]:
+        serve_protocol(sys.argv[1])
+    else:
+        serve(sys.argv[1])

@@ -30,7 +30,7 @@ import numpy as np
 
 from client import AsyncClient, Client
 
-from ._raw import WINDOW, RawClient
+from ._raw import WINDOW, ProtocolClient, RawClient
 from .echosvc import add
 
 __all__ = ["main"]
@@ -64,6 +64,10 @@ class Row:
 
 @dataclass(frozen=True)
 class Sizes:
+    """Work per round; every scenario runs ``rounds`` rounds, alternating zeromesh and
+    its baseline, and reports the median round of each."""
+
+    rounds: int
     rtt_calls: int
     pipelined_calls: int
     array_mib: int
@@ -74,10 +78,10 @@ class Sizes:
     @classmethod
     def pick(cls, quick: bool, tiny: bool) -> Sizes:
         if tiny:
-            return cls(200, 2_000, 4, 1, 20_000, 8)
+            return cls(1, 200, 2_000, 4, 1, 20_000, 8)
         if quick:
-            return cls(2_000, 20_000, 64, 2, 200_000, 40)
-        return cls(20_000, 200_000, 64, 5, 1_000_000, 200)
+            return cls(3, 1_000, 10_000, 64, 2, 200_000, 40)
+        return cls(5, 4_000, 40_000, 64, 3, 1_000_000, 100)
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -180,25 +184,50 @@ def _best(fn: Callable[[], float], repeats: int) -> float:
     return min(fn() for _ in range(repeats))
 
 
+def _alternate(
+    rounds: int, zm: Callable[[], Any], base: Callable[[], Any]
+) -> tuple[list[Any], list[Any]]:
+    """Run ``zm`` and ``base`` in alternating rounds: a busy neighbour (these machines
+    are shared) then slows both sides of a ratio, not one."""
+    zs, bs = [], []
+    for i in range(rounds):
+        first, second = (zm, base) if i % 2 == 0 else (base, zm)
+        a, b = first(), second()
+        zs.append(a if first is zm else b)
+        bs.append(b if first is zm else a)
+    return zs, bs
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> list[Row]:
     rows: list[Row] = []
     kids = _Children(transport)
+    rounds = sizes.rounds
     try:
         raw_ep = kids.endpoint()
         kids.spawn("-m", "bench._raw", raw_ep)
+        proto_ep = kids.endpoint()
+        kids.spawn("-m", "bench._raw", proto_ep, "--protocol")
         w1 = kids.worker()
         _ready([w1])
         raw = RawClient(raw_ep)
         raw.call(0, 0)  # connected and warm
+        proto = ProtocolClient(proto_ep)
+        proto.rtts(10)
         try:
             with Client([w1], max_in_flight=WINDOW) as c:
                 c.call("bench.echo", 0)
                 log("sequential round trips")
                 _zm_rtts(c, 200)
                 raw.rtts(200)
-                zm = _zm_rtts(c, sizes.rtt_calls)
-                rw = raw.rtts(sizes.rtt_calls)
-                zp50, rp50 = statistics.median(zm) * 1e6, statistics.median(rw) * 1e6
+                proto.rtts(200)
+                n = sizes.rtt_calls
+                zms, raws = _alternate(rounds, lambda: _zm_rtts(c, n), lambda: raw.rtts(n))
+                zp50 = _median([statistics.median(r) for r in zms]) * 1e6
+                rp50 = _median([statistics.median(r) for r in raws]) * 1e6
                 rows.append(
                     Row(
                         f"RTT p50 {transport} (us)",
@@ -210,14 +239,32 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
                         zp50 <= 1.25 * rp50,
                     )
                 )
-                zp99, rp99 = _percentile(zm, 0.99) * 1e6, _percentile(rw, 0.99) * 1e6
+                zp99 = _median([_percentile(r, 0.99) for r in zms]) * 1e6
+                rp99 = _median([_percentile(r, 0.99) for r in raws]) * 1e6
                 rows.append(
                     Row(f"RTT p99 {transport} (us)", zp99, rp99, zp99 / rp99, "-", "us", None)
                 )
+                wire, raws = _alternate(rounds, lambda: proto.rtts(n), lambda: raw.rtts(n))
+                wp50 = _median([statistics.median(r) for r in wire]) * 1e6
+                rp50 = _median([statistics.median(r) for r in raws]) * 1e6
+                rows.append(
+                    Row(
+                        "RTT p50, bare pyzmq speaking the wire format (us)",
+                        wp50,
+                        rp50,
+                        wp50 / rp50,
+                        "-",
+                        "us",
+                        None,
+                    )
+                )
 
                 log("pipelined calls")
-                raw_rate = raw.pipelined(sizes.pipelined_calls)
-                sub_rate = _zm_submit_rate(c, sizes.pipelined_calls)
+                n = sizes.pipelined_calls
+                subs, raws = _alternate(
+                    rounds, lambda: _zm_submit_rate(c, n), lambda: raw.pipelined(n)
+                )
+                sub_rate, raw_rate = _median(subs), _median(raws)
                 rows.append(
                     Row(
                         f"Client.submit calls/s, {WINDOW} in flight",
@@ -229,8 +276,10 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
                         sub_rate >= 0.8 * raw_rate,
                     )
                 )
-                async_rate = _zm_async_rate([w1], sizes.pipelined_calls)
-                raw_rate = raw.pipelined(sizes.pipelined_calls)
+                asyncs, raws = _alternate(
+                    rounds, lambda: _zm_async_rate([w1], n), lambda: raw.pipelined(n)
+                )
+                async_rate, raw_rate = _median(asyncs), _median(raws)
                 rows.append(
                     Row(
                         f"AsyncClient calls/s, {WINDOW} in flight",
@@ -254,8 +303,12 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
                     assert back.nbytes == arr.nbytes
                     return elapsed
 
-                zt = _best(zm_array, sizes.array_repeats)
-                rt = _best(lambda: raw.array_round_trip(arr), sizes.array_repeats)
+                zts, rts = _alternate(
+                    rounds,
+                    lambda: _best(zm_array, sizes.array_repeats),
+                    lambda: _best(lambda: raw.array_round_trip(arr), sizes.array_repeats),
+                )
+                zt, rt = _median(zts), _median(rts)
                 rows.append(
                     Row(
                         f"{sizes.array_mib} MiB float64 round trip (GB/s)",
@@ -269,22 +322,33 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
                 )
         finally:
             raw.close()
+            proto.close()
 
         log("map, 2 workers vs ProcessPoolExecutor(2)")
         w2 = kids.worker()
         _ready([w1, w2])
         n = sizes.map_items
-        with Client([w1, w2]) as c:
+        with (
+            Client([w1, w2]) as c,
+            cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ppe,
+        ):
             list(c.map("bench.add", range(1000), range(1000)))
-            t = time.perf_counter()
-            out = list(c.map("bench.add", range(n), range(n)))
-            zm_rate = n / (time.perf_counter() - t)
-            assert out[-1] == 2 * (n - 1)
-        with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ppe:
             list(ppe.map(add, range(2000), range(2000), chunksize=1000))  # start the pool
-            t = time.perf_counter()
-            list(ppe.map(add, range(n), range(n), chunksize=1000))
-            ppe_rate = n / (time.perf_counter() - t)
+
+            def zm_map() -> float:
+                t = time.perf_counter()
+                out = list(c.map("bench.add", range(n), range(n)))
+                rate = n / (time.perf_counter() - t)
+                assert out[-1] == 2 * (n - 1)
+                return rate
+
+            def ppe_map() -> float:
+                t = time.perf_counter()
+                list(ppe.map(add, range(n), range(n), chunksize=1000))
+                return n / (time.perf_counter() - t)
+
+            zms, ppes = _alternate(max(1, rounds - 2), zm_map, ppe_map)
+        zm_rate, ppe_rate = _median(zms), _median(ppes)
         rows.append(
             Row(
                 f"map of {n:,} items (items/s)",
@@ -308,8 +372,8 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
                     f.result()
                 return sizes.cpu_calls / (time.perf_counter() - t)
 
-        one = cpu_rate([w1])
-        two = cpu_rate([w1, w2])
+        twos, ones = _alternate(rounds, lambda: cpu_rate([w1, w2]), lambda: cpu_rate([w1]))
+        two, one = _median(twos), _median(ones)
         rows.append(
             Row(
                 "CPU-bound 10 ms calls/s, 2 workers vs 1",
@@ -322,7 +386,7 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
             )
         )
 
-        broker_row = _brokered(kids, sizes, sub_rate, log)
+        broker_row = _brokered(kids, sizes, w1, log)
         if broker_row is not None:
             rows.append(broker_row)
     finally:
@@ -330,10 +394,8 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
     return rows
 
 
-def _brokered(
-    kids: _Children, sizes: Sizes, direct_rate: float, log: Callable[[str], None]
-) -> Row | None:
-    """Brokered pipelined calls/s vs direct, once a broker is installed."""
+def _brokered(kids: _Children, sizes: Sizes, direct: str, log: Callable[[str], None]) -> Row | None:
+    """Brokered pipelined calls/s vs direct (worker ``direct``), once a broker is installed."""
     if shutil.which("zeromesh-broker") is None:
         log("no zeromesh-broker installed: brokered row skipped")
         return None
@@ -357,15 +419,20 @@ def _brokered(
         "warning",
     )
     _ready([bep, wep])
-    with Client([bep], max_in_flight=WINDOW) as c:
+    n = sizes.pipelined_calls
+    with Client([bep], max_in_flight=WINDOW) as b, Client([direct], max_in_flight=WINDOW) as d:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                c.options(timeout=1).call("bench.echo", 0)
+                b.options(timeout=1).call("bench.echo", 0)
                 break
             except Exception:  # the worker may not have registered with the broker yet
                 time.sleep(0.1)
-        rate = _zm_submit_rate(c, sizes.pipelined_calls)
+        d.call("bench.echo", 0)
+        brokered, direct_rates = _alternate(
+            sizes.rounds, lambda: _zm_submit_rate(b, n), lambda: _zm_submit_rate(d, n)
+        )
+    rate, direct_rate = _median(brokered), _median(direct_rates)
     return Row(
         "brokered (prefetch 32) calls/s vs direct",
         rate,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -241,6 +242,7 @@ _NOT_MSGPACK_CONTAINER = bytes(
     b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF)
 )
 _unpackb = msgpack.unpackb
+_chain = chain.from_iterable
 
 
 def _msgpack_floor(limits: Limits) -> int:
@@ -343,7 +345,12 @@ def _check_body(value: Any, body: Buffer, size: int, codec: Codec, limits: Limit
 
 
 def _walk(value: Any, max_depth: int, max_list: int, max_map: int, max_str: int) -> None:
-    """Check ``value`` level by level; a length limit of 0 is not checked."""
+    """Check ``value`` level by level; a length limit of 0 is not checked.
+
+    Each level is flattened with C-level calls (``chain``, ``map``, ``set``), so a
+    long list of small lists — a ``map`` chunk of argument tuples — costs no Python
+    loop per item.
+    """
     if type(value) is not list and type(value) is not dict:
         if max_str and type(value) is str:
             _check_strings((value,), max_str)
@@ -355,16 +362,19 @@ def _walk(value: Any, max_depth: int, max_list: int, max_map: int, max_str: int)
             raise ProtocolError(
                 f"body nests deeper than {max_depth} levels", ErrorCode.LIMIT_EXCEEDED
             )
-        below: list[Any] = []
-        for node in level:
-            if type(node) is list:
-                if max_list and len(node) > max_list:
-                    raise ProtocolError(
-                        f"list of {len(node)} items exceeds limit {max_list}",
-                        ErrorCode.LIMIT_EXCEEDED,
-                    )
-                items: Any = node
-            else:
+        lists = [node for node in level if type(node) is list]
+        children: list[Any] = list(_chain(lists))
+        if max_list:
+            longest = max(map(len, lists), default=0)
+            if longest > max_list:
+                raise ProtocolError(
+                    f"list of {longest} items exceeds limit {max_list}",
+                    ErrorCode.LIMIT_EXCEEDED,
+                )
+        if len(lists) < len(level):
+            for node in level:
+                if type(node) is not dict:
+                    continue
                 if max_map and len(node) > max_map:
                     raise ProtocolError(
                         f"map of {len(node)} pairs exceeds limit {max_map}",
@@ -372,15 +382,13 @@ def _walk(value: Any, max_depth: int, max_list: int, max_map: int, max_str: int)
                     )
                 if max_str:
                     _check_strings(node, max_str)
-                items = node.values()
-            kinds = set(map(type, items))  # in C: a long flat list costs no Python loop
-            if max_str and str in kinds:
-                _check_strings(items, max_str)
-            if list in kinds or dict in kinds:
-                below += [item for item in items if type(item) is list or type(item) is dict]
-        if not below:
+                children += node.values()
+        kinds = set(map(type, children))
+        if max_str and str in kinds:
+            _check_strings(children, max_str)
+        if list not in kinds and dict not in kinds:
             return
-        level = below
+        level = [item for item in children if type(item) is list or type(item) is dict]
         depth += 1
 
 

@@ -718,18 +718,24 @@ class Worker:
     def _call_sync(self, job: _Job) -> list[Any]:
         req = job.request
         fn = job.handler.fn
-        index = 0
         results: list[Any] = []
         try:
             if req.batch:
+                # The map hot loop: one call per item, nothing else per item. On a
+                # failure, len(results) is the index of the item that failed.
                 kwargs = req.kwargs
-                for index, item in enumerate(req.args):  # noqa: B007 - index used on error
-                    results.append(fn(*item, **kwargs))
+                append = results.append
+                if kwargs:
+                    for item in req.args:
+                        append(fn(*item, **kwargs))
+                else:
+                    for item in req.args:
+                        append(fn(*item))
                 result: Any = results
             else:
                 result = fn(*req.args, **req.kwargs)
         except (Exception, SystemExit) as exc:
-            return self._handler_error(job, exc, index, results)
+            return self._handler_error(job, exc, len(results), results)
         return self._reply_frames(job, result)
 
     def _start_async(self, job: _Job) -> None:
