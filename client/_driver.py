@@ -53,6 +53,8 @@ log = logging.getLogger("zeromesh.client")
 
 _GRACE_S = 0.002
 """How long outstanding requests may go unread before the IO thread reads them."""
+_MAX_PARK_S = 0.1
+"""Longest the IO thread sleeps while a caller reads (it announces a long session's end)."""
 
 
 class _Timer:
@@ -222,6 +224,7 @@ class Driver:
         self._in_flight = 0  # requests sent or queued and not yet completed
         self._leader = False
         self._leader_ident: int | None = None  # the thread reading the sockets now
+        self._lead_started = 0.0
         self._io_leads = False
         self._want_lead = False  # a waiting caller asks the IO thread to step down
         self._followers = 0  # threads waiting for a result while another leads
@@ -369,6 +372,7 @@ class Driver:
             else:
                 self._leader = lead = True
                 self._leader_ident = me
+                self._lead_started = time.monotonic()
         if not lead:
             try:
                 if block is not None:
@@ -429,6 +433,8 @@ class Driver:
             if self._followers or self._closing:
                 self._urgent = True
                 self._idle.notify()
+            elif self.core.calls and time.monotonic() - self._lead_started > _GRACE_S:
+                self._idle.notify()  # the IO thread may be parked long: others' replies
 
     def _main(self) -> None:
         """The IO thread: lead when nobody does and something is due; park otherwise."""
@@ -442,6 +448,7 @@ class Driver:
                     break
                 self._leader = self._io_leads = True
                 self._leader_ident = threading.get_ident()
+                self._lead_started = time.monotonic()
                 self._urgent = False
             try:
                 self._lead(self._io_done, math.inf)
@@ -458,8 +465,12 @@ class Driver:
     def _io_should_lead(self) -> bool:
         """Under the lock: should the IO thread lead now? Sets ``_park_until`` if not."""
         if self._leader:
-            # Someone reads; look again within the grace, in case they stop.
-            self._park_until = time.monotonic() + _GRACE_S
+            # Someone reads; look again soon in case they stop. A short session (a
+            # pipelined caller) ends unannounced, so look within the grace; the longer
+            # it lasts, the rarer the look (a caller waiting 30 s on one result must
+            # not cost 15,000 wake-ups). A long session announces its end (`_resign`).
+            now = time.monotonic()
+            self._park_until = now + min(_MAX_PARK_S, max(_GRACE_S, (now - self._lead_started) / 2))
             return False
         wait = self.loop.timeout()
         if wait <= 0:
