@@ -26,7 +26,8 @@ class Options:
     """Body codec of the requests sent."""
     on_progress: Callable[[Progress], None] | None = None
     """Called with each PROGRESS message a running handler sends (``worker.progress``).
-    For `Client` it runs on the IO thread: keep it quick, never block in it."""
+    For `Client` it runs on whichever thread is reading the sockets (a caller waiting
+    for a result, or the IO thread): keep it quick, never block in it."""
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
