@@ -395,7 +395,10 @@ class Driver:
             self._idle.notify()
             self._slot_freed.notify_all()
             self._wake_poll()
-        if threading.current_thread() is not self._thread:
+        # Not from the IO thread, nor from a callback of the thread that is reading
+        # (the IO thread waits for that one to step down, after this returns).
+        me = threading.get_ident()
+        if threading.current_thread() is not self._thread and self._leader_ident != me:
             self._thread.join(timeout=10)
             if self._thread.is_alive():
                 log.error("client IO thread did not stop within 10 s")
@@ -444,7 +447,9 @@ class Driver:
                 while not self._closing and not self._io_should_lead():
                     self._idle.wait(None if self._park_until == math.inf else self._park_for())
                 self._park_until = math.inf
-                if self._closing and not self._leader:
+                if self._closing:
+                    while self._leader:  # a caller still reads: it stops at its next wake
+                        self._idle.wait()
                     break
                 self._leader = self._io_leads = True
                 self._leader_ident = threading.get_ident()

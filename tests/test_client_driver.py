@@ -87,6 +87,23 @@ def test_close_fails_a_result_another_thread_waits_for(mesh: Mesh) -> None:
     assert "closed" in str(outcome[0])
 
 
+def test_close_from_a_done_callback_does_not_hang(mesh: Mesh) -> None:
+    # The callback runs on the thread reading the sockets; close() must not wait for
+    # that thread to step down, since it is the caller.
+    w = mesh.start("--concurrency", "2", service=TEST_SVC, env=TEST_ENV)
+    c = Client([w.endpoint])
+    pending = c.submit("t.sleep", 30)
+    fut = c.submit("t.echo", 1)
+    fut.add_done_callback(lambda f: c.close())
+    started = time.monotonic()
+    assert fut.result(10) == 1
+    with pytest.raises(ZeromeshError, match="closed"):
+        pending.result(10)
+    assert time.monotonic() - started < 8
+    with pytest.raises(ZeromeshError, match="closed"):
+        c.call("t.echo", 2)
+
+
 def test_a_waiter_takes_over_from_the_io_thread(mesh: Mesh) -> None:
     # Background futures make the IO thread read; a caller that then waits must not
     # be left waiting on hand-offs forever, and every reply still lands once.
