@@ -153,6 +153,11 @@ class AsyncClient(_AsyncCalls):
         if self._core is not None:
             self._core.close()
 
+    def capacity(self) -> int:
+        """Requests the ready workers said they run at once, summed (0 while none is
+        ready; see `Client.capacity`). Call it on the client's loop."""
+        return self._core_started().capacity()
+
     async def workers(self, timeout: float = 2.0) -> list[WorkerInfo]:
         """Ask every endpoint who it is (see `Client.workers`)."""
         core = self._core_started()

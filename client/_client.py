@@ -133,6 +133,11 @@ class Client(_Calls):
         """Fail unanswered requests, close sockets, stop the IO thread. Idempotent."""
         self._io.close()
 
+    def capacity(self) -> int:
+        """Requests the ready workers said they run at once, summed (0 while none is
+        ready). Brokers count with the capacity they announce."""
+        return self._io.capacity()
+
     def workers(self, timeout: float = 2.0) -> list[WorkerInfo]:
         """Ask every endpoint who it is: one dict per endpoint (state, services, pid...)."""
         return self._io.workers(timeout)

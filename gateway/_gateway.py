@@ -213,7 +213,7 @@ class Gateway:
         self._pending += 1
         self._idle.clear()
         try:
-            if _capacity(self._calls) == 0:
+            if self._calls.capacity() == 0:
                 began = time.monotonic()
                 await self._wait_for_workers(min(timeout, self.config.wait_for_workers))
                 timeout = max(timeout - (time.monotonic() - began), 0.001)
@@ -316,7 +316,7 @@ class Gateway:
         }
 
     def _job_slots(self) -> int:
-        capacity = _capacity(self._job_client)
+        capacity = self._job_client.capacity()
         limit = self.config.job_concurrency
         return min(capacity, limit) if limit else capacity
 
@@ -356,7 +356,7 @@ class Gateway:
     async def _watch_capacity(self) -> None:
         """Follow the workers' capacity: wake waiting calls, start queued jobs."""
         while True:
-            if _capacity(self._calls) > 0:
+            if self._calls.capacity() > 0:
                 self._workers_ready.set()
             else:
                 self._workers_ready.clear()
@@ -392,12 +392,6 @@ class Gateway:
             if n:
                 log.info("removed %d finished job(s) older than %g s", n, ttl)
             await asyncio.sleep(every)
-
-
-def _capacity(client: AsyncClient) -> int:
-    # AsyncClient has no public capacity() (the sync Client's IO bridge does); reading
-    # its Core is safe here: both live on this loop's thread.
-    return client._core_started().capacity()
 
 
 def _listen(host: str, port: int) -> socket.socket:

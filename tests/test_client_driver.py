@@ -161,3 +161,20 @@ def test_async_backpressure_and_cancel_free_their_slots(mesh: Mesh) -> None:
             assert await asyncio.wait_for(ac.call("t.echo", "again"), 10) == "again"
 
     asyncio.run(main())
+
+
+def test_capacity_is_what_ready_workers_announced(mesh: Mesh) -> None:
+    w1 = mesh.start("--concurrency", "3", service=TEST_SVC, env=TEST_ENV)
+    w2 = mesh.start(service=TEST_SVC, env=TEST_ENV)
+    with Client([w1.endpoint, w2.endpoint]) as c:
+        c.workers()  # both have said HELLO
+        assert c.capacity() == 4
+
+    async def main() -> int:
+        async with AsyncClient([w1.endpoint, w2.endpoint]) as ac:
+            await ac.workers()
+            return ac.capacity()
+
+    assert asyncio.run(main()) == 4
+    with Client([mesh.endpoint()]) as nobody:  # nothing listens there
+        assert nobody.capacity() == 0
