@@ -12,7 +12,9 @@ The IO thread leads only when nobody else does and something needs it: a timer i
 (heartbeats, deadlines, HELLO retries), or requests are outstanding and no thread has
 touched the sockets for `_GRACE_S` (their callers are not waiting in ``result()``:
 ``as_completed``, done-callbacks). Between those it sleeps, so a sequential caller
-never shares the CPU with it.
+never shares the CPU with it, and input nobody waits for (a PONG, a HELLO) stays in
+ZeroMQ's queue until the next heartbeat tick reads it. When a caller starts waiting
+while the IO thread reads, the IO thread steps down for it.
 
 Rules that keep this correct:
 
