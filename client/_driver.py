@@ -12,9 +12,9 @@ The IO thread leads only when nobody else does and something needs it: a timer i
 (heartbeats, deadlines, HELLO retries), or requests are outstanding and no thread has
 touched the sockets for `_GRACE_S` (their callers are not waiting in ``result()``:
 ``as_completed``, done-callbacks). Between those it sleeps, so a sequential caller
-never shares the CPU with it, and input nobody waits for (a PONG, a HELLO) stays in
-ZeroMQ's queue until the next heartbeat tick reads it. When a caller starts waiting
-while the IO thread reads, the IO thread steps down for it.
+never shares the CPU with it, and input nobody waits for (a PONG, a worker's
+disconnect) stays in ZeroMQ's queue until the next heartbeat tick reads it. When a
+caller starts waiting while the IO thread reads, the IO thread steps down for it.
 
 Rules that keep this correct:
 
@@ -407,8 +407,12 @@ class Driver:
 
     # --- leading -----------------------------------------------------------------------------
 
-    def _lead(self, done: Callable[[], bool], deadline: float) -> None:
-        """Poll and handle input until ``done()``, the deadline, or closing. No lock held."""
+    def _lead(self, done: Callable[[], bool], deadline: float, look: bool = False) -> None:
+        """Poll and handle input until ``done()``, the deadline, or closing. No lock held.
+
+        ``look``: read whatever waits at least once before returning (the IO thread,
+        woken by a timer while nobody reads: a worker's disconnect, a PONG).
+        """
         loop = self.loop
         lock = self.lock
         events: list[tuple[int, int]] = []
@@ -424,7 +428,11 @@ class Driver:
                 self._poll_until = now + wait
             self._resolve(finished)
             if done() or self._closing or (wait <= 0 and now >= deadline):
-                return
+                if not look or self._closing:
+                    return
+                look = False
+                events = loop.poll(0)
+                continue
             events = loop.poll(max(wait, 0.0))
 
     def _resign(self) -> None:
@@ -458,7 +466,7 @@ class Driver:
                 self._lead_started = time.monotonic()
                 self._urgent = False
             try:
-                self._lead(self._io_done, math.inf)
+                self._lead(self._io_done, math.inf, look=True)
             finally:
                 self._resign()
         with lock:

@@ -178,3 +178,17 @@ def test_capacity_is_what_ready_workers_announced(mesh: Mesh) -> None:
     assert asyncio.run(main()) == 4
     with Client([mesh.endpoint()]) as nobody:  # nothing listens there
         assert nobody.capacity() == 0
+
+
+def test_an_idle_client_notices_a_killed_worker(mesh: Mesh) -> None:
+    # Nobody waits on anything: the IO thread's heartbeat tick reads the disconnect.
+    w = mesh.start(service=TEST_SVC, env=TEST_ENV)
+    with Client([w.endpoint], heartbeat=0.2) as c:
+        assert c.call("t.echo", 1) == 1
+        time.sleep(0.5)  # idle for a few ticks
+        assert c.capacity() == 1
+        w.kill()
+        deadline = time.monotonic() + 10
+        while c.capacity() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.capacity() == 0
