@@ -20,23 +20,26 @@ def add(a, b):
 
 
 @svc.handler
-def cpu(ms: float) -> int:
-    """Burn about ``ms`` milliseconds of pure-Python CPU (holding the GIL)."""
-    n = int(ms * _LOOPS_PER_MS)
+def cpu(loops: int) -> int:
+    """Burn CPU in pure Python (holding the GIL): ``loops`` turns of a tiny loop.
+
+    The bench sizes ``loops`` once, in its own process (`loops_per_ms`), so every worker
+    does the same work per call: a worker that timed itself while the machine was busy
+    would do less per "millisecond" than one that timed itself on a quiet machine.
+    """
     total = 0
-    for i in range(n):
+    for i in range(loops):
         total += i * i
     return total
 
 
-def _calibrate() -> float:
+def loops_per_ms(sample: int = 200_000) -> float:
+    """How many `cpu` loops take a millisecond here (best of three samples)."""
     import time
 
-    start = time.perf_counter()
-    total = 0
-    for i in range(200_000):
-        total += i * i
-    return 200_000 / ((time.perf_counter() - start) * 1000)
-
-
-_LOOPS_PER_MS = _calibrate()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        cpu(sample)
+        best = min(best, time.perf_counter() - start)
+    return sample / (best * 1000)

@@ -31,7 +31,7 @@ import numpy as np
 from client import AsyncClient, Client
 
 from ._raw import WINDOW, ProtocolClient, RawClient
-from .echosvc import add
+from .echosvc import add, loops_per_ms
 
 __all__ = ["main"]
 
@@ -362,12 +362,13 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
         )
 
         log("CPU-bound handler (10 ms): 2 workers vs 1")
+        cpu_loops = int(10 * loops_per_ms())
 
         def cpu_rate(endpoints: list[str]) -> float:
             with Client(endpoints, prefetch=0) as c:
                 c.call("bench.cpu", 1)
                 t = time.perf_counter()
-                futs = [c.submit("bench.cpu", 10) for _ in range(sizes.cpu_calls)]
+                futs = [c.submit("bench.cpu", cpu_loops) for _ in range(sizes.cpu_calls)]
                 for f in futs:
                     f.result()
                 return sizes.cpu_calls / (time.perf_counter() - t)
