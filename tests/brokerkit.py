@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from meshkit import free_port
+from meshkit import ChildProcess, free_port
 
 from worker import Service
 
@@ -55,42 +52,11 @@ def die() -> None:
     os._exit(1)
 
 
-class Proc:
+class Proc(ChildProcess):
     """One ``python -m broker`` or ``python -m worker`` subprocess and its log."""
 
     def __init__(self, argv: list[str], log: Path, endpoint: str = "") -> None:
-        self.endpoint = endpoint
-        self.log = log
-        self.argv = argv
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, *argv],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, **ENV},
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def wait(self, timeout: float = 30) -> int:
-        return self.proc.wait(timeout)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)  # a stopped process must not outlive the test
-            self.signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
+        super().__init__(argv, log, ENV, endpoint)
 
 
 class BrokeredMesh:

@@ -7,14 +7,10 @@ every one it started when the test ends.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from meshkit import ChildProcess
 
 DEMO = "examples.demosvc:svc"
 
@@ -70,21 +67,13 @@ def http_request(
         conn.close()
 
 
-class GatewayProcess:
+class GatewayProcess(ChildProcess):
     """``python -m gateway`` with ``args``, listening on a free port of 127.0.0.1."""
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args = args
-        self.log = log
         self.port = 0
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "--listen", "127.0.0.1:0", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, **(env or {})},
-            )
+        super().__init__(["-m", "gateway", "--listen", "127.0.0.1:0", *args], log, env)
 
     def wait_listening(self, timeout: float = 20) -> GatewayProcess:
         """Wait for the "listening on" log line; fail the test if the gateway exits."""
@@ -130,23 +119,10 @@ class GatewayProcess:
                 pytest.fail(f"job {job_id} never got there; last seen: {view}\n{self.output()}")
             time.sleep(0.02)
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
     def stop(self, timeout: float = 15) -> int:
         """SIGTERM, and the exit status."""
         self.signal(signal.SIGTERM)
         return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
 
 
 def finished(view: dict[str, Any]) -> bool:

@@ -30,16 +30,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class WorkerProcess:
-    """One ``python -m worker`` subprocess and where its log goes."""
+class ChildProcess:
+    """A ``python ARGV...`` subprocess in its own process group, logging to ``log``.
 
-    def __init__(self, endpoint: str, log: Path, args: list[str], env: dict[str, str] | None):
-        self.endpoint = endpoint
+    The one wrapper the test kits share: workers here, brokers in `brokerkit`, the
+    gateway in `gatewaykit`.
+    """
+
+    def __init__(
+        self, argv: list[str], log: Path, env: dict[str, str] | None = None, endpoint: str = ""
+    ) -> None:
+        self.argv = argv
         self.log = log
-        self.args = args
+        self.endpoint = endpoint
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", *args, "--bind", endpoint],
+                [sys.executable, *argv],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -62,9 +68,18 @@ class WorkerProcess:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
+            self.signal(signal.SIGCONT)  # a stopped process must not outlive the test
             self.signal(signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(10)
+
+
+class WorkerProcess(ChildProcess):
+    """One ``python -m worker`` subprocess bound to ``endpoint``."""
+
+    def __init__(self, endpoint: str, log: Path, args: list[str], env: dict[str, str] | None):
+        self.args = args
+        super().__init__(["-m", "worker", *args, "--bind", endpoint], log, env, endpoint)
 
 
 class Mesh:
