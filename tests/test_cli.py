@@ -109,6 +109,9 @@ def test_worker_startup_errors(short_tmp) -> None:
     out = run("zeromesh-worker", "examples.mathsvc:svc", "--concurrency", "0")
     assert out.returncode == 2
     assert "--concurrency" in out.stderr
+    out = run("zeromesh-worker", "examples.mathsvc:svc", "--max-requests-jitter", "5")
+    assert out.returncode == 2
+    assert "--max-requests-jitter needs --max-requests" in out.stderr
 
 
 def test_port_in_use(mesh: Mesh) -> None:

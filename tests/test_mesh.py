@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures as cf
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import time
@@ -394,3 +395,29 @@ def test_hard_timeout_inline_answers_timeout_and_exits_70(mesh: Mesh) -> None:
             c.call("t.spin", 30)
         assert w.wait(30) == 70
     assert "--hard-timeout 1" in w.output()
+
+
+def test_max_requests_jitter_recycles_after_a_drawn_count(mesh: Mesh) -> None:
+    w = mesh.start(
+        "--max-requests",
+        "3",
+        "--max-requests-jitter",
+        "4",
+        "--log-level",
+        "info",
+        service="testsvc:svc",
+        env=TEST_ENV,
+    )
+    m = re.search(
+        r"recycling after (\d+) requests \(--max-requests 3 \+ (\d) of --max-requests-jitter 4\)",
+        w.output(),
+    )
+    assert m, w.output()
+    n = int(m.group(1))
+    assert n == 3 + int(m.group(2))
+    assert 3 <= n <= 7
+    with Client([w.endpoint], retries=0) as c:
+        for i in range(n):
+            assert c.call("t.echo", i) == i
+    assert w.wait(15) == 0
+    assert f"served {n} requests" in w.output()

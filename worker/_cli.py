@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="drain and exit 0 after N requests, for supervisord to restart (default: off)",
     )
     p.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=0,
+        metavar="J",
+        help="add a random 0..J to --max-requests in each process, so workers started "
+        "together do not all recycle at once (default 0)",
+    )
+    p.add_argument(
         "--max-rss",
         type=float,
         default=0,
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat_ms=args.heartbeat_ms,
             name=args.name,
             max_requests=args.max_requests,
+            max_requests_jitter=args.max_requests_jitter,
             max_rss_mb=args.max_rss,
             hard_timeout=args.hard_timeout,
             brokers=args.broker or (),

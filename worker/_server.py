@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import queue
+import random
 import signal
 import socket
 import threading
@@ -88,6 +89,9 @@ class WorkerConfig:
     name: str = ""
     max_requests: int = 0
     """Drain and exit 0 after this many requests (0: never); supervisord starts a fresh one."""
+    max_requests_jitter: int = 0
+    """Add a random 0..N to ``max_requests`` per process, so workers started together do
+    not all recycle at the same moment."""
     max_rss_mb: float = 0
     """Drain and exit 0 once resident memory passes this (0: never)."""
     hard_timeout: float = 0
@@ -114,6 +118,11 @@ class WorkerConfig:
             (self.drain_timeout >= 0, "--drain-timeout must be >= 0"),
             (self.heartbeat_ms >= 100, "heartbeat must be at least 100 ms"),
             (self.max_requests >= 0, "--max-requests must be >= 0"),
+            (self.max_requests_jitter >= 0, "--max-requests-jitter must be >= 0"),
+            (
+                not self.max_requests_jitter or self.max_requests > 0,
+                "--max-requests-jitter needs --max-requests",
+            ),
             (self.max_rss_mb >= 0, "--max-rss must be >= 0"),
             (self.hard_timeout >= 0, "--hard-timeout must be >= 0"),
             (self.broker_prefetch >= 0, "--broker-prefetch must be >= 0"),
@@ -198,6 +207,12 @@ class Worker:
         self.endpoints: list[str] = []
         self.exit_code = 0
         self.requests_done = 0
+        self.request_limit = (
+            config.max_requests + random.randint(0, config.max_requests_jitter)
+            if config.max_requests
+            else 0
+        )
+        """Requests this process serves before it recycles itself (0: no limit)."""
         self.protocol_errors = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
@@ -280,6 +295,8 @@ class Worker:
             os.getpid(),
             self.capacity,
         )
+        if self.request_limit:
+            log.info("recycling after %d requests (%s)", self.request_limit, self._limit_text())
         loop.call_soon(self._pump)
         try:
             await self._stopped.wait()
@@ -853,9 +870,9 @@ class Worker:
             send(peer, frames)
         if finished:
             self.requests_done += finished
-            limit = self.config.max_requests
+            limit = self.request_limit
             if limit and self.requests_done >= limit and not self._draining:
-                self._begin_drain(f"served {self.requests_done} requests (--max-requests {limit})")
+                self._begin_drain(f"served {self.requests_done} requests ({self._limit_text()})")
             if self._draining and not jobs:
                 assert self._stopped is not None
                 self._stopped.set()
@@ -865,6 +882,15 @@ class Worker:
         # Sending may have consumed the FD's edge: look for input we would otherwise miss.
         if sock is not None and has_input(sock):
             self._schedule_pump()
+
+    def _limit_text(self) -> str:
+        cfg = self.config
+        if not cfg.max_requests_jitter:
+            return f"--max-requests {cfg.max_requests}"
+        return (
+            f"--max-requests {cfg.max_requests} + {self.request_limit - cfg.max_requests} "
+            f"of --max-requests-jitter {cfg.max_requests_jitter}"
+        )
 
     # --- drain and housekeeping ----------------------------------------------------------
 
