@@ -176,6 +176,8 @@ def test_sigterm_drains_in_flight_work_and_exits_0(mesh: Mesh) -> None:
     w1 = mesh.start(service="testsvc:svc", env=TEST_ENV)
     w2 = mesh.start(service="testsvc:svc", env=TEST_ENV)
     with Client([w1.endpoint, w2.endpoint]) as c:
+        # Both HELLOs answered first: calls made before a worker is known go elsewhere.
+        assert all(r["state"] == "ready" for r in c.workers())
         assert len({c.call("t.slow_pid", 0) for _ in range(10)}) == 2
         futs = [c.submit("t.slow_pid", 0.5) for _ in range(6)]
         time.sleep(0.2)
