@@ -7,8 +7,9 @@ import asyncio
 import logging
 import re
 import signal
-import sys
 from pathlib import Path
+
+from zmqio import add_log_level, setup_logging
 
 from ._config import MEMORY, GatewayConfig, default_jobs_db, parse_listen, parse_size
 from ._gateway import Gateway, StartupError
@@ -166,23 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="include handler tracebacks in error bodies (never in production)",
     )
-    p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level (default info; debug logs every request)",
-    )
+    add_log_level(p, "info", "log level (default info; debug logs every request)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the gateway until SIGTERM/SIGINT; return the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)
     try:
         host, port = parse_listen(args.listen)
         jobs_db = args.jobs_db

@@ -8,6 +8,8 @@ import os
 import sys
 import threading
 
+from zmqio import add_log_level, setup_logging
+
 from ._loader import load_services
 from ._server import StartupError, Worker, WorkerConfig
 
@@ -114,22 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--heartbeat-ms", type=int, default=1000, help="heartbeat interval (1000)")
     p.add_argument("--name", default="", help="name shown by zeromesh ping (default host:pid)")
-    p.add_argument(
-        "--log-level",
-        default=os.environ.get("ZEROMESH_LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity (default info)",
-    )
+    add_log_level(p, os.environ.get("ZEROMESH_LOG_LEVEL", "info"), "log verbosity (default info)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)
     log = logging.getLogger("zeromesh.worker")
     binds = args.bind or [os.environ.get("ZEROMESH_BIND") or DEFAULT_BIND]
     if args.broker and not args.bind and not os.environ.get("ZEROMESH_BIND"):

@@ -21,7 +21,17 @@ from typing import Any
 
 import zmq
 
-__all__ = ["BindError", "bind_router", "has_input", "recv_message", "send_message"]
+from ._logs import add_log_level, setup_logging
+
+__all__ = [
+    "BindError",
+    "add_log_level",
+    "bind_router",
+    "has_input",
+    "recv_message",
+    "send_message",
+    "setup_logging",
+]
 
 # The Cython methods under pyzmq's Python ``Socket`` layer: that layer only adds the
 # DRAFT ``routing_id``/``group`` arguments and ~2 µs of Python per frame, which at a
