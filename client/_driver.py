@@ -254,10 +254,6 @@ class Driver:
 
     # --- the API used by Client ------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self._closing
-
     def request(
         self,
         target: str,
@@ -455,7 +451,8 @@ class Driver:
         while True:
             with lock:
                 while not self._closing and not self._io_should_lead():
-                    self._idle.wait(None if self._park_until == math.inf else self._park_for())
+                    left = self._park_until - time.monotonic()
+                    self._idle.wait(None if left == math.inf else max(0.0, left))
                 self._park_until = math.inf
                 if self._closing:
                     while self._leader:  # a caller still reads: it stops at its next wake
@@ -499,9 +496,6 @@ class Driver:
             wait = min(wait, _GRACE_S - unread)
         self._park_until = time.monotonic() + wait
         return False
-
-    def _park_for(self) -> float:
-        return max(0.0, self._park_until - time.monotonic())
 
     def _io_done(self) -> bool:
         return self._want_lead or (not self.core.calls and self.loop.timeout() > 0)
