@@ -35,7 +35,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from protocol import ErrorCode
+from protocol import RESERVED_SERVICE, ErrorCode
 
 __all__ = [
     "RESERVED_SERVICE",
@@ -46,9 +46,6 @@ __all__ = [
     "Scheduler",
     "WorkerRecord",
 ]
-
-RESERVED_SERVICE = "_broker"
-"""Requests to ``_broker.*`` are answered by the broker itself (``_broker.status``)."""
 
 QUEUED, IN_FLIGHT, DONE = 1, 2, 3
 

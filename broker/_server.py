@@ -28,10 +28,8 @@ import logging
 import os
 import signal
 import socket
-import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +53,7 @@ from protocol import (
     Ready,
     Reply,
 )
-from zmqio import BindError, bind_router, has_input, recv_message, send_message
+from zmqio import BindError, Outbox, bind_router, has_input, receive_batch, send_message
 
 from ._scheduler import IN_FLIGHT, RESERVED_SERVICE, Answer, CancelAt, Dispatch, Scheduler
 
@@ -69,9 +67,6 @@ EXIT_DRAIN_TIMEOUT = 3
 _BATCH = 512  # messages handled per wake-up before timers and signals get a turn
 _CLIENT_FORGET_S = 60.0
 _HANGUP_GRACE_S = 0.2  # after a drain: time for clients to read our last messages
-_MAX_BACKLOG = 100_000  # answers waiting for a full client pipe; beyond, they are dropped
-_TTL = struct.Struct("!I")
-_TTL_OFFSET = 14  # of ttl_ms in the header (SPEC section 2)
 _EMPTY = b""
 _REQUEST = MessageType.REQUEST
 _REPLY = MessageType.REPLY
@@ -98,9 +93,13 @@ class BrokerConfig:
     """Seconds to wait for in-flight replies after SIGTERM."""
     name: str = ""
     limits: Limits = field(default=DEFAULT_LIMITS)
+    max_peer_output: int = 64 * 1024 * 1024
+    """Bytes of answers waiting for one client that does not read; past it the broker
+    takes no more requests from that client until it reads."""
 
     def __post_init__(self) -> None:
         checks = [
+            (self.max_peer_output >= 1, "--max-peer-output must be at least 1 byte"),
             (bool(self.binds), "no endpoint to bind: give at least one --bind"),
             (self.max_queue >= 1, "--max-queue must be at least 1"),
             (self.max_deliveries >= 1, "--max-deliveries must be at least 1"),
@@ -133,14 +132,13 @@ class Broker:
         self.endpoints: list[str] = []
         self.exit_code = 0
         self.protocol_errors = 0
-        self.dropped = 0  # answers dropped: their client left, or its pipe stayed full
+        self.refused_unread = 0  # requests refused because their client does not read
         self._clock = clock
         self._started = clock()
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clients: dict[bytes, float] = {}  # client -> last heard (those who said HELLO)
-        self._backlog: deque[list[Any]] = deque()
         self._draining = False
         self._stopped: asyncio.Event | None = None
         self._pump_scheduled = False
@@ -220,14 +218,21 @@ class Broker:
             self._sock, bound = bind_router(
                 self._ctx,
                 self.config.binds,
+                limits=self.config.limits,
                 heartbeat_ms=self.config.heartbeat_ms,
                 heartbeat_timeout_ms=10 * self.config.heartbeat_ms,
-                max_message_bytes=self.config.limits.max_message_bytes,
                 log=log,
             )
         except BindError as exc:
             raise StartupError(str(exc)) from exc.__cause__
         self.endpoints.extend(bound)
+        self._outbox = Outbox(
+            self._sock,
+            self._loop,
+            max_bytes=self.config.max_peer_output,
+            log=log,
+            on_gone=self._peer_gone,
+        )
 
     # --- the socket loop --------------------------------------------------------------------
 
@@ -236,14 +241,8 @@ class Broker:
         self._pump_scheduled = False
         sock = self._sock
         assert sock is not None
-        handle = self._on_message
-        try:
-            for _ in range(_BATCH):
-                handle(recv_message(sock))
-            else:
-                self._schedule_pump()  # more may wait: let timers and signals run first
-        except zmq.Again:
-            pass
+        if receive_batch(sock, self._on_message, _BATCH) == _BATCH:
+            self._schedule_pump()  # more may wait: let timers and signals run first
         self._run_outbox()
         self._maybe_announce()
         if has_input(sock):  # sending may have consumed the FD's edge
@@ -284,6 +283,20 @@ class Broker:
             return
         kind = header.type
         if kind is _REQUEST:
+            if self._outbox.full(peer):
+                # It does not read its answers: what we would say would only wait too.
+                self.refused_unread += 1
+                if self.refused_unread in (1, 10, 100) or self.refused_unread % 10_000 == 0:
+                    n, size = self._outbox.waiting(peer)
+                    log.warning(
+                        "client %s is not reading (%d answers, %s waiting): its requests are "
+                        "refused unanswered [%d so far]",
+                        peer.hex(),
+                        n,
+                        protocol.size_text(size),
+                        self.refused_unread,
+                    )
+                return
             if len(frames) - 1 > limits.max_frames:
                 exc = ProtocolError(
                     f"message of {len(frames) - 1} frames exceeds limit {limits.max_frames}",
@@ -355,7 +368,8 @@ class Broker:
             "max_queue": self.config.max_queue,
             "clients": len(self._clients),
             "protocol_errors": self.protocol_errors,
-            "dropped": self.dropped,
+            "dropped": self._outbox.undeliverable,
+            "refused_unread": self.refused_unread,
         }
         return out
 
@@ -402,9 +416,9 @@ class Broker:
             msg = protocol.decode(frames, self.config.limits)
         except ProtocolError as exc:
             self._count_bad(peer, f"bad message from a worker: {exc}")
-            if not _is_error(frames):
-                err = Error(exc.request_id, exc.code, str(exc), codec=exc.codec)
-                self._send_control(peer, protocol.encode(err))
+            answer = protocol.refusal(exc, frames[0] if frames else None)
+            if answer is not None:
+                self._send_control(peer, protocol.encode(answer))
             return
         kind = type(msg)
         if kind is Ping:
@@ -508,7 +522,9 @@ class Broker:
                 self._dispatch(cmd)
             elif kind is Answer:
                 job = cmd.job
-                msg = Error(job.id, cmd.code, cmd.message, _ERROR_NAMES[cmd.code], codec=job.codec)
+                msg = Error(
+                    job.id, cmd.code, cmd.message, protocol.error_name(cmd.code), codec=job.codec
+                )
                 self._send([job.client, *protocol.encode(msg)])
             elif kind is CancelAt:
                 job = cmd.job
@@ -526,10 +542,7 @@ class Broker:
         if job.deadline:
             # The worker computes its deadline from ttl_ms on arrival: give it what is
             # left, not what the client first said (the request waited here).
-            left = max(1, int((job.deadline - self._clock()) * 1000))
-            header = bytearray(header.bytes if isinstance(header, zmq.Frame) else header)
-            _TTL.pack_into(header, _TTL_OFFSET, left)
-            header = bytes(header)
+            header = protocol.with_ttl(header, int((job.deadline - self._clock()) * 1000))
         sock = self._sock
         assert sock is not None
         try:
@@ -547,33 +560,15 @@ class Broker:
             self.sched.remove(wid, "unreachable")
 
     def _send(self, frames: list[Any]) -> None:
-        """Send to a client (or a worker's control envelope); never blocks."""
-        sock = self._sock
-        assert sock is not None
-        try:
-            send_message(sock, frames)
-        except zmq.Again:
-            if len(self._backlog) >= _MAX_BACKLOG:
-                self.dropped += 1
-                return
-            self._backlog.append(frames)
-            if len(self._backlog) == 1:
-                assert self._loop is not None
-                self._loop.call_later(0.01, self._flush_backlog)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self.dropped += 1
-            peer = frames[0]
-            self._clients.pop(peer, None)
-            if peer in self.sched.workers:
-                self.sched.remove(peer, "unreachable")
+        """Send to a client (or a worker's control envelope); never blocks, never drops
+        an answer silently (see `zmqio.Outbox`)."""
+        self._outbox.send(frames)
 
-    def _flush_backlog(self) -> None:
-        backlog, self._backlog = self._backlog, deque()
-        for frames in backlog:
-            self._send(frames)
-        self._run_outbox()
+    def _peer_gone(self, peer: bytes) -> None:
+        """A send found ``peer`` gone (EHOSTUNREACH): forget it."""
+        self._clients.pop(peer, None)
+        if peer in self.sched.workers:
+            self.sched.remove(peer, "unreachable")  # its commands run with the next outbox
 
     # --- errors ----------------------------------------------------------------------------------
 
@@ -665,26 +660,6 @@ class Broker:
             self.sched.counters["answered"],
             self.exit_code,
         )
-
-
-_ERROR_NAMES = {
-    ErrorCode.TIMEOUT: "Timeout",
-    ErrorCode.NO_WORKERS: "NoWorkers",
-    ErrorCode.WORKER_LOST: "WorkerLost",
-    ErrorCode.OVERLOADED: "Overloaded",
-    ErrorCode.DRAINING: "WorkerLost",
-    ErrorCode.UNKNOWN_HANDLER: "UnknownHandler",
-    ErrorCode.PROTOCOL: "ProtocolError",
-    ErrorCode.CANCELLED: "Cancelled",
-}
-
-
-def _is_error(frames: Sequence[Any]) -> bool:
-    """Whether a message that failed to decode says it is an ERROR (never answered)."""
-    try:
-        return bool(frames) and protocol.decode_header(frames[0]).type is _ERROR
-    except ProtocolError:
-        return False
 
 
 def _error_code(frames: Sequence[Any], limits: Limits) -> int:

@@ -16,6 +16,7 @@ answering: lost after 3 missed intervals), and the worker's own DISCONNECT on dr
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -27,10 +28,12 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 import protocol
 from protocol import (
+    CONNECTING,
+    DRAINING,
+    READY,
     Cancel,
     Disconnect,
     Error,
@@ -39,7 +42,6 @@ from protocol import (
     Limits,
     NoWorkers,
     Ping,
-    Pong,
     Progress,
     ProtocolError,
     Reply,
@@ -48,15 +50,15 @@ from protocol import (
     WorkerLost,
     ZeromeshError,
 )
-from zmqio import has_input, recv_message, send_message
+from zmqio import BindError, Dialer, has_input, receive_batch
 
 __all__ = ["Call", "Core", "WorkerInfo"]
 
 log = logging.getLogger("zeromesh.client")
 
 _ids = itertools.count(1)  # process-wide: ids never repeat across clients or retries
-_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-_CONNECTING, _READY, _DRAINING = "connecting", "ready", "draining"
+_CONNECTING, _READY, _DRAINING = CONNECTING, READY, DRAINING
+_BATCH = 1024  # replies read per wake-up before other callbacks get a turn
 
 
 def next_id() -> int:
@@ -114,23 +116,21 @@ class WorkerInfo(dict[str, Any]):
 class _Peer:
     __slots__ = (
         "capacity",
+        "dialer",
         "endpoint",
         "hello",
         "hello_at",
         "last_seen",
-        "monitor",
         "outstanding",
         "pinged_at",
         "role",
-        "sock",
         "state",
         "targets",
     )
 
-    def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
+    def __init__(self, endpoint: str):
         self.endpoint = endpoint
-        self.sock = sock
-        self.monitor = monitor
+        self.dialer: Dialer = None  # type: ignore[assignment]  # set by Core.start
         self.state = _CONNECTING
         self.capacity = 0
         self.targets: frozenset[str] = frozenset()
@@ -143,6 +143,10 @@ class _Peer:
 
     def serves(self, target: str) -> bool:
         return self.role == "broker" or target in self.targets
+
+    @property
+    def sock(self) -> zmq.Socket[bytes]:
+        return self.dialer.sock
 
 
 class Core:
@@ -188,34 +192,30 @@ class Core:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        """Connect to every endpoint (workers are greeted as their handshakes complete).
+
+        Raises:
+            ValueError: an endpoint is malformed or cannot be connected to.
+        """
         for endpoint in self.endpoints:
-            sock = self._ctx.socket(zmq.DEALER)
-            # IMMEDIATE: never queue a request on a pipe with no live worker behind it.
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.LINGER, 0)  # a dead peer must not hang close()
-            sock.setsockopt(zmq.SNDHWM, 100_000)
-            sock.setsockopt(zmq.RCVHWM, 100_000)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            hb = int(self.heartbeat * 1000)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, hb)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * hb)
-            sock.setsockopt(zmq.MAXMSGSIZE, max(self.limits.max_body_bytes, 1 << 20))
-            monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
-            peer = _Peer(endpoint, sock, monitor)
+            peer = _Peer(endpoint)
+            peer.dialer = Dialer(
+                self._ctx,
+                endpoint,
+                self.loop,
+                limits=self.limits,
+                heartbeat_ms=int(self.heartbeat * 1000),
+                on_input=functools.partial(self._on_readable, peer),
+                on_connected=functools.partial(self._greet, peer),
+                on_disconnected=functools.partial(self._on_dropped, peer),
+            )
             try:
-                sock.connect(endpoint)
-            except zmq.ZMQError as exc:
+                peer.dialer.open()
+            except BindError as exc:
                 self.close()
-                raise ValueError(f"cannot connect to {endpoint}: {exc.strerror}") from exc
+                raise ValueError(str(exc)) from exc
             self._peers.append(peer)
-            self.loop.add_reader(sock.FD, self._on_readable, peer)
-            self.loop.add_reader(monitor.FD, self._on_monitor, peer)
-            # ZeroMQ's FD is edge-triggered: events queued before the reader was added
-            # raise no new edge, and the monitor would never wake us (a drained worker's
-            # DISCONNECTED went unseen until heartbeats ran out). Drain it once now.
-            self.loop.call_soon(self._on_monitor, peer)
-            self._greet(peer, 0.005)
+            self._greet(peer)
         self._tick()
 
     def close(self) -> None:
@@ -230,14 +230,11 @@ class Core:
             self._finish(call, None, ZeromeshError("the client was closed before a reply came"))
         bye = protocol.encode(Disconnect(0, "client closing"))
         for peer in self._peers:
+            if peer.dialer is None:
+                continue  # start() failed before this one
             if peer.state != _CONNECTING:
                 self._try_send(peer, bye)
-            for s in (peer.sock, peer.monitor):
-                if not s.closed:
-                    self.loop.remove_reader(s.FD)
-            peer.sock.disable_monitor()
-            peer.monitor.close(linger=0)
-            peer.sock.close(linger=0)
+            peer.dialer.close()
         self._ctx.term()
 
     # --- submitting ----------------------------------------------------------------------
@@ -347,9 +344,8 @@ class Core:
 
     def _try_send(self, peer: _Peer, frames: list[Any]) -> bool:
         try:
-            send_message(peer.sock, frames)
-        except zmq.Again:
-            return False
+            if not peer.dialer.send(frames):
+                return False
         except zmq.ZMQError as exc:
             log.warning("send to %s failed: %s", peer.endpoint, exc)
             return False
@@ -363,8 +359,7 @@ class Core:
     def _check_input(self) -> None:
         sent_to, self._sent_to = self._sent_to, set()
         for peer in sent_to:
-            sock = peer.sock
-            if has_input(sock):
+            if has_input(peer.sock):
                 self._on_readable(peer)
 
     # --- receiving -----------------------------------------------------------------------
@@ -373,46 +368,37 @@ class Core:
         sock = peer.sock
         if sock.closed:
             return
-        calls = self.calls
-        outstanding = peer.outstanding
-        limits = self.limits
-        got = False
-        for _ in range(1024):
-            try:
-                frames = recv_message(sock)
-            except zmq.Again:
-                break
-            got = True
-            try:
-                msg = protocol.decode(frames, limits)
-            except ProtocolError as exc:
-                self._on_bad_message(peer, exc)
-                continue
-            kind = type(msg)
-            if kind is Reply:
-                outstanding.discard(msg.id)
-                call = calls.pop(msg.id, None)
-                if call is not None:
-                    call.complete(call, msg.result, None)
-            elif kind is Error:
-                outstanding.discard(msg.id)
-                self._on_error(peer, msg)
-            elif kind is Pong:
-                pass
-            elif kind is Hello:
-                self._on_hello(peer, msg)
-            elif kind is Progress:
-                call = calls.get(msg.id)
-                if call is not None and call.on_progress is not None:
-                    call.on_progress(msg)
-            elif kind is Disconnect:
-                self._on_disconnect(peer, msg)
-            # READY and the rest mean nothing to a direct client: ignore.
-        else:
+        n = receive_batch(sock, functools.partial(self._on_frames, peer), _BATCH)
+        if n == _BATCH:
             self.loop.call_soon(self._on_readable, peer)  # more waiting; let others run
-        if got:
+        if n:
             peer.last_seen = time.monotonic()
             self._dispatch_all()
+
+    def _on_frames(self, peer: _Peer, frames: list[zmq.Frame]) -> None:
+        try:
+            msg = protocol.decode(frames, self.limits)
+        except ProtocolError as exc:
+            self._on_bad_message(peer, exc)
+            return
+        kind = type(msg)
+        if kind is Reply:
+            peer.outstanding.discard(msg.id)
+            call = self.calls.pop(msg.id, None)
+            if call is not None:
+                call.complete(call, msg.result, None)
+        elif kind is Error:
+            peer.outstanding.discard(msg.id)
+            self._on_error(peer, msg)
+        elif kind is Hello:
+            self._on_hello(peer, msg)
+        elif kind is Progress:
+            call = self.calls.get(msg.id)
+            if call is not None and call.on_progress is not None:
+                call.on_progress(msg)
+        elif kind is Disconnect:
+            self._on_disconnect(peer, msg)
+        # PONG only proves life (last_seen); READY and the rest mean nothing to a client.
 
     def _on_bad_message(self, peer: _Peer, exc: ProtocolError) -> None:
         log.warning("malformed message from %s: %s", peer.endpoint, exc)
@@ -482,32 +468,22 @@ class Core:
         log.info("%s is draining (%s): sending it nothing new", peer.endpoint, msg.reason)
         peer.state = _DRAINING
 
-    def _on_monitor(self, peer: _Peer) -> None:
-        mon = peer.monitor
-        while not mon.closed:
-            try:
-                event = recv_monitor_message(mon, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            kind = event["event"]
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._greet(peer, 0.005)
-            elif kind == zmq.EVENT_DISCONNECTED:
-                # Replies the worker sent before it closed are still queued here: take
-                # them first, or their requests count as lost and run twice.
-                self._on_readable(peer)
-                peer.state = _CONNECTING
-                self._lost(peer, "connection closed")
-                self._greet(peer, 0.005)
+    def _on_dropped(self, peer: _Peer) -> None:
+        """The connection to ``peer`` dropped; its Dialer dials a fresh socket next."""
+        # Replies the worker sent before it closed are still queued here: take them
+        # first, or their requests count as lost and run twice.
+        self._on_readable(peer)
+        peer.state = _CONNECTING
+        self._lost(peer, "connection closed")
 
-    def _greet(self, peer: _Peer, delay: float) -> None:
-        """Send HELLO until it goes out: right after the handshake the pipe may not take
-        messages yet (IMMEDIATE), so retry quickly, backing off to the heartbeat."""
-        if self._closed or peer.state is not _CONNECTING or peer.sock.closed:
-            return
-        if self._try_send(peer, self._hello_frames) and delay > 0.1:
-            return  # a HELLO is out; the tick resends it if no answer comes
-        self.loop.call_later(delay, self._greet, peer, min(delay * 2, self.heartbeat))
+    def _greet(self, peer: _Peer) -> None:
+        """Say HELLO to a newly connected worker or broker; its answer makes it READY."""
+        peer.dialer.greet(functools.partial(self._greeting, peer))
+
+    def _greeting(self, peer: _Peer) -> list[Any] | None:
+        if self._closed or peer.state is not _CONNECTING:
+            return None
+        return self._hello_frames
 
     # --- failure handling ------------------------------------------------------------------
 

@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from protocol import TARGET_ATTRIBUTE
+
 from ._client import Client
 
 __all__ = ["Executor"]
 
 # Set by worker.Service.handler on each decorated function (the worker package is not
 # imported here: clients and workers depend on protocol only).
-_TARGET_ATTRIBUTE = "__zeromesh_target__"
 
 
 def target_of(fn: Callable[..., Any] | str) -> str:
@@ -25,7 +26,7 @@ def target_of(fn: Callable[..., Any] | str) -> str:
     """
     if isinstance(fn, str):
         return fn
-    target = getattr(fn, _TARGET_ATTRIBUTE, None)
+    target = getattr(fn, TARGET_ATTRIBUTE, None)
     if not isinstance(target, str):
         name = getattr(fn, "__qualname__", repr(fn))
         raise TypeError(

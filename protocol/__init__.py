@@ -14,6 +14,10 @@ from ._framing import (
     decode,
     decode_header,
     encode,
+    header_type,
+    refusal,
+    size_text,
+    with_ttl,
 )
 from ._limits import DEFAULT_LIMITS, Limits
 from ._messages import (
@@ -30,6 +34,18 @@ from ._messages import (
     Reply,
     Request,
 )
+from ._names import (
+    CONNECTING,
+    DRAINING,
+    GREETING,
+    LEAVING,
+    NAME_PATTERN,
+    READY,
+    RESERVED_SERVICE,
+    TARGET_ATTRIBUTE,
+    TARGET_PATTERN,
+    UNREACHABLE,
+)
 from ._values import Codec
 from .errors import (
     BadArguments,
@@ -43,6 +59,7 @@ from .errors import (
     UnknownHandler,
     WorkerLost,
     ZeromeshError,
+    error_name,
 )
 
 __version__ = "0.1.0"
@@ -73,6 +90,22 @@ __all__ = [
     "decode",
     "decode_header",
     "encode",
+    "header_type",
+    "refusal",
+    "size_text",
+    "with_ttl",
+    # names both ends agree on
+    "NAME_PATTERN",
+    "RESERVED_SERVICE",
+    "TARGET_ATTRIBUTE",
+    "TARGET_PATTERN",
+    # session states
+    "CONNECTING",
+    "DRAINING",
+    "GREETING",
+    "LEAVING",
+    "READY",
+    "UNREACHABLE",
     # errors
     "BadArguments",
     "Cancelled",
@@ -85,5 +118,6 @@ __all__ = [
     "UnknownHandler",
     "WorkerLost",
     "ZeromeshError",
+    "error_name",
     "__version__",
 ]

@@ -37,7 +37,17 @@ from ._values import (
 )
 from .errors import ErrorCode, ProtocolError
 
-__all__ = ["FLAG_BATCH", "HEADER_SIZE", "PROTOCOL_VERSION", "SIGNATURE", "Header"]
+__all__ = [
+    "FLAG_BATCH",
+    "HEADER_SIZE",
+    "PROTOCOL_VERSION",
+    "SIGNATURE",
+    "Header",
+    "header_type",
+    "refusal",
+    "size_text",
+    "with_ttl",
+]
 
 SIGNATURE = b"ZM"
 PROTOCOL_VERSION = 1
@@ -82,17 +92,19 @@ class Header:
     target: str
 
 
-def encode(msg: Message) -> list[Buffer]:
+def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
     """Turn a message into frames ``[header, body, *out_of_band]``.
 
     Out-of-band frames are the numpy arrays' own buffers: send them with
     ``copy=False`` and do not modify those arrays until the send completes.
 
-    Refuses whatever `decode` would refuse, so a message that encodes also decodes.
+    Refuses whatever `decode` would refuse, so a message that encodes also decodes; in
+    particular a message over ``limits`` is refused here, before anything is sent,
+    rather than cutting the connection at the receiver.
 
     Raises:
-        ProtocolError: a field is out of range or of the wrong type, or a value cannot
-            be encoded.
+        ProtocolError: a field is out of range or of the wrong type, a value cannot
+            be encoded, or the message is over a size limit (code ``LIMIT_EXCEEDED``).
     """
     cls = type(msg)
     codec = msg.codec
@@ -147,7 +159,47 @@ def encode(msg: Message) -> list[Buffer]:
         raise ProtocolError(f"request id and ttl_ms must be integers: {exc}") from exc
     if target:
         header += target
+    if len(body) > limits.max_body_bytes or oob:
+        _check_size(cls, body, oob, limits)
     return [header, body, *oob]
+
+
+def _check_size(cls: type, body: bytes, oob: list[Buffer], limits: Limits) -> None:
+    """Refuse to encode a message the receiver would refuse for its size (SPEC section 8)."""
+    what = _WHAT.get(cls, "message")
+    size = len(body)
+    if size > limits.max_body_bytes:
+        raise ProtocolError(
+            f"{what} body of {size_text(size)} is over the {size_text(limits.max_body_bytes)} "
+            "body limit (Limits.max_body_bytes); send large strings and lists as numpy "
+            "arrays (they travel outside the body), or send less per call",
+            ErrorCode.LIMIT_EXCEEDED,
+        )
+    if 2 + len(oob) > limits.max_frames:
+        raise ProtocolError(
+            f"{what} carries {len(oob)} arrays; at most {limits.max_frames - 2} travel in "
+            "one message (Limits.max_frames): combine them, or send fewer per call",
+            ErrorCode.LIMIT_EXCEEDED,
+        )
+    total = size + sum(memoryview(frame).nbytes for frame in oob)
+    if total > limits.max_message_bytes:
+        raise ProtocolError(
+            f"{what} of {size_text(total)} is over the {size_text(limits.max_message_bytes)} "
+            "message limit (Limits.max_message_bytes); send it in parts, or raise the "
+            "limit on both sides",
+            ErrorCode.LIMIT_EXCEEDED,
+        )
+
+
+_WHAT: dict[type, str] = {Request: "request", Reply: "result", Error: "error", Progress: "progress"}
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes for people: "900 MiB", "1.5 GiB", "312 bytes"."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
 
 
 def _codec(codec: Any) -> Codec:
@@ -255,6 +307,42 @@ def _check_signature_and_version(frame: Buffer, size: int) -> None:
             ),
             int.from_bytes(frame[6:14], "big") if size >= 14 else 0,
         )
+
+
+_TTL = struct.Struct("!I")
+_TTL_OFFSET = 14  # of ttl_ms in the header (the struct above: 2s B B B B Q, then I)
+
+
+def with_ttl(header: Buffer, ttl_ms: int) -> bytes:
+    """A copy of a REQUEST's header frame with ``ttl_ms`` replaced (a broker forwards a
+    request with the time it has left, not what the client first said)."""
+    patched = bytearray(header)
+    _TTL.pack_into(patched, _TTL_OFFSET, min(max(1, ttl_ms), _MAX_TTL))
+    return bytes(patched)
+
+
+def header_type(frame: Buffer) -> MessageType | None:
+    """The message type a header frame names, or None if it is not a readable header."""
+    try:
+        return _read_header(frame, DEFAULT_LIMITS)[0]
+    except ProtocolError:
+        return None
+
+
+# Answers are never answered: two peers answering each other's bad answers with
+# ERRORs would bounce them forever (SPEC section 6).
+_ANSWERS = frozenset((MessageType.ERROR, MessageType.REPLY, MessageType.PONG, MessageType.PROGRESS))
+
+
+def refusal(exc: ProtocolError, header: Buffer | None) -> Error | None:
+    """The ERROR that answers a message that failed to decode with ``exc``, or None when
+    that message must not be answered (it says it is itself an answer).
+
+    ``header`` is the offending message's header frame, if it had one.
+    """
+    if header is not None and header_type(header) in _ANSWERS:
+        return None
+    return Error(exc.request_id, exc.code, str(exc), "ProtocolError", codec=exc.codec)
 
 
 def _byte_view(frame: Buffer) -> memoryview:

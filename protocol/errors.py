@@ -28,6 +28,7 @@ __all__ = [
     "WorkerLost",
     "ZeromeshError",
     "error_from_wire",
+    "error_name",
 ]
 
 
@@ -170,6 +171,14 @@ _BY_CODE: dict[int, type[ZeromeshError]] = {
     # request found no live worker to take it.
     ErrorCode.DRAINING: WorkerLost,
 }
+
+
+def error_name(code: int) -> str:
+    """The Python exception name a receiver raises for ``code`` (an ERROR's ``type``)."""
+    if code in (ErrorCode.PROTOCOL, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.LIMIT_EXCEEDED):
+        return ProtocolError.__name__
+    cls = _BY_CODE.get(code)
+    return cls.__name__ if cls is not None else RemoteError.__name__
 
 
 def error_from_wire(

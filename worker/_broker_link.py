@@ -28,19 +28,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 import protocol
 from protocol import (
+    CONNECTING,
+    GREETING,
+    LEAVING,
+    READY,
     Cancel,
     Codec,
     Disconnect,
@@ -54,17 +58,38 @@ from protocol import (
     Ready,
     Request,
 )
-from zmqio import has_input, recv_message, send_message
+from zmqio import BindError, Dialer, Outbox, has_input, receive_batch, recv_message, send_message
 
 if TYPE_CHECKING:
-    from ._server import Worker
+    from ._server import WorkerConfig
+
+
+class WorkerPort(Protocol):
+    """What a broker link needs of its worker: the whole of their contract."""
+
+    name: str
+    config: WorkerConfig
+    capacity: int
+
+    @property
+    def held(self) -> int: ...
+    @property
+    def draining(self) -> bool: ...
+    def accept(self, peer: Any, req: Request) -> None: ...
+    def cancel(self, peer: Any, rid: int) -> None: ...
+    def pump(self) -> None: ...
+    def hello(self, rid: int, codec: Codec) -> Hello: ...
+    def malformed(
+        self, peer: Any, frames: list[zmq.Frame], exc: ProtocolError, who: str
+    ) -> None: ...
+    def count_bad(self, what: str) -> None: ...
+
 
 __all__ = ["BrokerLink", "Via"]
 
 log = logging.getLogger("zeromesh.worker")
 
-_CONNECTING, _GREETING, _READY, _LEAVING = "connecting", "greeting", "ready", "leaving"
-_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_CONNECTING, _GREETING, _READY, _LEAVING = CONNECTING, GREETING, READY, LEAVING
 _BATCH = 256
 _EMPTY = b""
 _LIVENESS = 3  # heartbeats of silence before a broker is taken for lost
@@ -87,15 +112,14 @@ class _Conn:
     """One broker: its socket, session state and the credit it was told about."""
 
     __slots__ = (
-        "backlog",
+        "dialer",
         "endpoint",
         "granted",
         "heard",
         "hello_id",
-        "monitor",
+        "outbox",
         "pinged",
         "prefix",
-        "sock",
         "state",
         "stolen",
     )
@@ -105,21 +129,25 @@ class _Conn:
         # Starts with 0x00 and is 7 bytes long: libzmq's own routing ids are 5 bytes,
         # and one a peer chooses may not start with 0x00, so no direct peer looks like it.
         self.prefix = b"\x00zmbrk" + bytes([index % 256])
-        self.sock: zmq.Socket[bytes] | None = None
-        self.monitor: zmq.Socket[bytes] | None = None
+        self.dialer: Dialer | None = None
+        self.outbox: Outbox | None = None
         self.state = _CONNECTING
         self.granted = 0  # credit this broker believes it has from us
         self.hello_id = 0
         self.heard = 0.0
         self.pinged = 0.0
-        self.backlog: deque[list[Any]] = deque()
         self.stolen: deque[list[zmq.Frame]] = deque()  # read by the inline watchdog
+
+    @property
+    def sock(self) -> zmq.Socket[bytes] | None:
+        """The link's socket right now (a new one after every redial)."""
+        return self.dialer.sock if self.dialer is not None else None
 
 
 class BrokerLink:
     """The worker's connections to its brokers. Loop thread only, except `stand_in`."""
 
-    def __init__(self, worker: Worker, endpoints: Sequence[str]) -> None:
+    def __init__(self, worker: WorkerPort, endpoints: Sequence[str]) -> None:
         self.worker = worker
         self.conns = [_Conn(ep, i) for i, ep in enumerate(endpoints)]
         self.heartbeat = worker.config.heartbeat_ms / 1000
@@ -145,30 +173,27 @@ class BrokerLink:
         """
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        hb = self.worker.config.heartbeat_ms
+        cfg = self.worker.config
         for conn in self.conns:
-            sock = ctx.socket(zmq.DEALER)
-            # IMMEDIATE: a reply for a broker that is gone is dropped, not kept for a
-            # restarted broker that never heard of its request.
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 100_000)
-            sock.setsockopt(zmq.RCVHWM, 100_000)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, hb)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * hb)
-            limit = self.worker.config.limits.max_message_bytes
-            sock.setsockopt(zmq.MAXMSGSIZE, max(limit, 1 << 20))
-            conn.sock = sock
-            conn.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            # IMMEDIATE (the Dialer's): a reply for a broker that is gone is dropped, not
+            # kept for a restarted broker that never heard of its request.
+            conn.dialer = dialer = Dialer(
+                ctx,
+                conn.endpoint,
+                loop,
+                limits=cfg.limits,
+                heartbeat_ms=cfg.heartbeat_ms,
+                on_input=functools.partial(self._pump, conn),
+                on_connected=functools.partial(self._on_connected, conn),
+                on_disconnected=functools.partial(self._on_disconnected, conn),
+            )
             try:
-                sock.connect(conn.endpoint)
-            except zmq.ZMQError as exc:
-                raise ValueError(f"cannot connect to broker {conn.endpoint}: {exc}") from exc
-            loop.add_reader(sock.FD, self._pump, conn)
-            loop.add_reader(conn.monitor.FD, self._on_monitor, conn)
-            loop.call_soon(self._on_monitor, conn)  # events queued before add_reader
+                dialer.open()
+            except BindError as exc:
+                raise ValueError(f"broker: {exc}") from exc
+            conn.outbox = Outbox(
+                dialer.sock, loop, max_bytes=cfg.max_peer_output, log=log, peer_kind="broker"
+            )
             log.info("connecting to broker %s", conn.endpoint)
         self._ticker = loop.call_later(self.heartbeat, self._tick)
 
@@ -185,7 +210,7 @@ class BrokerLink:
         gone = [_EMPTY, *protocol.encode(Disconnect(0, "worker closed"))]
         bye = [_EMPTY, *protocol.encode(Disconnect(0, f"worker {self.worker.name} stopping"))]
         for conn in self.conns:
-            sock, monitor = conn.sock, conn.monitor
+            sock = conn.sock
             if sock is None or sock.closed:
                 continue
             if conn.state in (_READY, _LEAVING):
@@ -195,15 +220,8 @@ class BrokerLink:
                     if not self.draining:
                         send_message(sock, bye)
                     send_message(sock, gone)
-            loop = self._loop
-            if on_loop and loop is not None and not loop.is_closed():
-                loop.remove_reader(sock.FD)
-                if monitor is not None:
-                    loop.remove_reader(monitor.FD)
-            sock.disable_monitor()
-            if monitor is not None:
-                monitor.close(linger=0)
-            sock.close(linger=linger)
+            assert conn.dialer is not None
+            conn.dialer.close(linger, on_loop=on_loop)
 
     def drain(self, reason: str) -> None:
         """The worker drains: no more credit; the brokers are told, replies still go."""
@@ -233,7 +251,7 @@ class BrokerLink:
         if self.draining:
             return
         w = self.worker
-        free = self.slots - len(w._jobs)
+        free = self.slots - w.held
         if free <= 0:
             return
         for conn in self.conns:
@@ -248,35 +266,22 @@ class BrokerLink:
                     conn.granted = free
 
     def _send(self, conn: _Conn, frames: list[Any]) -> bool:
-        """Send without blocking; False if the message was dropped (no broker there)."""
+        """Send without blocking, or queue in order behind earlier messages; False if
+        the message was dropped (no broker there: its client re-sends)."""
         sock = conn.sock
-        if sock is None or sock.closed:
+        if sock is None or sock.closed or conn.outbox is None:
             return False
-        try:
-            send_message(sock, frames)
-        except zmq.Again:
-            if conn.state is _CONNECTING:
+        if conn.state is _CONNECTING:
+            if not conn.dialer.send(frames):  # type: ignore[union-attr]
                 return False  # no broker behind it: the reply is moot, its client re-sends
-            conn.backlog.append(frames)
-            if len(conn.backlog) == 1 and self._loop is not None:
-                self._loop.call_later(0.01, self._flush_backlog, conn)
-            return True  # it will go, in order
-        except zmq.ZMQError as exc:
-            log.warning("send to broker %s failed: %s", conn.endpoint, exc)
-            return False
+        else:
+            conn.outbox.send(frames)
         # The FD is edge-triggered and a send may swallow the edge of a message that
         # arrived meanwhile: look once this burst of sends is over.
         if not self._check_soon and self._loop is not None:
             self._loop.call_soon(self._check_input)
         self._check_soon.add(conn)
         return True
-
-    def _flush_backlog(self, conn: _Conn) -> None:
-        backlog, conn.backlog = conn.backlog, deque()
-        if conn.state is _CONNECTING:
-            return
-        for frames in backlog:
-            self._send(conn, frames)
 
     def _check_input(self) -> None:
         conns, self._check_soon = self._check_soon, set()
@@ -290,29 +295,21 @@ class BrokerLink:
         sock = conn.sock
         if sock is None or sock.closed:
             return
-        got = False
+        got = len(conn.stolen)
         while conn.stolen:  # what the watchdog read while an inline handler ran
-            got = True
             self._on_frames(conn, conn.stolen.popleft())
-        try:
-            for _ in range(_BATCH):
-                frames = recv_message(sock)
-                got = True
-                self._on_frames(conn, frames)
-            else:
-                assert self._loop is not None
-                self._loop.call_soon(self._pump, conn)
-        except zmq.Again:
-            pass
-        if got:
+        n = receive_batch(sock, functools.partial(self._on_frames, conn), _BATCH)
+        if n == _BATCH:
+            assert self._loop is not None
+            self._loop.call_soon(self._pump, conn)
+        if got or n:
             conn.heard = time.monotonic()
-            self.worker._pump()  # start what arrived now, send what finished
+            self.worker.pump()  # start what arrived now, send what finished
 
     def _on_frames(self, conn: _Conn, frames: list[zmq.Frame]) -> None:
         w = self.worker
         if len(frames) < 2:
-            w.protocol_errors += 1
-            log.warning("broker %s sent a %d-frame message; ignored", conn.endpoint, len(frames))
+            w.count_bad(f"broker {conn.endpoint} sent a {len(frames)}-frame message; ignored")
             return
         client = frames[0].bytes
         if not client:
@@ -323,23 +320,13 @@ class BrokerLink:
         try:
             msg = protocol.decode(frames[1:], w.config.limits)
         except ProtocolError as exc:
-            if conn.granted > 0 and _is_type(frames[1], MessageType.REQUEST):
+            if conn.granted > 0 and protocol.header_type(frames[1]) is MessageType.REQUEST:
                 conn.granted -= 1  # it used a credit all the same: grant() gives it back
-            w.protocol_errors += 1
-            log.warning(
-                "malformed message from client %s via broker %s: %s [%d so far]",
-                client.hex(),
-                conn.endpoint,
-                exc,
-                w.protocol_errors,
-            )
-            if not _is_error(frames[1]):
-                err = Error(exc.request_id, exc.code, str(exc), codec=exc.codec)
-                self.reply(via, protocol.encode(err))
+            w.malformed(via, frames[1:], exc, f"client {client.hex()} via broker {conn.endpoint}")
             return
         kind = type(msg)
         if kind is Request:
-            if not w._draining and self.slots - len(w._jobs) <= 0:
+            if not w.draining and self.slots - w.held <= 0:
                 # Another broker (or a direct client) took the slot this one was told of.
                 conn.granted = 0
                 self.reply(
@@ -356,16 +343,13 @@ class BrokerLink:
                 return
             if conn.granted > 0:
                 conn.granted -= 1
-            w._on_request(via, msg)
+            w.accept(via, msg)
         elif kind is Cancel:
-            w._on_cancel(via, msg.id)
+            w.cancel(via, msg.id)
         else:
-            w.protocol_errors += 1
-            log.warning(
-                "broker %s forwarded a %s from client %s; ignored",
-                conn.endpoint,
-                kind.__name__,
-                client.hex(),
+            w.count_bad(
+                f"broker {conn.endpoint} forwarded a {kind.__name__} from client "
+                f"{client.hex()}; ignored"
             )
 
     def _on_control(self, conn: _Conn, frames: list[zmq.Frame]) -> None:
@@ -373,8 +357,8 @@ class BrokerLink:
         try:
             msg = protocol.decode(frames, w.config.limits)
         except ProtocolError as exc:
-            w.protocol_errors += 1
-            log.warning("malformed message from broker %s: %s", conn.endpoint, exc)
+            # Never answered: the broker's own messages are not requests.
+            w.count_bad(f"malformed message from broker {conn.endpoint}: {exc}")
             return
         kind = type(msg)
         if kind is Pong:
@@ -402,44 +386,39 @@ class BrokerLink:
         elif kind is Error:
             log.warning("broker %s reported an error: %s", conn.endpoint, msg.message)
         else:
-            w.protocol_errors += 1
-            log.warning("broker %s sent a %s; ignored", conn.endpoint, kind.__name__)
+            w.count_bad(f"broker {conn.endpoint} sent a {kind.__name__}; ignored")
 
-    def _on_monitor(self, conn: _Conn) -> None:
-        mon = conn.monitor
-        while mon is not None and not mon.closed:
-            try:
-                event = recv_monitor_message(mon, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            kind = event["event"]
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                conn.heard = time.monotonic()
-                if not self.draining:
-                    self._greet(conn)
-            elif kind == zmq.EVENT_DISCONNECTED:
-                if conn.state is not _CONNECTING:
-                    log.warning("lost the connection to broker %s; reconnecting", conn.endpoint)
-                conn.state = _CONNECTING
-                conn.granted = 0
-                conn.backlog.clear()
+    def _on_connected(self, conn: _Conn) -> None:
+        assert conn.outbox is not None
+        conn.outbox.sock = conn.sock  # type: ignore[assignment]  # a new one after a redial
+        conn.heard = time.monotonic()
+        if not self.draining:
+            self._greet(conn)
 
-    def _greet(self, conn: _Conn, delay: float = 0.005) -> None:
-        """Send HELLO; right after the handshake the pipe may not take it yet, so retry
-        quickly, backing off to the heartbeat (the tick resends it after that)."""
-        if self.draining or conn.sock is None or conn.sock.closed:
+    def _on_disconnected(self, conn: _Conn) -> None:
+        """The connection dropped; the Dialer dials a fresh socket next."""
+        self._pump(conn)  # what the broker sent before it went
+        if conn.state is not _CONNECTING:
+            log.warning("lost the connection to broker %s; reconnecting", conn.endpoint)
+        conn.state = _CONNECTING
+        conn.granted = 0
+        assert conn.outbox is not None
+        conn.outbox.reset(why=f"the connection to broker {conn.endpoint} dropped")
+        conn.stolen.clear()
+
+    def _greet(self, conn: _Conn) -> None:
+        """Say HELLO (register); the broker's HELLO answer makes the link READY."""
+        if self.draining or conn.dialer is None:
             return
         conn.state = _GREETING
         conn.granted = 0
-        conn.hello_id = next(self._hello_ids)
-        hello = self.worker._hello(conn.hello_id, Codec.MSGPACK)
-        if not self._send(conn, [_EMPTY, *protocol.encode(hello)]) and delay < self.heartbeat:
-            assert self._loop is not None
-            self._loop.call_later(delay, self._regreet, conn, delay * 2)
+        conn.dialer.greet(functools.partial(self._greeting, conn))
 
-    def _regreet(self, conn: _Conn, delay: float) -> None:
-        if conn.state is _GREETING:
-            self._greet(conn, delay)
+    def _greeting(self, conn: _Conn) -> list[Any] | None:
+        if self.draining or conn.state is not _GREETING:
+            return None
+        conn.hello_id = next(self._hello_ids)
+        return [_EMPTY, *protocol.encode(self.worker.hello(conn.hello_id, Codec.MSGPACK))]
 
     # --- time ----------------------------------------------------------------------------------
 
@@ -449,7 +428,7 @@ class BrokerLink:
         hb = self.heartbeat
         for conn in self.conns:
             if conn.state is _GREETING:
-                self._greet(conn, hb)
+                self._greet(conn)
             elif conn.state in (_READY, _LEAVING):
                 silent = now - conn.heard
                 if silent > _LIVENESS * hb:
@@ -461,7 +440,7 @@ class BrokerLink:
                     if self.draining:
                         conn.state = _CONNECTING
                     else:
-                        self._greet(conn, hb)
+                        self._greet(conn)
                 else:
                     conn.pinged = now
                     self._send(conn, [_EMPTY, *protocol.encode(Ping(0))])
@@ -505,12 +484,4 @@ class BrokerLink:
 
 
 def _is_type(frame: Any, kind: MessageType) -> bool:
-    try:
-        return protocol.decode_header(frame).type is kind
-    except ProtocolError:
-        return False
-
-
-def _is_error(frame: Any) -> bool:
-    """Never answer an ERROR with an ERROR (two peers would bounce them forever)."""
-    return _is_type(frame, MessageType.ERROR)
+    return protocol.header_type(frame) is kind

@@ -48,7 +48,15 @@ from protocol import (
     Reply,
     Request,
 )
-from zmqio import BindError, bind_router, has_input, recv_message, send_message
+from zmqio import (
+    BindError,
+    Outbox,
+    bind_router,
+    has_input,
+    receive_batch,
+    recv_message,
+    send_message,
+)
 
 from . import _context
 from ._broker_link import BrokerLink
@@ -101,6 +109,12 @@ class WorkerConfig:
     """Brokers to connect out to and take work from (worker/_broker_link.py)."""
     broker_prefetch: int = 0
     """Credit offered to brokers beyond capacity (0: exact; short calls pipeline with more)."""
+    max_pending: int = 0
+    """Requests held at once, running and waiting (0: capacity + 1000). Beyond it a
+    request is answered OVERLOADED at once, taken from the client that holds the most."""
+    max_peer_output: int = 64 * 1024 * 1024
+    """Bytes of answers waiting for one client that does not read; past it the worker
+    takes no more requests from that client until it reads."""
 
     def __post_init__(self) -> None:
         if not self.binds and not self.brokers:
@@ -126,6 +140,8 @@ class WorkerConfig:
             (self.max_rss_mb >= 0, "--max-rss must be >= 0"),
             (self.hard_timeout >= 0, "--hard-timeout must be >= 0"),
             (self.broker_prefetch >= 0, "--broker-prefetch must be >= 0"),
+            (self.max_pending >= 0, "--max-pending must be >= 0"),
+            (self.max_peer_output >= 1, "--max-peer-output must be at least 1 byte"),
         ]
         for ok, message in checks:
             if not ok:
@@ -230,7 +246,6 @@ class Worker:
         self._claim = threading.Lock()
         self._done: deque[tuple[_Job | None, bytes, list[Any]]] = deque()
         self._done_wake = False
-        self._backlog: deque[list[Any]] = deque()
         self._peers: dict[bytes, float] = {}
         self._draining = False
         self._stopped: asyncio.Event | None = None
@@ -284,7 +299,7 @@ class Worker:
                 t.daemon = True  # a handler stuck past the drain must not keep the process up
                 t.start()
                 self._threads.append(t)
-        loop.add_reader(sock.FD, self._pump)
+        loop.add_reader(sock.FD, self.pump)
         installed = self._install_signals(loop)
         housekeeping = loop.create_task(self._housekeeping())
         log.info(
@@ -297,7 +312,7 @@ class Worker:
         )
         if self.request_limit:
             log.info("recycling after %d requests (%s)", self.request_limit, self._limit_text())
-        loop.call_soon(self._pump)
+        loop.call_soon(self.pump)
         try:
             await self._stopped.wait()
             await self._drain()
@@ -343,15 +358,24 @@ class Worker:
             self._sock, bound = bind_router(
                 self._ctx,
                 self.config.binds,
+                limits=self.config.limits,
                 heartbeat_ms=self.config.heartbeat_ms,
                 heartbeat_timeout_ms=3 * self.config.heartbeat_ms,
-                max_message_bytes=self.config.limits.max_body_bytes,
                 check_ipc=self._check_ipc_free,
                 log=log,
             )
         except BindError as exc:
             raise StartupError(str(exc)) from exc.__cause__
         self.endpoints.extend(bound)
+        assert self._loop is not None
+        self._outbox = Outbox(
+            self._sock,
+            self._loop,
+            max_bytes=self.config.max_peer_output,
+            log=log,
+            peer_kind="client",
+            on_gone=self._forget_peer,
+        )
 
     def _check_ipc_free(self, endpoint: str, path: str) -> None:
         """Refuse a path a live worker answers on; libzmq would silently take it over."""
@@ -385,20 +409,17 @@ class Worker:
 
     # --- the socket loop --------------------------------------------------------------
 
-    def _pump(self) -> None:
-        """Drain the socket in a batch, then send what handlers finished meanwhile."""
+    def pump(self) -> None:
+        """Drain the socket in a batch, then send what handlers finished meanwhile.
+
+        Part of the port the broker link uses: call it after a link received work.
+        """
         self._pump_scheduled = False
         sock = self._sock
         assert sock is not None
-        handle = self._on_message
         ready = self._ready
-        try:
-            for _ in range(_BATCH):
-                handle(recv_message(sock))
-            else:
-                self._schedule_pump()  # more may wait: let timers and signals run first
-        except zmq.Again:
-            pass
+        if receive_batch(sock, self._on_message, _BATCH) == _BATCH:
+            self._schedule_pump()  # more may wait: let timers and signals run first
         if ready:
             if self.inline:
                 self._run_inline()
@@ -415,7 +436,7 @@ class Worker:
         if not self._pump_scheduled:
             self._pump_scheduled = True
             assert self._loop is not None
-            self._loop.call_soon(self._pump)
+            self._loop.call_soon(self.pump)
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
@@ -423,27 +444,17 @@ class Worker:
         try:
             msg = protocol.decode(frames[1:], self.config.limits)
         except ProtocolError as exc:
-            self.protocol_errors += 1
-            log.warning(
-                "malformed message from client %s (%d frames): %s [%d so far]",
-                peer.hex(),
-                len(frames) - 1,
-                exc,
-                self.protocol_errors,
-            )
-            self._send(
-                peer, protocol.encode(Error(exc.request_id, exc.code, str(exc), codec=exc.codec))
-            )
+            self.malformed(peer, frames[1:], exc, f"client {peer.hex()}")
             return
         kind = type(msg)
         if kind is Request:
-            self._on_request(peer, msg)
+            self.accept(peer, msg)
         elif kind is Ping:
             self._send(peer, protocol.encode(Pong(msg.id, msg.codec)))
         elif kind is Hello:
-            self._send(peer, protocol.encode(self._hello(msg.id, msg.codec)))
+            self._send(peer, protocol.encode(self.hello(msg.id, msg.codec)))
         elif kind is Cancel:
-            self._on_cancel(peer, msg.id)
+            self.cancel(peer, msg.id)
         elif kind is Disconnect:
             self._peers.pop(peer, None)
         else:
@@ -456,7 +467,41 @@ class Worker:
                 kind.__name__,
             )
 
-    def _hello(self, rid: int, codec: protocol.Codec) -> Hello:
+    def malformed(self, peer: bytes, frames: list[zmq.Frame], exc: ProtocolError, who: str) -> None:
+        """Count and log a message that failed to decode; answer it unless it was itself
+        an answer (SPEC section 6)."""
+        self.protocol_errors += 1
+        n = self.protocol_errors
+        if n <= 10 or n % 1000 == 0:  # a flood of garbage must not flood the log too
+            log.warning(
+                "malformed message from %s (%d frames): %s [%d so far]", who, len(frames), exc, n
+            )
+        answer = protocol.refusal(exc, frames[0] if frames else None)
+        if answer is not None:
+            self._send(peer, protocol.encode(answer))
+
+    def count_bad(self, what: str) -> None:
+        """Count a message this worker would not take (and log the first ones)."""
+        self.protocol_errors += 1
+        n = self.protocol_errors
+        if n <= 10 or n % 1000 == 0:
+            log.warning("%s [%d bad message(s) so far]", what, n)
+
+    @property
+    def held(self) -> int:
+        """Requests held now: running, waiting, or answered and not yet sent."""
+        return len(self._jobs)
+
+    @property
+    def draining(self) -> bool:
+        """True once the worker stopped taking work."""
+        return self._draining
+
+    def _forget_peer(self, peer: bytes) -> None:
+        self._peers.pop(peer, None)
+
+    def hello(self, rid: int, codec: protocol.Codec) -> Hello:
+        """This worker's HELLO (answer to a client, greeting to a broker)."""
         return Hello(
             rid,
             role="worker",
@@ -472,7 +517,9 @@ class Worker:
             codec=codec,
         )
 
-    def _on_request(self, peer: bytes, req: Request) -> None:
+    def accept(self, peer: bytes, req: Request) -> None:
+        """Take a request from ``peer`` (a direct client, or a `Via` from a broker link):
+        queue it to run, or answer why not."""
         if self._draining:
             self._send_error(peer, req, ErrorCode.DRAINING, f"worker {self.name} is draining")
             return
@@ -501,7 +548,8 @@ class Worker:
         else:
             self._async_pending.append(job)
 
-    def _on_cancel(self, peer: bytes, rid: int) -> None:
+    def cancel(self, peer: bytes, rid: int) -> None:
+        """``peer`` gave up on request ``rid``: stop it if it runs, drop it if it waits."""
         job = self._jobs.get((peer, rid))
         if job is None:
             return  # already answered: nothing to cancel
@@ -518,26 +566,7 @@ class Worker:
         if type(peer) is not bytes:  # a client behind a broker: its link sends it
             peer.link.reply(peer, frames)  # type: ignore[attr-defined]
             return
-        sock = self._sock
-        assert sock is not None
-        try:
-            send_message(sock, [peer, *frames])
-        except zmq.Again:
-            # The client's pipe is full; keep order and retry shortly.
-            self._backlog.append([peer, *frames])
-            assert self._loop is not None
-            if len(self._backlog) == 1:
-                self._loop.call_later(0.01, self._flush_backlog)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            log.debug("client %s left before its reply; dropped", peer.hex())
-            self._peers.pop(peer, None)
-
-    def _flush_backlog(self) -> None:
-        backlog, self._backlog = self._backlog, deque()
-        for frames in backlog:
-            self._send(frames[0], frames[1:])
+        self._outbox.send([peer, *frames])
 
     def _send_error(self, peer: bytes, req: Request, code: ErrorCode, message: str) -> None:
         self._send(peer, protocol.encode(Error(req.id, code, message, codec=req.codec)))
@@ -626,7 +655,7 @@ class Worker:
             if kind is protocol.MessageType.PING:
                 self._send_now(peer, protocol.encode(Pong(header.id, header.codec)))
             elif kind is protocol.MessageType.HELLO:
-                self._send_now(peer, protocol.encode(self._hello(header.id, header.codec)))
+                self._send_now(peer, protocol.encode(self.hello(header.id, header.codec)))
             elif kind is protocol.MessageType.CANCEL and (peer, header.id) == (
                 job.peer,
                 job.request.id,
@@ -800,8 +829,15 @@ class Worker:
     def _reply_frames(self, job: _Job, result: Any) -> list[Any]:
         req = job.request
         try:
-            return protocol.encode(Reply(req.id, result, req.codec, req.batch))
+            return protocol.encode(Reply(req.id, result, req.codec, req.batch), self.config.limits)
         except ProtocolError as exc:
+            if exc.code == ErrorCode.LIMIT_EXCEEDED:
+                log.warning("%s (id %d): not sent: %s", req.target, req.id, exc)
+                return protocol.encode(
+                    Error(
+                        req.id, exc.code, f"{req.target}: {exc}", "ProtocolError", codec=req.codec
+                    )
+                )
             return protocol.encode(
                 Error(
                     req.id,

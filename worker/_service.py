@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from protocol import NAME_PATTERN, TARGET_ATTRIBUTE
+
 __all__ = ["TARGET_ATTRIBUTE", "Handler", "Service"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Set on every decorated function: `Executor.submit(fn, ...)` sends this name, never code.
-TARGET_ATTRIBUTE = "__zeromesh_target__"
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +53,7 @@ class Service:
     """
 
     def __init__(self, name: str) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ValueError(
                 f"service name {name!r} must be 1-64 characters of letters, digits, '_' "
                 "or '-', starting with a letter or '_' (no dots: 'service.handler' is "
@@ -96,7 +92,7 @@ class Service:
         return decorate
 
     def _register(self, fn: F, name: str) -> F:
-        if not _NAME.match(name):
+        if not NAME_PATTERN.match(name):
             raise ValueError(
                 f"handler name {name!r} must be 1-64 characters of letters, digits, '_' or '-'"
             )

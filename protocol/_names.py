@@ -1,0 +1,49 @@
+"""Names both ends of the wire must agree on, kept in one place.
+
+Service and handler names, the reserved service a broker answers itself, the attribute
+that carries a handler's wire name to `Executor.submit`, and the states a session with
+a peer goes through (shown by ``zeromesh ping`` and ``zeromesh status``).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "CONNECTING",
+    "DRAINING",
+    "GREETING",
+    "LEAVING",
+    "NAME_PATTERN",
+    "READY",
+    "RESERVED_SERVICE",
+    "TARGET_ATTRIBUTE",
+    "TARGET_PATTERN",
+    "UNREACHABLE",
+]
+
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
+"""A service or handler name: an identifier-like word of at most 64 characters."""
+
+TARGET_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\.[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
+"""A request's target, ``service.handler``, each part a `NAME_PATTERN`."""
+
+RESERVED_SERVICE = "_broker"
+"""The service a broker answers itself (``_broker.status``); no worker may serve it."""
+
+TARGET_ATTRIBUTE = "__zeromesh_target__"
+"""Set on every handler function: `Executor.submit(fn, ...)` sends this name, never code."""
+
+# States of a session with one peer (SPEC sections 7.2 and 12.3). Compared by identity.
+CONNECTING = "connecting"
+"""No session: not connected, or connected and not yet answered our HELLO."""
+GREETING = "greeting"
+"""Our HELLO is out; the peer has not answered it yet (a worker at a broker)."""
+READY = "ready"
+"""The peer answered HELLO and takes work."""
+DRAINING = "draining"
+"""The peer said DISCONNECT (or capacity 0): it finishes what it holds, takes nothing new."""
+LEAVING = "leaving"
+"""A broker this worker is registered with is draining: no more credit for it."""
+UNREACHABLE = "unreachable"
+"""The peer did not answer in time (shown by ``zeromesh ping``)."""
