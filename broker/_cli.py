@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from zmqio import add_log_level, setup_logging
+from zmqio import add_log_level, add_max_peer_output, setup_logging
 
 from ._server import Broker, BrokerConfig, StartupError
 
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for in-flight replies after SIGTERM (default 10)",
     )
+    add_max_peer_output(p)
     p.add_argument("--heartbeat-ms", type=int, default=1000, help="heartbeat interval (1000)")
     p.add_argument("--name", default="", help="name shown by zeromesh status (default host:pid)")
     add_log_level(p, os.environ.get("ZEROMESH_LOG_LEVEL", "info"), "log verbosity (default info)")
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat_ms=args.heartbeat_ms,
             drain_timeout=args.drain_timeout,
             name=args.name,
+            max_peer_output=int(args.max_peer_output * 2**20),
         )
         code = Broker(config).run()
     except StartupError as exc:

@@ -53,7 +53,15 @@ from protocol import (
     Ready,
     Reply,
 )
-from zmqio import BindError, Outbox, bind_router, has_input, receive_batch, send_message
+from zmqio import (
+    DEFAULT_PEER_OUTPUT,
+    BindError,
+    Outbox,
+    bind_router,
+    has_input,
+    receive_batch,
+    send_message,
+)
 
 from ._scheduler import IN_FLIGHT, RESERVED_SERVICE, Answer, CancelAt, Dispatch, Scheduler
 
@@ -93,7 +101,7 @@ class BrokerConfig:
     """Seconds to wait for in-flight replies after SIGTERM."""
     name: str = ""
     limits: Limits = field(default=DEFAULT_LIMITS)
-    max_peer_output: int = 64 * 1024 * 1024
+    max_peer_output: int = DEFAULT_PEER_OUTPUT
     """Bytes of answers waiting for one client that does not read; past it the broker
     takes no more requests from that client until it reads."""
 
@@ -132,7 +140,6 @@ class Broker:
         self.endpoints: list[str] = []
         self.exit_code = 0
         self.protocol_errors = 0
-        self.refused_unread = 0  # requests refused because their client does not read
         self._clock = clock
         self._started = clock()
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -283,19 +290,7 @@ class Broker:
             return
         kind = header.type
         if kind is _REQUEST:
-            if self._outbox.full(peer):
-                # It does not read its answers: what we would say would only wait too.
-                self.refused_unread += 1
-                if self.refused_unread in (1, 10, 100) or self.refused_unread % 10_000 == 0:
-                    n, size = self._outbox.waiting(peer)
-                    log.warning(
-                        "client %s is not reading (%d answers, %s waiting): its requests are "
-                        "refused unanswered [%d so far]",
-                        peer.hex(),
-                        n,
-                        protocol.size_text(size),
-                        self.refused_unread,
-                    )
+            if self._outbox.not_reading(peer):
                 return
             if len(frames) - 1 > limits.max_frames:
                 exc = ProtocolError(
@@ -369,7 +364,7 @@ class Broker:
             "clients": len(self._clients),
             "protocol_errors": self.protocol_errors,
             "dropped": self._outbox.undeliverable,
-            "refused_unread": self.refused_unread,
+            "refused_unread": self._outbox.refused_unread,
         }
         return out
 

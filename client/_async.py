@@ -203,7 +203,7 @@ class AsyncClient(_AsyncCalls):
         (``call`` handles its own cancellation without a callback per request).
         """
         core = self._core_started()
-        rid, frames = make_request(target, args, kwargs, opts, batch)
+        rid, frames = make_request(target, args, kwargs, opts, batch, self._limits)
         while self._in_flight >= self.max_in_flight:
             # Full: wait in line. A counter and a queue of futures, not an
             # asyncio.Semaphore, whose release scans its waiters (O(n) per call

@@ -41,6 +41,7 @@ from protocol import (
     Hello,
     Limits,
     NoWorkers,
+    Overloaded,
     Ping,
     Progress,
     ProtocolError,
@@ -59,6 +60,7 @@ log = logging.getLogger("zeromesh.client")
 _ids = itertools.count(1)  # process-wide: ids never repeat across clients or retries
 _CONNECTING, _READY, _DRAINING = CONNECTING, READY, DRAINING
 _BATCH = 1024  # replies read per wake-up before other callbacks get a turn
+_OVERLOAD_REST_S = 0.05  # a worker that answered OVERLOADED gets nothing new for this long
 
 
 def next_id() -> int:
@@ -123,6 +125,7 @@ class _Peer:
         "last_seen",
         "outstanding",
         "pinged_at",
+        "resting_until",
         "role",
         "state",
         "targets",
@@ -140,6 +143,7 @@ class _Peer:
         self.pinged_at = 0.0
         self.hello_at = 0.0  # when we last got a HELLO from it
         self.hello: Hello | None = None
+        self.resting_until = 0.0  # it answered OVERLOADED: nothing new for it until then
 
     def serves(self, target: str) -> bool:
         return self.role == "broker" or target in self.targets
@@ -303,10 +307,17 @@ class Core:
         peers = self._peers
         n = len(peers)
         start = self._rr
+        now = 0.0
         for i in range(n):
             peer = peers[(start + i) % n]
             if peer.state is not _READY or not peer.serves(target):
                 continue
+            if peer.resting_until:
+                now = now or time.monotonic()
+                if now < peer.resting_until:
+                    self._all_busy = True
+                    continue
+                peer.resting_until = 0.0
             load = len(peer.outstanding)
             if load < best_load and load < peer.capacity + self.prefetch:
                 best, best_load = peer, load
@@ -420,6 +431,12 @@ class Core:
             if peer.state is _READY:
                 peer.state = _DRAINING
             return
+        if msg.code == ErrorCode.OVERLOADED and peer.role != "broker":
+            # That worker is full (it never started this one): try another for a while,
+            # within the call's retries; a broker's OVERLOADED speaks for all its workers.
+            self._rest(peer)
+            if self._retry(call, f"{peer.endpoint}: {msg.message}", Overloaded):
+                return
         # A broker's WORKER_LOST means its own delivery cap was reached: re-sending it
         # would multiply the runs of what may be a poison request.
         if (
@@ -502,8 +519,11 @@ class Core:
             self._retry(call, f"worker at {peer.endpoint} lost ({why})")
         self._dispatch_all()
 
-    def _retry(self, call: Call, why: str) -> bool:
-        """Re-queue ``call`` if it has attempts left; else fail it. True if re-queued."""
+    def _retry(self, call: Call, why: str, error: type[ZeromeshError] = WorkerLost) -> bool:
+        """Re-queue ``call`` if it has attempts left; else fail it with ``error``.
+
+        Returns True either way: the call is dealt with.
+        """
         call.peer = None
         call.attempts -= 1
         if call.attempts > 0:
@@ -513,9 +533,14 @@ class Core:
         call.complete(
             call,
             None,
-            WorkerLost(f"{call.target}: {why}; no retries left (raise retries= to re-send more)"),
+            error(f"{call.target}: {why}; no retries left (raise retries= to re-send more)"),
         )
         return True
+
+    def _rest(self, peer: _Peer) -> None:
+        """Send ``peer`` nothing new for a moment: it answered OVERLOADED."""
+        peer.resting_until = time.monotonic() + _OVERLOAD_REST_S
+        self.loop.call_later(_OVERLOAD_REST_S, self._dispatch_all)
 
     def _finish(self, call: Call, value: Any, exc: BaseException | None) -> None:
         self.calls.pop(call.id, None)

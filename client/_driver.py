@@ -271,7 +271,7 @@ class Driver:
         """
         if self._closing:
             raise ZeromeshError("the client is closed; create a new Client")
-        rid, frames = make_request(target, args, kwargs, opts, batch)
+        rid, frames = make_request(target, args, kwargs, opts, batch, self.core.limits)
         fut = _Future()
         fut._zm_driver = self
         fut._zm_id = rid

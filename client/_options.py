@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import protocol
-from protocol import Codec, Progress, Request
+from protocol import Codec, Limits, Progress, Request
 
 from ._core import next_id
 
@@ -37,14 +37,16 @@ class Options:
 
 
 def make_request(
-    target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool
+    target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool, limits: Limits
 ) -> tuple[int, list[Any]]:
-    """Encode a request in the caller's thread: bad targets and values fail here."""
+    """Encode a request in the caller's thread: bad targets and values fail here, and so
+    does a request over ``limits`` (`ProtocolError`, code ``LIMIT_EXCEEDED``), before
+    anything is sent."""
     if not isinstance(target, str) or "." not in target:
         raise ValueError(f"call target {target!r} must be 'service.handler', e.g. 'math.add'")
     rid = next_id()
     ttl = min(int(opts.timeout * 1000), 2**32 - 1)
-    return rid, protocol.encode(Request(rid, target, args, kwargs, ttl, opts.codec, batch))
+    return rid, protocol.encode(Request(rid, target, args, kwargs, ttl, opts.codec, batch), limits)
 
 
 def changed_options(

@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 
-from zmqio import add_log_level, setup_logging
+from zmqio import add_log_level, add_max_peer_output, setup_logging
 
 from ._loader import load_services
 from ._server import StartupError, Worker, WorkerConfig
@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a sync handler running over S seconds is answered Timeout and the worker "
         "exits 70 (default: off)",
     )
+    p.add_argument(
+        "--max-pending",
+        type=int,
+        default=0,
+        metavar="N",
+        help="requests that may wait for a free slot; beyond, the client holding the most "
+        "is answered OVERLOADED (default: capacity + 1000)",
+    )
+    add_max_peer_output(p)
     p.add_argument("--heartbeat-ms", type=int, default=1000, help="heartbeat interval (1000)")
     p.add_argument("--name", default="", help="name shown by zeromesh ping (default host:pid)")
     add_log_level(p, os.environ.get("ZEROMESH_LOG_LEVEL", "info"), "log verbosity (default info)")
@@ -142,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             hard_timeout=args.hard_timeout,
             brokers=args.broker or (),
             broker_prefetch=args.broker_prefetch,
+            max_pending=args.max_pending,
+            max_peer_output=int(args.max_peer_output * 2**20),
         )
         worker = Worker(services, config)
         code = worker.run()

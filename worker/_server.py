@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import queue
 import random
 import signal
 import socket
@@ -49,6 +48,7 @@ from protocol import (
     Request,
 )
 from zmqio import (
+    DEFAULT_PEER_OUTPUT,
     BindError,
     Outbox,
     bind_router,
@@ -60,6 +60,7 @@ from zmqio import (
 
 from . import _context
 from ._broker_link import BrokerLink
+from ._fair_queue import FairQueue
 from ._service import Handler, Service
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "Worker", "WorkerConfig"]
@@ -112,7 +113,7 @@ class WorkerConfig:
     max_pending: int = 0
     """Requests held at once, running and waiting (0: capacity + 1000). Beyond it a
     request is answered OVERLOADED at once, taken from the client that holds the most."""
-    max_peer_output: int = 64 * 1024 * 1024
+    max_peer_output: int = DEFAULT_PEER_OUTPUT
     """Bytes of answers waiting for one client that does not read; past it the worker
     takes no more requests from that client until it reads."""
 
@@ -234,16 +235,19 @@ class Worker:
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jobs: dict[tuple[bytes, int], _Job] = {}
-        self._sync_queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._async_running = 0
-        self._ready: deque[_Job] = deque()
+        # Requests waiting for a slot, fair between clients; the handler threads pop
+        # sync ones under `_work` (the claim lock), the loop pops async ones.
+        self.max_pending = config.max_pending or self.capacity + 1000
+        self._waiting: FairQueue[_Job] = FairQueue(self.max_pending)
+        self._async_waiting: FairQueue[_Job] = FairQueue(self.max_pending)
         self._sock_lock = threading.Lock()  # inline mode: who may touch the socket now
         self._running_inline: _Job | None = None
         self._stolen: deque[list[zmq.Frame]] = deque()  # received by the watchdog
         self._closing = False
-        self._async_pending: deque[_Job] = deque()
         self._claim = threading.Lock()
+        self._work = threading.Condition(self._claim)  # handler threads wait on it
         self._done: deque[tuple[_Job | None, bytes, list[Any]]] = deque()
         self._done_wake = False
         self._peers: dict[bytes, float] = {}
@@ -327,8 +331,8 @@ class Worker:
                 for t in self._threads:
                     t.join(timeout=1.0)  # the watchdog notices `_closing` within 0.1 s
             else:
-                for _ in self._threads:
-                    self._sync_queue.put(None)
+                with self._work:
+                    self._work.notify_all()  # they see `_closing` and return
             # LINGER: give queued replies a moment to leave; a dead peer must not hang exit.
             if self._link is not None:
                 self._link.close(linger=2000)
@@ -417,19 +421,16 @@ class Worker:
         self._pump_scheduled = False
         sock = self._sock
         assert sock is not None
-        ready = self._ready
         if receive_batch(sock, self._on_message, _BATCH) == _BATCH:
             self._schedule_pump()  # more may wait: let timers and signals run first
-        if ready:
+        if self._waiting:
             if self.inline:
                 self._run_inline()
             else:
                 # Wake handler threads once per batch, not per message: a woken thread
                 # grabs the GIL each time this loop releases it in a pyzmq call.
-                put = self._sync_queue.put
-                for job in ready:
-                    put(job)
-                ready.clear()
+                with self._work:
+                    self._work.notify(len(self._waiting))
         self._flush_done()
 
     def _schedule_pump(self) -> None:
@@ -539,14 +540,26 @@ class Worker:
                 peer, req, ErrorCode.PROTOCOL, f"request id {req.id} is already in flight"
             )
             return
+        if type(peer) is bytes and self._outbox.not_reading(peer):
+            return
         job = _Job(self, peer, req, handler, time.monotonic())
         self._jobs[key] = job
         if not handler.is_async:
-            self._ready.append(job)
+            with self._work:
+                refused = self._waiting.push(peer, job)
         elif self._async_running < self.config.max_async:
             self._start_async(job)
+            return
         else:
-            self._async_pending.append(job)
+            refused = self._async_waiting.push(peer, job)
+        if refused is not None and self._take(refused, _Job.QUEUED):
+            refused.state = _Job.DONE
+            self._answer_error(
+                refused,
+                ErrorCode.OVERLOADED,
+                f"worker {self.name} has {self.max_pending} requests waiting (--max-pending) "
+                "and this client sent the most of them: retry later, or add workers",
+            )
 
     def cancel(self, peer: bytes, rid: int) -> None:
         """``peer`` gave up on request ``rid``: stop it if it runs, drop it if it waits."""
@@ -557,8 +570,7 @@ class Worker:
         if job.task is not None:
             job.task.cancel()
         elif job.handler.is_async and self._take(job, _Job.QUEUED):
-            with contextlib.suppress(ValueError):
-                self._async_pending.remove(job)
+            self._async_waiting.remove(peer, job)
             self._answer_error(job, ErrorCode.CANCELLED, "cancelled before it started")
         # A queued sync job is answered CANCELLED by the thread that picks it up.
 
@@ -585,15 +597,16 @@ class Worker:
 
     def _run_inline(self) -> None:
         """Run the ready sync jobs on this (the loop's) thread, answering each at once."""
-        ready = self._ready
+        waiting = self._waiting
         lock = self._sock_lock
         started = time.monotonic()
-        while ready:
+        while waiting:
             if time.monotonic() - started > 0.05:
                 # Let timers and signals (SIGTERM) in between long runs of work.
                 self._schedule_pump()
                 return
-            job = ready.popleft()
+            job = waiting.pop()
+            assert job is not None
             if not self._take(job, _Job.QUEUED):
                 continue
             frames = self._refusal(job)
@@ -726,8 +739,7 @@ class Worker:
         os._exit(EXIT_HARD_TIMEOUT)
 
     def _thread_main(self) -> None:
-        get = self._sync_queue.get
-        while (job := get()) is not None:
+        while (job := self._next_sync_job()) is not None:
             if not self._take(job, _Job.QUEUED):
                 continue  # answered already (drain, cancel)
             frames = self._refusal(job)
@@ -742,6 +754,16 @@ class Worker:
             else:
                 job.state = _Job.DONE
             self._post(job, frames, final=True)
+
+    def _next_sync_job(self) -> _Job | None:
+        """A handler thread's next job, fairly chosen; None when the worker closes."""
+        with self._work:
+            while not self._closing:
+                job = self._waiting.pop()
+                if job is not None:
+                    return job
+                self._work.wait()
+        return None
 
     def _refusal(self, job: _Job) -> list[Any] | None:
         """The answer for a job that must not start (cancelled, expired), else None."""
@@ -823,8 +845,8 @@ class Worker:
             self._post(job, frames, final=True)
         finally:
             self._async_running -= 1
-            if self._async_pending and not self._draining:
-                self._start_async(self._async_pending.popleft())
+            if self._async_waiting and not self._draining:
+                self._start_async(self._async_waiting.pop())  # type: ignore[arg-type]
 
     def _reply_frames(self, job: _Job, result: Any) -> list[Any]:
         req = job.request
@@ -946,8 +968,8 @@ class Worker:
         if self._link is not None:
             self._link.drain(reason)
         # Queued async work was accepted: it still runs, within the drain timeout.
-        while self._async_pending and self._async_running < self.config.max_async:
-            self._start_async(self._async_pending.popleft())
+        while self._async_waiting and self._async_running < self.config.max_async:
+            self._start_async(self._async_waiting.pop())  # type: ignore[arg-type]
         assert self._stopped is not None
         self._stopped.set()
 

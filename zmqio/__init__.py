@@ -14,7 +14,7 @@ whole messages; below it, pyzmq.
 
 from ._frames import has_input, receive_batch, recv_message, send_message
 from ._logs import add_log_level, setup_logging
-from ._outbox import Outbox
+from ._outbox import DEFAULT_PEER_OUTPUT, Outbox, add_max_peer_output
 from ._sockets import SERVER_SNDHWM, BindError, Dialer, bind_router, check_endpoint
 
 __all__ = [
@@ -25,7 +25,9 @@ __all__ = [
     "bind_router",
     "check_endpoint",
     # sending and receiving
+    "DEFAULT_PEER_OUTPUT",
     "Outbox",
+    "add_max_peer_output",
     "has_input",
     "receive_batch",
     "recv_message",

@@ -11,6 +11,7 @@ peer left) is counted and logged, never dropped without a word.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -19,8 +20,13 @@ from typing import Any
 import zmq
 
 from ._frames import send_message
+from ._sockets import SERVER_SNDHWM
 
-__all__ = ["Outbox"]
+__all__ = ["DEFAULT_PEER_OUTPUT", "Outbox", "add_max_peer_output"]
+
+DEFAULT_PEER_OUTPUT = 64 * 1024 * 1024
+"""Bytes of answers that may wait for one peer (past libzmq's SNDHWM messages) before
+a worker or broker takes no more requests from it."""
 
 _RETRY_MIN_S = 0.005
 _RETRY_MAX_S = 0.2
@@ -66,6 +72,8 @@ class Outbox:
         self.max_bytes = max_bytes
         self.undeliverable = 0
         """Messages given up on because their peer left (or the socket was reset)."""
+        self.refused_unread = 0
+        """Requests dropped because their peer's answers were not being read."""
         self._router = sock.type == zmq.ROUTER
         self._loop = loop
         self._log = log
@@ -106,6 +114,28 @@ class Outbox:
         """True while more than ``max_bytes`` wait for ``peer``: take no work from it."""
         queue = self._queues.get(peer) if self._queues else None
         return queue is not None and queue.bytes > self.max_bytes
+
+    def not_reading(self, peer: bytes) -> bool:
+        """True (counted, and logged now and then) if ``peer`` is `full`: the owner then
+        drops the request it just got from it unanswered, because an answer would only
+        wait behind the others while the peer's own deadline runs out."""
+        if not self.full(peer):
+            return False
+        self.refused_unread += 1
+        n = self.refused_unread
+        if n in (1, 10, 100) or n % 10_000 == 0:
+            count, size = self.waiting(peer)
+            self._log.warning(
+                "%s %s is not reading (%d answers, %d bytes waiting, over %d): its requests "
+                "are dropped unanswered until it reads [%d so far]",
+                self._kind,
+                peer.hex(),
+                count,
+                size,
+                self.max_bytes,
+                n,
+            )
+        return True
 
     def waiting(self, peer: bytes = b"") -> tuple[int, int]:
         """(messages, bytes) queued for ``peer``."""
@@ -175,3 +205,16 @@ class Outbox:
                 why,
                 self.undeliverable,
             )
+
+
+def add_max_peer_output(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-peer-output MB`` (worker and broker): the bound on one peer's queue."""
+    parser.add_argument(
+        "--max-peer-output",
+        type=float,
+        default=DEFAULT_PEER_OUTPUT / 2**20,
+        metavar="MB",
+        help="MiB of answers that may wait for one client that does not read them "
+        f"(beyond {SERVER_SNDHWM} messages in libzmq's queue); past it, that client's "
+        f"requests are dropped until it reads (default {DEFAULT_PEER_OUTPUT // 2**20})",
+    )

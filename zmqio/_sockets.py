@@ -225,18 +225,20 @@ class Dialer:
         return True
 
     def greet(self, greeting: Callable[[], Sequence[Any] | None], delay: float = 0.005) -> None:
-        """Send ``greeting()`` (a HELLO) as soon as the new connection takes it.
+        """Send ``greeting()`` (a HELLO) until the peer answers it.
 
-        Right after the handshake the pipe may not take messages yet (IMMEDIATE), so a
-        refused send is retried after ``delay``, doubling up to the heartbeat interval;
-        past that the owner's heartbeat resends it. ``greeting()`` is called for every
-        attempt and returns None once no greeting is wanted (answered, closing).
+        Right after the handshake the pipe may not take messages yet (IMMEDIATE), and a
+        greeting is harmless to repeat, so it is sent again after ``delay``, doubling up
+        to the heartbeat interval; past that the owner's heartbeat resends it.
+        ``greeting()`` is called for every attempt and returns None once no greeting is
+        wanted (answered, closing).
         """
         if self._closed or self.sock is None or self.sock.closed:
             return
         frames = greeting()
-        if frames is None or self.send(frames):
+        if frames is None:
             return
+        self.send(frames)
         if delay < self._heartbeat_ms / 1000:
             self._timer_greet = self._loop.call_later(delay, self.greet, greeting, 2 * delay)
 
