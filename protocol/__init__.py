@@ -30,7 +30,7 @@ from ._messages import (
     Reply,
     Request,
 )
-from ._values import Codec
+from ._values import MAX_INT, MIN_INT, Codec, parse_json
 from .errors import (
     BadArguments,
     Cancelled,
@@ -68,11 +68,14 @@ __all__ = [
     "HEADER_SIZE",
     "Header",
     "Limits",
+    "MAX_INT",
+    "MIN_INT",
     "PROTOCOL_VERSION",
     "SIGNATURE",
     "decode",
     "decode_header",
     "encode",
+    "parse_json",
     # errors
     "BadArguments",
     "Cancelled",
