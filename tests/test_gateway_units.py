@@ -145,6 +145,8 @@ def test_call_bodies() -> None:
         [],
         {"n": 3},
     )
+    ends = b'{"args": [18446744073709551615, -9223372036854775808, 1.5e308]}'
+    assert parse_call_body(ends, "") == ([2**64 - 1, -(2**63), 1.5e308], {})
     packed = msgpack.packb({"args": [b"\x00"], "kwargs": {"k": 1}})
     assert parse_call_body(packed, "application/msgpack; charset=binary") == ([b"\x00"], {"k": 1})
 
@@ -169,6 +171,16 @@ def _nested(depth: int) -> Any:
         (b"[" * 100_000 + b"]" * 100_000, "", "not valid JSON|not a list"),
         (json.dumps({"args": _nested(MAX_ARGUMENT_DEPTH + 1)}).encode(), "", "nest deeper"),
         (json.dumps({"kwargs": {"a": _nested(MAX_ARGUMENT_DEPTH)}}).encode(), "", "nest deeper"),
+        # Python's json reads these; the wire does not carry them (SPEC section 4).
+        (b'{"args": [1e999, 1]}', "", "1e999 is out of the float64 range"),
+        (b'{"kwargs": {"x": -1e999}}', "", "-1e999 is out of the float64 range"),
+        (b'{"args": [NaN]}', "", "NaN is not a JSON number"),
+        (b'{"args": [[-Infinity]]}', "", "-Infinity is not a JSON number"),
+        (
+            b'{"args": [18446744073709551616]}',
+            "",
+            r"integer 18446744073709551616 is out of range: zeromesh integers are -2\*\*63",
+        ),
     ],
 )
 def test_bad_call_bodies_are_400(body: bytes, content_type: str, match: str) -> None:
