@@ -212,6 +212,31 @@ def test_integers_at_the_ends_of_the_range_reach_the_worker(gw: GatewayProcess) 
     assert gw.wait_job(view["id"], gatewaykit.finished)["error"]["type"] == "ValueError"
 
 
+def test_call_result_over_max_result_is_refused_before_rendering(
+    gw: GatewayProcess, gateways: Gateways
+) -> None:
+    from gateway._render import result_size
+
+    connect = gw.args[gw.args.index("--connect") + 1]
+    small = gateways.start("--connect", connect, "--jobs-db", ":memory:", "--max-result", "2K")
+    values = [1.0, 2.0, 3.0]
+    big = {"args": [values], "kwargs": {"bins": 1000}}  # ~16 KB of counts and edges
+    counts, edges = np.histogram(values, bins=1000)
+    size = result_size({"counts": counts, "edges": edges})
+    for accept in ("application/json", "application/msgpack"):
+        r = small.request("POST", "/call/demo.histogram", big, headers={"Accept": accept})
+        assert r.status == 502, r.body
+        err = r.error
+        assert err["type"] == "ResultTooLarge"
+        assert f"the result takes {size} bytes" in err["message"]
+        assert "(--max-result 2048)" in err["message"]
+        assert "return less" in err["message"]
+    # A result under the limit passes; the default limit (16 MiB) lets the big one by.
+    r = small.request("POST", "/call/demo.histogram", {"args": [values], "kwargs": {"bins": 2}})
+    assert (r.status, r.json["result"]["counts"]["data"]) == (200, [1, 2])
+    assert gw.request("POST", "/call/demo.histogram", big).status == 200
+
+
 def test_oversized_body_gets_413_and_nothing_else_is_affected(gw: GatewayProcess) -> None:
     # A call in flight all along must be answered normally.
     slow: list[Response] = []
