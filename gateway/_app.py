@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
-from protocol import DEFAULT_LIMITS
+from protocol import DEFAULT_LIMITS, ProtocolError, parse_json
 
 from ._errors import ApiError
 from ._render import JSON_TYPE, wants_msgpack
@@ -84,7 +84,9 @@ def _log_request(handler: RequestHandler) -> None:
 def parse_call_body(body: bytes, content_type: str) -> tuple[list[Any], dict[str, Any]]:
     """``(args, kwargs)`` from a call or job body (JSON, or msgpack by content type).
 
-    An empty body means no arguments.
+    An empty body means no arguments. JSON numbers the wire does not carry (``NaN``,
+    ``Infinity``, ``1e999``, integers outside ``protocol.MIN_INT..MAX_INT``) are refused
+    here rather than sent on as infinities or refused by the encoder later.
 
     Raises:
         ApiError: 400 for a body that is not valid or not shaped as documented.
@@ -93,7 +95,11 @@ def parse_call_body(body: bytes, content_type: str) -> tuple[list[Any], dict[str
         return [], {}
     media = content_type.split(";", 1)[0].strip().lower()
     try:
-        data = msgpack.unpackb(body, raw=False) if media in _MSGPACK_BODY else json.loads(body)
+        data = msgpack.unpackb(body, raw=False) if media in _MSGPACK_BODY else parse_json(body)
+    except ProtocolError as exc:  # the message names the number
+        raise ApiError(
+            400, "BadRequest", f"the body has a number zeromesh cannot carry: {exc}"
+        ) from None
     except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError) as exc:
         kind = "msgpack" if media in _MSGPACK_BODY else "JSON"
         raise ApiError(400, "BadRequest", f"the body is not valid {kind}: {exc}") from None

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_size,
         default=d["max_result"].default,
         metavar="BYTES",
-        help="largest job result kept; a larger one fails the job (default 16M)",
+        help="largest result a call returns or a job keeps (encoded size); a larger one "
+        "gets 502 ResultTooLarge (default 16M)",
     )
     p.add_argument(
         "--job-ttl",

@@ -79,7 +79,8 @@ class GatewayConfig:
     max_body: int = 1 * _MiB
     """Largest request body accepted; larger ones get 413."""
     max_result: int = 16 * _MiB
-    """Largest job result stored (encoded size); a larger one fails the job."""
+    """Largest result (its stored, msgpack size) a call returns or a job keeps; a larger
+    one answers ``POST /call`` with 502 ``ResultTooLarge``, and fails the job so."""
     job_ttl: float = 24 * 3600.0
     """Seconds a finished job stays readable."""
     call_timeout: float = 30.0

@@ -27,7 +27,7 @@ from ._app import drain_limit, make_app
 from ._config import GatewayConfig
 from ._errors import RETRY_AFTER_NO_WORKERS, RETRY_AFTER_OVERLOADED, ApiError, api_error
 from ._jobs import DONE, FAILED, JobRecord, JobStore, StoreError
-from ._render import NeedsConversion, render, unpack_stored
+from ._render import NeedsConversion, check_result_size, render, unpack_stored
 from ._runner import JobRunner
 
 __all__ = ["Gateway", "StartupError"]
@@ -201,7 +201,8 @@ class Gateway:
         that future tells the worker to drop the request.
 
         Raises:
-            ApiError: the HTTP answer for whatever went wrong (see `_errors`).
+            ApiError: the HTTP answer for whatever went wrong (see `_errors`); 502
+                ``ResultTooLarge`` for a result over ``--max-result``.
         """
         if self._pending >= self.config.max_pending_calls:
             raise ApiError(
@@ -223,7 +224,7 @@ class Gateway:
             reply = await view.submit(target, *args, **kwargs)
             if on_sent is not None:
                 on_sent(reply)
-            return await reply
+            value = await reply
         except ZeromeshError as exc:
             error = api_error(exc)
             # The client's advice is for Python callers; say it in HTTP terms.
@@ -235,6 +236,9 @@ class Gateway:
             self._pending -= 1
             if not self._pending:
                 self._idle.set()
+        # Before rendering: an oversized result is refused, not turned into JSON.
+        check_result_size(value, self.config.max_result)
+        return value
 
     async def _wait_for_workers(self, seconds: float) -> None:
         try:

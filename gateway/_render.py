@@ -13,7 +13,8 @@ With ``Accept: application/msgpack`` the body is msgpack: arrays are
 ``np.frombuffer(data, dtype).reshape(shape)``), floats keep NaN and Infinity.
 
 Stored job results keep full fidelity: msgpack with numpy arrays as extension types,
-decoded back to arrays when the job is read.
+decoded back to arrays when the job is read. That stored size is what ``--max-result``
+bounds, for a call's reply as for a job's result (`check_result_size`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from ._errors import ApiError
+
 __all__ = [
     "JSON_TYPE",
     "MSGPACK_TYPE",
     "NeedsConversion",
+    "check_result_size",
     "pack_stored",
     "render",
+    "result_size",
     "to_json",
     "unpack_stored",
     "wants_msgpack",
@@ -156,11 +161,69 @@ def unpack_stored(blob: bytes) -> Any:
     return msgpack.unpackb(blob, raw=False, strict_map_key=False, ext_hook=_store_ext)
 
 
+def result_size(value: Any) -> int:
+    """``len(pack_stored(value))``, without building it: a numpy array's bytes are
+    counted, not copied, so measuring a huge result costs no memory.
+
+    Raises:
+        TypeError, ValueError: ``value`` cannot be stored (as `pack_stored`).
+    """
+    extra = 0
+
+    def default(obj: Any) -> Any:
+        nonlocal extra
+        if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+            head = _array_head(obj)
+            # Packed as the head alone; add what the bytes and their longer header take.
+            full = len(head) + obj.nbytes
+            extra += obj.nbytes + _ext_header(full) - _ext_header(len(head))
+            return msgpack.ExtType(_EXT_ARRAY, head)
+        return _store_default(obj)
+
+    return len(msgpack.packb(value, default=default, use_bin_type=True)) + extra
+
+
+def check_result_size(value: Any, limit: int) -> None:
+    """Refuse a result over ``limit`` bytes as stored (`result_size`): the
+    ``--max-result`` check of ``POST /call`` replies and of job results alike. A call
+    runs it before rendering, so an oversized result is never turned into JSON.
+
+    Raises:
+        ApiError: 502 ``ResultTooLarge`` naming the size and the limit; 500
+            ``ResultError`` when the value cannot be stored at all.
+    """
+    try:
+        size = result_size(value)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(500, "ResultError", f"the result cannot be stored: {exc}") from exc
+    if size > limit:
+        # 502: the gateway refuses what its upstream (the worker) answered; 413 would
+        # blame the caller's request body.
+        raise ApiError(
+            502,
+            "ResultTooLarge",
+            f"the result takes {size} bytes, more than the gateway passes on or keeps "
+            f"(--max-result {limit}); return less, or store it elsewhere and return "
+            "where (or run the gateway with a larger --max-result)",
+        )
+
+
+def _array_head(arr: np.ndarray) -> bytes:
+    """The dtype and shape `pack_stored` writes before an array's C-order bytes."""
+    return msgpack.packb([arr.dtype.str, list(arr.shape)])
+
+
+def _ext_header(size: int) -> int:
+    """Bytes msgpack writes before an extension payload of ``size`` bytes."""
+    if size in (1, 2, 4, 8, 16):
+        return 2  # fixext: marker, type
+    return 3 if size < 1 << 8 else 4 if size < 1 << 16 else 6  # ext 8/16/32
+
+
 def _store_default(value: Any) -> Any:
     if isinstance(value, np.ndarray) and not value.dtype.hasobject:
-        arr = np.ascontiguousarray(value)
-        head = msgpack.packb([arr.dtype.str, list(arr.shape)])
-        return msgpack.ExtType(_EXT_ARRAY, head + arr.tobytes())
+        # tobytes() writes C order whatever the layout: no contiguous copy first.
+        return msgpack.ExtType(_EXT_ARRAY, _array_head(value) + value.tobytes())
     if isinstance(value, np.generic):
         arr = np.asarray(value)
         return msgpack.ExtType(_EXT_SCALAR, msgpack.packb(arr.dtype.str) + arr.tobytes())

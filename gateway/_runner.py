@@ -28,7 +28,7 @@ from protocol import NoWorkers, Overloaded, Progress, ZeromeshError
 
 from ._errors import RETRY_AFTER_OVERLOADED, ApiError, api_error
 from ._jobs import DONE, FAILED, JobRecord, JobStore
-from ._render import pack_stored
+from ._render import check_result_size, pack_stored
 
 __all__ = ["JobRunner"]
 
@@ -196,23 +196,11 @@ class JobRunner:
 
     async def _done(self, job_id: str, target: str, value: Any, seconds: float) -> None:
         try:
-            blob = pack_stored(value)
-        except (TypeError, ValueError) as exc:
-            await self._fail(job_id, target, ApiError(500, "ResultError", str(exc)))
+            check_result_size(value, self._max_result)
+        except ApiError as error:
+            await self._fail(job_id, target, error)
             return
-        if len(blob) > self._max_result:
-            await self._fail(
-                job_id,
-                target,
-                ApiError(
-                    500,
-                    "ResultTooLarge",
-                    f"the result takes {len(blob)} bytes, more than the gateway keeps "
-                    f"(--max-result {self._max_result}); return less, or store it elsewhere "
-                    "and return where",
-                ),
-            )
-            return
+        blob = pack_stored(value)
         if await self._store.finish(job_id, DONE, result=blob, progress=self._progress.get(job_id)):
             log.info("job %s (%s) done in %.2f s", job_id, target, seconds)
 

@@ -46,7 +46,7 @@ from ._names import (
     TARGET_PATTERN,
     UNREACHABLE,
 )
-from ._values import Codec
+from ._values import MAX_INT, MIN_INT, Codec, parse_json
 from .errors import (
     BadArguments,
     Cancelled,
@@ -85,12 +85,15 @@ __all__ = [
     "HEADER_SIZE",
     "Header",
     "Limits",
+    "MAX_INT",
+    "MIN_INT",
     "PROTOCOL_VERSION",
     "SIGNATURE",
     "decode",
     "decode_header",
     "encode",
     "header_type",
+    "parse_json",
     "refusal",
     "size_text",
     "with_ttl",

@@ -26,7 +26,16 @@ from ._codec import Codec
 from ._limits import DEFAULT_LIMITS, Limits
 from .errors import ErrorCode, ProtocolError
 
-__all__ = ["Codec", "decode_value", "encode_value", "travels_as_int", "travels_as_number"]
+__all__ = [
+    "MAX_INT",
+    "MIN_INT",
+    "Codec",
+    "decode_value",
+    "encode_value",
+    "parse_json",
+    "travels_as_int",
+    "travels_as_number",
+]
 
 _MSGPACK = Codec.MSGPACK  # a module global is cheaper to read than an enum member
 
@@ -51,6 +60,61 @@ _SENDABLE = frozenset(
 _DTYPE_RE = re.compile(r"([<>|])([biufcmM])(\d{1,2})(\[\d*[a-zA-Z]{1,2}\])?")
 
 Buffer = Any  # bytes, memoryview, zmq.Frame: anything with the buffer protocol
+
+MIN_INT = -(2**63)
+"""The smallest integer a body may hold, in either codec: MessagePack's int 64."""
+MAX_INT = 2**64 - 1
+"""The largest integer a body may hold, in either codec: MessagePack's uint 64."""
+_INT_RANGE = "-2**63..2**64-1"  # MIN_INT..MAX_INT as people write it, for messages
+
+
+def _int_range_error(shown: str) -> ProtocolError:
+    """The error for an integer outside MIN_INT..MAX_INT; ``shown`` names it."""
+    return ProtocolError(f"integer {shown} is out of range: zeromesh integers are {_INT_RANGE}")
+
+
+def _int_refused(value: int, codec: Codec) -> ProtocolError:
+    """The encoder's error for an int outside MIN_INT..MAX_INT."""
+    # str() of an int over 4300 digits raises ValueError (Python's DoS guard).
+    shown = str(value) if value.bit_length() <= 128 else f"of {value.bit_length()} bits"
+    error = _int_range_error(shown)
+    return ProtocolError(f"cannot encode value for the wire ({codec.name}): {error}")
+
+
+def _int_out_of_range_in(value: Any) -> int | None:
+    """An int in ``value`` outside MIN_INT..MAX_INT, or None; map keys are not looked
+    at (JSON writes them as strings). It walks the whole value: only for suspect JSON
+    text and error paths."""
+    stack = [value]
+    seen: set[int] = set()  # a value may contain itself; the encoders refuse that later
+    while stack:
+        node = stack.pop()
+        if isinstance(node, int):
+            if not MIN_INT <= node <= MAX_INT:
+                return node
+        elif isinstance(node, list | tuple | dict) and id(node) not in seen:
+            seen.add(id(node))
+            stack += node.values() if isinstance(node, dict) else node
+    return None
+
+
+# JSON text holds an integer outside MIN_INT..MAX_INT only where it has a run of 19 or
+# more digits that does not follow a "." (float reprs switch to an exponent at 1e16).
+# Mapping digits to "0", "." to itself and every other byte to " " lets one C-level
+# search find each candidate; only then is the value walked.
+_DIGIT_SHAPES = bytes(
+    ord("0") if chr(b) in "0123456789" else ord(".") if chr(b) == "." else ord(" ")
+    for b in range(256)
+)
+_LONG_DIGITS = b"0" * 19
+_LONG_INT = b" " + _LONG_DIGITS
+
+
+def _may_hold_long_int(body: bytes) -> bool:
+    """False if the JSON ``body`` surely holds no integer outside MIN_INT..MAX_INT."""
+    shapes = body.translate(_DIGIT_SHAPES)
+    # Searching for the bare run first is the faster test, and almost always False.
+    return _LONG_DIGITS in shapes and (_LONG_INT in shapes or shapes.startswith(_LONG_DIGITS))
 
 
 def _array_descriptor(arr: np.ndarray, oob: list[Buffer]) -> tuple[str, list[int], int]:
@@ -139,6 +203,8 @@ class _Encoder:
         if isinstance(obj, np.ndarray):
             desc = _array_descriptor(obj, self.oob)
             return msgpack.ExtType(EXT_NDARRAY, msgpack.packb(desc))
+        if isinstance(obj, int):  # msgpack hands over the ints it cannot pack
+            raise _int_refused(obj, _MSGPACK)
         raise TypeError(f"object of type {type(obj).__qualname__} is not supported")
 
     def _json_default(self, obj: Any) -> Any:
@@ -170,7 +236,8 @@ def encode_value(value: Any, codec: Codec) -> tuple[bytes, list[Buffer]]:
 
     Raises:
         ProtocolError: for a value the codec cannot carry (a set, a custom object, an
-            object-dtype array, an int beyond 64 bits, NaN in JSON ...).
+            object-dtype array, an int outside `MIN_INT`..`MAX_INT` in either codec,
+            NaN in JSON ...).
     """
     try:
         encoder = _ENCODERS.pop()  # list.pop and append are atomic: no lock needed
@@ -194,9 +261,22 @@ def encode_value(value: Any, codec: Codec) -> tuple[bytes, list[Buffer]]:
                     "the key"
                 )
             body = text.encode()
+            # The JSON encoder writes any int, msgpack only MIN_INT..MAX_INT (the others
+            # reach _msgpack_default): refuse the same range in both, so a body that
+            # encodes in one codec also travels in the other, and decodes everywhere.
+            if len(body) >= len(_LONG_DIGITS) and _may_hold_long_int(body):
+                bad = _int_out_of_range_in(value)
+                if bad is not None:
+                    raise _int_refused(bad, codec)
     except ProtocolError:
         raise
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        if isinstance(exc, ValueError) and codec is not _MSGPACK:
+            # An int of over 4300 digits stops the JSON encoder ("Exceeds the limit")
+            # before the check above: find it, and say what the range is.
+            bad = _int_out_of_range_in(value)
+            if bad is not None:
+                raise _int_refused(bad, codec) from exc
         raise ProtocolError(
             f"cannot encode value for the wire ({codec.name}): {exc}. zeromesh sends "
             "None, bool, int, float, str, bytes, lists, dicts and numpy arrays; "
@@ -433,6 +513,33 @@ def _finite_float(text: str) -> float:
 def _no_constant(name: str) -> Any:
     """JSON constant hook: NaN, Infinity and -Infinity are not JSON (RFC 8259)."""
     raise ProtocolError(f"{name} is not a JSON number")
+
+
+def _int_in_range(text: str) -> int:
+    """JSON integer hook: an integer outside MIN_INT..MAX_INT is refused."""
+    if len(text) <= 20:  # both ends of the range have 20 characters; JSON has no "01"
+        value = int(text)
+        if MIN_INT <= value <= MAX_INT:
+            return value
+    elif len(text) > 40:  # do not quote (or convert) thousands of digits
+        text = f"{text[:20]}... ({len(text.lstrip('-'))} digits)"
+    raise _int_range_error(text)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse JSON text from outside the mesh under the rules of a JSON body (SPEC
+    section 4): integers within `MIN_INT`..`MAX_INT`, floats within the float64 range,
+    no ``NaN`` or ``Infinity``. The HTTP gateway reads request bodies with it, so what
+    it accepts can go on the wire in either codec. Like `json.loads`, it takes bytes
+    in UTF-8, UTF-16 or UTF-32.
+
+    Raises:
+        ProtocolError: a number the wire does not carry; the message names it.
+        ValueError: ``text`` is not JSON.
+    """
+    return json.loads(
+        text, parse_int=_int_in_range, parse_float=_finite_float, parse_constant=_no_constant
+    )
 
 
 # Shared like json's own default decoder: decoding keeps no state in the decoder.

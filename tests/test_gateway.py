@@ -167,6 +167,76 @@ def test_deepest_allowed_arguments_reach_the_worker(gw: GatewayProcess) -> None:
     assert (r.status, r.error["type"]) == (400, "BadRequest")
 
 
+# Python's json reads all of these, but the wire does not carry them (SPEC section 4).
+# 1e999 used to reach the handler as inf (math.add answered 200 {"result": null}); an
+# integer over 64 bits got 502 on /call and 500 on /jobs.
+BAD_NUMBERS = [
+    pytest.param(b'{"args": [1e999]}', "JSON number 1e999 is out of the float64 range", id="1e999"),
+    pytest.param(
+        b'{"args": [-1e999]}', "JSON number -1e999 is out of the float64 range", id="-1e999"
+    ),
+    pytest.param(b'{"args": [NaN]}', "NaN is not a JSON number", id="NaN"),
+    pytest.param(b'{"kwargs": {"ms": Infinity}}', "Infinity is not a JSON number", id="Infinity"),
+    pytest.param(
+        b'{"args": [18446744073709551616]}',
+        "integer 18446744073709551616 is out of range: zeromesh integers are -2**63..2**64-1",
+        id="2**64",
+    ),
+    pytest.param(
+        b'{"args": [-9223372036854775809]}',
+        "integer -9223372036854775809 is out of range: zeromesh integers are -2**63..2**64-1",
+        id="-2**63-1",
+    ),
+]
+
+
+@pytest.mark.parametrize("route", ["/call/demo.wait", "/jobs/demo.wait"])
+@pytest.mark.parametrize(("body", "named"), BAD_NUMBERS)
+def test_numbers_the_wire_does_not_carry_are_400(
+    gw: GatewayProcess, route: str, body: bytes, named: str
+) -> None:
+    r = gw.request("POST", route, body)
+    assert r.status == 400, r.body
+    err = r.error
+    assert err["type"] == "BadRequest"
+    assert named in err["message"], err
+
+
+def test_integers_at_the_ends_of_the_range_reach_the_worker(gw: GatewayProcess) -> None:
+    # Not refused by the gateway (400) nor by the encoder (502): the handler sees them.
+    for n in (2**64 - 1, -(2**63)):
+        r = gw.call("demo.fib", n)
+        assert (r.status, r.error["type"]) == (500, "ValueError"), r.body
+        assert f"not {n}" in r.error["message"]
+    view = gw.submit("demo.fib", 2**64 - 1)
+    assert gw.wait_job(view["id"], gatewaykit.finished)["error"]["type"] == "ValueError"
+
+
+def test_call_result_over_max_result_is_refused_before_rendering(
+    gw: GatewayProcess, gateways: Gateways
+) -> None:
+    from gateway._render import result_size
+
+    connect = gw.args[gw.args.index("--connect") + 1]
+    small = gateways.start("--connect", connect, "--jobs-db", ":memory:", "--max-result", "2K")
+    values = [1.0, 2.0, 3.0]
+    big = {"args": [values], "kwargs": {"bins": 1000}}  # ~16 KB of counts and edges
+    counts, edges = np.histogram(values, bins=1000)
+    size = result_size({"counts": counts, "edges": edges})
+    for accept in ("application/json", "application/msgpack"):
+        r = small.request("POST", "/call/demo.histogram", big, headers={"Accept": accept})
+        assert r.status == 502, r.body
+        err = r.error
+        assert err["type"] == "ResultTooLarge"
+        assert f"the result takes {size} bytes" in err["message"]
+        assert "(--max-result 2048)" in err["message"]
+        assert "return less" in err["message"]
+    # A result under the limit passes; the default limit (16 MiB) lets the big one by.
+    r = small.request("POST", "/call/demo.histogram", {"args": [values], "kwargs": {"bins": 2}})
+    assert (r.status, r.json["result"]["counts"]["data"]) == (200, [1, 2])
+    assert gw.request("POST", "/call/demo.histogram", big).status == 200
+
+
 def test_oversized_body_gets_413_and_nothing_else_is_affected(gw: GatewayProcess) -> None:
     # A call in flight all along must be answered normally.
     slow: list[Response] = []

@@ -147,7 +147,7 @@ def test_finished_jobs_expire_and_results_are_bounded(mesh: Mesh, gateways: Gate
     small = gw.submit("demo.histogram", [1.0, 2.0, 3.0], bins=2)
     view = gw.wait_job(big["id"], finished)
     assert view["status"] == "failed"
-    assert view["error"]["type"] == "ResultTooLarge"
+    assert (view["error"]["type"], view["error"]["code"]) == ("ResultTooLarge", 502)
     assert "--max-result 2048" in view["error"]["message"]
     view = gw.wait_job(small["id"], finished)
     assert view["status"] == "done"

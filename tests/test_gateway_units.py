@@ -21,8 +21,10 @@ from gateway._errors import ApiError, api_error
 from gateway._jobs import JobStore, StoreError
 from gateway._render import (
     NeedsConversion,
+    check_result_size,
     pack_stored,
     render,
+    result_size,
     to_json,
     unpack_stored,
     wants_msgpack,
@@ -124,7 +126,7 @@ def test_stored_results_round_trip_exactly() -> None:
     ]
     for arr in values:
         back = unpack_stored(pack_stored(arr))
-        assert back.dtype == arr.dtype
+        assert (back.dtype, back.shape) == (arr.dtype, arr.shape)
         np.testing.assert_array_equal(back, arr)
     nested = {"x": [np.float32(1.5), {"y": np.arange(3)}], "n": None, "b": b"raw"}
     back = unpack_stored(pack_stored(nested))
@@ -132,6 +134,37 @@ def test_stored_results_round_trip_exactly() -> None:
     assert isinstance(back["x"][0], np.float32)
     np.testing.assert_array_equal(back["x"][1]["y"], np.arange(3))
     assert (back["n"], back["b"]) == (None, b"raw")
+
+
+def test_result_size_is_the_stored_size_without_building_it() -> None:
+    # Each size class of msgpack's extension header: fixext 8 and 16, ext 8, 16 and 32.
+    arrays = [np.zeros(n, np.uint8) for n in (0, 1, 2, 6, 14, 200, 300, 65_520, 70_000)]
+    values: list[Any] = [
+        *arrays,
+        np.arange(12, dtype=">i4").reshape(3, 4)[:, ::2],  # not contiguous, big-endian
+        np.array(5.0),
+        np.array(["ab", "c"]),
+        np.array([1, "x"], dtype=object),
+        {"x": [np.float32(1.5), {"y": np.arange(3)}], "n": None, "b": b"raw" * 100},
+        [1 + 2j, "text", 2**64 - 1, -(2**63)],
+    ]
+    for value in values:
+        assert result_size(value) == len(pack_stored(value))
+
+
+def test_result_size_check_is_one_rule_for_calls_and_jobs() -> None:
+    value = {"edges": np.zeros(1000)}
+    size = result_size(value)
+    check_result_size(value, size)  # at the limit: fine
+    with pytest.raises(ApiError) as info:
+        check_result_size(value, size - 1)
+    err = info.value
+    assert (err.status, err.type_name) == (502, "ResultTooLarge")
+    assert f"the result takes {size} bytes" in err.message
+    assert f"(--max-result {size - 1})" in err.message
+    with pytest.raises(ApiError) as info:
+        check_result_size({1, 2}, 10**9)
+    assert (info.value.status, info.value.type_name) == (500, "ResultError")
 
 
 # --- request bodies --------------------------------------------------------------------------
@@ -145,6 +178,8 @@ def test_call_bodies() -> None:
         [],
         {"n": 3},
     )
+    ends = b'{"args": [18446744073709551615, -9223372036854775808, 1.5e308]}'
+    assert parse_call_body(ends, "") == ([2**64 - 1, -(2**63), 1.5e308], {})
     packed = msgpack.packb({"args": [b"\x00"], "kwargs": {"k": 1}})
     assert parse_call_body(packed, "application/msgpack; charset=binary") == ([b"\x00"], {"k": 1})
 
@@ -169,6 +204,16 @@ def _nested(depth: int) -> Any:
         (b"[" * 100_000 + b"]" * 100_000, "", "not valid JSON|not a list"),
         (json.dumps({"args": _nested(MAX_ARGUMENT_DEPTH + 1)}).encode(), "", "nest deeper"),
         (json.dumps({"kwargs": {"a": _nested(MAX_ARGUMENT_DEPTH)}}).encode(), "", "nest deeper"),
+        # Python's json reads these; the wire does not carry them (SPEC section 4).
+        (b'{"args": [1e999, 1]}', "", "1e999 is out of the float64 range"),
+        (b'{"kwargs": {"x": -1e999}}', "", "-1e999 is out of the float64 range"),
+        (b'{"args": [NaN]}', "", "NaN is not a JSON number"),
+        (b'{"args": [[-Infinity]]}', "", "-Infinity is not a JSON number"),
+        (
+            b'{"args": [18446744073709551616]}',
+            "",
+            r"integer 18446744073709551616 is out of range: zeromesh integers are -2\*\*63",
+        ),
     ],
 )
 def test_bad_call_bodies_are_400(body: bytes, content_type: str, match: str) -> None:

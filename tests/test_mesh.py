@@ -99,6 +99,22 @@ def test_remote_errors_are_typed(mesh: Mesh) -> None:
         assert c.call("math.add", 2, 2) == 4
 
 
+def test_integers_outside_the_wire_range_are_refused_with_the_range(mesh: Mesh) -> None:
+    w = mesh.start()
+    refused = (
+        r"integer 18446744073709551616 is out of range: zeromesh integers are -2\*\*63\.\.2\*\*64-1"
+    )
+    with Client([w.endpoint]) as c:
+        # The client's encoder refuses it; nothing is sent.
+        with pytest.raises(protocol.ProtocolError, match=refused):
+            c.call("math.add", 2**64, 1)
+        # A result out of range is refused by the worker's encoder, and said so.
+        with pytest.raises(RemoteError, match=refused) as info:
+            c.call("math.add", 2**64 - 1, 1)
+        assert info.value.remote_type == "ProtocolError"
+        assert c.call("math.add", 2**64 - 2, 1) == protocol.MAX_INT
+
+
 def test_type_error_inside_handler_is_remote_error(mesh: Mesh) -> None:
     w = mesh.start(service="testsvc:svc", env=TEST_ENV)
     with Client([w.endpoint]) as c, pytest.raises(RemoteError) as info:

@@ -459,14 +459,98 @@ def test_hello_uptime_out_of_float_range() -> None:
 @pytest.mark.parametrize("codec", CODECS)
 def test_encoder_refuses_what_the_wire_cannot_carry(codec: Codec) -> None:
     for value in ({1, 2}, object(), 2**64, -(2**63) - 1, 1j, {"k": Ellipsis}):
-        if codec is Codec.JSON and isinstance(value, int):
-            continue  # JSON numbers have no size limit
         with pytest.raises(ProtocolError, match="encode"):
             protocol.encode(Reply(1, value, codec=codec))
     if codec is Codec.JSON:
         for value in (float("nan"), float("inf"), {b"k": 1}):
             with pytest.raises(ProtocolError):
                 protocol.encode(Reply(1, value, codec=codec))
+
+
+OUT_OF_RANGE_INTS = [
+    pytest.param(2**64, "18446744073709551616", id="2**64"),
+    pytest.param(-(2**63) - 1, "-9223372036854775809", id="-2**63-1"),
+    pytest.param(-(2**64), "-18446744073709551616", id="-2**64"),
+    # Too long to print: Python refuses str() of an int over 4300 digits.
+    pytest.param(10**5000, "of 16610 bits", id="10**5000"),
+]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize(("value", "shown"), OUT_OF_RANGE_INTS)
+def test_encoder_refuses_ints_outside_the_wire_range_in_both_codecs(
+    codec: Codec, value: int, shown: str
+) -> None:
+    # SPEC 4: integers are MIN_INT..MAX_INT in either codec. msgpack cannot carry more;
+    # JSON could write more, but a peer decoding into 64 bits could not read it.
+    assert (protocol.MIN_INT, protocol.MAX_INT) == (-(2**63), 2**64 - 1)
+    where = [
+        Reply(1, value, codec=codec),
+        Reply(1, [1, {"deep": [0.5, value]}], codec=codec),
+        Request(1, "svc.add", [value, 1], codec=codec),
+        Request(1, "svc.add", [], {"a": value}, codec=codec),
+    ]
+    for msg in where:
+        with pytest.raises(ProtocolError) as info:
+            protocol.encode(msg)
+        assert info.value.code is ErrorCode.PROTOCOL
+        assert str(info.value) == (
+            f"cannot encode value for the wire ({codec.name}): integer {shown} is out of "
+            "range: zeromesh integers are -2**63..2**64-1"
+        )
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_ints_at_the_ends_of_the_range_and_long_digit_runs_travel(codec: Codec) -> None:
+    # The JSON check looks for runs of 19+ digits; these must pass it untouched.
+    values = [
+        protocol.MIN_INT,
+        protocol.MAX_INT,
+        [protocol.MAX_INT, protocol.MIN_INT, 2**63],
+        "12345678901234567890123",  # digits in a string
+        {"x": 0.00012345678901234568},  # 20 digits after the point
+        {"18446744073709551616": 1},
+    ]
+    for value in values:
+        frames = received(protocol.encode(Reply(1, value, codec=codec)))
+        assert protocol.decode(frames).result == value
+
+
+def test_json_int_keys_travel_as_strings_whatever_their_size() -> None:
+    # JSON object keys are strings (SPEC 4), so a big int key carries no integer.
+    frames = received(protocol.encode(Reply(1, {2**64: 1}, codec=Codec.JSON)))
+    assert protocol.decode(frames).result == {"18446744073709551616": 1}
+    with pytest.raises(ProtocolError, match="integer 18446744073709551616 is out of range"):
+        protocol.encode(Reply(1, {2**64: 1}))  # msgpack keeps the key an integer
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1e999]", "JSON number 1e999 is out of the float64 range"),
+        ('{"a": -1e999}', "JSON number -1e999 is out of the float64 range"),
+        ("[NaN]", "NaN is not a JSON number"),
+        ("Infinity", "Infinity is not a JSON number"),
+        ("[-Infinity]", "-Infinity is not a JSON number"),
+        ("[18446744073709551616]", "integer 18446744073709551616 is out of range: zeromesh"),
+        ("-9223372036854775809", "integer -9223372036854775809 is out of range: zeromesh"),
+        ("[" + "9" * 5000 + "]", r"integer 9{20}\.\.\. \(5000 digits\) is out of range"),
+    ],
+    ids=["1e999", "-1e999", "NaN", "Infinity", "-Infinity", "2**64", "-2**63-1", "5000-digits"],
+)
+def test_parse_json_refuses_numbers_the_wire_does_not_carry(text: str, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        protocol.parse_json(text)
+    with pytest.raises(ProtocolError, match=message):
+        protocol.parse_json(text.encode())
+
+
+def test_parse_json_reads_everything_else_as_json_does() -> None:
+    text = '{"a": [18446744073709551615, -9223372036854775808, 1.5e308, -0, true, null]}'
+    assert protocol.parse_json(text) == json.loads(text)
+    assert protocol.parse_json(text.encode("utf-16")) == json.loads(text)
+    with pytest.raises(json.JSONDecodeError, match="Expecting value"):
+        protocol.parse_json("[1,")
 
 
 # What the decoder refuses, the encoder refuses: a message that encodes, decodes.
