@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
-from protocol import DEFAULT_LIMITS, ProtocolError, parse_json
+from protocol import DEFAULT_LIMITS, TARGET_PATTERN, ProtocolError, parse_json
 
 from ._errors import ApiError
 from ._render import JSON_TYPE, wants_msgpack
@@ -35,7 +35,6 @@ __all__ = ["drain_limit", "make_app", "parse_call_body"]
 access_log = logging.getLogger("zeromesh.gateway.access")
 
 _MiB = 1024 * 1024
-_TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\.[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
 _JOB_ID = re.compile(r"[A-Za-z0-9_\-]{22}\Z")
 _MSGPACK_BODY = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 _BODY_KEYS = frozenset(("args", "kwargs"))
@@ -151,7 +150,7 @@ def _dumps(value: Any) -> bytes:
 
 def check_target(target: str) -> None:
     """Raise 404 for a path that cannot name a handler (``service.handler``)."""
-    if not _TARGET.match(target):
+    if not TARGET_PATTERN.match(target):
         raise ApiError(
             404,
             "UnknownHandler",
