@@ -51,7 +51,7 @@ from protocol import (
     WorkerLost,
     ZeromeshError,
 )
-from zmqio import BindError, Dialer, has_input, receive_batch
+from zmqio import BindError, Dialer, receive_batch
 
 __all__ = ["Call", "Core", "WorkerInfo"]
 
@@ -177,7 +177,6 @@ class Core:
         self._timer_at = 0.0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._peers: list[_Peer] = []
-        self._sent_to: set[_Peer] = set()
         self._all_busy = False  # the last _pick found servers, all at their limit
         self._rr = 0
         self._ticker: Any = None
@@ -355,23 +354,10 @@ class Core:
 
     def _try_send(self, peer: _Peer, frames: list[Any]) -> bool:
         try:
-            if not peer.dialer.send(frames):
-                return False
+            return peer.dialer.send(frames)
         except zmq.ZMQError as exc:
             log.warning("send to %s failed: %s", peer.endpoint, exc)
             return False
-        # ZeroMQ's FD is edge-triggered and a send may swallow the edge of a reply that
-        # arrived meanwhile: look at EVENTS once this burst of sends is over.
-        if not self._sent_to:
-            self.loop.call_soon(self._check_input)
-        self._sent_to.add(peer)
-        return True
-
-    def _check_input(self) -> None:
-        sent_to, self._sent_to = self._sent_to, set()
-        for peer in sent_to:
-            if has_input(peer.sock):
-                self._on_readable(peer)
 
     # --- receiving -----------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ def add(a, b):
     return a + b
 """
 
+from ._config import StartupError, WorkerConfig
 from ._context import cancelled, progress
-from ._server import StartupError, Worker, WorkerConfig
+from ._server import Worker
 from ._service import Service
 
 __all__ = [

@@ -58,10 +58,10 @@ from protocol import (
     Ready,
     Request,
 )
-from zmqio import BindError, Dialer, Outbox, has_input, receive_batch, recv_message, send_message
+from zmqio import BindError, Dialer, Outbox, receive_batch, recv_message, send_message
 
 if TYPE_CHECKING:
-    from ._server import WorkerConfig
+    from ._config import WorkerConfig
 
 
 class WorkerPort(Protocol):
@@ -158,7 +158,6 @@ class BrokerLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._hello_ids = itertools.count(1)
-        self._check_soon: set[_Conn] = set()
         self._stolen_wake = False
         self._ready_frames: dict[int, list[Any]] = {}
         self._loop_thread = 0
@@ -272,22 +271,10 @@ class BrokerLink:
         if sock is None or sock.closed or conn.outbox is None:
             return False
         if conn.state is _CONNECTING:
-            if not conn.dialer.send(frames):  # type: ignore[union-attr]
-                return False  # no broker behind it: the reply is moot, its client re-sends
-        else:
-            conn.outbox.send(frames)
-        # The FD is edge-triggered and a send may swallow the edge of a message that
-        # arrived meanwhile: look once this burst of sends is over.
-        if not self._check_soon and self._loop is not None:
-            self._loop.call_soon(self._check_input)
-        self._check_soon.add(conn)
+            return conn.dialer.send(frames)  # type: ignore[union-attr]
+        conn.outbox.send(frames)
+        conn.dialer.watch_input()  # type: ignore[union-attr]
         return True
-
-    def _check_input(self) -> None:
-        conns, self._check_soon = self._check_soon, set()
-        for conn in conns:
-            if conn.sock is not None and has_input(conn.sock):
-                self._pump(conn)
 
     # --- receiving -----------------------------------------------------------------------
 

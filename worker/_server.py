@@ -25,21 +25,18 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
 
 import protocol
 from protocol import (
-    DEFAULT_LIMITS,
     Cancel,
     Disconnect,
     Error,
     ErrorCode,
     Hello,
-    Limits,
     Ping,
     Pong,
     Progress,
@@ -48,7 +45,6 @@ from protocol import (
     Request,
 )
 from zmqio import (
-    DEFAULT_PEER_OUTPUT,
     BindError,
     Outbox,
     bind_router,
@@ -60,132 +56,18 @@ from zmqio import (
 
 from . import _context
 from ._broker_link import BrokerLink
-from ._fair_queue import FairQueue
+from ._config import EXIT_DRAIN_TIMEOUT, EXIT_HARD_TIMEOUT, StartupError, WorkerConfig
+from ._jobs import DONE, QUEUED, RUNNING, Job, JobTable
 from ._service import Handler, Service
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "Worker", "WorkerConfig"]
 
 log = logging.getLogger("zeromesh.worker")
 
-EXIT_DRAIN_TIMEOUT = 3
-"""Exit status when in-flight work was abandoned because the drain took too long."""
-EXIT_HARD_TIMEOUT = 70
-"""Exit status after a handler overran ``hard_timeout`` (EX_SOFTWARE): restart me."""
-
 _BATCH = 256  # messages handled per wake-up before other callbacks get a turn
 _HOUSEKEEPING_S = 0.25
 _PEER_FORGET_S = 60.0
 _HANGUP_GRACE_S = 0.2  # after a drain: time for clients to read our last messages
-
-
-class StartupError(Exception):
-    """The worker cannot start: bad endpoint, address in use, path owned by a live worker."""
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """How a worker runs. Defaults suit a CPU-bound service, one process per core."""
-
-    binds: Sequence[str]
-    concurrency: int = 1
-    """Sync handlers running at once (threads). CPU scale comes from more processes."""
-    max_async: int = 100
-    """``async def`` handlers running at once on the loop (IO-bound work)."""
-    drain_timeout: float = 10.0
-    """Seconds to finish in-flight work after SIGTERM before giving up on it."""
-    heartbeat_ms: int = 1000
-    """Ping interval clients should use; also the ZMTP heartbeat interval."""
-    name: str = ""
-    max_requests: int = 0
-    """Drain and exit 0 after this many requests (0: never); supervisord starts a fresh one."""
-    max_requests_jitter: int = 0
-    """Add a random 0..N to ``max_requests`` per process, so workers started together do
-    not all recycle at the same moment."""
-    max_rss_mb: float = 0
-    """Drain and exit 0 once resident memory passes this (0: never)."""
-    hard_timeout: float = 0
-    """A sync handler running longer gets a Timeout reply; the worker exits 70 (0: off)."""
-    limits: Limits = field(default=DEFAULT_LIMITS)
-    brokers: Sequence[str] = ()
-    """Brokers to connect out to and take work from (worker/_broker_link.py)."""
-    broker_prefetch: int = 0
-    """Credit offered to brokers beyond capacity (0: exact; short calls pipeline with more)."""
-    max_pending: int = 0
-    """Requests held at once, running and waiting (0: capacity + 1000). Beyond it a
-    request is answered OVERLOADED at once, taken from the client that holds the most."""
-    max_peer_output: int = DEFAULT_PEER_OUTPUT
-    """Bytes of answers waiting for one client that does not read; past it the worker
-    takes no more requests from that client until it reads."""
-
-    def __post_init__(self) -> None:
-        if not self.binds and not self.brokers:
-            raise StartupError("nothing to serve on: give at least one --bind or --broker")
-        for endpoint in self.brokers:
-            scheme, sep, rest = endpoint.partition("://")
-            if not sep or scheme not in ("tcp", "ipc") or not rest:
-                raise StartupError(
-                    f"cannot connect to broker {endpoint!r}: use tcp://HOST:PORT or "
-                    "ipc:///path/to/socket"
-                )
-        checks = [
-            (self.concurrency >= 1, "--concurrency must be at least 1"),
-            (self.max_async >= 1, "--max-async must be at least 1"),
-            (self.drain_timeout >= 0, "--drain-timeout must be >= 0"),
-            (self.heartbeat_ms >= 100, "heartbeat must be at least 100 ms"),
-            (self.max_requests >= 0, "--max-requests must be >= 0"),
-            (self.max_requests_jitter >= 0, "--max-requests-jitter must be >= 0"),
-            (
-                not self.max_requests_jitter or self.max_requests > 0,
-                "--max-requests-jitter needs --max-requests",
-            ),
-            (self.max_rss_mb >= 0, "--max-rss must be >= 0"),
-            (self.hard_timeout >= 0, "--hard-timeout must be >= 0"),
-            (self.broker_prefetch >= 0, "--broker-prefetch must be >= 0"),
-            (self.max_pending >= 0, "--max-pending must be >= 0"),
-            (self.max_peer_output >= 1, "--max-peer-output must be at least 1 byte"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise StartupError(message)
-
-
-class _Job:
-    """One accepted request, from arrival until its answer is sent.
-
-    ``state`` moves QUEUED → RUNNING → DONE under the worker's claim lock, so exactly
-    one party (the handler, the drain, the hard-timeout watchdog) answers it.
-    """
-
-    __slots__ = (
-        "cancelled",
-        "deadline",
-        "handler",
-        "peer",
-        "request",
-        "started",
-        "state",
-        "task",
-        "worker",
-    )
-    QUEUED, RUNNING, DONE = 0, 1, 2
-
-    def __init__(
-        self, worker: Worker, peer: bytes, request: Request, handler: Handler, now: float
-    ) -> None:
-        self.worker = worker
-        self.peer = peer
-        self.request = request
-        self.handler = handler
-        self.deadline = now + request.ttl_ms / 1000 if request.ttl_ms else 0.0
-        self.cancelled = False
-        self.started = 0.0
-        self.state = _Job.QUEUED
-        self.task: asyncio.Task[None] | None = None
-
-    def report_progress(self, done: float, total: float | None, note: str) -> None:
-        if self.state == _Job.RUNNING:
-            msg = Progress(self.request.id, done, total, note, self.request.codec)
-            self.worker._post(self, protocol.encode(msg), final=False)
 
 
 class Worker:
@@ -234,24 +116,18 @@ class Worker:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._jobs: dict[tuple[bytes, int], _Job] = {}
         self._threads: list[threading.Thread] = []
         self._async_running = 0
-        # Requests waiting for a slot, fair between clients; the handler threads pop
-        # sync ones under `_work` (the claim lock), the loop pops async ones.
         self.max_pending = config.max_pending or self.capacity + 1000
-        self._waiting: FairQueue[_Job] = FairQueue(self.max_pending)
-        self._async_waiting: FairQueue[_Job] = FairQueue(self.max_pending)
+        self.table = JobTable(self._handlers, max_pending=self.max_pending, name=self.name)
+        self._jobs = self.table.jobs  # read often on the loop: one attribute lookup
         self._sock_lock = threading.Lock()  # inline mode: who may touch the socket now
-        self._running_inline: _Job | None = None
+        self._running_inline: Job | None = None
         self._stolen: deque[list[zmq.Frame]] = deque()  # received by the watchdog
         self._closing = False
-        self._claim = threading.Lock()
-        self._work = threading.Condition(self._claim)  # handler threads wait on it
-        self._done: deque[tuple[_Job | None, bytes, list[Any]]] = deque()
+        self._done: deque[tuple[Job | None, bytes, list[Any]]] = deque()
         self._done_wake = False
         self._peers: dict[bytes, float] = {}
-        self._draining = False
         self._stopped: asyncio.Event | None = None
         self._started_at = time.monotonic()
         self._pump_scheduled = False
@@ -331,8 +207,7 @@ class Worker:
                 for t in self._threads:
                     t.join(timeout=1.0)  # the watchdog notices `_closing` within 0.1 s
             else:
-                with self._work:
-                    self._work.notify_all()  # they see `_closing` and return
+                self.table.close()
             # LINGER: give queued replies a moment to leave; a dead peer must not hang exit.
             if self._link is not None:
                 self._link.close(linger=2000)
@@ -423,14 +298,14 @@ class Worker:
         assert sock is not None
         if receive_batch(sock, self._on_message, _BATCH) == _BATCH:
             self._schedule_pump()  # more may wait: let timers and signals run first
-        if self._waiting:
+        waiting = self.table.waiting
+        if waiting:
             if self.inline:
                 self._run_inline()
             else:
                 # Wake handler threads once per batch, not per message: a woken thread
                 # grabs the GIL each time this loop releases it in a pyzmq call.
-                with self._work:
-                    self._work.notify(len(self._waiting))
+                self.table.wake(len(waiting))
         self._flush_done()
 
     def _schedule_pump(self) -> None:
@@ -496,7 +371,7 @@ class Worker:
     @property
     def draining(self) -> bool:
         """True once the worker stopped taking work."""
-        return self._draining
+        return self.table.draining
 
     def _forget_peer(self, peer: bytes) -> None:
         self._peers.pop(peer, None)
@@ -511,7 +386,7 @@ class Worker:
             host=socket.gethostname(),
             pid=os.getpid(),
             services=self._services,
-            capacity=0 if self._draining else self.capacity,
+            capacity=0 if self.table.draining else self.capacity,
             in_flight=len(self._jobs),
             uptime=round(time.monotonic() - self._started_at, 3),
             heartbeat_ms=self.config.heartbeat_ms,
@@ -521,58 +396,29 @@ class Worker:
     def accept(self, peer: bytes, req: Request) -> None:
         """Take a request from ``peer`` (a direct client, or a `Via` from a broker link):
         queue it to run, or answer why not."""
-        if self._draining:
-            self._send_error(peer, req, ErrorCode.DRAINING, f"worker {self.name} is draining")
-            return
-        handler = self._handlers.get(req.target)
-        if handler is None:
-            served = ", ".join(sorted(self._handlers))
-            self._send_error(
-                peer,
-                req,
-                ErrorCode.UNKNOWN_HANDLER,
-                f"no handler {req.target!r} on worker {self.name}; it serves: {served}",
-            )
-            return
-        key = (peer, req.id)
-        if key in self._jobs:
-            self._send_error(
-                peer, req, ErrorCode.PROTOCOL, f"request id {req.id} is already in flight"
-            )
-            return
         if type(peer) is bytes and self._outbox.not_reading(peer):
             return
-        job = _Job(self, peer, req, handler, time.monotonic())
-        self._jobs[key] = job
-        if not handler.is_async:
-            with self._work:
-                refused = self._waiting.push(peer, job)
-        elif self._async_running < self.config.max_async:
+        job = self.table.admit(peer, req)
+        if type(job) is not Job:
+            self._send_error(peer, req, *job)  # type: ignore[misc]
+            return
+        job.report = self._report_progress
+        if job.handler.is_async and self._async_running < self.config.max_async:
             self._start_async(job)
             return
-        else:
-            refused = self._async_waiting.push(peer, job)
-        if refused is not None and self._take(refused, _Job.QUEUED):
-            refused.state = _Job.DONE
-            self._answer_error(
-                refused,
-                ErrorCode.OVERLOADED,
-                f"worker {self.name} has {self.max_pending} requests waiting (--max-pending) "
-                "and this client sent the most of them: retry later, or add workers",
-            )
+        refused = self.table.enqueue(job)
+        if refused is not None:
+            self._answer_error(refused, *self.table.overloaded())
 
     def cancel(self, peer: bytes, rid: int) -> None:
         """``peer`` gave up on request ``rid``: stop it if it runs, drop it if it waits."""
-        job = self._jobs.get((peer, rid))
-        if job is None:
-            return  # already answered: nothing to cancel
-        job.cancelled = True
-        if job.task is not None:
-            job.task.cancel()
-        elif job.handler.is_async and self._take(job, _Job.QUEUED):
-            self._async_waiting.remove(peer, job)
+        job = self.table.cancel(peer, rid)
+        if job is not None:
             self._answer_error(job, ErrorCode.CANCELLED, "cancelled before it started")
-        # A queued sync job is answered CANCELLED by the thread that picks it up.
+
+    def _report_progress(self, job: Job, done: float, total: float | None, note: str) -> None:
+        msg = Progress(job.request.id, done, total, note, job.request.codec)
+        self._post(job, protocol.encode(msg), final=False)
 
     def _send(self, peer: bytes, frames: list[Any]) -> None:
         if type(peer) is not bytes:  # a client behind a broker: its link sends it
@@ -585,19 +431,9 @@ class Worker:
 
     # --- running handlers ----------------------------------------------------------------
 
-    def _take(self, job: _Job, expected: int) -> bool:
-        """Move ``job`` from ``expected`` to the next state if nobody else did first."""
-        with self._claim:
-            if job.state != expected:
-                return False
-            job.state = _Job.RUNNING if expected == _Job.QUEUED else _Job.DONE
-            if job.state == _Job.RUNNING:
-                job.started = time.monotonic()
-            return True
-
     def _run_inline(self) -> None:
         """Run the ready sync jobs on this (the loop's) thread, answering each at once."""
-        waiting = self._waiting
+        waiting = self.table.waiting
         lock = self._sock_lock
         started = time.monotonic()
         while waiting:
@@ -607,7 +443,7 @@ class Worker:
                 return
             job = waiting.pop()
             assert job is not None
-            if not self._take(job, _Job.QUEUED):
+            if not self.table.claim(job, QUEUED):
                 continue
             frames = self._refusal(job)
             if frames is None:
@@ -620,10 +456,10 @@ class Worker:
                     lock.acquire()
                     self._running_inline = None
                     _context.current.reset(token)
-                if not self._take(job, _Job.RUNNING):
+                if not self.table.claim(job, RUNNING):
                     continue  # the watchdog answered it (hard timeout)
             else:
-                job.state = _Job.DONE
+                job.state = DONE
             self._done.append((job, job.peer, frames))
             if len(self._done) >= 32 or time.monotonic() - job.started > 0.001:
                 self._flush_done()  # answer slow calls at once, batch quick ones
@@ -651,7 +487,7 @@ class Worker:
             finally:
                 lock.release()
 
-    def _stand_in(self, job: _Job) -> None:
+    def _stand_in(self, job: Job) -> None:
         sock = self._sock
         assert sock is not None
         while True:
@@ -679,8 +515,8 @@ class Worker:
         if self._link is not None:
             self._link.stand_in()  # the brokers need heartbeats too
         limit = self.config.hard_timeout
-        if limit and time.monotonic() - job.started > limit and self._take(job, _Job.RUNNING):
-            self._hard_exit(job, limit)
+        if limit and job in self.table.overdue(limit) and self.table.claim(job, RUNNING):
+            self._hard_exit(job)
 
     def _send_now(self, peer: bytes, frames: list[Any]) -> None:
         """Send from the watchdog thread (holding the socket lock); best effort."""
@@ -692,31 +528,13 @@ class Worker:
         with contextlib.suppress(zmq.ZMQError):
             send_message(sock, [peer, *frames])
 
-    def _hard_exit(self, job: _Job, limit: float) -> None:
-        """Inline mode: a handler overran the hard timeout; answer everything and exit."""
-        req = job.request
-        log.error(
-            "%s (id %d) still running after %.1f s (--hard-timeout %g): answering Timeout "
-            "and everything held, then exiting %d so a fresh worker replaces this one",
-            req.target,
-            req.id,
-            time.monotonic() - job.started,
-            limit,
-            EXIT_HARD_TIMEOUT,
-        )
-        msg = f"{req.target} ran longer than the worker's hard timeout ({limit:g} s)"
-        self._send_now(job.peer, protocol.encode(Error(req.id, ErrorCode.TIMEOUT, msg)))
+    def _hard_exit(self, job: Job) -> None:
+        """Inline mode, watchdog thread: a handler overran the hard timeout while the
+        loop is stuck in it; answer everything held and exit."""
+        self._hard_timeout(job, self._answer_now)
         goodbye = protocol.encode(Disconnect(0, f"worker {self.name} restarting"))
         for peer in list(self._peers):
             self._send_now(peer, goodbye)
-        for other in list(self._jobs.values()):
-            if other is not job and self._take(other, _Job.QUEUED):
-                self._send_now(
-                    other.peer,
-                    protocol.encode(
-                        Error(other.request.id, ErrorCode.DRAINING, "worker restarting")
-                    ),
-                )
         for frames in self._stolen:
             with contextlib.suppress(ProtocolError, IndexError):
                 header = protocol.decode_header(frames[1])
@@ -738,9 +556,13 @@ class Worker:
         logging.shutdown()
         os._exit(EXIT_HARD_TIMEOUT)
 
+    def _answer_now(self, job: Job, code: ErrorCode, message: str) -> None:
+        req = job.request
+        self._send_now(job.peer, protocol.encode(Error(req.id, code, message, codec=req.codec)))
+
     def _thread_main(self) -> None:
-        while (job := self._next_sync_job()) is not None:
-            if not self._take(job, _Job.QUEUED):
+        while (job := self.table.next_sync()) is not None:
+            if not self.table.claim(job, QUEUED):
                 continue  # answered already (drain, cancel)
             frames = self._refusal(job)
             if frames is None:
@@ -749,41 +571,21 @@ class Worker:
                     frames = self._call_sync(job)
                 finally:
                     _context.current.reset(token)
-                if not self._take(job, _Job.RUNNING):
+                if not self.table.claim(job, RUNNING):
                     continue  # the hard-timeout watchdog answered it meanwhile
             else:
-                job.state = _Job.DONE
+                job.state = DONE
             self._post(job, frames, final=True)
 
-    def _next_sync_job(self) -> _Job | None:
-        """A handler thread's next job, fairly chosen; None when the worker closes."""
-        with self._work:
-            while not self._closing:
-                job = self._waiting.pop()
-                if job is not None:
-                    return job
-                self._work.wait()
-        return None
-
-    def _refusal(self, job: _Job) -> list[Any] | None:
+    def _refusal(self, job: Job) -> list[Any] | None:
         """The answer for a job that must not start (cancelled, expired), else None."""
+        refusal = self.table.refusal_on_start(job)
+        if refusal is None:
+            return None
         req = job.request
-        if job.cancelled:
-            return protocol.encode(Error(req.id, ErrorCode.CANCELLED, "cancelled", codec=req.codec))
-        if job.deadline and job.started > job.deadline:
-            waited = job.started - (job.deadline - req.ttl_ms / 1000)
-            return protocol.encode(
-                Error(
-                    req.id,
-                    ErrorCode.TIMEOUT,
-                    f"{req.target} expired after waiting {waited:.3f} s in the worker's "
-                    "queue; it did not run",
-                    codec=req.codec,
-                )
-            )
-        return None
+        return protocol.encode(Error(req.id, *refusal, codec=req.codec))
 
-    def _call_sync(self, job: _Job) -> list[Any]:
+    def _call_sync(self, job: Job) -> list[Any]:
         req = job.request
         fn = job.handler.fn
         results: list[Any] = []
@@ -806,14 +608,14 @@ class Worker:
             return self._handler_error(job, exc, len(results), results)
         return self._reply_frames(job, result)
 
-    def _start_async(self, job: _Job) -> None:
+    def _start_async(self, job: Job) -> None:
         self._async_running += 1
         assert self._loop is not None
         job.task = self._loop.create_task(self._call_async(job))
 
-    async def _call_async(self, job: _Job) -> None:
+    async def _call_async(self, job: Job) -> None:
         try:
-            if not self._take(job, _Job.QUEUED):
+            if not self.table.claim(job, QUEUED):
                 return
             frames = self._refusal(job)
             if frames is None:
@@ -838,17 +640,18 @@ class Worker:
                     frames = self._handler_error(job, exc, index, results)
                 else:
                     frames = self._reply_frames(job, result)
-                if not self._take(job, _Job.RUNNING):
+                if not self.table.claim(job, RUNNING):
                     return  # answered by the drain meanwhile
             else:
-                job.state = _Job.DONE
+                job.state = DONE
             self._post(job, frames, final=True)
         finally:
             self._async_running -= 1
-            if self._async_waiting and not self._draining:
-                self._start_async(self._async_waiting.pop())  # type: ignore[arg-type]
+            waiting = self.table.async_waiting
+            if waiting and not self.table.draining:
+                self._start_async(waiting.pop())  # type: ignore[arg-type]
 
-    def _reply_frames(self, job: _Job, result: Any) -> list[Any]:
+    def _reply_frames(self, job: Job, result: Any) -> list[Any]:
         req = job.request
         try:
             return protocol.encode(Reply(req.id, result, req.codec, req.batch), self.config.limits)
@@ -871,7 +674,7 @@ class Worker:
             )
 
     def _handler_error(
-        self, job: _Job, exc: BaseException, index: int, results: list[Any]
+        self, job: Job, exc: BaseException, index: int, results: list[Any]
     ) -> list[Any]:
         req = job.request
         args = req.args[index] if req.batch else req.args
@@ -893,11 +696,11 @@ class Worker:
         except ProtocolError:  # partial results not encodable: send the error alone
             return protocol.encode(Error.from_exception(req.id, exc, req.codec, traceback=text))
 
-    def _answer_error(self, job: _Job, code: ErrorCode, message: str) -> None:
+    def _answer_error(self, job: Job, code: ErrorCode, message: str) -> None:
         req = job.request
         self._post(job, protocol.encode(Error(req.id, code, message, codec=req.codec)), True)
 
-    def _post(self, job: _Job, frames: list[Any], final: bool) -> None:
+    def _post(self, job: Job, frames: list[Any], final: bool) -> None:
         """Queue frames for ``job``'s client from any thread; the loop sends them."""
         if not final and self._running_inline is job:
             # PROGRESS from an inline handler: the loop is busy running it, so send now.
@@ -917,21 +720,22 @@ class Worker:
         self._done_wake = False
         done = self._done
         jobs = self._jobs
+        finish = self.table.finish
         send = self._send
         finished = 0
         while done:
             job, peer, frames = done.popleft()
             if job is not None:
-                if jobs.pop((peer, job.request.id), None) is None:
+                if not finish(job):
                     continue  # answered already by the watchdog; drop the late result
                 finished += 1
             send(peer, frames)
         if finished:
             self.requests_done += finished
             limit = self.request_limit
-            if limit and self.requests_done >= limit and not self._draining:
+            if limit and self.requests_done >= limit and not self.table.draining:
                 self._begin_drain(f"served {self.requests_done} requests ({self._limit_text()})")
-            if self._draining and not jobs:
+            if self.table.draining and not jobs:
                 assert self._stopped is not None
                 self._stopped.set()
         if self._link is not None:
@@ -953,9 +757,9 @@ class Worker:
     # --- drain and housekeeping ----------------------------------------------------------
 
     def _begin_drain(self, reason: str) -> None:
-        if self._draining:
+        if self.table.draining:
             return
-        self._draining = True
+        self.table.draining = True
         log.info(
             "draining (%s): taking no new work, %d request(s) in flight, %d client(s) told",
             reason,
@@ -968,8 +772,9 @@ class Worker:
         if self._link is not None:
             self._link.drain(reason)
         # Queued async work was accepted: it still runs, within the drain timeout.
-        while self._async_waiting and self._async_running < self.config.max_async:
-            self._start_async(self._async_waiting.pop())  # type: ignore[arg-type]
+        waiting = self.table.async_waiting
+        while waiting and self._async_running < self.config.max_async:
+            self._start_async(waiting.pop())  # type: ignore[arg-type]
         assert self._stopped is not None
         self._stopped.set()
 
@@ -1000,10 +805,8 @@ class Worker:
 
     def _abandon(self, why: str) -> None:
         """Answer every job still held: unstarted ones DRAINING, running ones WORKER_LOST."""
-        for job in list(self._jobs.values()):
-            if self._take(job, _Job.QUEUED):
-                self._answer_error(job, ErrorCode.DRAINING, f"worker {self.name} stopped: {why}")
-            elif self._take(job, _Job.RUNNING):
+        for job, refusal, was_running in self.table.abandon(why):
+            if was_running:
                 if job.task is not None:
                     job.task.cancel()
                 log.error(
@@ -1013,9 +816,7 @@ class Worker:
                     time.monotonic() - job.started,
                     why,
                 )
-                self._answer_error(
-                    job, ErrorCode.WORKER_LOST, f"worker {self.name} gave up on it: {why}"
-                )
+            self._answer_error(job, *refusal)
         self._flush_done()
 
     async def _housekeeping(self) -> None:
@@ -1025,8 +826,8 @@ class Worker:
             await asyncio.sleep(_HOUSEKEEPING_S)
             now = time.monotonic()
             if cfg.hard_timeout and not self.inline:  # inline: the watchdog enforces it
-                self._check_hard_timeout(now)
-            if cfg.max_rss_mb and now >= next_rss and not self._draining:
+                self._check_hard_timeout()
+            if cfg.max_rss_mb and now >= next_rss and not self.table.draining:
                 next_rss = now + 1.0
                 rss = _rss_mb()
                 if rss > cfg.max_rss_mb:
@@ -1036,35 +837,41 @@ class Worker:
             for peer in stale:
                 del self._peers[peer]
 
-    def _check_hard_timeout(self, now: float) -> None:
+    def _check_hard_timeout(self) -> None:
+        """Threaded mode, on the loop: answer an overrunning handler's client and drain."""
+        for job in self.table.overdue(self.config.hard_timeout):
+            if self.table.claim(job, RUNNING):
+                self._hard_timeout(job, self._answer_error)
+                if not self.table.draining:
+                    self._begin_drain("hard timeout")
+
+    def _hard_timeout(self, job: Job, answer: Callable[[Job, ErrorCode, str], None]) -> None:
+        """``job`` overran ``--hard-timeout`` (claimed RUNNING → DONE by the caller).
+
+        Its client gets TIMEOUT; sync work queued behind it would never start (its
+        thread is stuck), so it is answered DRAINING and its clients re-send it
+        elsewhere; the worker exits `EXIT_HARD_TIMEOUT` so supervisord replaces it.
+        ``answer`` sends from the caller's thread (the loop, or the inline watchdog).
+        """
+        req = job.request
         limit = self.config.hard_timeout
-        for job in list(self._jobs.values()):
-            if job.handler.is_async or job.state != _Job.RUNNING or now - job.started <= limit:
-                continue
-            if not self._take(job, _Job.RUNNING):
-                continue
-            log.error(
-                "%s (id %d) still running after %.1f s (--hard-timeout %g): answering Timeout; "
-                "this worker stops taking work and exits %d so a fresh one replaces it",
-                job.request.target,
-                job.request.id,
-                now - job.started,
-                limit,
-                EXIT_HARD_TIMEOUT,
-            )
-            self._answer_error(
-                job,
-                ErrorCode.TIMEOUT,
-                f"{job.request.target} ran longer than the worker's hard timeout ({limit:g} s)",
-            )
-            self.exit_code = EXIT_HARD_TIMEOUT
-            if not self._draining:
-                self._begin_drain("hard timeout")
-            # Its thread is stuck: work queued behind it would never start. Refuse it now
-            # so clients re-send it elsewhere.
-            for other in list(self._jobs.values()):
-                if not other.handler.is_async and self._take(other, _Job.QUEUED):
-                    self._answer_error(other, ErrorCode.DRAINING, "worker restarting")
+        log.error(
+            "%s (id %d) still running after %.1f s (--hard-timeout %g): answering Timeout; "
+            "this worker takes no more work and exits %d so a fresh one replaces it",
+            req.target,
+            req.id,
+            time.monotonic() - job.started,
+            limit,
+            EXIT_HARD_TIMEOUT,
+        )
+        self.exit_code = EXIT_HARD_TIMEOUT
+        answer(
+            job,
+            ErrorCode.TIMEOUT,
+            f"{req.target} ran longer than the worker's hard timeout ({limit:g} s)",
+        )
+        for other in self.table.unstarted_sync():
+            answer(other, ErrorCode.DRAINING, "worker restarting")
 
 
 def _is_socket(path: str) -> bool:

@@ -22,7 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from protocol import Limits
 
-from ._frames import send_message
+from ._frames import has_input, send_message
 
 __all__ = ["SERVER_SNDHWM", "BindError", "Dialer", "bind_router", "check_endpoint"]
 
@@ -168,6 +168,7 @@ class Dialer:
         self._backoff = 0.0
         self._timer: Any = None
         self._timer_greet: Any = None
+        self._check_pending = False
         self._closed = False
 
     def open(self) -> None:
@@ -214,7 +215,12 @@ class Dialer:
         self._close_socket(linger, on_loop)
 
     def send(self, frames: Sequence[Any]) -> bool:
-        """Send without blocking; False if nothing is connected or the pipe is full."""
+        """Send without blocking; False if nothing is connected or the pipe is full.
+
+        ZeroMQ's FD is edge-triggered, and a send may consume the edge of a message
+        that arrived meanwhile: once this burst of sends is over, `on_input` runs if
+        anything is waiting, so no reply sits unread until the next message.
+        """
         sock = self.sock
         if sock is None or sock.closed:
             return False
@@ -222,7 +228,21 @@ class Dialer:
             send_message(sock, frames)
         except zmq.Again:
             return False
+        self.watch_input()
         return True
+
+    def watch_input(self) -> None:
+        """After sending on `sock` by other means (an `Outbox`): run `on_input` soon if a
+        message is waiting, since the send may have consumed the FD's edge."""
+        if not self._check_pending:
+            self._check_pending = True
+            self._loop.call_soon(self._check_input)
+
+    def _check_input(self) -> None:
+        self._check_pending = False
+        sock = self.sock
+        if sock is not None and has_input(sock):
+            self._on_input()
 
     def greet(self, greeting: Callable[[], Sequence[Any] | None], delay: float = 0.005) -> None:
         """Send ``greeting()`` (a HELLO) until the peer answers it.

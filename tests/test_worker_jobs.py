@@ -1,0 +1,178 @@
+"""The worker's job table on its own: admission, claims, deadlines and hard timeouts on a
+fake clock, with no sockets and no sleeping."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from protocol import ErrorCode, Request
+from worker import Service
+from worker._jobs import DONE, QUEUED, RUNNING, Job, JobTable, Refusal
+
+svc = Service("t")
+
+
+@svc.handler
+def work(x: int) -> int:
+    return x
+
+
+@svc.handler
+async def later(x: int) -> int:
+    return x
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def table(clock: Clock, max_pending: int = 10) -> JobTable:
+    handlers = {h.target: h for h in svc.handlers.values()}
+    return JobTable(handlers, max_pending=max_pending, name="w1", clock=clock)
+
+
+def req(rid: int, target: str = "t.work", ttl_ms: int = 0) -> Request:
+    return Request(rid, target, [rid], {}, ttl_ms=ttl_ms)
+
+
+def admit(t: JobTable, peer: bytes, r: Request) -> Job:
+    job = t.admit(peer, r)
+    assert isinstance(job, Job)
+    return job
+
+
+def test_admission_refusals(clock: Clock) -> None:
+    t = table(clock)
+    admit(t, b"a", req(1))
+    dup = t.admit(b"a", req(1))
+    assert dup == Refusal(ErrorCode.PROTOCOL, "request id 1 is already in flight")
+    assert isinstance(t.admit(b"b", req(1)), Job)  # the same id from another client is fine
+    unknown = t.admit(b"a", req(2, "t.nope"))
+    assert isinstance(unknown, Refusal)
+    assert unknown.code == ErrorCode.UNKNOWN_HANDLER
+    assert "t.later, t.work" in unknown.message
+    t.draining = True
+    assert t.admit(b"a", req(3)).code == ErrorCode.DRAINING  # type: ignore[union-attr]
+    assert len(t) == 2
+
+
+def test_exactly_one_party_claims_each_step(clock: Clock) -> None:
+    t = table(clock)
+    job = admit(t, b"a", req(1))
+    wins: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def race(name: str) -> None:
+        barrier.wait()
+        if t.claim(job, QUEUED):
+            wins.append(name)
+
+    threads = [threading.Thread(target=race, args=(f"t{i}",)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(wins) == 1
+    assert job.state == RUNNING
+    assert job.started == clock.now
+    assert not t.refuse_unstarted(job)  # too late: it runs
+    assert t.claim(job, RUNNING)
+    assert not t.claim(job, RUNNING)  # the drain or the hard timeout lost the race
+    assert job.state == DONE
+
+
+def test_a_job_that_waited_past_its_deadline_does_not_run(clock: Clock) -> None:
+    t = table(clock)
+    job = admit(t, b"a", req(1, ttl_ms=2000))
+    clock.now += 1.5
+    assert t.claim(job, QUEUED)
+    assert t.refusal_on_start(job) is None
+    late = admit(t, b"a", req(2, ttl_ms=2000))
+    clock.now += 2.5
+    assert t.claim(late, QUEUED)
+    refusal = t.refusal_on_start(late)
+    assert refusal is not None
+    assert refusal.code == ErrorCode.TIMEOUT
+    assert "expired after waiting 2.500 s" in refusal.message
+    never = admit(t, b"a", req(3))  # no ttl: no deadline
+    clock.now += 1e6
+    assert t.claim(never, QUEUED)
+    assert t.refusal_on_start(never) is None
+
+
+def test_overdue_names_running_sync_jobs_past_the_limit(clock: Clock) -> None:
+    t = table(clock)
+    a, b, c = (admit(t, b"a", req(i)) for i in (1, 2, 3))
+    slow_async = admit(t, b"a", req(4, "t.later"))
+    for job in (a, b, slow_async):
+        assert t.claim(job, QUEUED)
+    clock.now += 0.4
+    assert t.claim(c, QUEUED)
+    clock.now += 0.7
+    assert t.overdue(1.0) == [a, b]  # c ran 0.7 s; async handlers are not hard-timed
+    assert t.claim(a, RUNNING)
+    assert t.overdue(1.0) == [b]
+
+
+def test_cancel(clock: Clock) -> None:
+    t = table(clock)
+    waiting_async = admit(t, b"a", req(1, "t.later"))
+    assert t.enqueue(waiting_async) is None
+    assert t.cancel(b"a", 1) is waiting_async  # answer CANCELLED now
+    assert waiting_async.state == DONE
+    assert not t.async_waiting
+    sync = admit(t, b"a", req(2))
+    assert t.cancel(b"a", 2) is None  # flagged: its thread answers when it picks it up
+    assert sync.cancelled
+    assert t.claim(sync, QUEUED)
+    assert t.refusal_on_start(sync) == Refusal(ErrorCode.CANCELLED, "cancelled")
+    assert t.cancel(b"a", 99) is None
+
+
+def test_full_queue_refuses_the_hogs_newest(clock: Clock) -> None:
+    t = table(clock, max_pending=2)
+    hog = [admit(t, b"hog", req(i)) for i in (1, 2, 3)]
+    assert t.enqueue(hog[0]) is None
+    assert t.enqueue(hog[1]) is None
+    assert t.enqueue(hog[2]) is hog[2]  # its own: refused, claimed for the answer
+    assert hog[2].state == DONE
+    light = admit(t, b"light", req(1))
+    assert t.enqueue(light) is hog[1]  # the hog's newest makes room
+    assert t.overloaded().code == ErrorCode.OVERLOADED
+    assert [t.next_sync(), t.next_sync()] == [hog[0], light]
+
+
+def test_abandon_and_finish(clock: Clock) -> None:
+    t = table(clock)
+    waiting = admit(t, b"a", req(1))
+    running = admit(t, b"a", req(2))
+    assert t.claim(running, QUEUED)
+    out = t.abandon("drain timeout (1 s) passed")
+    assert [(j, r.code, was) for j, r, was in out] == [
+        (waiting, ErrorCode.DRAINING, False),
+        (running, ErrorCode.WORKER_LOST, True),
+    ]
+    assert t.finish(waiting)
+    assert not t.finish(waiting)  # a late second answer is dropped
+    assert not t.claim(running, RUNNING)  # its handler's late result loses
+
+
+def test_next_sync_returns_none_once_closed(clock: Clock) -> None:
+    t = table(clock)
+    got: list[Job | None] = []
+    th = threading.Thread(target=lambda: got.append(t.next_sync()))
+    th.start()
+    t.close()
+    th.join(5)
+    assert got == [None]

@@ -1,0 +1,276 @@
+"""The worker's job table: every accepted request from arrival until its answer is sent.
+
+A pure core in the manner of `broker._scheduler` (no sockets, no event loop; the clock
+is injected), so its rules are tested with a fake clock (tests/test_worker_jobs.py):
+
+* **Admission**: a request is refused at once while draining (``DRAINING``), for an
+  unknown handler (``UNKNOWN_HANDLER``) or a duplicate id (``PROTOCOL``); otherwise it
+  becomes a `Job` that waits in a fair, bounded queue (`FairQueue`), and when that is
+  full, the job that makes room is refused ``OVERLOADED``.
+* **Claims**: a job moves QUEUED → RUNNING → DONE, each step claimed under one lock,
+  so exactly one party answers it — its handler, a cancel, the drain, or the hard
+  timeout — whichever thread gets there first.
+* **Decisions over time**: a job that waited past its deadline is refused ``TIMEOUT``
+  when it would start; `overdue` names the running jobs past the hard timeout;
+  `abandon` answers everything still held when a drain runs out of time.
+
+The worker's shell sends the answers this table decides; handler threads take their
+next job with `next_sync`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+from protocol import ErrorCode, Request
+
+from ._fair_queue import FairQueue
+from ._service import Handler
+
+__all__ = ["DONE", "QUEUED", "RUNNING", "Job", "JobTable", "Refusal"]
+
+QUEUED, RUNNING, DONE = 0, 1, 2
+
+
+class Refusal(NamedTuple):
+    """Why a request is answered with an error instead of running."""
+
+    code: ErrorCode
+    message: str
+
+
+class Job:
+    """One accepted request, from arrival until its answer is sent.
+
+    ``peer`` is where the answer goes (a direct client's routing id, or a broker
+    link's `Via`); ``task`` is the asyncio task of a running ``async def`` handler;
+    ``report`` sends a PROGRESS for it (set by the shell).
+    """
+
+    __slots__ = (
+        "cancelled",
+        "deadline",
+        "handler",
+        "peer",
+        "report",
+        "request",
+        "started",
+        "state",
+        "task",
+    )
+
+    def __init__(self, peer: Hashable, request: Request, handler: Handler, now: float) -> None:
+        self.peer = peer
+        self.request = request
+        self.handler = handler
+        self.deadline = now + request.ttl_ms / 1000 if request.ttl_ms else 0.0
+        self.cancelled = False
+        self.started = 0.0
+        self.state = QUEUED
+        self.task: Any = None
+        self.report: Callable[[Job, float, float | None, str], None] | None = None
+
+    @property
+    def key(self) -> tuple[Hashable, int]:
+        return (self.peer, self.request.id)
+
+    def report_progress(self, done: float, total: float | None, note: str) -> None:
+        """`worker.progress()` inside the handler: tell the caller, while it runs."""
+        if self.state == RUNNING and self.report is not None:
+            self.report(self, done, total, note)
+
+
+class JobTable:
+    """Jobs by (peer, request id), the queues they wait in, and who may answer them.
+
+    Thread-safe where handler threads need it (`claim`, `next_sync`, `close`); the rest
+    runs on the worker's loop thread.
+    """
+
+    def __init__(
+        self,
+        handlers: dict[str, Handler],
+        *,
+        max_pending: int,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.handlers = handlers
+        self.max_pending = max_pending
+        self.name = name
+        self.clock = clock
+        self.jobs: dict[tuple[Hashable, int], Job] = {}
+        self.draining = False
+        self.closing = False
+        self.waiting: FairQueue[Job] = FairQueue(max_pending)
+        """Sync jobs waiting for a handler thread (or the inline runner)."""
+        self.async_waiting: FairQueue[Job] = FairQueue(max_pending)
+        """``async def`` jobs waiting for one of the ``max_async`` slots."""
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    # --- arrival -------------------------------------------------------------------------
+
+    def admit(self, peer: Hashable, req: Request) -> Job | Refusal:
+        """A new `Job` for ``req`` (held from now on), or why it is refused at once."""
+        if self.draining:
+            return Refusal(ErrorCode.DRAINING, f"worker {self.name} is draining")
+        handler = self.handlers.get(req.target)
+        if handler is None:
+            served = ", ".join(sorted(self.handlers))
+            return Refusal(
+                ErrorCode.UNKNOWN_HANDLER,
+                f"no handler {req.target!r} on worker {self.name}; it serves: {served}",
+            )
+        key = (peer, req.id)
+        if key in self.jobs:
+            return Refusal(ErrorCode.PROTOCOL, f"request id {req.id} is already in flight")
+        job = self.jobs[key] = Job(peer, req, handler, self.clock())
+        return job
+
+    def enqueue(self, job: Job) -> Job | None:
+        """Put ``job`` in line for a slot; returns the job refused to make room, if any
+        (claimed already: answer it `overloaded`)."""
+        if job.handler.is_async:
+            refused = self.async_waiting.push(job.peer, job)
+        else:
+            with self._work:
+                refused = self.waiting.push(job.peer, job)
+        if refused is not None and self.claim(refused, QUEUED):
+            refused.state = DONE
+            return refused
+        return None
+
+    def overloaded(self) -> Refusal:
+        return Refusal(
+            ErrorCode.OVERLOADED,
+            f"worker {self.name} has {self.max_pending} requests waiting (--max-pending) "
+            "and this client sent the most of them: retry later, or add workers",
+        )
+
+    # --- claims --------------------------------------------------------------------------
+
+    def claim(self, job: Job, expected: int) -> bool:
+        """Move ``job`` from ``expected`` to the next state if nobody else did first.
+
+        The one who claims QUEUED → RUNNING runs it (``started`` is set); the one who
+        claims RUNNING → DONE answers it. Any thread.
+        """
+        with self._lock:
+            if job.state != expected:
+                return False
+            if expected == QUEUED:
+                job.state = RUNNING
+                job.started = self.clock()
+            else:
+                job.state = DONE
+            return True
+
+    def refuse_unstarted(self, job: Job) -> bool:
+        """Claim a job that has not started, to answer it without running it."""
+        if self.claim(job, QUEUED):
+            job.state = DONE
+            return True
+        return False
+
+    def next_sync(self) -> Job | None:
+        """A handler thread's next job, fairly chosen; blocks; None once closing."""
+        with self._work:
+            while not self.closing:
+                job = self.waiting.pop()
+                if job is not None:
+                    return job
+                self._work.wait()
+        return None
+
+    def wake(self, n: int) -> None:
+        """Wake up to ``n`` handler threads waiting in `next_sync`."""
+        with self._work:
+            self._work.notify(n)
+
+    def close(self) -> None:
+        """Handler threads return from `next_sync`."""
+        with self._work:
+            self.closing = True
+            self._work.notify_all()
+
+    # --- answers -------------------------------------------------------------------------
+
+    def refusal_on_start(self, job: Job) -> Refusal | None:
+        """Why a job that just got a slot must not run (cancelled, expired), or None."""
+        req = job.request
+        if job.cancelled:
+            return Refusal(ErrorCode.CANCELLED, "cancelled")
+        if job.deadline and job.started > job.deadline:
+            waited = job.started - (job.deadline - req.ttl_ms / 1000)
+            return Refusal(
+                ErrorCode.TIMEOUT,
+                f"{req.target} expired after waiting {waited:.3f} s in the worker's "
+                "queue; it did not run",
+            )
+        return None
+
+    def cancel(self, peer: Hashable, rid: int) -> Job | None:
+        """``peer`` gave up on ``rid``: flag it (a running handler sees `cancelled`).
+
+        Returns the job if it should be answered CANCELLED now (an ``async def`` job
+        that had not started); a waiting sync job is answered by the thread that picks
+        it up, a running one by its handler.
+        """
+        job = self.jobs.get((peer, rid))
+        if job is None:
+            return None  # already answered: nothing to cancel
+        job.cancelled = True
+        if job.task is not None:
+            job.task.cancel()
+            return None
+        if job.handler.is_async and self.refuse_unstarted(job):
+            self.async_waiting.remove(peer, job)
+            return job
+        return None
+
+    def finish(self, job: Job) -> bool:
+        """``job``'s final answer is being sent: forget it. False if it was already
+        answered (a late result after the hard timeout or the drain answered it)."""
+        return self.jobs.pop(job.key, None) is not None
+
+    # --- decisions over time -------------------------------------------------------------
+
+    def overdue(self, limit: float) -> list[Job]:
+        """Running sync jobs that have run longer than ``limit`` seconds."""
+        now = self.clock()
+        return [
+            job
+            for job in self.jobs.values()
+            if job.state == RUNNING and not job.handler.is_async and now - job.started > limit
+        ]
+
+    def unstarted_sync(self) -> list[Job]:
+        """Claim every waiting sync job (its thread is stuck): answer them DRAINING."""
+        return [
+            job
+            for job in list(self.jobs.values())
+            if not job.handler.is_async and self.refuse_unstarted(job)
+        ]
+
+    def abandon(self, why: str) -> list[tuple[Job, Refusal, bool]]:
+        """Claim everything still held (a drain ran out of time).
+
+        Returns (job, refusal, was_running): unstarted jobs are answered DRAINING (the
+        client re-sends them elsewhere), running ones WORKER_LOST.
+        """
+        out = []
+        for job in list(self.jobs.values()):
+            if self.refuse_unstarted(job):
+                refusal = Refusal(ErrorCode.DRAINING, f"worker {self.name} stopped: {why}")
+                out.append((job, refusal, False))
+            elif self.claim(job, RUNNING):
+                refusal = Refusal(ErrorCode.WORKER_LOST, f"worker {self.name} gave up on it: {why}")
+                out.append((job, refusal, True))
+        return out
