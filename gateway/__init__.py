@@ -13,9 +13,11 @@ Routes: ``POST /call/<service.handler>``, ``POST /jobs/<service.handler>``,
 ``GET``/``DELETE /jobs/<id>``, ``GET /healthz`` (see README.md, "HTTP gateway").
 """
 
+from protocol import StartupError
+
 from ._cli import main
 from ._config import MEMORY, GatewayConfig
-from ._gateway import Gateway, StartupError
+from ._gateway import Gateway
 
 __all__ = [
     # running a gateway
