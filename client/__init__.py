@@ -22,6 +22,7 @@ from protocol import (
 from ._async import AsyncClient
 from ._client import Client
 from ._core import WorkerInfo
+from ._endpoints import ENV_ENDPOINTS, resolve_endpoints
 from ._executor import Executor
 from ._options import Options
 
@@ -33,6 +34,9 @@ __all__ = [
     "Executor",
     "Options",
     "WorkerInfo",
+    # endpoint lists as users write them (ranges, $ZEROMESH_ENDPOINTS)
+    "ENV_ENDPOINTS",
+    "resolve_endpoints",
     # errors a caller can meet
     "BadArguments",
     "Cancelled",

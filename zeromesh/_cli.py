@@ -1,4 +1,8 @@
-"""``zeromesh``: command-line tools for a mesh — call, ping, status, demo, rollout."""
+"""``zeromesh``: command-line tools for a mesh — call, ping, status, demo, rollout, bench.
+
+They sit above the library: they use `client` (and start workers as processes), so
+the client library itself never imports a tool, the benchmark or a worker.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from client import ENV_ENDPOINTS, Client
 from protocol import RemoteError, ZeromeshError
-
-from ._client import Client
-from ._endpoints import ENV_ENDPOINTS
 
 __all__ = ["main"]
 
@@ -89,7 +91,8 @@ def _cmd_ping(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ._endpoints import resolve_endpoints
+    from client import resolve_endpoints
+
     from ._status import run_status
 
     return run_status(resolve_endpoints(args.connect), args.timeout, args.json)
@@ -108,8 +111,9 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    # The benchmarks ship with zeromesh but are not part of the client library.
-    from bench.mesh import main as bench_main
+    # The benchmark ships with zeromesh (so a plain install has it) but is no part of
+    # the library: imported only when asked for.
+    from ._bench.mesh import main as bench_main
 
     return bench_main(args.bench_args)
 

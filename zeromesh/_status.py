@@ -17,11 +17,10 @@ import zmq
 import protocol
 from protocol import Error, ProtocolError, Reply, Request
 
-from ._core import next_id
-
 __all__ = ["fetch_status", "format_status", "run_status"]
 
 STATUS_TARGET = "_broker.status"
+_STATUS_ID = 1  # the only request on its own socket: any id tells its answer apart
 
 
 def fetch_status(endpoint: str, timeout: float) -> dict[str, Any]:
@@ -37,7 +36,7 @@ def fetch_status(endpoint: str, timeout: float) -> dict[str, Any]:
     sock.setsockopt(zmq.LINGER, 0)  # an endpoint nobody serves must not hang exit
     try:
         sock.connect(endpoint)
-        rid = next_id()
+        rid = _STATUS_ID
         ask = Request(rid, STATUS_TARGET, ttl_ms=int(timeout * 1000))
         sock.send_multipart(protocol.encode(ask))
         deadline = time.monotonic() + timeout

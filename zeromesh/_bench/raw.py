@@ -2,7 +2,7 @@
 
 The server decodes each small msgpack request and encodes a reply, as any real
 Python worker must; large frames are echoed back untouched with ``copy=False``.
-Run as ``python -m bench._raw ENDPOINT`` (the bench starts it as a child process).
+Run as ``python -m zeromesh._bench.raw ENDPOINT`` (the bench starts it as a child process).
 """
 
 from __future__ import annotations
