@@ -5,6 +5,8 @@ with Client(["tcp://127.0.0.1:5555"]) as c:
     c.call("math.add", 1, 2)
 """
 
+import logging
+
 from protocol import (
     BadArguments,
     Cancelled,
@@ -25,6 +27,10 @@ from ._core import WorkerInfo
 from ._endpoints import ENV_ENDPOINTS, resolve_endpoints
 from ._executor import Executor
 from ._options import Options
+
+# A library leaves logging to the program: without a handler of its own, Python's
+# last-resort handler would print our warnings on the embedding program's stderr.
+logging.getLogger("zeromesh.client").addHandler(logging.NullHandler())
 
 __all__ = [
     # clients

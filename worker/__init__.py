@@ -8,9 +8,15 @@ def add(a, b):
     return a + b
 """
 
+import logging
+
 from ._context import cancelled, progress
 from ._server import StartupError, Worker, WorkerConfig
 from ._service import Service
+
+# A library leaves logging to the program: without a handler of its own, Python's
+# last-resort handler would print our warnings on the embedding program's stderr.
+logging.getLogger("zeromesh.worker").addHandler(logging.NullHandler())
 
 __all__ = [
     # defining services
