@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from client import ENV_ENDPOINTS, Client
 from protocol import RemoteError, ZeromeshError
+from zmqio import add_log_level, setup_logging
 
 __all__ = ["main"]
 
@@ -124,9 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tools for a zeromesh worker mesh.",
         epilog="Start workers with `zeromesh-worker MODULE:SERVICE --bind ENDPOINT`.",
     )
-    parser.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
-    )
+    add_log_level(parser, "warning", "what to log on stderr (default warning)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -243,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
