@@ -1,8 +1,11 @@
 """zeromesh client: call handlers served by workers, from threads, asyncio or an Executor.
 
-from client import Client
+from zeromesh import Client     # users import from the facade; the same object as here
 with Client(["tcp://127.0.0.1:5555"]) as c:
     c.call("math.add", 1, 2)
+
+A library package: it imports `protocol` and `zmqio` only, never `worker`, `broker`,
+`gateway` or the tools in `zeromesh` (CI checks this with lint-imports).
 """
 
 import logging

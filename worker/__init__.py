@@ -1,11 +1,14 @@
 """zeromesh worker: define a `Service`, serve it with ``zeromesh-worker module:attr``.
 
-from worker import Service
+from zeromesh import Service    # users import from the facade; the same object as here
 svc = Service("math")
 
 @svc.handler
 def add(a, b):
     return a + b
+
+A library package: it imports `protocol` and `zmqio` only, never `client`, `broker`,
+`gateway` or the tools in `zeromesh` (CI checks this with lint-imports).
 """
 
 import logging
