@@ -1,5 +1,7 @@
-"""zeromesh benchmarks: the project beside hand-written baselines, in the same run.
+"""zeromesh's developer benchmarks: the project beside hand-written baselines, in one run.
 
-``zeromesh bench`` runs `bench.mesh`; ``python bench/codec.py`` times the codec alone.
-Nothing here is imported by the library itself.
+In the repository only, never installed. ``zeromesh bench`` (``zeromesh._bench``, which
+ships with the package; ``python -m bench.mesh`` here) runs the mesh benchmark;
+``python bench/codec.py`` times the codec alone; ``python -m bench.broker`` and
+``python -m bench.gateway`` measure the broker and the HTTP gateway. See bench/README.md.
 """

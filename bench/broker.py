@@ -74,7 +74,7 @@ def measure(prefetch: int, calls: int, rtts: int, repeats: int) -> dict[str, flo
         _spawn(
             "-m",
             "worker",
-            "bench.echosvc:svc",
+            "zeromesh._bench.echosvc:svc",
             "--bind",
             wep,
             "--broker",

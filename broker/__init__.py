@@ -6,8 +6,14 @@ endpoint like a worker's (the HELLO answer tells them apart). The wire rules are
 protocol/SPEC.md, section 12.
 """
 
+import logging
+
 from ._scheduler import RESERVED_SERVICE, Scheduler
 from ._server import EXIT_DRAIN_TIMEOUT, Broker, BrokerConfig, StartupError
+
+# A library leaves logging to the program: without a handler of its own, Python's
+# last-resort handler would print our warnings on the embedding program's stderr.
+logging.getLogger("zeromesh.broker").addHandler(logging.NullHandler())
 
 __all__ = [
     # running a broker in-process (the CLI does this for you)

@@ -52,6 +52,7 @@ from protocol import (
     ProtocolError,
     Ready,
     Reply,
+    StartupError,
 )
 from zmqio import (
     DEFAULT_PEER_OUTPUT,
@@ -80,10 +81,6 @@ _REQUEST = MessageType.REQUEST
 _REPLY = MessageType.REPLY
 _ERROR = MessageType.ERROR
 _PROGRESS = MessageType.PROGRESS
-
-
-class StartupError(Exception):
-    """The broker cannot start: a bad endpoint, or an address in use."""
 
 
 @dataclass(frozen=True)
@@ -293,12 +290,12 @@ class Broker:
             if self._outbox.not_reading(peer):
                 return
             if len(frames) - 1 > limits.max_frames:
-                exc = ProtocolError(
+                too_many = ProtocolError(
                     f"message of {len(frames) - 1} frames exceeds limit {limits.max_frames}",
                     ErrorCode.LIMIT_EXCEEDED,
                 )
-                exc.request_id = header.id
-                self._bad(peer, exc, header.codec)
+                too_many.request_id = header.id
+                self._bad(peer, too_many, header.codec)
                 return
             if header.target.startswith(RESERVED_SERVICE + "."):
                 self._answer_itself(peer, header)
@@ -415,15 +412,14 @@ class Broker:
             if answer is not None:
                 self._send_control(peer, protocol.encode(answer))
             return
-        kind = type(msg)
-        if kind is Ping:
+        if type(msg) is Ping:
             self._send_control(peer, protocol.encode(Pong(msg.id, msg.codec)))
             if not sched.heard(peer):
                 self._send_control(peer, protocol.encode(self._hello(0, msg.codec)))
-        elif kind is Ready:
+        elif type(msg) is Ready:
             if not sched.ready(peer, msg.credit):
                 self._send_control(peer, protocol.encode(self._hello(0, msg.codec)))
-        elif kind is Hello:
+        elif type(msg) is Hello:
             if msg.role != "worker":
                 self._count_bad(peer, f"HELLO with role {msg.role!r} in a worker's envelope")
                 self._send_control(
@@ -453,7 +449,7 @@ class Broker:
                 msg.capacity,
             )
             self._send_control(peer, protocol.encode(self._hello(msg.id, msg.codec)))
-        elif kind is Disconnect:
+        elif type(msg) is Disconnect:
             w = sched.workers.get(peer)
             if w is None:
                 return
@@ -468,12 +464,12 @@ class Broker:
                 len(w.in_flight),
             )
             sched.disconnect(peer)
-        elif kind is Pong:
+        elif type(msg) is Pong:
             sched.heard(peer)
-        elif kind is Error:
+        elif type(msg) is Error:
             log.warning("worker %s reported an error: %s", peer.hex(), msg.message)
         else:
-            self._count_bad(peer, f"a worker sent a {kind.__name__} in the broker envelope")
+            self._count_bad(peer, f"a worker sent a {type(msg).__name__} in the broker envelope")
 
     def _on_worker_answer(self, wid: bytes, client: bytes, frames: list[zmq.Frame]) -> None:
         """``[wid, client, header, body…]``: a worker's answer to a client's request."""
@@ -512,16 +508,19 @@ class Broker:
         while i < len(out):  # sending may add commands (a worker found gone)
             cmd = out[i]
             i += 1
-            kind = type(cmd)
-            if kind is Dispatch:
+            if type(cmd) is Dispatch:
                 self._dispatch(cmd)
-            elif kind is Answer:
+            elif type(cmd) is Answer:
                 job = cmd.job
                 msg = Error(
-                    job.id, cmd.code, cmd.message, protocol.error_name(cmd.code), codec=job.codec
+                    job.id,
+                    cmd.code,
+                    cmd.message,
+                    protocol.error_name(cmd.code),
+                    codec=Codec(job.codec),
                 )
                 self._send([job.client, *protocol.encode(msg)])
-            elif kind is CancelAt:
+            elif type(cmd) is CancelAt:
                 job = cmd.job
                 if job.state is IN_FLIGHT and job.worker == cmd.worker:
                     self._send([cmd.worker, job.client, *protocol.encode(Cancel(job.id))])

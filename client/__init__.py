@@ -1,9 +1,14 @@
 """zeromesh client: call handlers served by workers, from threads, asyncio or an Executor.
 
-from client import Client
+from zeromesh import Client     # users import from the facade; the same object as here
 with Client(["tcp://127.0.0.1:5555"]) as c:
     c.call("math.add", 1, 2)
+
+A library package: it imports `protocol` and `zmqio` only, never `worker`, `broker`,
+`gateway` or the tools in `zeromesh` (CI checks this with lint-imports).
 """
+
+import logging
 
 from protocol import (
     BadArguments,
@@ -22,8 +27,13 @@ from protocol import (
 from ._async import AsyncClient
 from ._client import Client
 from ._core import WorkerInfo
+from ._endpoints import ENV_ENDPOINTS, resolve_endpoints
 from ._executor import Executor
 from ._options import Options
+
+# A library leaves logging to the program: without a handler of its own, Python's
+# last-resort handler would print our warnings on the embedding program's stderr.
+logging.getLogger("zeromesh.client").addHandler(logging.NullHandler())
 
 __all__ = [
     # clients
@@ -33,6 +43,9 @@ __all__ = [
     "Executor",
     "Options",
     "WorkerInfo",
+    # endpoint lists as users write them (ranges, $ZEROMESH_ENDPOINTS)
+    "ENV_ENDPOINTS",
+    "resolve_endpoints",
     # errors a caller can meet
     "BadArguments",
     "Cancelled",

@@ -162,7 +162,12 @@ class AsyncClient(_AsyncCalls):
         """Ask every endpoint who it is (see `Client.workers`)."""
         core = self._core_started()
         answered: asyncio.Future[None] = core.loop.create_future()
-        since = core.ask_info(lambda: answered.done() or answered.set_result(None))
+
+        def on_done() -> None:
+            if not answered.done():
+                answered.set_result(None)
+
+        since = core.ask_info(on_done)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(answered, timeout)
         return core.info_rows(since)

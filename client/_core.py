@@ -378,22 +378,21 @@ class Core:
         except ProtocolError as exc:
             self._on_bad_message(peer, exc)
             return
-        kind = type(msg)
-        if kind is Reply:
+        if type(msg) is Reply:
             peer.outstanding.discard(msg.id)
             call = self.calls.pop(msg.id, None)
             if call is not None:
                 call.complete(call, msg.result, None)
-        elif kind is Error:
+        elif type(msg) is Error:
             peer.outstanding.discard(msg.id)
             self._on_error(peer, msg)
-        elif kind is Hello:
+        elif type(msg) is Hello:
             self._on_hello(peer, msg)
-        elif kind is Progress:
+        elif type(msg) is Progress:
             call = self.calls.get(msg.id)
             if call is not None and call.on_progress is not None:
                 call.on_progress(msg)
-        elif kind is Disconnect:
+        elif type(msg) is Disconnect:
             self._on_disconnect(peer, msg)
         # PONG only proves life (last_seen); READY and the rest mean nothing to a client.
 

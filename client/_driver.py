@@ -164,13 +164,11 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         log.exception("client callback %r failed", fn)
 
 
-_FINISHED = cf._base.FINISHED  # type: ignore[attr-defined]
-_DONE_STATES = frozenset(
-    (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, _FINISHED)  # type: ignore[attr-defined]
-)
+_FINISHED = cf._base.FINISHED
+_DONE_STATES = frozenset((cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, _FINISHED))
 
 
-class _Future(cf.Future):  # type: ignore[type-arg]
+class _Future(cf.Future):
     """A future that reads the sockets while its caller waits, and cancels remotely."""
 
     _zm_driver: Driver
@@ -180,11 +178,11 @@ class _Future(cf.Future):  # type: ignore[type-arg]
     # only ever moves forward, and reading one attribute is atomic. The stock methods
     # take a Condition each time, which is a measurable share of a small call.
     def done(self) -> bool:
-        return self._state in _DONE_STATES  # type: ignore[attr-defined]
+        return self._state in _DONE_STATES
 
     def result(self, timeout: float | None = None) -> Any:
-        if self._state == _FINISHED and self._exception is None:  # type: ignore[attr-defined]
-            return self._result  # type: ignore[attr-defined]
+        if self._state == _FINISHED and self._exception is None:
+            return self._result
         if not self.done():
             self._zm_driver.wait(self.done, timeout, lambda: self._follow(timeout))
         return super().result(timeout=0 if self.done() else timeout)

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from worker import Service, cancelled, progress
+from zeromesh import Service, cancelled, progress
 
 __all__ = ["Stopped", "fib", "histogram", "steps", "svc", "wait"]
 

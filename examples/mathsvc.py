@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from worker import Service, cancelled, progress
+from zeromesh import Service, cancelled, progress
 
 svc = Service("math")
 

@@ -13,9 +13,17 @@ Routes: ``POST /call/<service.handler>``, ``POST /jobs/<service.handler>``,
 ``GET``/``DELETE /jobs/<id>``, ``GET /healthz`` (see README.md, "HTTP gateway").
 """
 
+import logging
+
+from protocol import StartupError
+
 from ._cli import main
 from ._config import MEMORY, GatewayConfig
-from ._gateway import Gateway, StartupError
+from ._gateway import Gateway
+
+# A library leaves logging to the program: without a handler of its own, Python's
+# last-resort handler would print our warnings on the embedding program's stderr.
+logging.getLogger("zeromesh.gateway").addHandler(logging.NullHandler())
 
 __all__ = [
     # running a gateway

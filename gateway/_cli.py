@@ -9,10 +9,11 @@ import re
 import signal
 from pathlib import Path
 
+from protocol import StartupError
 from zmqio import add_log_level, setup_logging
 
 from ._config import MEMORY, GatewayConfig, default_jobs_db, parse_listen, parse_size
-from ._gateway import Gateway, StartupError
+from ._gateway import Gateway
 
 __all__ = ["main"]
 

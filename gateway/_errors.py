@@ -91,7 +91,7 @@ class ApiError(Exception):
 def api_error(exc: ZeromeshError) -> ApiError:
     """The HTTP answer for an error the mesh raised (see the table in this module)."""
     for cls in type(exc).__mro__:
-        entry = _STATUS.get(cls)  # type: ignore[arg-type]
+        entry = _STATUS.get(cls)
         if entry is not None:
             break
     else:  # unreachable: ZeromeshError is in every MRO here

@@ -22,6 +22,7 @@ from tornado.httpserver import HTTPServer
 
 import protocol
 from client import AsyncClient, ZeromeshError
+from protocol import StartupError
 
 from ._app import drain_limit, make_app
 from ._config import GatewayConfig
@@ -30,17 +31,13 @@ from ._jobs import DONE, FAILED, JobRecord, JobStore, StoreError
 from ._render import NeedsConversion, check_result_size, render, unpack_stored
 from ._runner import JobRunner
 
-__all__ = ["Gateway", "StartupError"]
+__all__ = ["Gateway"]
 
 log = logging.getLogger("zeromesh.gateway")
 
 _TICK = 0.1  # seconds between looks at the workers' capacity
 _TARGETS_EVERY = 2.0  # seconds between refreshes of what the workers serve
 _HEALTH_TIMEOUT = 0.5  # seconds /healthz waits for workers to answer
-
-
-class StartupError(Exception):
-    """The gateway cannot start: the message says why and what to change."""
 
 
 class Gateway:

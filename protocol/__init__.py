@@ -5,6 +5,8 @@ package gives them meaning. It never imports zmq or tornado (a test checks), so 
 transport, or a test, can drive it. The wire format is specified in protocol/SPEC.md.
 """
 
+import logging
+
 from ._framing import (
     FLAG_BATCH,
     HEADER_SIZE,
@@ -55,12 +57,17 @@ from .errors import (
     Overloaded,
     ProtocolError,
     RemoteError,
+    StartupError,
     Timeout,
     UnknownHandler,
     WorkerLost,
     ZeromeshError,
     error_name,
 )
+
+# A library leaves logging to the program: without a handler of its own, Python's
+# last-resort handler would print our warnings on the embedding program's stderr.
+logging.getLogger("zeromesh.protocol").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
@@ -117,6 +124,7 @@ __all__ = [
     "Overloaded",
     "ProtocolError",
     "RemoteError",
+    "StartupError",
     "Timeout",
     "UnknownHandler",
     "WorkerLost",

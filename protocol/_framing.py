@@ -112,7 +112,9 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
         codec = _codec(codec)
     flags = 0
     ttl = 0
-    if cls is Request:
+    # `type(msg) is X` (not `cls is X`): the same identity test, and the type checker
+    # narrows msg on it.
+    if type(msg) is Request:
         args = msg.args
         kwargs = msg.kwargs
         batch = msg.batch
@@ -132,7 +134,7 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
         ttl = msg.ttl_ms
         if batch:
             flags = FLAG_BATCH
-    elif cls is Reply:
+    elif type(msg) is Reply:
         if msg.batch:
             flags = FLAG_BATCH
             if not isinstance(msg.result, list | tuple):
@@ -233,6 +235,7 @@ def _check_request(msg: Request) -> None:
 
 
 def _target_bytes(target: Any) -> bytes:
+    raw: bytes
     try:
         raw = target.encode()
     except (AttributeError, UnicodeEncodeError):
@@ -693,7 +696,7 @@ _BODY_ENCODERS: dict[type, Any] = {
     Progress: _progress_body,
     Disconnect: _disconnect_body,
 }
-_BODY_DECODERS: dict[MessageType, Any] = {
+_BODY_DECODERS: dict[MessageType, Callable[[int, Codec, dict[str, Any]], Message]] = {
     MessageType.ERROR: _decode_error,
     MessageType.HELLO: _decode_hello,
     MessageType.READY: _decode_ready,
@@ -702,7 +705,7 @@ _BODY_DECODERS: dict[MessageType, Any] = {
         rid, _field(b, "reason", _STR, ""), codec
     ),
 }
-_EMPTY_BODY_TYPES: dict[MessageType, Any] = {
+_EMPTY_BODY_TYPES: dict[MessageType, Callable[[int, Codec], Message]] = {
     MessageType.PING: Ping,
     MessageType.PONG: Pong,
     MessageType.CANCEL: Cancel,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
@@ -377,9 +377,11 @@ def decode_value(
             # RFC 8259: UTF-8 only (json.loads would also guess UTF-16 and UTF-32).
             text = str(body, "utf-8")
             if oob:
-                hook = _ArrayBuilder(oob, limits).from_json_object
+                object_hook = _ArrayBuilder(oob, limits).from_json_object
                 value = json.JSONDecoder(
-                    object_hook=hook, parse_float=_finite_float, parse_constant=_no_constant
+                    object_hook=object_hook,
+                    parse_float=_finite_float,
+                    parse_constant=_no_constant,
                 ).decode(text)
             else:
                 value = _json_without_frames(text)
@@ -548,7 +550,10 @@ _JSON_WITHOUT_FRAMES = json.JSONDecoder(
     parse_float=_finite_float,
     parse_constant=_no_constant,
 )
-_scan_without_frames = _JSON_WITHOUT_FRAMES.scan_once
+# The decoder's scanner, (text, index) -> (value, end): set by JSONDecoder.__init__,
+# so typeshed does not declare it.
+_scan_without_frames: Callable[[str, int], tuple[Any, int]]
+_scan_without_frames = _JSON_WITHOUT_FRAMES.scan_once  # type: ignore[attr-defined]
 
 
 def _json_without_frames(text: str) -> Any:

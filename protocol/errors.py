@@ -23,6 +23,7 @@ __all__ = [
     "Overloaded",
     "ProtocolError",
     "RemoteError",
+    "StartupError",
     "Timeout",
     "UnknownHandler",
     "WorkerLost",
@@ -157,6 +158,15 @@ class RemoteError(ZeromeshError):
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
+
+
+class StartupError(ZeromeshError):
+    """A worker, broker or gateway cannot start; the message says why and what to change.
+
+    A bad endpoint, an address in use, an ipc path a live worker owns, a service that
+    cannot be imported, an unusable jobs database. Raised before anything is served, so
+    it never crosses the wire (it has no wire code of its own).
+    """
 
 
 _BY_CODE: dict[int, type[ZeromeshError]] = {

@@ -93,7 +93,7 @@ class BrokeredMesh:
 
 
 def status(broker: Proc, timeout: float = 2.0) -> dict[str, Any]:
-    from client._status import fetch_status
+    from zeromesh._status import fetch_status
 
     return fetch_status(broker.endpoint, timeout)
 

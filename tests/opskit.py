@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from client import Client
-from client._rollout import RolloutError, close, connect
+from zeromesh._rollout import RolloutError, close, connect
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "supervisord.conf"
@@ -162,8 +162,11 @@ class Supervisor:
             "PATH": env_path(),
             "ZEROMESH_WORKERS": str(workers),
             "ZEROMESH_HOST": host,
+            # The test service (tests/), and the checkout for examples.mathsvc: the conf
+            # runs from the repository root, which its workers import from; here it runs
+            # from a temp dir, and examples/ is not installed.
             "PYTHONPATH": os.pathsep.join(
-                p for p in [str(TESTS), os.environ.get("PYTHONPATH", "")] if p
+                p for p in [str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")] if p
             ),
             "ZM_OPS_DIR": str(self.ops_dir),
         }

@@ -17,8 +17,8 @@ from brokerkit import SERVICE_B, BrokeredMesh, status, wait_for, workers_ready
 
 import protocol
 from client import Client, Overloaded, Timeout, UnknownHandler, WorkerLost
-from client._cli import main as zeromesh
 from protocol import Error, ErrorCode, Hello, Reply, Request
+from zeromesh._cli import main as zeromesh
 
 pytestmark = pytest.mark.e2e
 

@@ -30,6 +30,9 @@ def run(
         ["zeromesh", "call", "--help"],
         ["zeromesh", "ping", "--help"],
         ["zeromesh", "demo", "--help"],
+        ["zeromesh", "status", "--help"],
+        ["zeromesh", "bench", "--help"],
+        [sys.executable, "-m", "zeromesh", "--help"],
         ["zeromesh-worker", "--help"],
         [sys.executable, "-m", "worker", "--help"],
     ],
@@ -91,6 +94,19 @@ def test_nothing_listening(short_tmp) -> None:
     out = run("zeromesh", "ping", "-c", ep, "--timeout", "0.3")
     assert out.returncode == 1
     assert "UNREACHABLE" in out.stdout
+
+
+def test_status_of_nothing_says_what_to_do(short_tmp) -> None:
+    from protocol import Timeout, ZeromeshError
+    from zeromesh._status import fetch_status
+
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(Timeout, match="zeromesh-broker --bind") as info:
+        fetch_status(ep, 0.2)
+    assert isinstance(info.value, ZeromeshError)
+    out = run("zeromesh", "status", "-c", ep, "--timeout", "0.3")
+    assert out.returncode == 1
+    assert f"{ep}  UNAVAILABLE: nothing answered within 0.3 s" in out.stdout
 
 
 def test_worker_startup_errors(short_tmp) -> None:

@@ -40,7 +40,10 @@ def test_readme_operations_commands_work_as_written(short_tmp: Path) -> None:
         script.append(ports.sub(lambda m: f"{prefix}{m.group(1)}", block))
         if n == 6:  # after the count changed: the test's own look at what runs
             script.append("supervisorctl -c supervisord.conf status")
-    env = {"PATH": env_path(), "HOME": str(short_tmp), "LANG": "C.UTF-8"}
+    # PYTHONPATH: README runs these from the repository root, where the workers import
+    # examples.mathsvc (examples/ is in the checkout, not installed); here the conf sits
+    # in a temp dir, so the checkout is put on the path instead.
+    env = {"PATH": env_path(), "HOME": str(short_tmp), "LANG": "C.UTF-8", "PYTHONPATH": str(REPO)}
     try:
         r = subprocess.run(
             ["bash", "-c", "\n".join(script)],

@@ -124,7 +124,7 @@ def test_rollout_stops_at_a_process_that_does_not_come_back(short_tmp: Path) -> 
 
 
 def test_rollout_clear_errors_without_supervisord(short_tmp: Path) -> None:
-    from client._rollout import rollout
+    from zeromesh._rollout import rollout
 
     missing = short_tmp / "nope.conf"
     assert rollout(str(missing)) == 2

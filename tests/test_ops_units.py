@@ -8,8 +8,9 @@ import subprocess
 import pytest
 from opskit import BIN, REPO
 
-from client._endpoints import MAX_RANGE, resolve_endpoints
-from client._rollout import endpoint_from_command
+from client import resolve_endpoints
+from client._endpoints import MAX_RANGE
+from zeromesh._rollout import endpoint_from_command
 
 
 def test_port_range_is_one_endpoint_per_port() -> None:

@@ -311,8 +311,7 @@ class BrokerLink:
                 conn.granted -= 1  # it used a credit all the same: grant() gives it back
             w.malformed(via, frames[1:], exc, f"client {client.hex()} via broker {conn.endpoint}")
             return
-        kind = type(msg)
-        if kind is Request:
+        if type(msg) is Request:
             if not w.draining and self.slots - w.held <= 0:
                 # Another broker (or a direct client) took the slot this one was told of.
                 conn.granted = 0
@@ -331,11 +330,11 @@ class BrokerLink:
             if conn.granted > 0:
                 conn.granted -= 1
             w.accept(via, msg)
-        elif kind is Cancel:
+        elif type(msg) is Cancel:
             w.cancel(via, msg.id)
         else:
             w.count_bad(
-                f"broker {conn.endpoint} forwarded a {kind.__name__} from client "
+                f"broker {conn.endpoint} forwarded a {type(msg).__name__} from client "
                 f"{client.hex()}; ignored"
             )
 
@@ -347,10 +346,9 @@ class BrokerLink:
             # Never answered: the broker's own messages are not requests.
             w.count_bad(f"malformed message from broker {conn.endpoint}: {exc}")
             return
-        kind = type(msg)
-        if kind is Pong:
+        if type(msg) is Pong:
             return
-        if kind is Hello:
+        if type(msg) is Hello:
             if msg.id == 0:
                 # The broker does not know us (it expired us, or restarted): start over.
                 if conn.state is _READY:
@@ -365,15 +363,15 @@ class BrokerLink:
                 conn.state = _READY
                 log.info("registered with broker %s (%s, pid %d)", conn.endpoint, msg.name, msg.pid)
                 self.grant()
-        elif kind is Ping:
+        elif type(msg) is Ping:
             self._send(conn, [_EMPTY, *protocol.encode(Pong(msg.id, msg.codec))])
-        elif kind is Disconnect:
+        elif type(msg) is Disconnect:
             log.info("broker %s is draining (%s): no more credit for it", conn.endpoint, msg.reason)
             conn.state = _LEAVING
-        elif kind is Error:
+        elif type(msg) is Error:
             log.warning("broker %s reported an error: %s", conn.endpoint, msg.message)
         else:
-            w.count_bad(f"broker {conn.endpoint} sent a {kind.__name__}; ignored")
+            w.count_bad(f"broker {conn.endpoint} sent a {type(msg).__name__}; ignored")
 
     def _on_connected(self, conn: _Conn) -> None:
         assert conn.outbox is not None

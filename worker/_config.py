@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from protocol import DEFAULT_LIMITS, Limits
+from protocol import DEFAULT_LIMITS, Limits, StartupError
 from zmqio import DEFAULT_PEER_OUTPUT
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "WorkerConfig"]
@@ -14,10 +14,6 @@ EXIT_DRAIN_TIMEOUT = 3
 """Exit status when in-flight work was abandoned because the drain took too long."""
 EXIT_HARD_TIMEOUT = 70
 """Exit status after a handler overran ``hard_timeout`` (EX_SOFTWARE): restart me."""
-
-
-class StartupError(Exception):
-    """The worker cannot start: bad endpoint, address in use, path owned by a live worker."""
 
 
 @dataclass(frozen=True)

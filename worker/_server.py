@@ -125,7 +125,7 @@ class Worker:
         self._running_inline: Job | None = None
         self._stolen: deque[list[zmq.Frame]] = deque()  # received by the watchdog
         self._closing = False
-        self._done: deque[tuple[Job | None, bytes, list[Any]]] = deque()
+        self._done: deque[tuple[Job | None, Any, list[Any]]] = deque()
         self._done_wake = False
         self._peers: dict[bytes, float] = {}
         self._stopped: asyncio.Event | None = None
@@ -225,10 +225,10 @@ class Worker:
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         if threading.current_thread() is not threading.main_thread():
             return []
-        installed = []
+        installed: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._begin_drain, f"{signal.Signals(sig).name}")
-            installed.append(sig)
+            installed.append(int(sig))
         return installed
 
     def _bind(self) -> None:
@@ -322,16 +322,15 @@ class Worker:
         except ProtocolError as exc:
             self.malformed(peer, frames[1:], exc, f"client {peer.hex()}")
             return
-        kind = type(msg)
-        if kind is Request:
+        if type(msg) is Request:
             self.accept(peer, msg)
-        elif kind is Ping:
+        elif type(msg) is Ping:
             self._send(peer, protocol.encode(Pong(msg.id, msg.codec)))
-        elif kind is Hello:
+        elif type(msg) is Hello:
             self._send(peer, protocol.encode(self.hello(msg.id, msg.codec)))
-        elif kind is Cancel:
+        elif type(msg) is Cancel:
             self.cancel(peer, msg.id)
-        elif kind is Disconnect:
+        elif type(msg) is Disconnect:
             self._peers.pop(peer, None)
         else:
             # Never answer an answer (ERROR, REPLY, PONG...): two peers doing that would
@@ -340,7 +339,7 @@ class Worker:
             log.warning(
                 "client %s sent a %s message, which a worker does not accept; ignored",
                 peer.hex(),
-                kind.__name__,
+                type(msg).__name__,
             )
 
     def malformed(self, peer: bytes, frames: list[zmq.Frame], exc: ProtocolError, who: str) -> None:
@@ -499,7 +498,10 @@ class Worker:
                 header = protocol.decode_header(frames[1]) if len(frames) > 1 else None
             except ProtocolError:
                 header = None
-            kind = header.type if header is not None else None
+            if header is None:
+                self._stolen.append(frames)  # the loop answers it, as it would have
+                continue
+            kind = header.type
             peer = frames[0].bytes
             if kind is protocol.MessageType.PING:
                 self._send_now(peer, protocol.encode(Pong(header.id, header.codec)))
@@ -518,10 +520,10 @@ class Worker:
         if limit and job in self.table.overdue(limit) and self.table.claim(job, RUNNING):
             self._hard_exit(job)
 
-    def _send_now(self, peer: bytes, frames: list[Any]) -> None:
+    def _send_now(self, peer: Any, frames: list[Any]) -> None:
         """Send from the watchdog thread (holding the socket lock); best effort."""
         if type(peer) is not bytes:  # a client behind a broker
-            peer.link.reply_now(peer, frames)  # type: ignore[attr-defined]
+            peer.link.reply_now(peer, frames)
             return
         sock = self._sock
         assert sock is not None

@@ -26,7 +26,7 @@ __all__ = ["has_input", "receive_batch", "recv_message", "send_message"]
 # few frames per message is a large share of a small call's cost.
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
-_get = zmq.backend.Socket.get
+_get: Callable[[Any, int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)

@@ -2,7 +2,7 @@
 
 The server decodes each small msgpack request and encodes a reply, as any real
 Python worker must; large frames are echoed back untouched with ``copy=False``.
-Run as ``python -m bench._raw ENDPOINT`` (the bench starts it as a child process).
+Run as ``python -m zeromesh._bench.raw ENDPOINT`` (the bench starts it as a child process).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def serve_protocol(endpoint: str) -> None:
     one-frame baseline, with no worker or client machinery at all.
     """
     import protocol
-    from protocol import Reply
+    from protocol import Reply, Request
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -50,6 +50,8 @@ def serve_protocol(endpoint: str) -> None:
     while True:
         frames = sock.recv_multipart(copy=False)
         msg = protocol.decode(frames[1:])
+        if type(msg) is not Request:
+            continue  # only requests are sent here; a real server would answer an Error
         sock.send_multipart([frames[0], *protocol.encode(Reply(msg.id, msg.args[0]))])
 
 
@@ -119,7 +121,7 @@ class RawClient:
     def array_round_trip(self, arr: np.ndarray) -> float:
         """Seconds to send ``arr`` (zero-copy) and get it back."""
         start = time.perf_counter()
-        self.sock.send_multipart([b"array", arr], copy=False)
+        self.sock.send_multipart([b"array", arr.data], copy=False)
         frames = self.sock.recv_multipart(copy=False)
         back = np.frombuffer(frames[1].buffer, dtype=arr.dtype)
         elapsed = time.perf_counter() - start

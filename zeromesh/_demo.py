@@ -1,7 +1,8 @@
 """``zeromesh demo``: a whole mesh on this machine in a few seconds, then gone.
 
-Starts worker subprocesses of the bundled example service (``examples.mathsvc``),
-exercises the client and stops the workers — also on Ctrl-C or an error.
+Starts worker subprocesses of the service shipped for it (`zeromesh._demo_service`, a
+``math`` service), exercises the client and stops the workers — also on Ctrl-C or an
+error.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import time
 
 import numpy as np
 
+from client import Client
 from protocol import RemoteError
 
-from ._client import Client
-
 __all__ = ["run_demo", "start_workers", "stop_workers"]
+
+SERVICE = "zeromesh._demo_service:svc"
 
 
 def _free_port() -> int:
@@ -33,7 +35,7 @@ def _free_port() -> int:
 def start_workers(
     count: int, transport: str, rundir: str, extra: list[str] | None = None
 ) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
-    """Start ``count`` example workers; return the processes and their endpoints."""
+    """Start ``count`` workers of the demo's service; return the processes and endpoints."""
     procs: list[subprocess.Popen[bytes]] = []
     endpoints = []
     for i in range(count):
@@ -48,7 +50,7 @@ def start_workers(
                     sys.executable,
                     "-m",
                     "worker",
-                    "examples.mathsvc:svc",
+                    SERVICE,
                     "--bind",
                     ep,
                     *(extra or []),
@@ -81,7 +83,7 @@ def stop_workers(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) ->
 def run_demo(workers: int = 2, items: int = 100_000, transport: str = "tcp") -> int:
     """Run the demo; returns an exit status."""
     rundir = tempfile.mkdtemp(prefix="zm-demo-")
-    print(f"starting {workers} workers of examples.mathsvc over {transport} (logs in {rundir})")
+    print(f"starting {workers} workers of the math service over {transport} (logs in {rundir})")
     procs, endpoints = start_workers(workers, transport, rundir)
     try:
         with Client(endpoints, timeout=30) as c:

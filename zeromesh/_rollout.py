@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ._client import Client
+from client import Client
 
 __all__ = [
     "Process",

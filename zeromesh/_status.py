@@ -15,21 +15,20 @@ from typing import Any
 import zmq
 
 import protocol
-from protocol import Error, ProtocolError, Reply, Request
-
-from ._core import next_id
+from protocol import Error, ProtocolError, Reply, Request, Timeout, UnknownHandler
 
 __all__ = ["fetch_status", "format_status", "run_status"]
 
 STATUS_TARGET = "_broker.status"
+_STATUS_ID = 1  # the only request on its own socket: any id tells its answer apart
 
 
 def fetch_status(endpoint: str, timeout: float) -> dict[str, Any]:
     """The status map of the broker at ``endpoint``.
 
     Raises:
-        TimeoutError: nothing answered within ``timeout`` seconds.
-        LookupError: something answered, but it is not a broker (a worker, say).
+        Timeout: nothing answered within ``timeout`` seconds.
+        UnknownHandler: something answered, but it is not a broker (a worker, say).
         ProtocolError: the answer was not zeromesh.
     """
     ctx = zmq.Context()
@@ -37,7 +36,7 @@ def fetch_status(endpoint: str, timeout: float) -> dict[str, Any]:
     sock.setsockopt(zmq.LINGER, 0)  # an endpoint nobody serves must not hang exit
     try:
         sock.connect(endpoint)
-        rid = next_id()
+        rid = _STATUS_ID
         ask = Request(rid, STATUS_TARGET, ttl_ms=int(timeout * 1000))
         sock.send_multipart(protocol.encode(ask))
         deadline = time.monotonic() + timeout
@@ -50,9 +49,15 @@ def fetch_status(endpoint: str, timeout: float) -> dict[str, Any]:
             if isinstance(msg, Reply) and isinstance(msg.result, dict):
                 return msg.result
             if isinstance(msg, Error):
-                raise LookupError(f"it answered {msg.message!r}: not a broker")
+                raise UnknownHandler(
+                    f"it answered {msg.message!r}: not a broker (a worker?); "
+                    f"`zeromesh ping -c {endpoint}` shows what it is"
+                )
             raise ProtocolError(f"unexpected answer {type(msg).__name__} to {STATUS_TARGET}")
-        raise TimeoutError(f"nothing answered within {timeout:g} s")
+        raise Timeout(
+            f"nothing answered within {timeout:g} s: is a broker running there? "
+            f"start one with `zeromesh-broker --bind {endpoint}`, or wait longer with --timeout"
+        )
     finally:
         sock.close(linger=0)
         ctx.term()
@@ -129,7 +134,7 @@ def run_status(endpoints: list[str], timeout: float, as_json: bool) -> int:
     for ep in endpoints:
         try:
             results[ep] = fetch_status(ep, timeout)
-        except (TimeoutError, LookupError, ProtocolError) as exc:
+        except (Timeout, UnknownHandler, ProtocolError) as exc:
             failed += 1
             results[ep] = {"error": str(exc)}
     if as_json:

@@ -1,18 +1,20 @@
-"""``zeromesh``: command-line tools for a mesh — call, ping, status, demo, rollout."""
+"""``zeromesh``: command-line tools for a mesh — call, ping, status, demo, rollout, bench.
+
+They sit above the library: they use `client` (and start workers as processes), so
+the client library itself never imports a tool, the benchmark or a worker.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from client import ENV_ENDPOINTS, Client
 from protocol import RemoteError, ZeromeshError
-
-from ._client import Client
-from ._endpoints import ENV_ENDPOINTS
+from zmqio import add_log_level, setup_logging
 
 __all__ = ["main"]
 
@@ -89,7 +91,8 @@ def _cmd_ping(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ._endpoints import resolve_endpoints
+    from client import resolve_endpoints
+
     from ._status import run_status
 
     return run_status(resolve_endpoints(args.connect), args.timeout, args.json)
@@ -108,8 +111,9 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    # The benchmarks ship with zeromesh but are not part of the client library.
-    from bench.mesh import main as bench_main
+    # The benchmark ships with zeromesh (so a plain install has it) but is no part of
+    # the library: imported only when asked for.
+    from ._bench.mesh import main as bench_main
 
     return bench_main(args.bench_args)
 
@@ -120,9 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tools for a zeromesh worker mesh.",
         epilog="Start workers with `zeromesh-worker MODULE:SERVICE --bind ENDPOINT`.",
     )
-    parser.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
-    )
+    add_log_level(parser, "warning", "what to log on stderr (default warning)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

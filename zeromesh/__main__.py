@@ -1,0 +1,7 @@
+"""``python -m zeromesh``: the same as the ``zeromesh`` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

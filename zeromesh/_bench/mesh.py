@@ -1,0 +1,506 @@
+"""``zeromesh bench``: zeromesh beside raw pyzmq and ProcessPoolExecutor, in one run.
+
+Every scenario measures zeromesh and its baseline back to back on the same machine,
+so the ratio means something on a shared, noisy box even when the absolute figures
+do not. Workers and the raw echo server run as child processes, as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from client import AsyncClient, Client
+
+from .echosvc import add, loops_per_ms
+from .raw import WINDOW, ProtocolClient, RawClient
+
+__all__ = ["main"]
+
+# What the child processes run: modules of this package, so a plain install runs the
+# bench from any directory.
+ECHO_SERVICE = "zeromesh._bench.echosvc:svc"
+RAW_MODULE = "zeromesh._bench.raw"
+
+_MiB = 1024 * 1024
+
+
+@dataclass
+class Row:
+    """One line of the table (and one object of the JSON output)."""
+
+    scenario: str
+    zeromesh: float
+    baseline: float
+    ratio: float
+    target: str
+    unit: str
+    met: bool | None
+
+    def cells(self) -> list[str]:
+        verdict = {True: "pass", False: "MISS", None: "-"}[self.met]
+        return [
+            self.scenario,
+            f"{self.zeromesh:,.1f}",
+            f"{self.baseline:,.1f}",
+            f"{self.ratio:.2f}x",
+            self.target,
+            verdict,
+        ]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Work per round; every scenario runs ``rounds`` rounds, alternating zeromesh and
+    its baseline, and reports the median round of each."""
+
+    rounds: int
+    rtt_calls: int
+    pipelined_calls: int
+    array_mib: int
+    array_repeats: int
+    map_items: int
+    cpu_calls: int
+
+    @classmethod
+    def pick(cls, quick: bool, tiny: bool) -> Sizes:
+        if tiny:
+            return cls(1, 200, 2_000, 4, 1, 20_000, 8)
+        if quick:
+            return cls(3, 1_000, 10_000, 64, 2, 200_000, 40)
+        return cls(5, 4_000, 40_000, 64, 3, 1_000_000, 100)
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+class _Children:
+    """Child processes of the run; all stopped on exit, also on Ctrl-C or an error."""
+
+    def __init__(self, transport: str) -> None:
+        self.transport = transport
+        self.dir = tempfile.mkdtemp(prefix="zmb-", dir="/tmp")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def endpoint(self) -> str:
+        if self.transport == "ipc":
+            return f"ipc://{self.dir}/{len(self.procs)}.sock"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(os.path.join(self.dir, f"{len(self.procs)}.log"), "wb")  # noqa: SIM115
+        p = subprocess.Popen(
+            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self.procs.append(p)
+        return p
+
+    def worker(self, *extra: str) -> str:
+        ep = self.endpoint()
+        self.spawn("-m", "worker", ECHO_SERVICE, "--bind", ep, "--log-level", "warning", *extra)
+        return ep
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def close(self) -> None:
+        for p in self.procs:
+            self.stop(p)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _ready(endpoints: list[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with Client(endpoints) as c:
+        while time.monotonic() < deadline:
+            if all(r["state"] == "ready" for r in c.workers(timeout=1.0)):
+                return
+    raise SystemExit(f"bench: workers on {endpoints} did not become ready")
+
+
+# --- scenarios -----------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _zm_rtts(c: Client, n: int) -> list[float]:
+    call = c.call
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        call("bench.echo", i)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _zm_submit_rate(c: Client, n: int) -> float:
+    start = time.perf_counter()
+    futs = [c.submit("bench.echo", i) for i in range(n)]
+    for f in futs:
+        f.result()
+    return n / (time.perf_counter() - start)
+
+
+def _zm_async_rate(endpoints: list[str], n: int) -> float:
+    async def run() -> float:
+        async with AsyncClient(endpoints, max_in_flight=WINDOW) as ac:
+            await ac.call("bench.echo", 0)
+            start = time.perf_counter()
+            await asyncio.gather(*(ac.call("bench.echo", i) for i in range(n)))
+            return n / (time.perf_counter() - start)
+
+    return asyncio.run(run())
+
+
+def _best(fn: Callable[[], float], repeats: int) -> float:
+    return min(fn() for _ in range(repeats))
+
+
+def _alternate(
+    rounds: int, zm: Callable[[], Any], base: Callable[[], Any]
+) -> tuple[list[Any], list[Any]]:
+    """Run ``zm`` and ``base`` in alternating rounds: a busy neighbour (these machines
+    are shared) then slows both sides of a ratio, not one."""
+    zs, bs = [], []
+    for i in range(rounds):
+        first, second = (zm, base) if i % 2 == 0 else (base, zm)
+        a, b = first(), second()
+        zs.append(a if first is zm else b)
+        bs.append(b if first is zm else a)
+    return zs, bs
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> list[Row]:
+    rows: list[Row] = []
+    kids = _Children(transport)
+    rounds = sizes.rounds
+    try:
+        raw_ep = kids.endpoint()
+        kids.spawn("-m", RAW_MODULE, raw_ep)
+        proto_ep = kids.endpoint()
+        kids.spawn("-m", RAW_MODULE, proto_ep, "--protocol")
+        w1 = kids.worker()
+        _ready([w1])
+        raw = RawClient(raw_ep)
+        raw.call(0, 0)  # connected and warm
+        proto = ProtocolClient(proto_ep)
+        proto.rtts(10)
+        try:
+            with Client([w1], max_in_flight=WINDOW) as c:
+                c.call("bench.echo", 0)
+                log("sequential round trips")
+                _zm_rtts(c, 200)
+                raw.rtts(200)
+                proto.rtts(200)
+                n = sizes.rtt_calls
+                zms, raws = _alternate(rounds, lambda: _zm_rtts(c, n), lambda: raw.rtts(n))
+                zp50 = _median([statistics.median(r) for r in zms]) * 1e6
+                rp50 = _median([statistics.median(r) for r in raws]) * 1e6
+                rows.append(
+                    Row(
+                        f"RTT p50 {transport} (us)",
+                        zp50,
+                        rp50,
+                        zp50 / rp50,
+                        "<= 1.25x",
+                        "us",
+                        zp50 <= 1.25 * rp50,
+                    )
+                )
+                zp99 = _median([_percentile(r, 0.99) for r in zms]) * 1e6
+                rp99 = _median([_percentile(r, 0.99) for r in raws]) * 1e6
+                rows.append(
+                    Row(f"RTT p99 {transport} (us)", zp99, rp99, zp99 / rp99, "-", "us", None)
+                )
+                wire, raws = _alternate(rounds, lambda: proto.rtts(n), lambda: raw.rtts(n))
+                wp50 = _median([statistics.median(r) for r in wire]) * 1e6
+                rp50 = _median([statistics.median(r) for r in raws]) * 1e6
+                rows.append(
+                    Row(
+                        "RTT p50, bare pyzmq speaking the wire format (us)",
+                        wp50,
+                        rp50,
+                        wp50 / rp50,
+                        "-",
+                        "us",
+                        None,
+                    )
+                )
+
+                log("pipelined calls")
+                n = sizes.pipelined_calls
+                subs, raws = _alternate(
+                    rounds, lambda: _zm_submit_rate(c, n), lambda: raw.pipelined(n)
+                )
+                sub_rate, raw_rate = _median(subs), _median(raws)
+                rows.append(
+                    Row(
+                        f"Client.submit calls/s, {WINDOW} in flight",
+                        sub_rate,
+                        raw_rate,
+                        sub_rate / raw_rate,
+                        ">= 0.8x",
+                        "calls/s",
+                        sub_rate >= 0.8 * raw_rate,
+                    )
+                )
+                asyncs, raws = _alternate(
+                    rounds, lambda: _zm_async_rate([w1], n), lambda: raw.pipelined(n)
+                )
+                async_rate, raw_rate = _median(asyncs), _median(raws)
+                rows.append(
+                    Row(
+                        f"AsyncClient calls/s, {WINDOW} in flight",
+                        async_rate,
+                        raw_rate,
+                        async_rate / raw_rate,
+                        ">= 0.8x",
+                        "calls/s",
+                        async_rate >= 0.8 * raw_rate,
+                    )
+                )
+
+                log(f"{sizes.array_mib} MiB array round trips")
+                arr = np.random.default_rng(0).random(sizes.array_mib * _MiB // 8)
+                gb = 2 * arr.nbytes / 1e9
+
+                def zm_array() -> float:
+                    t = time.perf_counter()
+                    back = c.call("bench.echo", arr)
+                    elapsed = time.perf_counter() - t
+                    assert back.nbytes == arr.nbytes
+                    return elapsed
+
+                zts, rts = _alternate(
+                    rounds,
+                    lambda: _best(zm_array, sizes.array_repeats),
+                    lambda: _best(lambda: raw.array_round_trip(arr), sizes.array_repeats),
+                )
+                zt, rt = _median(zts), _median(rts)
+                rows.append(
+                    Row(
+                        f"{sizes.array_mib} MiB float64 round trip (GB/s)",
+                        gb / zt,
+                        gb / rt,
+                        rt / zt,
+                        ">= 0.9x",
+                        "GB/s",
+                        rt / zt >= 0.9,
+                    )
+                )
+        finally:
+            raw.close()
+            proto.close()
+
+        log("map, 2 workers vs ProcessPoolExecutor(2)")
+        w2 = kids.worker()
+        _ready([w1, w2])
+        n = sizes.map_items
+        with (
+            Client([w1, w2]) as c,
+            cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ppe,
+        ):
+            list(c.map("bench.add", range(1000), range(1000)))
+            list(ppe.map(add, range(2000), range(2000), chunksize=1000))  # start the pool
+
+            def zm_map() -> float:
+                t = time.perf_counter()
+                out = list(c.map("bench.add", range(n), range(n)))
+                rate = n / (time.perf_counter() - t)
+                assert out[-1] == 2 * (n - 1)
+                return rate
+
+            def ppe_map() -> float:
+                t = time.perf_counter()
+                list(ppe.map(add, range(n), range(n), chunksize=1000))
+                return n / (time.perf_counter() - t)
+
+            zms, ppes = _alternate(max(1, rounds - 2), zm_map, ppe_map)
+        zm_rate, ppe_rate = _median(zms), _median(ppes)
+        rows.append(
+            Row(
+                f"map of {n:,} items (items/s)",
+                zm_rate,
+                ppe_rate,
+                zm_rate / ppe_rate,
+                ">= 1x and 200k/s",
+                "items/s",
+                zm_rate >= ppe_rate and zm_rate >= 200_000,
+            )
+        )
+
+        log("CPU-bound handler (10 ms): 2 workers vs 1")
+        cpu_loops = int(10 * loops_per_ms())
+
+        def cpu_rate(endpoints: list[str]) -> float:
+            with Client(endpoints, prefetch=0) as c:
+                c.call("bench.cpu", 1)
+                t = time.perf_counter()
+                futs = [c.submit("bench.cpu", cpu_loops) for _ in range(sizes.cpu_calls)]
+                for f in futs:
+                    f.result()
+                return sizes.cpu_calls / (time.perf_counter() - t)
+
+        twos, ones = _alternate(rounds, lambda: cpu_rate([w1, w2]), lambda: cpu_rate([w1]))
+        two, one = _median(twos), _median(ones)
+        rows.append(
+            Row(
+                "CPU-bound 10 ms calls/s, 2 workers vs 1",
+                two,
+                one,
+                two / one,
+                ">= 1.8x",
+                "calls/s",
+                two >= 1.8 * one,
+            )
+        )
+
+        broker_row = _brokered(kids, sizes, w1, log)
+        if broker_row is not None:
+            rows.append(broker_row)
+    finally:
+        kids.close()
+    return rows
+
+
+def _brokered(kids: _Children, sizes: Sizes, direct: str, log: Callable[[str], None]) -> Row | None:
+    """Brokered pipelined calls/s vs direct (worker ``direct``), once a broker is installed."""
+    if shutil.which("zeromesh-broker") is None:
+        log("no zeromesh-broker installed: brokered row skipped")
+        return None
+    log("brokered pipelined calls")
+    bep = kids.endpoint()
+    kids.spawn("-m", "broker", "--bind", bep, "--log-level", "warning")
+    wep = kids.endpoint()
+    kids.spawn(
+        "-m",
+        "worker",
+        ECHO_SERVICE,
+        "--broker",
+        bep,
+        # Exact credit (the default) costs a worker-broker round trip per call; the
+        # throughput row measures the pipelined setting a throughput user would pick.
+        "--broker-prefetch",
+        "32",
+        "--bind",
+        wep,
+        "--log-level",
+        "warning",
+    )
+    _ready([bep, wep])
+    n = sizes.pipelined_calls
+    with Client([bep], max_in_flight=WINDOW) as b, Client([direct], max_in_flight=WINDOW) as d:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                b.options(timeout=1).call("bench.echo", 0)
+                break
+            except Exception:  # the worker may not have registered with the broker yet
+                time.sleep(0.1)
+        d.call("bench.echo", 0)
+        brokered, direct_rates = _alternate(
+            sizes.rounds, lambda: _zm_submit_rate(b, n), lambda: _zm_submit_rate(d, n)
+        )
+    rate, direct_rate = _median(brokered), _median(direct_rates)
+    return Row(
+        "brokered (prefetch 32) calls/s vs direct",
+        rate,
+        direct_rate,
+        rate / direct_rate,
+        ">= 0.5x",
+        "calls/s",
+        rate >= 0.5 * direct_rate,
+    )
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def render(rows: list[Row]) -> str:
+    head = ["scenario", "zeromesh", "baseline", "ratio", "target", "result"]
+    table = [head, *[r.cells() for r in rows]]
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+    lines = []
+    for k, line in enumerate(table):
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _iter_rows(rows: list[Row]) -> Iterator[dict[str, Any]]:
+    for r in rows:
+        d = asdict(r)
+        d.pop("met")
+        yield d
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="zeromesh bench",
+        description="Run zeromesh beside raw pyzmq and ProcessPoolExecutor in one run and "
+        "print the ratios against the targets.",
+    )
+    p.add_argument("--quick", action="store_true", help="smaller sizes: under a minute")
+    p.add_argument("--tiny", action="store_true", help="minimal sizes (the test suite's smoke run)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    p.add_argument("--transport", choices=["tcp", "ipc"], default="tcp")
+    args = p.parse_args(argv)
+    sizes = Sizes.pick(args.quick, args.tiny)
+
+    def log(msg: str) -> None:
+        print(f"... {msg}", file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    rows = run_scenarios(sizes, args.transport, log)
+    print(render(rows))
+    elapsed = time.perf_counter() - start
+    print(f"\n{len(rows)} scenarios in {elapsed:.0f} s, {os.cpu_count()} cores, {args.transport}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(list(_iter_rows(rows)), f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
