@@ -7,6 +7,8 @@ import subprocess
 
 import pytest
 
+pytestmark = pytest.mark.process  # tier 2: starts real processes
+
 
 @pytest.mark.timeout(300)
 def test_bench_tiny_runs_and_writes_json(tmp_path) -> None:

@@ -20,7 +20,7 @@ from client import Client, Overloaded, Timeout, UnknownHandler, WorkerLost
 from protocol import Error, ErrorCode, Hello, Reply, Request
 from zeromesh._cli import main as zeromesh
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import sys
 import pytest
 from meshkit import Mesh, free_port
 
+pytestmark = pytest.mark.process  # tier 2: starts real processes
+
 
 def run(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60

@@ -18,6 +18,8 @@ from meshkit import Mesh
 
 from client import AsyncClient, Client, ZeromeshError
 
+pytestmark = pytest.mark.process  # tier 2: starts real processes
+
 TEST_SVC = "testsvc:svc"
 TEST_ENV = {"PYTHONPATH": os.path.dirname(__file__)}
 

@@ -27,6 +27,8 @@ from meshkit import Mesh, free_port, wait_ready
 
 from examples.demosvc import fib
 
+pytestmark = pytest.mark.process  # tier 2: starts real processes
+
 gateways = gatewaykit.gateways
 
 MAX_BODY = 64 * 1024

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.process  # tier 2: starts real processes
+
 
 @pytest.mark.timeout(120)
 def test_gateway_bench_tiny_runs_and_writes_json(tmp_path) -> None:

@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import gatewaykit
+import pytest
 from gatewaykit import DEMO, Gateways, finished
 from meshkit import Mesh
+
+pytestmark = pytest.mark.process  # tier 2: starts real processes
 
 gateways = gatewaykit.gateways
 

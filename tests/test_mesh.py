@@ -30,6 +30,8 @@ from client import (
 )
 from examples.mathsvc import add
 
+pytestmark = pytest.mark.process  # tier 2: starts real processes
+
 TEST_ENV = {"PYTHONPATH": os.path.dirname(__file__)}
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from opskit import BIN, Supervisor
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.process
 
 _CLIENT = """
 import json, sys

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from opskit import REPO, env_path, free_prefix, render_conf, stop_daemon
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.process
 
 _BLOCK = re.compile(r"```\n(.*?)```", re.S)
 

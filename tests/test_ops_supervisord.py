@@ -18,7 +18,7 @@ from opskit import Load, LoadReport, Supervisor, kill_processes_under, supervise
 
 from client import Client, Timeout
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.process
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])
