@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshkit import ChildProcess, free_port
+from meshkit import ChildProcess
 
 from worker import Service
 
@@ -70,10 +70,12 @@ class BrokeredMesh:
         return self.tmp / f"{kind}{len(self.procs)}.log"
 
     def broker(self, *args: str, endpoint: str | None = None) -> Proc:
-        ep = endpoint or f"tcp://127.0.0.1:{free_port()}"
+        ep = endpoint or "tcp://127.0.0.1:0"  # the broker picks the port: read it back
         argv = ["-m", "broker", "--bind", ep, "--heartbeat-ms", str(HB_MS), *args]
         p = Proc(argv, self._log("broker"), ep)
         self.procs.append(p)
+        if ep.endswith(":0"):
+            p.wait_bound()
         return p
 
     def worker(self, *brokers: Proc, service: str = SERVICE_A, args: tuple[str, ...] = ()) -> Proc:

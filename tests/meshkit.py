@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,8 +24,15 @@ from client import Client
 SERVICE = "examples.mathsvc:svc"
 
 
+_BOUND = re.compile(r"bound (tcp://\S+)")
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 right now: for an endpoint nobody listens on.
+
+    Never bind a child on it (another process may take it first): bind
+    ``tcp://127.0.0.1:0`` and read the port back with `ChildProcess.wait_bound`.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -66,6 +74,23 @@ class ChildProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_bound(self, timeout: float = 20) -> str:
+        """The endpoint the process reports it bound (``bound tcp://...`` in its log).
+
+        Tests bind ``tcp://127.0.0.1:0`` and take the port from the process that bound
+        it: a port found free by the test and bound later by the child is a race.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = _BOUND.search(self.output())
+            if found:
+                self.endpoint = found.group(1)
+                return self.endpoint
+            if self.proc.poll() is not None:
+                pytest.fail(f"process exited with {self.proc.returncode}:\n{self.output()}")
+            time.sleep(0.02)
+        pytest.fail(f"no 'bound' line in {timeout} s:\n{self.output()}")
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.signal(signal.SIGCONT)  # a stopped process must not outlive the test
@@ -92,7 +117,7 @@ class Mesh:
     def endpoint(self, transport: str = "tcp") -> str:
         if transport == "ipc":
             return f"ipc://{self.tmp}/w{len(self.workers)}-{time.monotonic_ns() % 10**6}.sock"
-        return f"tcp://127.0.0.1:{free_port()}"
+        return "tcp://127.0.0.1:0"  # the worker picks the port; `start` reads it back
 
     def start(
         self,
@@ -107,6 +132,8 @@ class Mesh:
         log = self.tmp / f"worker{len(self.workers)}.log"
         w = WorkerProcess(ep, log, [service, *args], env)
         self.workers.append(w)
+        if ep.endswith(":0"):
+            w.wait_bound()
         if wait:
             wait_ready([w])
         return w

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from meshkit import Mesh
+from meshkit import Mesh, free_port
 
 from client import AsyncClient, Client, ZeromeshError
 
@@ -178,7 +178,7 @@ def test_capacity_is_what_ready_workers_announced(mesh: Mesh) -> None:
             return ac.capacity()
 
     assert asyncio.run(main()) == 4
-    with Client([mesh.endpoint()]) as nobody:  # nothing listens there
+    with Client([f"tcp://127.0.0.1:{free_port()}"]) as nobody:  # nothing listens there
         assert nobody.capacity() == 0
 
 
