@@ -23,12 +23,9 @@ in a bounded backlog).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,15 +51,7 @@ from protocol import (
     Reply,
     StartupError,
 )
-from zmqio import (
-    DEFAULT_PEER_OUTPUT,
-    BindError,
-    Outbox,
-    bind_router,
-    has_input,
-    receive_batch,
-    send_message,
-)
+from zmqio import DEFAULT_PEER_OUTPUT, RouterServer, has_input, receive_batch, send_message
 
 from ._scheduler import IN_FLIGHT, RESERVED_SERVICE, Answer, CancelAt, Dispatch, Scheduler
 
@@ -75,7 +64,6 @@ EXIT_DRAIN_TIMEOUT = 3
 
 _BATCH = 512  # messages handled per wake-up before timers and signals get a turn
 _CLIENT_FORGET_S = 60.0
-_HANGUP_GRACE_S = 0.2  # after a drain: time for clients to read our last messages
 _EMPTY = b""
 _REQUEST = MessageType.REQUEST
 _REPLY = MessageType.REPLY
@@ -116,7 +104,7 @@ class BrokerConfig:
                 raise StartupError(message)
 
 
-class Broker:
+class Broker(RouterServer):
     """Dispatches clients' requests to workers by credit, until drained.
 
     Use `serve` from a running loop or `run` to own one. Not thread-safe apart from
@@ -124,6 +112,7 @@ class Broker:
     """
 
     def __init__(self, config: BrokerConfig, *, clock: Any = time.monotonic) -> None:
+        super().__init__(log)
         self.config = config
         self.name = config.name or f"{socket.gethostname()}:{os.getpid()}"
         self.sched = Scheduler(
@@ -134,18 +123,11 @@ class Broker:
             grace=max(10.0, 3 * config.heartbeat_ms / 1000),
             clock=clock,
         )
-        self.endpoints: list[str] = []
-        self.exit_code = 0
         self.protocol_errors = 0
         self._clock = clock
         self._started = clock()
-        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-        self._sock: zmq.Socket[bytes] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._clients: dict[bytes, float] = {}  # client -> last heard (those who said HELLO)
         self._draining = False
-        self._stopped: asyncio.Event | None = None
-        self._pump_scheduled = False
         self._advertised: tuple[int, dict[str, list[str]]] = (0, {})
         self._advertised_gen = 0
         self._announce_at = 0.0
@@ -153,32 +135,21 @@ class Broker:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def run(self) -> int:
-        """Serve on a new event loop until drained; returns the exit status."""
-        return asyncio.run(self.serve())
+    def _bind(self) -> None:
+        # ZMTP heartbeats only clear away connections whose peer host vanished; liveness
+        # is the application's (3 silent heartbeats expire a worker). A frozen worker's
+        # connection outlives its expiry, so its late replies arrive and are dropped here.
+        cfg = self.config
+        self._bind_router(
+            cfg.binds,
+            limits=cfg.limits,
+            heartbeat_ms=cfg.heartbeat_ms,
+            heartbeat_timeout_ms=10 * cfg.heartbeat_ms,
+            max_peer_output=cfg.max_peer_output,
+            on_gone=self._peer_gone,
+        )
 
-    async def serve(self) -> int:
-        """Bind, serve until SIGTERM/SIGINT or `request_stop`, drain, close.
-
-        Returns 0 after a clean drain, `EXIT_DRAIN_TIMEOUT` if requests were still in
-        flight when the drain timeout passed (they were answered WORKER_LOST).
-
-        Raises:
-            StartupError: an endpoint cannot be bound.
-        """
-        self._loop = loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
-        self._ctx = zmq.Context()
-        try:
-            self._bind()
-        except BaseException:
-            self._ctx.destroy(linger=0)
-            raise
-        sock = self._sock
-        assert sock is not None
-        loop.add_reader(sock.FD, self._pump)
-        installed = self._install_signals(loop)
-        ticker = loop.create_task(self._ticker())
+    def _start(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
         log.info(
             "broker %s on %s (pid %d, max queue %d per service, heartbeat %d ms)",
             self.name,
@@ -187,60 +158,11 @@ class Broker:
             self.config.max_queue,
             self.config.heartbeat_ms,
         )
-        loop.call_soon(self._pump)
-        try:
-            await self._stopped.wait()
-            await self._drain()
-        finally:
-            ticker.cancel()
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            loop.remove_reader(sock.FD)
-            sock.close(linger=2000)  # let the last answers leave; a dead peer cannot hang us
-            self._ctx.term()
-        return self.exit_code
-
-    def request_stop(self, reason: str = "stop requested") -> None:
-        """Begin a graceful drain. Safe from any thread."""
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._begin_drain, reason)
-
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
-        if threading.current_thread() is not threading.main_thread():
-            return []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._begin_drain, signal.Signals(sig).name)
-        return [signal.SIGTERM, signal.SIGINT]
-
-    def _bind(self) -> None:
-        assert self._ctx is not None
-        # ZMTP heartbeats only clear away connections whose peer host vanished; liveness
-        # is the application's (3 silent heartbeats expire a worker). A frozen worker's
-        # connection outlives its expiry, so its late replies arrive and are dropped here.
-        try:
-            self._sock, bound = bind_router(
-                self._ctx,
-                self.config.binds,
-                limits=self.config.limits,
-                heartbeat_ms=self.config.heartbeat_ms,
-                heartbeat_timeout_ms=10 * self.config.heartbeat_ms,
-                log=log,
-            )
-        except BindError as exc:
-            raise StartupError(str(exc)) from exc.__cause__
-        self.endpoints.extend(bound)
-        self._outbox = Outbox(
-            self._sock,
-            self._loop,
-            max_bytes=self.config.max_peer_output,
-            log=log,
-            on_gone=self._peer_gone,
-        )
+        return [loop.create_task(self._ticker())]
 
     # --- the socket loop --------------------------------------------------------------------
 
-    def _pump(self) -> None:
+    def pump(self) -> None:
         """Drain the socket in a batch, then carry out what the scheduler decided."""
         self._pump_scheduled = False
         sock = self._sock
@@ -251,12 +173,6 @@ class Broker:
         self._maybe_announce()
         if has_input(sock):  # sending may have consumed the FD's edge
             self._schedule_pump()
-
-    def _schedule_pump(self) -> None:
-        if not self._pump_scheduled:
-            self._pump_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._pump)
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 2:
@@ -600,8 +516,7 @@ class Broker:
             for client in [c for c, seen in self._clients.items() if now - seen > _CLIENT_FORGET_S]:
                 del self._clients[client]
             if self._draining and not self.sched.in_flight:
-                assert self._stopped is not None
-                self._stopped.set()
+                self._wake()
 
     def _begin_drain(self, reason: str) -> None:
         if self._draining:
@@ -624,18 +539,11 @@ class Broker:
         for wid in list(self.sched.workers):
             self._send_control(wid, list(goodbye))
         self._run_outbox()
-        assert self._stopped is not None
-        self._stopped.set()
+        self._wake()
 
     async def _drain(self) -> None:
         started = self._clock()
-        deadline = time.monotonic() + self.config.drain_timeout
-        assert self._stopped is not None
-        while self.sched.in_flight and time.monotonic() < deadline:
-            self._stopped.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), deadline - time.monotonic())
-        if self.sched.in_flight:
+        if await self._wait_while(lambda: bool(self.sched.in_flight), self.config.drain_timeout):
             n = self.sched.in_flight
             self.sched.abandon(
                 f"the broker stopped (drain timeout {self.config.drain_timeout:g} s) before "
@@ -645,9 +553,7 @@ class Broker:
             self.exit_code = EXIT_DRAIN_TIMEOUT
             log.error("drain timeout: %d request(s) still in flight answered WORKER_LOST", n)
         if self._clients:
-            # Clients connect with IMMEDIATE=1: when we hang up, their libzmq drops what it
-            # received but they had not read yet (the DRAINING answers, the DISCONNECT).
-            await asyncio.sleep(_HANGUP_GRACE_S)
+            await self._hang_up_grace()  # for the DRAINING answers and the DISCONNECT
         log.info(
             "drained in %.2f s: %d request(s) answered in total; exiting %d",
             self._clock() - started,

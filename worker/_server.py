@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import random
-import signal
 import socket
 import threading
 import time
@@ -45,9 +44,8 @@ from protocol import (
     Request,
 )
 from zmqio import (
-    BindError,
-    Outbox,
-    bind_router,
+    HANGUP_GRACE_S,
+    RouterServer,
     has_input,
     receive_batch,
     recv_message,
@@ -67,10 +65,9 @@ log = logging.getLogger("zeromesh.worker")
 _BATCH = 256  # messages handled per wake-up before other callbacks get a turn
 _HOUSEKEEPING_S = 0.25
 _PEER_FORGET_S = 60.0
-_HANGUP_GRACE_S = 0.2  # after a drain: time for clients to read our last messages
 
 
-class Worker:
+class Worker(RouterServer):
     """Serves ``services`` on ``config.binds`` until drained.
 
     Use `serve` from a running loop, or `run` to own one. Not thread-safe apart from
@@ -78,6 +75,7 @@ class Worker:
     """
 
     def __init__(self, services: Sequence[Service], config: WorkerConfig) -> None:
+        super().__init__(log)
         if not services:
             raise StartupError("no service to serve")
         self.config = config
@@ -103,8 +101,6 @@ class Worker:
         # --concurrency 1 and no async handlers there is nothing a second thread buys.
         self.inline = config.concurrency == 1 and not has_async
         self.name = config.name or f"{socket.gethostname()}:{os.getpid()}"
-        self.endpoints: list[str] = []
-        self.exit_code = 0
         self.requests_done = 0
         self.request_limit = (
             config.max_requests + random.randint(0, config.max_requests_jitter)
@@ -113,9 +109,6 @@ class Worker:
         )
         """Requests this process serves before it recycles itself (0: no limit)."""
         self.protocol_errors = 0
-        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-        self._sock: zmq.Socket[bytes] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         self._async_running = 0
         self.max_pending = config.max_pending or self.capacity + 1000
@@ -128,44 +121,31 @@ class Worker:
         self._done: deque[tuple[Job | None, Any, list[Any]]] = deque()
         self._done_wake = False
         self._peers: dict[bytes, float] = {}
-        self._stopped: asyncio.Event | None = None
         self._started_at = time.monotonic()
-        self._pump_scheduled = False
         self._link: BrokerLink | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
-    def run(self) -> int:
-        """Serve on a new event loop until drained; returns the exit status."""
-        return asyncio.run(self.serve())
+    def _bind(self) -> None:
+        cfg = self.config
+        self._bind_router(
+            cfg.binds,
+            limits=cfg.limits,
+            heartbeat_ms=cfg.heartbeat_ms,
+            heartbeat_timeout_ms=3 * cfg.heartbeat_ms,
+            max_peer_output=cfg.max_peer_output,
+            peer_kind="client",
+            check_ipc=self._check_ipc_free,
+            on_gone=self._forget_peer,
+        )
 
-    async def serve(self) -> int:
-        """Bind, serve until stopped (SIGTERM/SIGINT or `request_stop`), drain, close.
-
-        Returns the exit status: 0 after a clean drain, `EXIT_DRAIN_TIMEOUT` if work
-        was abandoned, `EXIT_HARD_TIMEOUT` after a handler overran ``hard_timeout``.
-
-        Raises:
-            StartupError: an endpoint cannot be bound.
-        """
-        self._loop = loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
-        self._ctx = zmq.Context()
-        try:
-            self._bind()
-        except BaseException:
-            self._ctx.destroy(linger=0)
-            raise
-        sock = self._sock
-        assert sock is not None
+    def _start(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
         if self.config.brokers:
+            assert self._ctx is not None
             self._link = BrokerLink(self, self.config.brokers)
             try:
                 self._link.start(self._ctx, loop)
             except ValueError as exc:
-                self._link.close(linger=0)
-                sock.close(linger=0)
-                self._ctx.term()
                 raise StartupError(str(exc)) from exc
         if self.inline:
             self._sock_lock.acquire()  # the loop owns the socket except inside a handler
@@ -179,9 +159,6 @@ class Worker:
                 t.daemon = True  # a handler stuck past the drain must not keep the process up
                 t.start()
                 self._threads.append(t)
-        loop.add_reader(sock.FD, self.pump)
-        installed = self._install_signals(loop)
-        housekeeping = loop.create_task(self._housekeeping())
         log.info(
             "worker %s serving %s on %s (pid %d, capacity %d)",
             self.name,
@@ -192,69 +169,18 @@ class Worker:
         )
         if self.request_limit:
             log.info("recycling after %d requests (%s)", self.request_limit, self._limit_text())
-        loop.call_soon(self.pump)
-        try:
-            await self._stopped.wait()
-            await self._drain()
-        finally:
-            housekeeping.cancel()
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            loop.remove_reader(sock.FD)
-            self._closing = True
-            if self.inline:
-                self._sock_lock.release()
-                for t in self._threads:
-                    t.join(timeout=1.0)  # the watchdog notices `_closing` within 0.1 s
-            else:
-                self.table.close()
-            # LINGER: give queued replies a moment to leave; a dead peer must not hang exit.
-            if self._link is not None:
-                self._link.close(linger=2000)
-            sock.close(linger=2000)
-            self._ctx.term()
-        return self.exit_code
+        return [loop.create_task(self._housekeeping())]
 
-    def request_stop(self, reason: str = "stop requested") -> None:
-        """Begin a graceful drain. Safe from any thread."""
-        loop = self._loop
-        if loop is None:
-            return
-        loop.call_soon_threadsafe(self._begin_drain, reason)
-
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
-        if threading.current_thread() is not threading.main_thread():
-            return []
-        installed: list[int] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._begin_drain, f"{signal.Signals(sig).name}")
-            installed.append(int(sig))
-        return installed
-
-    def _bind(self) -> None:
-        assert self._ctx is not None
-        try:
-            self._sock, bound = bind_router(
-                self._ctx,
-                self.config.binds,
-                limits=self.config.limits,
-                heartbeat_ms=self.config.heartbeat_ms,
-                heartbeat_timeout_ms=3 * self.config.heartbeat_ms,
-                check_ipc=self._check_ipc_free,
-                log=log,
-            )
-        except BindError as exc:
-            raise StartupError(str(exc)) from exc.__cause__
-        self.endpoints.extend(bound)
-        assert self._loop is not None
-        self._outbox = Outbox(
-            self._sock,
-            self._loop,
-            max_bytes=self.config.max_peer_output,
-            log=log,
-            peer_kind="client",
-            on_gone=self._forget_peer,
-        )
+    def _close(self) -> None:
+        self._closing = True
+        if self.inline:
+            self._sock_lock.release()
+            for t in self._threads:
+                t.join(timeout=1.0)  # the watchdog notices `_closing` within 0.1 s
+        else:
+            self.table.close()
+        if self._link is not None:
+            self._link.close(linger=2000)  # LINGER: let the replies to brokers leave
 
     def _check_ipc_free(self, endpoint: str, path: str) -> None:
         """Refuse a path a live worker answers on; libzmq would silently take it over."""
@@ -307,12 +233,6 @@ class Worker:
                 # grabs the GIL each time this loop releases it in a pyzmq call.
                 self.table.wake(len(waiting))
         self._flush_done()
-
-    def _schedule_pump(self) -> None:
-        if not self._pump_scheduled:
-            self._pump_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self.pump)
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
@@ -550,7 +470,7 @@ class Worker:
         assert self._ctx is not None
         # As after a drain: a client with IMMEDIATE=1 drops what it has not read yet once
         # we hang up, and the Timeout just sent is the one answer that must reach it.
-        time.sleep(_HANGUP_GRACE_S)
+        time.sleep(HANGUP_GRACE_S)
         if self._link is not None:
             self._link.close(linger=2000)
         sock.close(linger=2000)  # let the answers leave before the process does
@@ -738,8 +658,7 @@ class Worker:
             if limit and self.requests_done >= limit and not self.table.draining:
                 self._begin_drain(f"served {self.requests_done} requests ({self._limit_text()})")
             if self.table.draining and not jobs:
-                assert self._stopped is not None
-                self._stopped.set()
+                self._wake()
         if self._link is not None:
             self._link.grant()  # free slots become credit at the brokers
         sock = self._sock
@@ -777,27 +696,17 @@ class Worker:
         waiting = self.table.async_waiting
         while waiting and self._async_running < self.config.max_async:
             self._start_async(waiting.pop())  # type: ignore[arg-type]
-        assert self._stopped is not None
-        self._stopped.set()
+        self._wake()
 
     async def _drain(self) -> None:
         started = time.monotonic()
-        deadline = started + self.config.drain_timeout
-        assert self._stopped is not None
-        while self._jobs and time.monotonic() < deadline:
-            self._stopped.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), deadline - time.monotonic())
-        if self._jobs:
+        if await self._wait_while(lambda: bool(self._jobs), self.config.drain_timeout):
             self._abandon(f"drain timeout ({self.config.drain_timeout:g} s) passed")
             if not self.exit_code:
                 self.exit_code = EXIT_DRAIN_TIMEOUT
         self._flush_done()
         if self._peers:
-            # Clients connect with IMMEDIATE=1, and when we hang up their libzmq drops what
-            # it received but they had not read yet: our last replies, the DISCONNECT, a
-            # hard-timeout Timeout. Stay connected a moment so they read them first.
-            await asyncio.sleep(_HANGUP_GRACE_S)
+            await self._hang_up_grace()  # for our last replies and the DISCONNECT
         log.info(
             "drained in %.2f s: %d request(s) served in total; exiting %d",
             time.monotonic() - started,

@@ -6,6 +6,8 @@ whole messages; below it, pyzmq.
 
 * `bind_router`, `Dialer`: the ROUTER a server binds, the DEALER a client connects;
   every option (size limit, heartbeats, high-water marks, linger) set here.
+* `RouterServer`: the lifecycle a worker and a broker share (bind, serve, signals,
+  drain, hang-up grace, close).
 * `Outbox`: send now or queue in order, bounded in bytes per peer.
 * `receive_batch`, `recv_message`, `send_message`, `has_input`: fast, non-blocking
   whole-message IO with plain integer flags and zero-copy for large buffers.
@@ -15,10 +17,13 @@ whole messages; below it, pyzmq.
 from ._frames import has_input, receive_batch, recv_message, send_message
 from ._logs import add_log_level, setup_logging
 from ._outbox import DEFAULT_PEER_OUTPUT, Outbox, add_max_peer_output
+from ._server import HANGUP_GRACE_S, RouterServer
 from ._sockets import SERVER_SNDHWM, BindError, Dialer, bind_router, check_endpoint
 
 __all__ = [
     # sockets
+    "HANGUP_GRACE_S",
+    "RouterServer",
     "SERVER_SNDHWM",
     "BindError",
     "Dialer",

@@ -1,0 +1,207 @@
+"""The shell a worker and a broker share: a ROUTER on an asyncio loop, from bind to exit.
+
+Both bind one ROUTER on their endpoints, drain it in batches when its FD is readable,
+answer through an `Outbox`, start a graceful drain on SIGTERM/SIGINT (or
+`request_stop` from any thread), wait a bounded time for what they hold, give clients
+a moment to read the last answers, and close. `RouterServer` does that once; the
+worker and the broker fill in what they do with messages (`pump`) and what a drain
+means for them (`_begin_drain`, `_drain`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+from protocol import Limits, StartupError
+
+from ._outbox import Outbox
+from ._sockets import BindError, bind_router
+
+__all__ = ["HANGUP_GRACE_S", "RouterServer"]
+
+HANGUP_GRACE_S = 0.2
+"""After a drain: time for clients to read our last messages. Clients connect with
+IMMEDIATE=1, and when we hang up their libzmq drops what it received but they had not
+read yet (the last replies, the DISCONNECT, a hard-timeout Timeout)."""
+
+_CLOSE_LINGER_MS = 2000  # let the last answers leave; a dead peer cannot hang exit
+
+
+class RouterServer:
+    """Lifecycle of one ROUTER-based process. Loop thread only, apart from
+    `request_stop`, which any thread (or a signal handler) may call.
+
+    Subclasses implement `pump` (drain the socket and act), `_bind` (call
+    `_bind_router`), `_begin_drain` and `_drain`, and may override `_start` (more
+    sockets, threads, timers; return tasks to cancel at the end) and `_close`.
+    """
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.endpoints: list[str] = []
+        self.exit_code = 0
+        self._log = log
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._outbox: Outbox = None  # type: ignore[assignment]  # set by _bind_router
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._pump_scheduled = False
+
+    # --- what subclasses fill in ----------------------------------------------------------
+
+    def pump(self) -> None:
+        """Drain the socket in a batch and act on what arrived."""
+        raise NotImplementedError
+
+    def _bind(self) -> None:
+        raise NotImplementedError
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+        """After the bind, before serving: start what else runs; tasks are cancelled
+        at the end. May raise `StartupError`."""
+        return []
+
+    def _begin_drain(self, reason: str) -> None:
+        raise NotImplementedError
+
+    async def _drain(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Before the ROUTER closes: stop threads, close other sockets."""
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve on a new event loop until drained; returns the exit status."""
+        return asyncio.run(self.serve())
+
+    async def serve(self) -> int:
+        """Bind, serve until SIGTERM/SIGINT or `request_stop`, drain, close.
+
+        Returns the exit status (`exit_code`, 0 after a clean drain).
+
+        Raises:
+            StartupError: an endpoint cannot be bound, or the process cannot start.
+        """
+        self._loop = loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._ctx = zmq.Context()
+        try:
+            self._bind()
+            tasks = self._start(loop)
+        except BaseException:
+            self._ctx.destroy(linger=0)  # closes every socket made so far
+            raise
+        sock = self._sock
+        assert sock is not None
+        loop.add_reader(sock.FD, self.pump)
+        installed = self._install_signals(loop)
+        loop.call_soon(self.pump)
+        try:
+            await self._stopped.wait()
+            await self._drain()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            loop.remove_reader(sock.FD)
+            self._close()
+            sock.close(linger=_CLOSE_LINGER_MS)
+            self._ctx.term()
+        return self.exit_code
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Begin a graceful drain. Safe from any thread."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._begin_drain, reason)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        if threading.current_thread() is not threading.main_thread():
+            return []  # embedded in a program's thread: its signals are its own
+        installed: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._begin_drain, signal.Signals(sig).name)
+            installed.append(int(sig))
+        return installed
+
+    def _bind_router(
+        self,
+        binds: Sequence[str],
+        *,
+        limits: Limits,
+        heartbeat_ms: int,
+        heartbeat_timeout_ms: int,
+        max_peer_output: int,
+        peer_kind: str = "peer",
+        check_ipc: Callable[[str, str], None] | None = None,
+        on_gone: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """Bind the ROUTER (`bind_router`) and its `Outbox`.
+
+        Raises:
+            StartupError: an endpoint cannot be bound.
+        """
+        assert self._ctx is not None
+        assert self._loop is not None
+        try:
+            self._sock, bound = bind_router(
+                self._ctx,
+                binds,
+                limits=limits,
+                heartbeat_ms=heartbeat_ms,
+                heartbeat_timeout_ms=heartbeat_timeout_ms,
+                check_ipc=check_ipc,
+                log=self._log,
+            )
+        except BindError as exc:
+            raise StartupError(str(exc)) from exc.__cause__
+        self.endpoints.extend(bound)
+        self._outbox = Outbox(
+            self._sock,
+            self._loop,
+            max_bytes=max_peer_output,
+            log=self._log,
+            peer_kind=peer_kind,
+            on_gone=on_gone,
+        )
+
+    # --- helpers for the loop and the drain ------------------------------------------------
+
+    def _schedule_pump(self) -> None:
+        """Pump again soon (more input may wait, or a send consumed the FD's edge)."""
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self.pump)
+
+    def _wake(self) -> None:
+        """Wake `serve` (to start draining) or `_wait_while` (to look again)."""
+        assert self._stopped is not None
+        self._stopped.set()
+
+    async def _wait_while(self, busy: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``busy()`` is false (checked whenever `_wake` is called), at most
+        ``timeout`` seconds. Returns True if it still is."""
+        assert self._stopped is not None
+        deadline = time.monotonic() + timeout
+        while busy() and time.monotonic() < deadline:
+            self._stopped.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), deadline - time.monotonic())
+        return busy()
+
+    async def _hang_up_grace(self) -> None:
+        """Stay connected a moment so clients read what we sent last (`HANGUP_GRACE_S`)."""
+        await asyncio.sleep(HANGUP_GRACE_S)
