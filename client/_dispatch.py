@@ -1,0 +1,730 @@
+"""The client's dispatch rules: queues, pick, retries, deadlines, liveness. No IO.
+
+A plain state machine driven by method calls, with a clock it is given (the broker's
+`Scheduler` is the model). It never touches a socket, a loop or the system clock. The
+shell (`client._core`) decodes frames into method calls and carries out the commands
+the Dispatcher leaves in `Dispatcher.outbox`, in order:
+
+* `SendCall` — send ``call.frames`` to ``peer``. If the send fails, tell the
+  Dispatcher at once with `Dispatcher.unsent` (after dropping the commands already
+  carried out from the outbox: it takes back the later sends to that peer too).
+* `SendHello` — a HELLO: the answer says who the peer is and makes it READY.
+* `SendPing` — a PING to a quiet peer; any answer proves it alive.
+* `SendCancel` — the caller gave up on ``rid``, which ``peer`` holds.
+* `SendBye` — a DISCONNECT: the client is closing.
+* `WakeAt` — call `Dispatcher.on_timer` once the clock reads ``when`` (replaces the
+  wake-up asked for before: a new one is only ever earlier).
+
+Completions are not commands. Each call's own ``complete(call, value, exc)`` (the
+facade's: it resolves the caller's future) is called at once, exactly once per call
+unless `Dispatcher.cancel` returned True for it. That is the hot path: a reply costs
+a dict pop and that call, and allocates nothing here. ``complete`` must not call back
+into the Dispatcher (the facades only record the outcome).
+
+Rules:
+
+* Calls queue per service, first in first out. The head goes to the READY peer that
+  serves its target with the fewest outstanding requests, if it holds fewer than its
+  capacity + ``prefetch``; among equals, round-robin. A broker serves every target
+  (it routes by itself). A worker that answered OVERLOADED gets nothing new for
+  `OVERLOAD_REST_S`.
+* Once every peer has said HELLO and none serves a call's target, the call fails
+  `UnknownHandler` at once.
+* Each call has a deadline (its timeout from submit). When it passes: `Timeout` if a
+  peer holds the call (it is told to drop it) or READY peers serve it but are all
+  busy; `NoWorkers` if none is READY to serve it.
+* A peer lost (connection closed, send failed, silent for `LIVENESS` heartbeats)
+  gives back what it held: each call is queued again at the head of its queue while
+  it has attempts left (``retries + 1``), else fails `WorkerLost`. A worker's
+  OVERLOADED re-queues the same way (failing `Overloaded`) and rests the worker; its
+  WORKER_LOST re-queues too. A broker's OVERLOADED and WORKER_LOST are final (it
+  already tried its workers; re-sending would multiply a poison request's runs).
+  DRAINING means "not started": the call is queued again without using an attempt,
+  and the peer gets nothing new until it says HELLO with capacity again.
+* Refusals (DRAINING, OVERLOADED, WORKER_LOST) from a peer that no longer holds the
+  call are stale and ignored; any other answer completes the call, whoever sends it.
+* Every heartbeat (`tick`): HELLO to connecting and draining peers (a fresh worker on
+  a draining worker's endpoint answers READY), PING to peers quiet for most of an
+  interval, and a peer silent for `LIVENESS` intervals is lost.
+
+Not thread-safe: one loop drives it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from protocol import (
+    CONNECTING,
+    DRAINING,
+    READY,
+    Error,
+    ErrorCode,
+    Hello,
+    NoWorkers,
+    Overloaded,
+    Progress,
+    ProtocolError,
+    Timeout,
+    UnknownHandler,
+    WorkerLost,
+    ZeromeshError,
+)
+
+__all__ = [
+    "LIVENESS",
+    "OVERLOAD_REST_S",
+    "Call",
+    "Command",
+    "Dispatcher",
+    "Peer",
+    "SendBye",
+    "SendCall",
+    "SendCancel",
+    "SendHello",
+    "SendPing",
+    "WakeAt",
+    "WorkerInfo",
+    "next_id",
+]
+
+log = logging.getLogger("zeromesh.client")
+
+LIVENESS = 3
+"""Heartbeat intervals of silence after which a peer is lost."""
+OVERLOAD_REST_S = 0.05
+"""How long a worker that answered OVERLOADED gets nothing new."""
+
+_CONNECTING, _READY, _DRAINING = CONNECTING, READY, DRAINING
+_ids = itertools.count(1)  # process-wide: ids never repeat across clients or retries
+
+
+def next_id() -> int:
+    """A fresh request id (thread-safe: ``next`` on a count is atomic under the GIL)."""
+    return next(_ids)
+
+
+class Call:
+    """One request the client owes an answer for, from submit until it completes.
+
+    ``complete(call, value, exc)`` is the facade's: it resolves the caller's future.
+    ``frames`` are opaque here (the encoded request); ``future`` is the facade's.
+    """
+
+    __slots__ = (
+        "attempts",
+        "complete",
+        "deadline",
+        "frames",
+        "future",
+        "id",
+        "on_progress",
+        "peer",
+        "service",
+        "target",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        target: str,
+        frames: list[Any],
+        rid: int,
+        timeout: float,
+        retries: int,
+        future: Any,
+        complete: Callable[[Call, Any, BaseException | None], None],
+    ) -> None:
+        self.id = rid
+        self.target = target
+        self.service = target.partition(".")[0]
+        self.frames = frames
+        self.timeout = timeout
+        self.deadline = 0.0
+        self.attempts = retries + 1
+        self.future = future
+        self.complete = complete
+        self.peer: Peer | None = None  # who holds it; None while queued
+        self.on_progress: Callable[[Progress], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Call {self.target} id={self.id} attempts={self.attempts}>"
+
+
+class WorkerInfo(dict[str, Any]):
+    """What one endpoint said about itself (a dict, printed by ``zeromesh ping``)."""
+
+
+class Peer:
+    """What the client knows about one endpoint (a worker or a broker).
+
+    ``link`` is the shell's (its socket); the Dispatcher never looks at it.
+    """
+
+    __slots__ = (
+        "capacity",
+        "endpoint",
+        "hello",
+        "hello_at",
+        "last_seen",
+        "link",
+        "outstanding",
+        "pinged_at",
+        "resting_until",
+        "role",
+        "state",
+        "targets",
+    )
+
+    def __init__(self, endpoint: str, link: Any = None) -> None:
+        self.endpoint = endpoint
+        self.link = link
+        self.state = _CONNECTING
+        self.capacity = 0
+        self.targets: frozenset[str] = frozenset()
+        self.role = ""
+        self.outstanding: set[int] = set()  # ids sent to it and not answered
+        self.last_seen = 0.0
+        self.pinged_at = 0.0
+        self.hello_at = 0.0  # when we last got a HELLO from it
+        self.hello: Hello | None = None
+        self.resting_until = 0.0  # it answered OVERLOADED: nothing new for it until then
+
+    def serves(self, target: str) -> bool:
+        return self.role == "broker" or target in self.targets
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.endpoint} {self.state} outstanding={len(self.outstanding)}>"
+
+
+class SendCall(NamedTuple):
+    """Send ``call.frames`` to ``peer`` (skip it if ``call.peer`` is no longer ``peer``)."""
+
+    peer: Peer
+    call: Call
+
+
+class SendHello(NamedTuple):
+    """Send a HELLO to ``peer``."""
+
+    peer: Peer
+
+
+class SendPing(NamedTuple):
+    """Send a PING to ``peer``."""
+
+    peer: Peer
+
+
+class SendCancel(NamedTuple):
+    """Tell ``peer`` that the request ``rid`` it holds is no longer wanted."""
+
+    peer: Peer
+    rid: int
+
+
+class SendBye(NamedTuple):
+    """Send a DISCONNECT to ``peer``: the client is closing."""
+
+    peer: Peer
+
+
+class WakeAt(NamedTuple):
+    """Call `Dispatcher.on_timer` when the clock reads ``when``."""
+
+    when: float
+
+
+Command = SendCall | SendHello | SendPing | SendCancel | SendBye | WakeAt
+
+
+class Dispatcher:
+    """Per-service queues, peers, picks, retries, deadlines and liveness of one client.
+
+    Args:
+        heartbeat: seconds between `tick` calls; a peer silent for `LIVENESS` of them
+            is lost.
+        prefetch: requests a peer may hold beyond its capacity.
+        clock: monotonic seconds; tests pass a fake one.
+
+    Every method appends its commands to `outbox`; the caller carries them out in
+    order and clears it. `calls` (pending calls by id) is never rebound: the shell
+    may keep a reference to it.
+    """
+
+    def __init__(self, *, heartbeat: float, prefetch: int, clock: Callable[[], float]) -> None:
+        self.heartbeat = heartbeat
+        self.prefetch = prefetch
+        self.clock = clock
+        self.outbox: list[Command] = []
+        self.peers: list[Peer] = []
+        self.calls: dict[int, Call] = {}
+        self.closed = False
+        self._queues: dict[str, deque[Call]] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._wake_at = 0.0  # the wake-up asked for and not yet come (0: none)
+        self._all_busy = False  # the last _pick found servers, all at their limit
+        self._rr = 0
+        self._info_waiters: list[tuple[float, Callable[[], None]]] = []
+
+    def add_peer(self, peer: Peer) -> Peer:
+        """Take ``peer`` (CONNECTING) among those calls may go to."""
+        self.peers.append(peer)
+        return peer
+
+    # --- calls -------------------------------------------------------------------------------
+
+    def submit(self, call: Call) -> None:
+        """Take ``call``: send it now if a peer has room, else queue it.
+
+        Its deadline starts now. If the client is closed it fails at once.
+        """
+        if self.closed:
+            call.complete(call, None, ZeromeshError("the client is closed"))
+            return
+        self.calls[call.id] = call
+        deadline = self.clock() + call.timeout
+        call.deadline = deadline
+        heapq.heappush(self._deadlines, (deadline, call.id))
+        if not self._wake_at or deadline < self._wake_at:
+            self._wake(deadline)
+        q = self._queues.get(call.service)
+        if q is None:
+            q = self._queues[call.service] = deque()
+        q.append(call)
+        self._dispatch(call.service)
+
+    def cancel(self, rid: int) -> bool:
+        """The caller gave up on ``rid``: forget it, and tell its peer to drop it.
+
+        True if the call was still pending (so its ``complete`` will never run).
+        """
+        call = self.calls.pop(rid, None)
+        if call is None:
+            return False
+        peer = call.peer
+        if peer is None:
+            q = self._queues.get(call.service)
+            if q is not None and call in q:
+                q.remove(call)
+                self._dispatch(call.service)  # it may have held up the one behind it
+        elif rid in peer.outstanding:
+            self.outbox.append(SendCancel(peer, rid))
+        return True
+
+    def close(self) -> None:
+        """Fail every pending call, say goodbye to the peers that know us. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for call in list(self.calls.values()):
+            self._finish(call, None, ZeromeshError("the client was closed before a reply came"))
+        for peer in self.peers:
+            if peer.state is not _CONNECTING:
+                self.outbox.append(SendBye(peer))
+
+    # --- what peers say ----------------------------------------------------------------------
+
+    def reply(self, peer: Peer, rid: int, value: Any) -> None:
+        """``peer`` answered ``rid`` with ``value`` (the first answer completes the call).
+
+        Dispatches nothing: call `heard` once the batch of messages is handled.
+        """
+        peer.outstanding.discard(rid)
+        call = self.calls.pop(rid, None)
+        if call is not None:
+            call.complete(call, value, None)
+
+    def error(self, peer: Peer, msg: Error) -> None:
+        """``peer`` answered ``msg.id`` with an ERROR: re-queue it, or fail the call.
+
+        Dispatches nothing: call `heard` once the batch of messages is handled.
+        """
+        rid = msg.id
+        peer.outstanding.discard(rid)
+        call = self.calls.get(rid)
+        if call is None:
+            if rid == 0:
+                log.warning("%s reported a protocol error: %s", peer.endpoint, msg.message)
+            return
+        code = msg.code
+        held = call.peer is peer
+        if code == ErrorCode.DRAINING:
+            if peer.state is _READY:
+                peer.state = _DRAINING
+            if held:
+                # Not started: safe to send elsewhere, and it does not use up an attempt.
+                call.peer = None
+                self._requeue(call)
+            return
+        if peer.role != "broker":
+            if code == ErrorCode.OVERLOADED:
+                # That worker is full (it never started this one): try another for a
+                # while, within the call's attempts.
+                self._rest(peer)
+                if held:
+                    self._retry(call, f"{peer.endpoint}: {msg.message}", Overloaded)
+                return
+            if code == ErrorCode.WORKER_LOST:
+                if held:
+                    self._retry(call, f"{peer.endpoint}: {msg.message}", WorkerLost)
+                return
+        del self.calls[rid]
+        exc = msg.to_exception()
+        exc.detail = msg.detail
+        call.complete(call, None, exc)
+
+    def bad_message(self, peer: Peer, exc: ProtocolError) -> None:
+        """A message from ``peer`` did not decode; fail its call if it names one."""
+        log.warning("malformed message from %s: %s", peer.endpoint, exc)
+        call = self.calls.pop(exc.request_id, None) if exc.request_id else None
+        if call is not None:
+            peer.outstanding.discard(call.id)
+            call.complete(call, None, exc)
+
+    def progress(self, msg: Progress) -> None:
+        """A running handler's PROGRESS: to the call's ``on_progress``, if still pending."""
+        call = self.calls.get(msg.id)
+        if call is not None and call.on_progress is not None:
+            call.on_progress(msg)
+
+    def hello(self, peer: Peer, msg: Hello) -> None:
+        """``peer`` said who it is: READY with its capacity, or DRAINING with none."""
+        if msg.role not in ("worker", "broker"):
+            log.warning("%s answered as a %r, not a worker or broker", peer.endpoint, msg.role)
+            return
+        now = self.clock()
+        first = peer.hello is None
+        peer.hello = msg
+        peer.hello_at = peer.last_seen = now
+        peer.role = msg.role
+        peer.targets = frozenset(f"{s}.{h}" for s, hs in msg.services.items() for h in hs)
+        if msg.capacity <= 0:
+            peer.state = _DRAINING
+        else:
+            peer.capacity = msg.capacity
+            if peer.state is not _READY:
+                log.info(
+                    "%s %s ready: %s %s (pid %d), capacity %d",
+                    "connected to" if first else "reconnected to",
+                    peer.endpoint,
+                    msg.role,
+                    msg.name,
+                    msg.pid,
+                    msg.capacity,
+                )
+                peer.state = _READY
+                self._dispatch_all()
+        waiters, self._info_waiters = self._info_waiters, []
+        for since, on_done in waiters:
+            if all(p.hello_at > since for p in self.peers):
+                on_done()
+            else:
+                self._info_waiters.append((since, on_done))
+
+    def disconnect(self, peer: Peer, reason: str) -> None:
+        """``peer`` drains: it gets nothing new; its answers to what it holds still count."""
+        log.info("%s is draining (%s): sending it nothing new", peer.endpoint, reason)
+        peer.state = _DRAINING
+
+    def heard(self, peer: Peer) -> None:
+        """A batch of messages from ``peer`` was handled: it lives; send what it freed."""
+        peer.last_seen = self.clock()
+        self._dispatch_all()
+
+    def dropped(self, peer: Peer) -> None:
+        """The connection to ``peer`` closed (hand over the replies read before first)."""
+        peer.state = _CONNECTING
+        self._lost(peer, "connection closed")
+        self._dispatch_all()
+
+    def unsent(self, peer: Peer, call: Call) -> None:
+        """`SendCall` ``(peer, call)`` failed: ``peer`` is not connected after all.
+
+        The outbox must hold only the commands not yet carried out. Those sends and the
+        later ones to ``peer`` are taken back and queued again without using an
+        attempt; what ``peer`` did get counts as lost.
+        """
+        back = [call]
+        keep: list[Command] = []
+        for cmd in self.outbox:
+            if type(cmd) is SendCall and cmd.peer is peer:
+                back.append(cmd.call)
+            else:
+                keep.append(cmd)
+        self.outbox[:] = keep
+        for c in back:
+            peer.outstanding.discard(c.id)
+        peer.state = _CONNECTING
+        self._lost(peer, "cannot send to it")
+        for c in reversed(back):
+            if c.peer is peer and c.id in self.calls:
+                c.peer = None
+                self._requeue(c)
+        self._dispatch_all()
+
+    def wants_hello(self, peer: Peer) -> bool:
+        """Whether a greeting to ``peer`` is still wanted (it has not answered one)."""
+        return not self.closed and peer.state is _CONNECTING
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Every heartbeat: greet, ping quiet peers, lose silent ones, dispatch."""
+        if self.closed:
+            return
+        now = self.clock()
+        hb = self.heartbeat
+        out = self.outbox
+        for peer in self.peers:
+            if peer.state is _CONNECTING:
+                out.append(SendHello(peer))
+                continue
+            quiet = now - peer.last_seen
+            if quiet > LIVENESS * hb:
+                log.warning(
+                    "worker at %s missed %d heartbeats (silent %.1f s): treating it as lost",
+                    peer.endpoint,
+                    LIVENESS,
+                    quiet,
+                )
+                peer.state = _CONNECTING
+                self._lost(peer, f"silent for {quiet:.1f} s")
+            elif peer.state is _DRAINING:
+                # HELLO, not PING: if a fresh worker replaced the draining one on this
+                # endpoint and we missed the disconnect, its answer makes it READY again.
+                out.append(SendHello(peer))
+            elif quiet > hb * 0.9 and now - peer.pinged_at > hb * 0.9:
+                peer.pinged_at = now
+                out.append(SendPing(peer))
+        self._dispatch_all()
+
+    def on_timer(self) -> None:
+        """The time asked for by `WakeAt` has come: expire calls, end rests."""
+        self._wake_at = 0.0
+        now = self.clock()
+        heap = self._deadlines
+        moved = False  # a queued call expired: the one behind it may go now
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            call = self.calls.get(rid)
+            if call is None:
+                continue
+            del self.calls[rid]
+            call.complete(call, None, self._expired(call))
+            peer = call.peer
+            if peer is None:
+                moved = True
+            elif rid in peer.outstanding:
+                self.outbox.append(SendCancel(peer, rid))
+        rested = False
+        next_rest = 0.0
+        for peer in self.peers:
+            until = peer.resting_until
+            if not until:
+                continue
+            if until <= now:
+                peer.resting_until = 0.0
+                rested = True
+            elif not next_rest or until < next_rest:
+                next_rest = until
+        if moved or rested:
+            self._dispatch_all()
+        nxt = heap[0][0] if heap else 0.0
+        if next_rest and (not nxt or next_rest < nxt):
+            nxt = next_rest
+        if nxt:
+            self._wake(nxt)
+
+    # --- reading the state ---------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """Total capacity of the READY peers (safe to read from any thread)."""
+        return sum(p.capacity for p in self.peers if p.state is _READY)
+
+    def queued(self) -> int:
+        """Pending calls not held by any peer."""
+        return sum(1 for c in self.calls.values() if c.peer is None)
+
+    def ask_info(self, on_done: Callable[[], None]) -> float:
+        """Ask every peer for a fresh HELLO; ``on_done()`` once all have answered.
+
+        Returns the time of asking, for `info_rows`. The caller waits (with its own
+        timeout) in whatever way suits its loop.
+        """
+        since = self.clock()
+        self._info_waiters.append((since, on_done))
+        for peer in self.peers:
+            self.outbox.append(SendHello(peer))
+        return since
+
+    def info_rows(self, since: float) -> list[WorkerInfo]:
+        """One row per peer: what it said in a HELLO later than ``since``."""
+        rows = []
+        for peer in self.peers:
+            row = WorkerInfo(endpoint=peer.endpoint)
+            h = peer.hello
+            if h is None or peer.hello_at <= since:
+                row["state"] = "unreachable"
+            else:
+                row.update(
+                    state="draining" if h.capacity <= 0 else "ready",
+                    role=h.role,
+                    name=h.name,
+                    host=h.host,
+                    pid=h.pid,
+                    version=h.version,
+                    services=h.services,
+                    capacity=h.capacity,
+                    in_flight=h.in_flight,
+                    uptime=h.uptime,
+                )
+            rows.append(row)
+        return rows
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _dispatch(self, service: str) -> None:
+        q = self._queues.get(service)
+        calls = self.calls
+        while q:
+            call = q[0]
+            if call.id not in calls:  # timed out or failed while queued
+                q.popleft()
+                continue
+            peer = self._pick(call.target)
+            if peer is None:
+                # Nobody ready serves it: maybe nobody can (then it fails, and the next
+                # one gets its turn); else it waits at the head of its queue.
+                if self._all_busy or not self._unknown(call):
+                    return
+                q.popleft()
+                continue
+            q.popleft()
+            call.peer = peer
+            peer.outstanding.add(call.id)
+            self.outbox.append(SendCall(peer, call))
+
+    def _dispatch_all(self) -> None:
+        for service in list(self._queues):
+            self._dispatch(service)
+
+    def _pick(self, target: str) -> Peer | None:
+        """The READY peer with the fewest outstanding requests and room for one more."""
+        best: Peer | None = None
+        best_load = 1 << 62
+        self._all_busy = False
+        peers = self.peers
+        n = len(peers)
+        start = self._rr
+        now = 0.0
+        for i in range(n):
+            peer = peers[(start + i) % n]
+            if peer.state is not _READY or not peer.serves(target):
+                continue
+            if peer.resting_until:
+                now = now or self.clock()
+                if now < peer.resting_until:
+                    self._all_busy = True
+                    continue
+                peer.resting_until = 0.0
+            load = len(peer.outstanding)
+            if load < best_load and load < peer.capacity + self.prefetch:
+                best, best_load = peer, load
+            else:
+                self._all_busy = True
+        if best is not None:
+            self._rr = (start + 1) % n  # rotate among equals
+        return best
+
+    def _unknown(self, call: Call) -> bool:
+        """Fail ``call`` if every peer has said what it serves and none serves it."""
+        peers = self.peers
+        if not peers or any(p.hello is None for p in peers):
+            return False
+        if any(p.serves(call.target) for p in peers):
+            return False
+        served = sorted({t for p in peers for t in p.targets})
+        self._finish(
+            call,
+            None,
+            UnknownHandler(
+                f"no worker serves {call.target!r}; served: {', '.join(served) or 'nothing'}"
+            ),
+        )
+        return True
+
+    def _requeue(self, call: Call) -> None:
+        """Put ``call`` back at the head of its queue."""
+        q = self._queues.get(call.service)
+        if q is None:
+            q = self._queues[call.service] = deque()
+        q.appendleft(call)
+
+    def _lost(self, peer: Peer, why: str) -> None:
+        """``peer`` is gone: re-queue what it held, or fail it with WorkerLost."""
+        calls = self.calls
+        held = [calls[rid] for rid in peer.outstanding if rid in calls]
+        peer.outstanding.clear()
+        if held:
+            log.warning(
+                "worker at %s lost (%s) holding %d request(s): re-sending",
+                peer.endpoint,
+                why,
+                len(held),
+            )
+        for call in held:
+            if call.peer is peer:
+                self._retry(call, f"worker at {peer.endpoint} lost ({why})", WorkerLost)
+
+    def _retry(self, call: Call, why: str, error: type[ZeromeshError]) -> None:
+        """Re-queue ``call`` if it has attempts left; else fail it with ``error``."""
+        call.peer = None
+        call.attempts -= 1
+        if call.attempts > 0:
+            self._requeue(call)
+            return
+        self._finish(
+            call,
+            None,
+            error(f"{call.target}: {why}; no retries left (raise retries= to re-send more)"),
+        )
+
+    def _rest(self, peer: Peer) -> None:
+        """Send ``peer`` nothing new for a moment: it answered OVERLOADED."""
+        until = peer.resting_until = self.clock() + OVERLOAD_REST_S
+        if not self._wake_at or until < self._wake_at:
+            self._wake(until)
+
+    def _wake(self, when: float) -> None:
+        self._wake_at = when
+        self.outbox.append(WakeAt(when))
+
+    def _finish(self, call: Call, value: Any, exc: BaseException | None) -> None:
+        self.calls.pop(call.id, None)
+        call.complete(call, value, exc)
+
+    def _expired(self, call: Call) -> ZeromeshError:
+        if call.peer is not None:
+            return Timeout(
+                f"{call.target}: no reply within {call.timeout:g} s from {call.peer.endpoint} "
+                "(it may still run; raise the timeout with options(timeout=...))"
+            )
+        ready = [p for p in self.peers if p.state is _READY and p.serves(call.target)]
+        if ready:
+            return Timeout(
+                f"{call.target}: waited {call.timeout:g} s for a free worker; all "
+                f"{len(ready)} are busy (add workers or raise the timeout)"
+            )
+        down = ", ".join(p.endpoint for p in self.peers if p.state is not _READY)
+        endpoints = ",".join(p.endpoint for p in self.peers)
+        return NoWorkers(
+            f"{call.target}: no worker answered within {call.timeout:g} s "
+            f"(not reachable: {down or 'none'}); is a worker running there? check with "
+            f"`zeromesh ping --connect {endpoints}`"
+        )
