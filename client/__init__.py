@@ -26,7 +26,7 @@ from protocol import (
 
 from ._async import AsyncClient
 from ._client import Client
-from ._core import WorkerInfo
+from ._dispatch import WorkerInfo
 from ._endpoints import ENV_ENDPOINTS, resolve_endpoints
 from ._executor import Executor
 from ._options import Options

@@ -15,7 +15,8 @@ from typing import Any
 
 from protocol import DEFAULT_LIMITS, Codec, Limits, Progress, ZeromeshError
 
-from ._core import Call, Core, WorkerInfo
+from ._core import Core
+from ._dispatch import Call, WorkerInfo
 from ._endpoints import resolve_endpoints
 from ._mapping import auto_chunksize, results_before_failure
 from ._options import Options, changed_options, check_settings, make_request, parse_codec

@@ -14,7 +14,7 @@ from typing import Any
 
 from protocol import DEFAULT_LIMITS, Codec, Limits, Progress
 
-from ._core import WorkerInfo
+from ._dispatch import WorkerInfo
 from ._driver import Driver
 from ._endpoints import resolve_endpoints
 from ._mapping import run_map

@@ -22,9 +22,9 @@ Rules that keep this correct:
   on the sockets' file descriptors (an OS poll, safe beside another thread's send),
   and takes it to read.
 - ZeroMQ's descriptor signals only new activity, so every thread that touches a
-  socket also drains it before letting go (the Core's ``_check_input``, run by
-  `SyncLoop.run_due` before the lock is released). A leader's poll thus never
-  sleeps on a message already delivered.
+  socket also drains it before letting go (the input check each `zmqio.Dialer`
+  queues after a send, run by `SyncLoop.run_due` before the lock is released). A
+  leader's poll thus never sleeps on a message already delivered.
 - Futures are resolved after the lock is released: their done-callbacks may call the
   client again.
 """
@@ -46,7 +46,8 @@ from typing import Any
 
 from protocol import Limits, Progress, ZeromeshError
 
-from ._core import Call, Core, WorkerInfo
+from ._core import Core
+from ._dispatch import Call, WorkerInfo
 from ._options import Options, make_request
 
 __all__ = ["Driver", "SyncLoop"]

@@ -9,7 +9,7 @@ from typing import Any
 import protocol
 from protocol import Codec, Limits, Progress, Request
 
-from ._core import next_id
+from ._dispatch import next_id
 
 __all__ = ["Options", "changed_options", "check_settings", "make_request", "parse_codec"]
 
