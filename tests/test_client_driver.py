@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import math
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from meshkit import Mesh, free_port
@@ -22,6 +24,24 @@ pytestmark = pytest.mark.process  # tier 2: starts real processes
 
 TEST_SVC = "testsvc:svc"
 TEST_ENV = {"PYTHONPATH": os.path.dirname(__file__)}
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not true within {timeout:g} s: {what}")
+        time.sleep(0.002)
+
+
+async def until_async(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """`until`, yielding to the event loop between looks."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not true within {timeout:g} s: {what}")
+        await asyncio.sleep(0.002)
 
 
 def test_futures_resolve_when_nobody_waits_on_them(mesh: Mesh) -> None:
@@ -80,7 +100,7 @@ def test_close_fails_a_result_another_thread_waits_for(mesh: Mesh) -> None:
 
     waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
-    time.sleep(0.3)  # the waiter is reading the sockets now
+    until(lambda: c._io._leader_ident == waiter.ident, "the waiter reads the sockets")
     c.close()
     waiter.join(10)
     assert not waiter.is_alive(), "result() still waits after close()"
@@ -97,11 +117,9 @@ def test_close_from_a_done_callback_does_not_hang(mesh: Mesh) -> None:
     pending = c.submit("t.sleep", 30)
     fut = c.submit("t.echo", 1)
     fut.add_done_callback(lambda f: c.close())
-    started = time.monotonic()
-    assert fut.result(10) == 1
+    assert fut.result(10) == 1  # (a hang fails here or below: result's own timeout)
     with pytest.raises(ZeromeshError, match="closed"):
         pending.result(10)
-    assert time.monotonic() - started < 8
     with pytest.raises(ZeromeshError, match="closed"):
         c.call("t.echo", 2)
 
@@ -111,23 +129,24 @@ def test_a_waiter_takes_over_from_the_io_thread(mesh: Mesh) -> None:
     # be left waiting on hand-offs forever, and every reply still lands once.
     w = mesh.start()
     with Client([w.endpoint]) as c:
+        slow = c.submit("math.wait", 1.0)  # keeps the IO thread leading while it waits
         background = [c.submit("math.add", i, 0) for i in range(200)]
-        time.sleep(0.05)  # past the grace: the IO thread leads now
+        until(lambda: c._io._io_leads, "the IO thread reads for nobody in particular")
         assert [c.call("math.add", i, 1) for i in range(200)] == [i + 1 for i in range(200)]
         assert [f.result(10) for f in background] == list(range(200))
+        assert slow.result(10) == "waited 1.0"
 
 
 def test_result_timeout_while_another_thread_leads(mesh: Mesh) -> None:
     w = mesh.start(service=TEST_SVC, env=TEST_ENV)
     with Client([w.endpoint]) as c:
-        leader = threading.Thread(target=lambda: c.call("t.sleep", 1.0), daemon=True)
+        leader = threading.Thread(target=lambda: c.call("t.sleep", 2.0), daemon=True)
         leader.start()
-        time.sleep(0.1)
+        until(lambda: c._io._leader_ident == leader.ident, "the other thread reads the sockets")
         fut = c.submit("t.sleep", 5)
-        started = time.monotonic()
         with pytest.raises(cf.TimeoutError):
             fut.result(timeout=0.3)
-        assert time.monotonic() - started < 3
+        assert leader.is_alive()  # the follower's timeout did not wait for the leader
         fut.cancel()
         leader.join(10)
 
@@ -147,7 +166,7 @@ def test_async_backpressure_and_cancel_free_their_slots(mesh: Mesh) -> None:
             # slot back; otherwise the next call would wait forever.
             task = asyncio.ensure_future(ac.call("t.sleep", 5))
             fut = await ac.submit("t.sleep", 5)
-            await asyncio.sleep(0.1)
+            await until_async(lambda: ac._in_flight == 2, "the task's call is sent")
             task.cancel()
             fut.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -156,7 +175,7 @@ def test_async_backpressure_and_cancel_free_their_slots(mesh: Mesh) -> None:
             # A caller cancelled while it waits for a slot does not take one either.
             hogs = [await ac.submit("t.sleep", 5) for _ in range(2)]
             queued = asyncio.ensure_future(ac.call("t.echo", "never"))
-            await asyncio.sleep(0.1)
+            await until_async(lambda: len(ac._slot_waiters) == 1, "the call waits for a slot")
             queued.cancel()
             for h in hogs:
                 h.cancel()
@@ -187,10 +206,8 @@ def test_an_idle_client_notices_a_killed_worker(mesh: Mesh) -> None:
     w = mesh.start(service=TEST_SVC, env=TEST_ENV)
     with Client([w.endpoint], heartbeat=0.2) as c:
         assert c.call("t.echo", 1) == 1
-        time.sleep(0.5)  # idle for a few ticks
+        io = c._io
+        until(lambda: not io._leader and io._park_until < math.inf, "the IO thread parks")
         assert c.capacity() == 1
         w.kill()
-        deadline = time.monotonic() + 10
-        while c.capacity() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert c.capacity() == 0
+        until(lambda: c.capacity() == 0, "the client notices the worker is gone")

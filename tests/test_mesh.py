@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -38,6 +39,20 @@ TEST_ENV = {"PYTHONPATH": os.path.dirname(__file__)}
 @pytest.fixture(params=["tcp", "ipc"])
 def transport(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not true within {timeout:g} s: {what}")
+        time.sleep(0.01)
+
+
+def every_worker_holds_work(c: Client) -> bool:
+    """Each endpoint reports at least one request in flight (running or waiting)."""
+    return all(row.get("in_flight", 0) >= 1 for row in c.workers(timeout=2.0))
 
 
 def test_call_submit_map(mesh: Mesh, transport: str) -> None:
@@ -149,10 +164,9 @@ def test_timeout_then_worker_still_serves(mesh: Mesh, mode: tuple[str, str, dict
     spec, svc, env = mode
     w = mesh.start(service=spec, env=env)
     with Client([w.endpoint]) as c:
-        start = time.monotonic()
+        # (When the deadline fires, and what it says, is tested on the Dispatcher.)
         with pytest.raises(Timeout, match=r"no reply within 0\.5 s"):
             c.options(timeout=0.5).call(f"{svc}.sleep", 30)
-        assert time.monotonic() - start < 10
         # The timed-out call was cancelled on the worker (its handler checks `cancelled()`),
         # so the next call does not wait 30 s behind it.
         assert c.options(timeout=10).call(f"{svc}.sleep", 0) == "slept 0"
@@ -171,15 +185,13 @@ def test_killed_worker_mid_call_is_answered_by_the_other(mesh: Mesh) -> None:
     w1 = mesh.start(service="testsvc:svc", env=TEST_ENV)
     w2 = mesh.start(service="testsvc:svc", env=TEST_ENV)
     with Client([w1.endpoint, w2.endpoint], timeout=30, retries=2) as c:
+        # Both known first, so the least-outstanding pick spreads the requests over both.
+        assert all(r["state"] == "ready" for r in c.workers())
         futs = [c.submit("t.slow_pid", 1.0) for _ in range(4)]
-        time.sleep(0.3)  # both workers now hold requests
+        until(lambda: every_worker_holds_work(c), "both workers hold requests")
         w1.signal(signal.SIGKILL)
-        assert [f.result() for f in futs] == [w2.pid] * 4 or {f.result() for f in futs} <= {
-            w1.pid,
-            w2.pid,
-        }
         # Every request is answered; those w1 held were re-sent to w2.
-        assert all(f.result() == w2.pid for f in futs)
+        assert [f.result() for f in futs] == [w2.pid] * 4
 
         # Restart on the same endpoint: the client uses it again without a restart.
         w3 = mesh.start(service="testsvc:svc", env=TEST_ENV, endpoint=w1.endpoint)
@@ -198,7 +210,7 @@ def test_sigterm_drains_in_flight_work_and_exits_0(mesh: Mesh) -> None:
         assert all(r["state"] == "ready" for r in c.workers())
         assert len({c.call("t.slow_pid", 0) for _ in range(10)}) == 2
         futs = [c.submit("t.slow_pid", 0.5) for _ in range(6)]
-        time.sleep(0.2)
+        until(lambda: every_worker_holds_work(c), "both workers hold requests")
         w1.signal(signal.SIGTERM)
         results = [f.result(timeout=30) for f in futs]
         assert set(results) <= {w1.pid, w2.pid}
@@ -218,7 +230,7 @@ def test_ping_is_answered_during_a_long_cpu_handler(
     w = mesh.start(service=spec, env=env)
     with Client([w.endpoint]) as c:
         fut = c.submit(f"{svc}.spin", 3.0)
-        time.sleep(0.5)
+        until(lambda: every_worker_holds_work(c), "the worker runs the handler")
         for _ in range(3):
             (row,) = c.workers(timeout=2.0)
             assert row["state"] == "ready"
@@ -362,11 +374,9 @@ def test_close_leaks_no_threads_or_fds(mesh: Mesh) -> None:
 def test_async_handlers_run_concurrently(mesh: Mesh) -> None:
     w = mesh.start()
     with Client([w.endpoint]) as c:
-        start = time.monotonic()
-        futs = [c.submit("math.wait", 0.5) for _ in range(50)]
+        # 50 x 0.5 s one after another would take 25 s: the later calls would time out.
+        futs = [c.options(timeout=15).submit("math.wait", 0.5) for _ in range(50)]
         assert all(f.result() == "waited 0.5" for f in futs)
-        # 50 x 0.5 s one after another would take 25 s.
-        assert time.monotonic() - start < 15
 
 
 def test_ipc_path_of_a_live_worker_is_refused_and_stale_one_reused(mesh: Mesh) -> None:
@@ -389,7 +399,9 @@ def test_cancel_a_submitted_future(mesh: Mesh) -> None:
     with Client([w.endpoint]) as c:
         blocker = c.submit("math.sleep", 1.0)
         queued = c.submit("math.sleep", 30)
-        time.sleep(0.1)
+        # Both at the worker: the cancel must reach it (a call still queued in the
+        # client is dropped there; the Dispatcher tests cover that).
+        until(lambda: c.workers()[0].get("in_flight") == 2, "the worker holds both requests")
         assert queued.cancel()
         assert blocker.result() == "slept 1.0"
         assert c.options(timeout=10).call("math.add", 1, 2) == 3
