@@ -290,7 +290,15 @@ class Dispatcher:
         self.calls[call.id] = call
         deadline = self.clock() + call.timeout
         call.deadline = deadline
-        heapq.heappush(self._deadlines, (deadline, call.id))
+        heap = self._deadlines
+        if len(heap) > 2 * len(self.calls) + 1024:
+            # Answered calls leave their deadline behind until it passes: at a high call
+            # rate and a long timeout that is most of the heap. Keep it to what is live,
+            # so memory follows the calls in flight, not the rate times the timeout.
+            calls = self.calls
+            heap[:] = [entry for entry in heap if entry[1] in calls]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (deadline, call.id))
         if not self._wake_at or deadline < self._wake_at:
             self._wake(deadline)
         q = self._queues.get(call.service)

@@ -60,6 +60,7 @@ class JobRunner:
         self._retries = retries
         self._max_result = max_result
         self._max_queued = max_queued
+        self._admitting = 0  # submits between the queue check and the queue
         self._queue: OrderedDict[str, None] = OrderedDict()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._progress: dict[str, dict[str, Any]] = {}
@@ -93,15 +94,22 @@ class JobRunner:
         Raises:
             ApiError: 429 when `max_queued` jobs are already waiting.
         """
-        if len(self._queue) >= self._max_queued:
+        # Count the jobs being written too: the write awaits the database, and a burst
+        # of submits must not all pass the check before the first one is queued.
+        waiting = len(self._queue) + self._admitting
+        if waiting >= self._max_queued:
             raise ApiError(
                 429,
                 "Overloaded",
-                f"{len(self._queue)} jobs are already queued (--max-queued-jobs); retry later",
+                f"{waiting} jobs are already queued (--max-queued-jobs); retry later",
                 retry_after=RETRY_AFTER_OVERLOADED,
             )
         payload = msgpack.packb([args, kwargs], use_bin_type=True)
-        record = await self._store.create(target, payload)
+        self._admitting += 1
+        try:
+            record = await self._store.create(target, payload)
+        finally:
+            self._admitting -= 1
         self._queue[record.id] = None
         self.pump()
         return record

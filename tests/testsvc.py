@@ -28,10 +28,28 @@ def slow_pid(seconds: float) -> int:
     return os.getpid()
 
 
+# `echo` calls this worker ran: a test asks `echoes` to prove a request never arrived.
+_echoes = 0
+
+
 @svc.handler
 def echo(value):
     """Return ``value`` unchanged."""
+    global _echoes
+    _echoes += 1
     return value
+
+
+@svc.handler
+def echoes() -> int:
+    """How many `echo` calls this worker has run."""
+    return _echoes
+
+
+@svc.handler
+def big(n: int) -> str:
+    """A string of ``n`` bytes: a result as large as the caller asks."""
+    return "x" * n
 
 
 @svc.handler
