@@ -1,11 +1,15 @@
 """The worker's job table on its own: admission, claims, deadlines and hard timeouts on a
-fake clock, with no sockets and no sleeping."""
+fake clock, with no sockets and no sleeping; then a hypothesis state machine."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from protocol import ErrorCode, Request
 from worker import Service
@@ -176,3 +180,99 @@ def test_next_sync_returns_none_once_closed(clock: Clock) -> None:
     t.close()
     th.join(5)
     assert got == [None]
+
+
+class JobTableMachine(RuleBasedStateMachine):
+    """Random arrivals, starts, finishes, cancels and time: every admitted request is
+    answered exactly once, and nothing waits beyond the bound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.t = table(self.clock, max_pending=4)
+        self.answered: Counter[tuple[bytes, int]] = Counter()
+        self.running: list[Job] = []
+        self.next_id = 0
+
+    def answer(self, job: Job) -> None:
+        self.answered[job.key] += 1
+        self.t.finish(job)
+
+    @rule(
+        peer=st.sampled_from([b"a", b"b", b"c"]),
+        async_=st.booleans(),
+        ttl=st.sampled_from([0, 500]),
+    )
+    def arrive(self, peer: bytes, async_: bool, ttl: int) -> None:
+        self.next_id += 1
+        job = self.t.admit(peer, req(self.next_id, "t.later" if async_ else "t.work", ttl))
+        if isinstance(job, Refusal):
+            assert self.t.draining
+            return
+        refused = self.t.enqueue(job)
+        if refused is not None:
+            assert refused.state == DONE
+            self.answer(refused)
+
+    @rule(async_=st.booleans())
+    def start_next(self, async_: bool) -> None:
+        queue = self.t.async_waiting if async_ else self.t.waiting
+        job = queue.pop()
+        if job is None or not self.t.claim(job, QUEUED):
+            return  # nothing waits, or it was answered meanwhile (cancel, drain)
+        if self.t.refusal_on_start(job) is not None:
+            job.state = DONE
+            self.answer(job)
+        else:
+            self.running.append(job)
+
+    @rule(data=st.data())
+    def finish_one(self, data: st.DataObject) -> None:
+        if self.running:
+            job = self.running.pop(data.draw(st.integers(0, len(self.running) - 1)))
+            if self.t.claim(job, RUNNING):  # else the hard timeout or the drain answered it
+                self.answer(job)
+
+    @rule(data=st.data())
+    def cancel_one(self, data: st.DataObject) -> None:
+        if self.t.jobs:
+            peer, rid = data.draw(st.sampled_from(sorted(self.t.jobs, key=repr)))
+            job = self.t.cancel(peer, rid)
+            if job is not None:
+                self.answer(job)
+
+    @rule(seconds=st.floats(0, 1))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.now += seconds
+
+    @rule()
+    def hard_timeout(self) -> None:
+        for job in self.t.overdue(0.8):
+            if self.t.claim(job, RUNNING):
+                self.answer(job)
+                for other in self.t.unstarted_sync():
+                    self.answer(other)
+
+    @rule()
+    def drain_gives_up(self) -> None:
+        self.t.draining = True
+        for job, _refusal, _was_running in self.t.abandon("test"):
+            self.answer(job)
+
+    @invariant()
+    def bounded_and_answered_once(self) -> None:
+        assert len(self.t.waiting) <= 4
+        assert len(self.t.async_waiting) <= 4
+        assert all(n == 1 for n in self.answered.values()), self.answered
+        assert not set(self.t.jobs) & set(self.answered)  # answered means forgotten
+
+    def teardown(self) -> None:
+        # Whatever is still held can always be answered, once.
+        for job, _refusal, _was_running in self.t.abandon("end"):
+            self.answer(job)
+        assert not self.t.jobs
+        assert all(n == 1 for n in self.answered.values())
+
+
+TestJobTableMachine = JobTableMachine.TestCase
+TestJobTableMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)

@@ -22,7 +22,6 @@ import random
 import socket
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,7 +39,6 @@ from protocol import (
     Pong,
     Progress,
     ProtocolError,
-    Reply,
     Request,
 )
 from zmqio import (
@@ -56,6 +54,7 @@ from . import _context
 from ._broker_link import BrokerLink
 from ._config import EXIT_DRAIN_TIMEOUT, EXIT_HARD_TIMEOUT, StartupError, WorkerConfig
 from ._jobs import DONE, QUEUED, RUNNING, Job, JobTable
+from ._runners import run_async, run_sync
 from ._service import Handler, Service
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "Worker", "WorkerConfig"]
@@ -370,7 +369,7 @@ class Worker(RouterServer):
                 self._running_inline = job
                 lock.release()  # the watchdog may answer pings while the handler runs
                 try:
-                    frames = self._call_sync(job)
+                    frames = run_sync(job, self.config.limits)
                 finally:
                     lock.acquire()
                     self._running_inline = None
@@ -490,7 +489,7 @@ class Worker(RouterServer):
             if frames is None:
                 token = _context.current.set(job)
                 try:
-                    frames = self._call_sync(job)
+                    frames = run_sync(job, self.config.limits)
                 finally:
                     _context.current.reset(token)
                 if not self.table.claim(job, RUNNING):
@@ -507,29 +506,6 @@ class Worker(RouterServer):
         req = job.request
         return protocol.encode(Error(req.id, *refusal, codec=req.codec))
 
-    def _call_sync(self, job: Job) -> list[Any]:
-        req = job.request
-        fn = job.handler.fn
-        results: list[Any] = []
-        try:
-            if req.batch:
-                # The map hot loop: one call per item, nothing else per item. On a
-                # failure, len(results) is the index of the item that failed.
-                kwargs = req.kwargs
-                append = results.append
-                if kwargs:
-                    for item in req.args:
-                        append(fn(*item, **kwargs))
-                else:
-                    for item in req.args:
-                        append(fn(*item))
-                result: Any = results
-            else:
-                result = fn(*req.args, **req.kwargs)
-        except (Exception, SystemExit) as exc:
-            return self._handler_error(job, exc, len(results), results)
-        return self._reply_frames(job, result)
-
     def _start_async(self, job: Job) -> None:
         self._async_running += 1
         assert self._loop is not None
@@ -542,26 +518,7 @@ class Worker(RouterServer):
             frames = self._refusal(job)
             if frames is None:
                 _context.current.set(job)  # this task's own context
-                req = job.request
-                c = req.codec
-                fn = job.handler.fn
-                index = 0
-                results: list[Any] = []
-                try:
-                    if req.batch:
-                        for index, item in enumerate(req.args):  # noqa: B007
-                            results.append(await fn(*item, **req.kwargs))
-                        result: Any = results
-                    else:
-                        result = await fn(*req.args, **req.kwargs)
-                except asyncio.CancelledError:
-                    frames = protocol.encode(
-                        Error(req.id, ErrorCode.CANCELLED, "cancelled by the caller", codec=c)
-                    )
-                except (Exception, SystemExit) as exc:
-                    frames = self._handler_error(job, exc, index, results)
-                else:
-                    frames = self._reply_frames(job, result)
+                frames = await run_async(job, self.config.limits)
                 if not self.table.claim(job, RUNNING):
                     return  # answered by the drain meanwhile
             else:
@@ -572,51 +529,6 @@ class Worker(RouterServer):
             waiting = self.table.async_waiting
             if waiting and not self.table.draining:
                 self._start_async(waiting.pop())  # type: ignore[arg-type]
-
-    def _reply_frames(self, job: Job, result: Any) -> list[Any]:
-        req = job.request
-        try:
-            return protocol.encode(Reply(req.id, result, req.codec, req.batch), self.config.limits)
-        except ProtocolError as exc:
-            if exc.code == ErrorCode.LIMIT_EXCEEDED:
-                log.warning("%s (id %d): not sent: %s", req.target, req.id, exc)
-                return protocol.encode(
-                    Error(
-                        req.id, exc.code, f"{req.target}: {exc}", "ProtocolError", codec=req.codec
-                    )
-                )
-            return protocol.encode(
-                Error(
-                    req.id,
-                    ErrorCode.REMOTE,
-                    f"{req.target} returned a value that cannot be sent: {exc}",
-                    type="ProtocolError",
-                    codec=req.codec,
-                )
-            )
-
-    def _handler_error(
-        self, job: Job, exc: BaseException, index: int, results: list[Any]
-    ) -> list[Any]:
-        req = job.request
-        args = req.args[index] if req.batch else req.args
-        if isinstance(exc, TypeError):
-            problem = job.handler.arguments_error(list(args), req.kwargs)
-            if problem is not None:
-                return protocol.encode(
-                    Error(req.id, ErrorCode.BAD_ARGUMENTS, problem, "BadArguments", codec=req.codec)
-                )
-        # Drop our own frame: the caller wants the handler's traceback, not ours.
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        detail = None
-        if req.batch:
-            detail = {"index": index, "results": results}
-        err = Error.from_exception(req.id, exc, req.codec, traceback=text, detail=detail)
-        try:
-            return protocol.encode(err)
-        except ProtocolError:  # partial results not encodable: send the error alone
-            return protocol.encode(Error.from_exception(req.id, exc, req.codec, traceback=text))
 
     def _answer_error(self, job: Job, code: ErrorCode, message: str) -> None:
         req = job.request

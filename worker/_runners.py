@@ -1,0 +1,121 @@
+"""Running a handler: call it, and turn what it returned or raised into its answer.
+
+No sockets and no scheduling here: the worker's shell decides when a job runs and on
+which thread (`worker._server`), and sends the frames these functions return.
+
+* A result becomes a REPLY; one over the message limit becomes a small ERROR
+  ``LIMIT_EXCEEDED`` instead (the receiver would refuse it, and the connection with
+  it); one that cannot be encoded becomes ERROR ``REMOTE`` naming the value.
+* An exception becomes ERROR ``REMOTE`` with the handler's traceback (not ours), or
+  ``BAD_ARGUMENTS`` when the call did not fit the handler's signature; a failed batch
+  item carries its index and the results before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from typing import Any
+
+import protocol
+from protocol import Error, ErrorCode, Limits, ProtocolError, Reply
+
+from ._jobs import Job
+
+__all__ = ["handler_error", "reply_frames", "run_async", "run_sync"]
+
+log = logging.getLogger("zeromesh.worker")
+
+
+def run_sync(job: Job, limits: Limits) -> list[Any]:
+    """Run a plain function handler on this thread; the frames of its answer."""
+    req = job.request
+    fn = job.handler.fn
+    results: list[Any] = []
+    try:
+        if req.batch:
+            # The map hot loop: one call per item, nothing else per item. On a failure,
+            # len(results) is the index of the item that failed.
+            kwargs = req.kwargs
+            append = results.append
+            if kwargs:
+                for item in req.args:
+                    append(fn(*item, **kwargs))
+            else:
+                for item in req.args:
+                    append(fn(*item))
+            result: Any = results
+        else:
+            result = fn(*req.args, **req.kwargs)
+    except (Exception, SystemExit) as exc:
+        return handler_error(job, exc, len(results), results)
+    return reply_frames(job, result, limits)
+
+
+async def run_async(job: Job, limits: Limits) -> list[Any]:
+    """Run an ``async def`` handler in this task; the frames of its answer. Cancelling
+    the task (the client's CANCEL) answers ``CANCELLED``."""
+    req = job.request
+    fn = job.handler.fn
+    index = 0
+    results: list[Any] = []
+    try:
+        if req.batch:
+            for index, item in enumerate(req.args):  # noqa: B007
+                results.append(await fn(*item, **req.kwargs))
+            result: Any = results
+        else:
+            result = await fn(*req.args, **req.kwargs)
+    except asyncio.CancelledError:
+        return protocol.encode(
+            Error(req.id, ErrorCode.CANCELLED, "cancelled by the caller", codec=req.codec)
+        )
+    except (Exception, SystemExit) as exc:
+        return handler_error(job, exc, index, results)
+    return reply_frames(job, result, limits)
+
+
+def reply_frames(job: Job, result: Any, limits: Limits) -> list[Any]:
+    """The REPLY carrying ``result``, or the ERROR that says why it cannot be sent."""
+    req = job.request
+    try:
+        return protocol.encode(Reply(req.id, result, req.codec, req.batch), limits)
+    except ProtocolError as exc:
+        if exc.code == ErrorCode.LIMIT_EXCEEDED:
+            log.warning("%s (id %d): not sent: %s", req.target, req.id, exc)
+            return protocol.encode(
+                Error(req.id, exc.code, f"{req.target}: {exc}", "ProtocolError", codec=req.codec)
+            )
+        return protocol.encode(
+            Error(
+                req.id,
+                ErrorCode.REMOTE,
+                f"{req.target} returned a value that cannot be sent: {exc}",
+                type="ProtocolError",
+                codec=req.codec,
+            )
+        )
+
+
+def handler_error(job: Job, exc: BaseException, index: int, results: list[Any]) -> list[Any]:
+    """The ERROR for an exception the handler raised (at batch item ``index``)."""
+    req = job.request
+    args = req.args[index] if req.batch else req.args
+    if isinstance(exc, TypeError):
+        problem = job.handler.arguments_error(list(args), req.kwargs)
+        if problem is not None:
+            return protocol.encode(
+                Error(req.id, ErrorCode.BAD_ARGUMENTS, problem, "BadArguments", codec=req.codec)
+            )
+    # Drop our own frame: the caller wants the handler's traceback, not ours.
+    tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    detail = None
+    if req.batch:
+        detail = {"index": index, "results": results}
+    err = Error.from_exception(req.id, exc, req.codec, traceback=text, detail=detail)
+    try:
+        return protocol.encode(err)
+    except ProtocolError:  # partial results not encodable: send the error alone
+        return protocol.encode(Error.from_exception(req.id, exc, req.codec, traceback=text))
