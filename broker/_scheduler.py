@@ -35,7 +35,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from protocol import RESERVED_SERVICE, ErrorCode
+from protocol import LIVENESS, RESERVED_SERVICE, ErrorCode
 
 __all__ = [
     "RESERVED_SERVICE",
@@ -187,7 +187,7 @@ class Scheduler:
         *,
         max_queue: int = 10_000,
         max_deliveries: int = 3,
-        liveness: int = 3,
+        liveness: int = LIVENESS,
         grace: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

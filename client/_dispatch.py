@@ -62,6 +62,7 @@ from typing import Any, NamedTuple
 from protocol import (
     CONNECTING,
     DRAINING,
+    LIVENESS,
     READY,
     Error,
     ErrorCode,
@@ -77,7 +78,6 @@ from protocol import (
 )
 
 __all__ = [
-    "LIVENESS",
     "OVERLOAD_REST_S",
     "Call",
     "Command",
@@ -95,8 +95,6 @@ __all__ = [
 
 log = logging.getLogger("zeromesh.client")
 
-LIVENESS = 3
-"""Heartbeat intervals of silence after which a peer is lost."""
 OVERLOAD_REST_S = 0.05
 """How long a worker that answered OVERLOADED gets nothing new."""
 

@@ -41,6 +41,7 @@ from ._names import (
     DRAINING,
     GREETING,
     LEAVING,
+    LIVENESS,
     NAME_PATTERN,
     READY,
     RESERVED_SERVICE,
@@ -105,6 +106,7 @@ __all__ = [
     "size_text",
     "with_ttl",
     # names both ends agree on
+    "LIVENESS",
     "NAME_PATTERN",
     "RESERVED_SERVICE",
     "TARGET_ATTRIBUTE",

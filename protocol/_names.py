@@ -14,6 +14,7 @@ __all__ = [
     "DRAINING",
     "GREETING",
     "LEAVING",
+    "LIVENESS",
     "NAME_PATTERN",
     "READY",
     "RESERVED_SERVICE",
@@ -27,6 +28,9 @@ NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
 
 TARGET_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\.[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
 """A request's target, ``service.handler``, each part a `NAME_PATTERN`."""
+
+LIVENESS = 3
+"""Heartbeat intervals of silence after which a peer is taken for lost (SPEC 7.4)."""
 
 RESERVED_SERVICE = "_broker"
 """The service a broker answers itself (``_broker.status``); no worker may serve it."""

@@ -44,6 +44,7 @@ from protocol import (
     CONNECTING,
     GREETING,
     LEAVING,
+    LIVENESS,
     READY,
     Cancel,
     Codec,
@@ -92,7 +93,6 @@ log = logging.getLogger("zeromesh.worker")
 _CONNECTING, _GREETING, _READY, _LEAVING = CONNECTING, GREETING, READY, LEAVING
 _BATCH = 256
 _EMPTY = b""
-_LIVENESS = 3  # heartbeats of silence before a broker is taken for lost
 
 
 class Via(bytes):
@@ -416,7 +416,7 @@ class BrokerLink:
                 self._greet(conn)
             elif conn.state in (_READY, _LEAVING):
                 silent = now - conn.heard
-                if silent > _LIVENESS * hb:
+                if silent > LIVENESS * hb:
                     log.warning(
                         "broker %s silent for %.1f s: taking back its credit, greeting again",
                         conn.endpoint,

@@ -30,6 +30,7 @@ import zmq
 
 import protocol
 from protocol import (
+    LIVENESS,
     Cancel,
     Disconnect,
     Error,
@@ -131,7 +132,7 @@ class Worker(RouterServer):
             cfg.binds,
             limits=cfg.limits,
             heartbeat_ms=cfg.heartbeat_ms,
-            heartbeat_timeout_ms=3 * cfg.heartbeat_ms,
+            heartbeat_timeout_ms=LIVENESS * cfg.heartbeat_ms,
             max_peer_output=cfg.max_peer_output,
             peer_kind="client",
             check_ipc=self._check_ipc_free,

@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from protocol import Limits
+from protocol import LIVENESS, Limits
 
 from ._frames import has_input, send_message
 
@@ -184,7 +184,7 @@ class Dialer:
         sock.setsockopt(zmq.RCVHWM, _CLIENT_HWM)
         sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
-        _common(sock, self._limits, self._heartbeat_ms, 3 * self._heartbeat_ms)
+        _common(sock, self._limits, self._heartbeat_ms, LIVENESS * self._heartbeat_ms)
         monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         try:
             sock.connect(self.endpoint)
