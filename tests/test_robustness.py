@@ -8,18 +8,19 @@ these tests; time bounds are generous and only tell "answered" from "starved".
 from __future__ import annotations
 
 import concurrent.futures as cf
+import http.client
 import itertools
+import json
 import os
 import resource
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import gatewaykit
 import pytest
-from gatewaykit import DEMO, Gateways, http_request
+from gatewaykit import DEMO, Gateways, Response, http_request
 from hostilekit import Flooder, KiB, PeakRss, answers, raw_dealer, requests, rss_mb
 from meshkit import ChildProcess, Mesh
 
@@ -181,9 +182,19 @@ def test_a_job_flood_at_the_gateway_is_refused_429_with_retry_after(
         "10",
     )
     # An async handler: the jobs wait 30 s each without holding the thread calls run on.
-    job = {"args": [30_000]}
-    with ThreadPoolExecutor(64) as pool:  # many at once: the bound must hold for all of them
-        replies = list(pool.map(lambda _: gw.request("POST", "/jobs/demo.wait", job), range(300)))
+    body = json.dumps({"args": [30_000]}).encode()
+    submit = (
+        b"POST /jobs/demo.wait HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    conns = [socket.create_connection(("127.0.0.1", gw.port), timeout=30) for _ in range(300)]
+    try:
+        for s in conns:  # all at once: the bound must hold for submits that overlap
+            s.sendall(submit)
+        replies = [read_response(s) for s in conns]
+    finally:
+        for s in conns:
+            s.close()
     accepted = [r for r in replies if r.status == 202]
     refused = [r for r in replies if r.status == 429]
     assert len(accepted) + len(refused) == len(replies), {r.status for r in replies}
@@ -194,6 +205,13 @@ def test_a_job_flood_at_the_gateway_is_refused_429_with_retry_after(
     r = gw.call("demo.fib", 15)
     assert (r.status, r.json) == (200, {"result": 610})
     assert gw.request("GET", "/healthz").json["gateway"]["jobs_queued"] <= 10
+
+
+def read_response(sock: socket.socket) -> Response:
+    """The HTTP response waiting on ``sock``, read whole."""
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    return Response(resp.status, resp.headers, resp.read())
 
 
 SLOW_CLIENTS = 2000
