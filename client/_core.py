@@ -34,6 +34,7 @@ from protocol import (
     CONNECTING,
     DRAINING,
     READY,
+    AuthenticationError,
     Cancel,
     Disconnect,
     Error,
@@ -51,7 +52,7 @@ from protocol import (
     WorkerLost,
     ZeromeshError,
 )
-from zmqio import BindError, Dialer, receive_batch
+from zmqio import BindError, ClientSecurity, Dialer, receive_batch
 
 __all__ = ["Call", "Core", "WorkerInfo"]
 
@@ -125,6 +126,7 @@ class _Peer:
         "last_seen",
         "outstanding",
         "pinged_at",
+        "refused",
         "resting_until",
         "role",
         "state",
@@ -144,6 +146,7 @@ class _Peer:
         self.hello_at = 0.0  # when we last got a HELLO from it
         self.hello: Hello | None = None
         self.resting_until = 0.0  # it answered OVERLOADED: nothing new for it until then
+        self.refused = ""  # why its last handshake failed (CURVE), until one succeeds
 
     def serves(self, target: str) -> bool:
         return self.role == "broker" or target in self.targets
@@ -164,8 +167,10 @@ class Core:
         prefetch: int,
         limits: Limits,
         loop: asyncio.AbstractEventLoop | Any,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.endpoints = endpoints
+        self.security = security
         self.heartbeat = heartbeat
         self.prefetch = prefetch
         self.limits = limits
@@ -209,8 +214,10 @@ class Core:
                 limits=self.limits,
                 heartbeat_ms=int(self.heartbeat * 1000),
                 on_input=functools.partial(self._on_readable, peer),
-                on_connected=functools.partial(self._greet, peer),
+                on_connected=functools.partial(self._on_handshake, peer),
                 on_disconnected=functools.partial(self._on_dropped, peer),
+                on_refused=functools.partial(self._on_refused, peer),
+                security=self.security,
             )
             try:
                 peer.dialer.open()
@@ -288,6 +295,8 @@ class Core:
                 continue
             peer = self._pick(call.target)
             if peer is None:
+                if self._refused_check(call):
+                    continue
                 if not self._all_busy:  # nobody ready serves it: maybe nobody can
                     self._unknown_check(call)
                 return
@@ -487,6 +496,36 @@ class Core:
             return None
         return self._hello_frames
 
+    # --- CURVE handshakes (refused keys) ------------------------------------------------
+
+    def _on_handshake(self, peer: _Peer) -> None:
+        """A handshake succeeded: whatever refused us before is fixed."""
+        peer.refused = ""
+        self._greet(peer)
+
+    def _on_refused(self, peer: _Peer, reason: str) -> None:
+        """``peer``'s handshake failed (its Dialer says why): once every endpoint has
+        refused us, fail what waits instead of letting it time out in silence."""
+        if peer.refused != reason:
+            log.error("%s", reason)
+        peer.refused = reason
+        self._dispatch_all()
+
+    def _refusals(self) -> str:
+        """Why the endpoints that refused us did (empty if none did)."""
+        return "; ".join(p.refused for p in self._peers if p.refused and p.state is not _READY)
+
+    def _refused_check(self, call: Call) -> bool:
+        """Fail ``call`` with AuthenticationError if every endpoint refused us. True if
+        it did (the call is done and out of its queue)."""
+        if not self._peers or any(p.refused == "" or p.state is _READY for p in self._peers):
+            return False
+        q = self._queues.get(call.service)
+        if q and q[0] is call:
+            q.popleft()
+        self._finish(call, None, AuthenticationError(f"{call.target}: {self._refusals()}"))
+        return True
+
     # --- failure handling ------------------------------------------------------------------
 
     def _lost(self, peer: _Peer, why: str) -> None:
@@ -571,6 +610,9 @@ class Core:
                 f"{call.target}: waited {call.timeout:g} s for a free worker; all "
                 f"{len(ready)} are busy (add workers or raise the timeout)"
             )
+        refused = self._refusals()
+        if refused:
+            return AuthenticationError(f"{call.target}: {refused}")
         down = ", ".join(p.endpoint for p in self._peers if p.state is not _READY)
         return NoWorkers(
             f"{call.target}: no worker answered within {call.timeout:g} s "

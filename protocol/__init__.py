@@ -50,6 +50,7 @@ from ._names import (
 )
 from ._values import MAX_INT, MIN_INT, Codec, parse_json
 from .errors import (
+    AuthenticationError,
     BadArguments,
     Cancelled,
     ErrorCode,
@@ -117,6 +118,7 @@ __all__ = [
     "READY",
     "UNREACHABLE",
     # errors
+    "AuthenticationError",
     "BadArguments",
     "Cancelled",
     "ErrorCode",

@@ -137,6 +137,7 @@ class Worker(RouterServer):
             peer_kind="client",
             check_ipc=self._check_ipc_free,
             on_gone=self._forget_peer,
+            security=cfg.security,
         )
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
