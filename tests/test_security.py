@@ -3,6 +3,7 @@ errors, protected mode. Real worker and broker processes, real sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -18,7 +19,7 @@ from brokerkit import BrokeredMesh, status, wait_for, workers_ready
 from meshkit import ChildProcess, Mesh
 from securekit import ENV_RECORD, HERE, SERVICE, keygen, records, wait_serving
 
-from client import AuthenticationError, Client
+from client import AsyncClient, AuthenticationError, Client, Executor
 from zmqio import ClientSecurity
 
 pytestmark = pytest.mark.process
@@ -114,6 +115,31 @@ def test_allowed_client_is_served_unknown_and_plain_clients_get_a_clear_error(
     with Client([ep]) as c, pytest.raises(AuthenticationError, match="may require CURVE"):
         c.call("sec.record", "plain", timeout=10)
     assert records(ran) == ["allowed"]
+
+
+def test_async_client_and_executor_take_the_same_keys(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    ep = _curve_worker(mesh, keys, str(mesh.tmp / "allowed"))
+    allowed = {"curve_secret": keys["web1"][1], "curve_server": keys["server"][0]}
+    stranger = {"curve_secret": keys["stranger"][1], "curve_server": keys["server"][0]}
+
+    async def calls() -> tuple[str, BaseException]:
+        async with AsyncClient([ep], **allowed) as ac:  # type: ignore[arg-type]
+            ok = await ac.call("sec.record", "async")
+        async with AsyncClient([ep], **stranger) as ac:  # type: ignore[arg-type]
+            try:
+                await ac.call("sec.record", "async-stranger", timeout=10)
+            except AuthenticationError as exc:
+                return ok, exc
+        raise AssertionError("the stranger's call ran")
+
+    ok, refused = asyncio.run(calls())
+    assert ok == "async"
+    assert "refused our key" in str(refused)
+    with Executor([ep], **allowed) as ex:  # type: ignore[arg-type]
+        assert ex.submit("sec.record", "executor").result(timeout=30) == "executor"
+    assert records(mesh.tmp / "ran.txt") == ["async", "executor"]
 
 
 def test_a_wrong_server_key_is_a_clear_error_and_nothing_runs(

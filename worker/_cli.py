@@ -29,7 +29,7 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 _EPILOG = """\
 examples:
   zeromesh-worker mysvc:svc --bind tcp://127.0.0.1:5555
-  zeromesh-worker mysvc:svc --bind tcp://0.0.0.0:5555 --bind ipc:///tmp/zm/w1.sock
+  zeromesh-worker mysvc:svc --bind tcp://127.0.0.1:5555 --bind ipc:///tmp/zm/w1.sock
   zeromesh-worker mysvc:svc --broker tcp://b1:5600 --broker tcp://b2:5600
   python -m worker examples.mathsvc:svc --concurrency 4 --log-level debug
   zeromesh-worker mysvc:svc --bind tcp://*:5555 \
