@@ -303,6 +303,24 @@ def test_curve_secret_without_an_allow_list_is_a_startup_error(
     assert p.wait(30) == 2
     assert "needs --curve-allow" in p.output()
 
+    bad = short_tmp / "bad-allow"
+    bad.mkdir()
+    (bad / "broken.key").write_text("not a certificate\n")
+    p = _start(
+        short_tmp,
+        "-m",
+        "broker",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--curve-secret",
+        str(keys["server"][1]),
+        "--curve-allow",
+        str(bad),
+    )
+    assert p.wait(30) == 2
+    assert "cannot read --curve-allow" in p.output()
+    assert "broken.key" in p.output()
+
 
 def test_loopback_and_ipc_need_no_keys(mesh: Mesh) -> None:
     mesh.start()  # tcp://127.0.0.1:0

@@ -273,7 +273,8 @@ class Gatekeeper:
         """Re-read the allow directory; returns the number of keys admitted (-1: any).
 
         Raises:
-            OSError: the directory cannot be read (the old list stays).
+            OSError, ValueError: the directory or a key in it cannot be read (the old
+                list stays).
         """
         allow = self.security.allow
         if allow == ALLOW_ANY:

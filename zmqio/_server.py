@@ -152,7 +152,7 @@ class RouterServer:
             return
         try:
             n = gate.reload()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # unreadable directory, malformed key file
             self._log.error(
                 "SIGHUP: cannot re-read %s, keeping the old list: %s", gate.security.allow, exc
             )
@@ -192,7 +192,7 @@ class RouterServer:
             self._gatekeeper = Gatekeeper(self._ctx, security, self._log)
             try:
                 self._gatekeeper.start()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # unreadable directory, malformed key file
                 raise StartupError(f"cannot read --curve-allow {security.allow}: {exc}") from exc
             if security.allow == ALLOW_ANY:
                 self._log.warning("CURVE on, admitting ANY client key (--curve-allow any)")

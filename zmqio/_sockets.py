@@ -51,6 +51,9 @@ _MONITOR_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 _ZAP_REFUSED = 400  # the ZAP status code of a key not on the server's allow list
+# A hang-up in the middle of a handshake is a refusal only if it happens again: once may
+# be a peer that was stopping. A ZAP refusal is definite at once.
+_HANGUPS_FOR_REFUSAL = 2
 _MAX_IPC_PATH = 100  # unix sockets allow ~107 bytes; keep a margin
 
 
@@ -249,6 +252,7 @@ class Dialer:
         self._key_file = security.key_file if security is not None else ""
         self._monitor: zmq.Socket[Any] | None = None
         self._shook_hands = False
+        self._failed_handshakes = 0
         self._backoff = 0.0
         self._timer: Any = None
         self._timer_greet: Any = None
@@ -372,14 +376,20 @@ class Dialer:
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._shook_hands = True
+                self._failed_handshakes = 0
                 self._backoff = 0.0
                 self._on_connected()
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._on_disconnected()
                 self._redial()
                 return  # the old monitor is closed; the new one has its own reader
-            elif self._on_refused is not None:
-                self._on_refused(self._refusal(kind, event["value"]))
+            else:
+                self._failed_handshakes += 1
+                definite = kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                if self._on_refused is not None and (
+                    definite or self._failed_handshakes >= _HANGUPS_FOR_REFUSAL
+                ):
+                    self._on_refused(self._refusal(kind, event["value"]))
 
     def _refusal(self, kind: int, value: int) -> str:
         """What a failed handshake means, in words that say what to change."""
