@@ -322,6 +322,19 @@ def test_curve_secret_without_an_allow_list_is_a_startup_error(
     assert "broken.key" in p.output()
 
 
+def test_a_curve_worker_s_ipc_path_is_not_taken_over(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    ep = f"ipc://{mesh.tmp}/cw.sock"
+    curve = ("--curve-secret", str(keys["server"][1]), "--curve-allow", "any")
+    mesh.start(*curve, endpoint=ep, wait=False)
+    wait_serving(ep, curve_server=keys["server"][0])
+    second = mesh.start(*curve, endpoint=ep, wait=False)
+    assert second.wait(30) == 2
+    assert "a live process listens on it" in second.output()
+    wait_serving(ep, curve_server=keys["server"][0])  # the first still serves
+
+
 def test_loopback_and_ipc_need_no_keys(mesh: Mesh) -> None:
     mesh.start()  # tcp://127.0.0.1:0
     mesh.start(transport="ipc")
