@@ -115,6 +115,11 @@ def test_allowed_client_is_served_unknown_and_plain_clients_get_a_clear_error(
     with Client([ep]) as c, pytest.raises(AuthenticationError, match="may require CURVE"):
         c.call("sec.record", "plain", timeout=10)
     assert records(ran) == ["allowed"]
+    stranger_key = keys["stranger"][0].read_text().split('public-key = "')[1].split('"')[0]
+    assert f"refused a client key not in --curve-allow {mesh.tmp / 'allowed'}" in (
+        mesh.workers[0].output()
+    )
+    assert stranger_key in mesh.workers[0].output()
 
 
 def test_async_client_and_executor_take_the_same_keys(

@@ -257,13 +257,17 @@ class Gatekeeper:
 
     Runs pyzmq's `ThreadAuthenticator` on its own thread, so a handler blocking the
     event loop (an inline worker) delays no handshake. `reload` re-reads the directory
-    (SIGHUP); connections already admitted stay up, new ones meet the new list.
+    (SIGHUP); connections already admitted stay up, new ones meet the new list. A
+    refused key is logged (once per key until the next reload), so the operator sees
+    whom to allow.
     """
 
     def __init__(self, ctx: zmq.Context[Any], security: Security, log: logging.Logger) -> None:
         self.security = security
         self._log = log
         self._auth = ThreadAuthenticator(ctx, log=log.getChild("zap"))
+        self._allowed: frozenset[bytes] = frozenset()
+        self._reported: set[bytes] = set()
 
     def start(self) -> None:
         self._auth.start()
@@ -280,11 +284,26 @@ class Gatekeeper:
         if allow == ALLOW_ANY:
             self._auth.configure_curve(domain=ZAP_DOMAIN, location=zmq.auth.CURVE_ALLOW_ANY)
             return -1
-        # pyzmq logs and swallows a directory it cannot read: check it first, so the
-        # caller can refuse to start (or keep the old list) and say why.
-        n = len(zmq.auth.load_certificates(allow))
-        self._auth.configure_curve(domain=ZAP_DOMAIN, location=allow)
-        return n
+        allowed = frozenset(zmq.auth.load_certificates(allow))
+        # One assignment, read by the ZAP thread: it sees the old set or the new one.
+        self._allowed = allowed
+        self._reported = set()
+        self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self)
+        return len(allowed)
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        """pyzmq's credentials-provider hook (ZAP thread): is ``client_key`` allowed?"""
+        if client_key in self._allowed:
+            return True
+        if client_key not in self._reported:
+            self._reported.add(client_key)
+            self._log.warning(
+                "refused a client key not in --curve-allow %s: %s (add its NAME.key "
+                "there and send SIGHUP to let it in)",
+                self.security.allow,
+                client_key.decode("ascii", "replace"),
+            )
+        return False
 
     def stop(self) -> None:
         self._auth.stop()
