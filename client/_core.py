@@ -675,6 +675,8 @@ class Core:
             h = peer.hello
             if h is None or peer.hello_at <= since:
                 row["state"] = "unreachable"
+                if peer.refused:
+                    row["refused"] = peer.refused  # a CURVE handshake failed: why
             else:
                 row.update(
                     state="draining" if h.capacity <= 0 else "ready",

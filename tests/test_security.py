@@ -114,6 +114,14 @@ def test_allowed_client_is_served_unknown_and_plain_clients_get_a_clear_error(
 
     with Client([ep]) as c, pytest.raises(AuthenticationError, match="may require CURVE"):
         c.call("sec.record", "plain", timeout=10)
+    pinged = subprocess.run(
+        [sys.executable, "-m", "zeromesh", "ping", "-c", ep, "--timeout", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert pinged.returncode == 1
+    assert f"{ep}  REFUSED: {ep} hung up during the handshake" in pinged.stdout
     assert records(ran) == ["allowed"]
     stranger_key = keys["stranger"][0].read_text().split('public-key = "')[1].split('"')[0]
     assert f"refused a client key not in --curve-allow {mesh.tmp / 'allowed'}" in (

@@ -134,6 +134,9 @@ def _cmd_ping(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
+            if row["state"] == "unreachable" and row.get("refused"):
+                print(f"{row['endpoint']}  REFUSED: {row['refused']}")
+                continue
             if row["state"] == "unreachable":
                 print(
                     f"{row['endpoint']}  UNREACHABLE (nothing answered within {args.timeout:g} s)"
