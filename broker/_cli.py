@@ -26,7 +26,7 @@ examples:
   zeromesh-broker --bind tcp://127.0.0.1:5600
   zeromesh-broker --bind tcp://0.0.0.0:5600 --bind ipc:///tmp/zm/broker.sock --insecure
       (beyond loopback without CURVE: a private network only)
-  zeromesh-broker --bind tcp://*:5600 --curve-secret keys/broker.key_secret \
+  zeromesh-broker --bind tcp://*:5600 --curve-secret keys/broker.key_secret \\
       --curve-allow keys/allowed      (client and worker public keys alike)
 
 then:

@@ -32,9 +32,9 @@ examples:
   zeromesh-worker mysvc:svc --bind tcp://127.0.0.1:5555 --bind ipc:///tmp/zm/w1.sock
   zeromesh-worker mysvc:svc --broker tcp://b1:5600 --broker tcp://b2:5600
   python -m worker examples.mathsvc:svc --concurrency 4 --log-level debug
-  zeromesh-worker mysvc:svc --bind tcp://*:5555 \
+  zeromesh-worker mysvc:svc --bind tcp://*:5555 \\
       --curve-secret keys/w1.key_secret --curve-allow keys/clients
-  zeromesh-worker mysvc:svc --broker tcp://b1:5600 \
+  zeromesh-worker mysvc:svc --broker tcp://b1:5600 \\
       --curve-secret keys/w1.key_secret --broker-curve-server keys/broker.key
 
 security: binding beyond loopback (tcp://*, 0.0.0.0, a LAN address) needs CURVE
