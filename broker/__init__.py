@@ -1,6 +1,7 @@
 """zeromesh broker: balance clients' requests over the workers that connect to it.
 
-``zeromesh-broker --bind tcp://*:5600``; workers connect out with
+``zeromesh-broker --bind tcp://*:5600 --curve-secret ... --curve-allow ...`` (or
+``--insecure``: beyond loopback it wants CURVE keys); workers connect out with
 ``zeromesh-worker mysvc:svc --broker tcp://HOST:5600``; clients list the broker's
 endpoint like a worker's (the HELLO answer tells them apart). The wire rules are in
 protocol/SPEC.md, section 12.

@@ -6,7 +6,14 @@ import argparse
 import logging
 import os
 
-from zmqio import add_log_level, add_max_peer_output, setup_logging
+from zmqio import (
+    KeyFileError,
+    Security,
+    add_log_level,
+    add_max_peer_output,
+    add_server_security,
+    setup_logging,
+)
 
 from ._server import Broker, BrokerConfig, StartupError
 
@@ -16,8 +23,11 @@ DEFAULT_BIND = "tcp://127.0.0.1:5600"
 
 _EPILOG = """\
 examples:
-  zeromesh-broker --bind tcp://*:5600
-  zeromesh-broker --bind tcp://0.0.0.0:5600 --bind ipc:///tmp/zm/broker.sock --max-queue 1000
+  zeromesh-broker --bind tcp://127.0.0.1:5600
+  zeromesh-broker --bind tcp://0.0.0.0:5600 --bind ipc:///tmp/zm/broker.sock --insecure
+      (beyond loopback without CURVE: a private network only)
+  zeromesh-broker --bind tcp://*:5600 --curve-secret keys/broker.key_secret \\
+      --curve-allow keys/allowed      (client and worker public keys alike)
 
 then:
   zeromesh-worker mysvc:svc --broker tcp://BROKER-HOST:5600     (on any host, any number)
@@ -68,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for in-flight replies after SIGTERM (default 10)",
     )
     add_max_peer_output(p)
+    add_server_security(p)
     p.add_argument("--heartbeat-ms", type=int, default=1000, help="heartbeat interval (1000)")
     p.add_argument("--name", default="", help="name shown by zeromesh status (default host:pid)")
     add_log_level(p, os.environ.get("ZEROMESH_LOG_LEVEL", "info"), "log verbosity (default info)")
@@ -80,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("zeromesh.broker")
     binds = args.bind or [os.environ.get("ZEROMESH_BROKER_BIND") or DEFAULT_BIND]
     try:
+        try:
+            security = Security.from_settings(
+                args.curve_secret, args.curve_allow, insecure=args.insecure
+            )
+        except KeyFileError as exc:
+            raise StartupError(str(exc)) from exc
         config = BrokerConfig(
             binds=binds,
             max_queue=args.max_queue,
@@ -88,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             drain_timeout=args.drain_timeout,
             name=args.name,
             max_peer_output=int(args.max_peer_output * 2**20),
+            security=security,
         )
         code = Broker(config).run()
     except StartupError as exc:

@@ -51,7 +51,14 @@ from protocol import (
     Reply,
     StartupError,
 )
-from zmqio import DEFAULT_PEER_OUTPUT, RouterServer, has_input, receive_batch, send_message
+from zmqio import (
+    DEFAULT_PEER_OUTPUT,
+    RouterServer,
+    Security,
+    has_input,
+    receive_batch,
+    send_message,
+)
 
 from ._scheduler import IN_FLIGHT, RESERVED_SERVICE, Answer, CancelAt, Dispatch, Scheduler
 
@@ -89,6 +96,9 @@ class BrokerConfig:
     max_peer_output: int = DEFAULT_PEER_OUTPUT
     """Bytes of answers waiting for one client that does not read; past it the broker
     takes no more requests from that client until it reads."""
+    security: Security = field(default_factory=Security)
+    """CURVE on the bound endpoints and the allowed keys (clients and workers alike);
+    ``insecure`` to bind beyond loopback without it."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -147,6 +157,7 @@ class Broker(RouterServer):
             heartbeat_timeout_ms=10 * cfg.heartbeat_ms,
             max_peer_output=cfg.max_peer_output,
             on_gone=self._peer_gone,
+            security=cfg.security,
         )
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:

@@ -11,6 +11,7 @@ A library package: it imports `protocol` and `zmqio` only, never `worker`, `brok
 import logging
 
 from protocol import (
+    AuthenticationError,
     BadArguments,
     Cancelled,
     Codec,
@@ -47,6 +48,7 @@ __all__ = [
     "ENV_ENDPOINTS",
     "resolve_endpoints",
     # errors a caller can meet
+    "AuthenticationError",
     "BadArguments",
     "Cancelled",
     "NoWorkers",

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from protocol import DEFAULT_LIMITS, Codec, Limits, Progress, ZeromeshError
+from zmqio import ClientSecurity
 
 from ._core import Core
 from ._dispatch import Call, WorkerInfo
@@ -124,6 +126,8 @@ class AsyncClient(_AsyncCalls):
         codec: Codec | str = Codec.MSGPACK,
         heartbeat: float = 1.0,
         limits: Limits = DEFAULT_LIMITS,
+        curve_secret: str | os.PathLike[str] | None = None,
+        curve_server: str | bytes | os.PathLike[str] | Mapping[str, Any] | None = None,
     ) -> None:
         self._opts = Options(timeout, retries, parse_codec(codec))
         check_settings(max_in_flight, prefetch, heartbeat)
@@ -133,6 +137,7 @@ class AsyncClient(_AsyncCalls):
         self._prefetch = prefetch
         self._heartbeat = heartbeat
         self._limits = limits
+        self._security = ClientSecurity.from_settings(curve_secret, curve_server)
         self._core: Core | None = None
         self._in_flight = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
@@ -185,6 +190,7 @@ class AsyncClient(_AsyncCalls):
                 prefetch=self._prefetch,
                 limits=self._limits,
                 loop=loop,
+                security=self._security,
             )
             core.start()
             self._core = core

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from protocol import DEFAULT_LIMITS, Codec, Limits, Progress
+from zmqio import ClientSecurity
 
 from ._dispatch import WorkerInfo
 from ._driver import Driver
@@ -101,6 +103,16 @@ class Client(_Calls):
             pipeline; 0 for long jobs (none waits behind a busy worker).
         codec: "msgpack" (default) or "json".
         heartbeat: seconds between pings; a worker silent for 3 is lost.
+        curve_secret: our certificate (``NAME.key_secret`` from ``zeromesh keygen``)
+            for servers running CURVE (default ``$ZEROMESH_CURVE_SECRET``; without it a
+            fresh key pair, enough for a server started ``--curve-allow any``).
+        curve_server: the server's public key, a ``NAME.key`` file or its 40-character
+            Z85 text, or a mapping endpoint -> key (default ``$ZEROMESH_CURVE_SERVER``).
+            Given, every connection runs CURVE; a refused key fails calls with
+            `AuthenticationError`.
+
+    Raises:
+        ValueError: a bad setting or endpoint, a key file that cannot be read.
     """
 
     def __init__(
@@ -114,11 +126,14 @@ class Client(_Calls):
         codec: Codec | str = Codec.MSGPACK,
         heartbeat: float = 1.0,
         limits: Limits = DEFAULT_LIMITS,
+        curve_secret: str | os.PathLike[str] | None = None,
+        curve_server: str | bytes | os.PathLike[str] | Mapping[str, Any] | None = None,
     ) -> None:
         self._opts = Options(timeout, retries, parse_codec(codec))
         check_settings(max_in_flight, prefetch, heartbeat)
         self.endpoints = resolve_endpoints(endpoints)
-        self._io = Driver(self.endpoints, max_in_flight, prefetch, heartbeat, limits)
+        security = ClientSecurity.from_settings(curve_secret, curve_server)
+        self._io = Driver(self.endpoints, max_in_flight, prefetch, heartbeat, limits, security)
 
     def __enter__(self) -> Client:
         return self

@@ -40,7 +40,7 @@ from protocol import (
     ProtocolError,
     Reply,
 )
-from zmqio import BindError, Dialer, receive_batch
+from zmqio import BindError, ClientSecurity, Dialer, receive_batch
 
 from ._dispatch import (
     Call,
@@ -76,8 +76,10 @@ class Core:
         prefetch: int,
         limits: Limits,
         loop: asyncio.AbstractEventLoop | Any,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.endpoints = endpoints
+        self.security = security
         self.heartbeat = heartbeat
         self.limits = limits
         self.loop = loop
@@ -120,8 +122,10 @@ class Core:
                 limits=self.limits,
                 heartbeat_ms=int(self.heartbeat * 1000),
                 on_input=functools.partial(self._on_readable, peer),
-                on_connected=functools.partial(self._greet, peer),
+                on_connected=functools.partial(self._on_handshake, peer),
                 on_disconnected=functools.partial(self._on_dropped, peer),
+                on_refused=functools.partial(self._on_refused, peer),
+                security=self.security,
             )
             try:
                 dialer.open()
@@ -257,6 +261,18 @@ class Core:
         self._on_readable(peer)
         self.dispatcher.dropped(peer)
         self._run_outbox()
+
+    def _on_handshake(self, peer: Peer) -> None:
+        self.dispatcher.handshake(peer)
+        self._greet(peer)
+
+    def _on_refused(self, peer: Peer, reason: str) -> None:
+        """``peer``'s CURVE handshake failed; the Dialer says why."""
+        if peer.refused != reason:
+            log.error("%s", reason)
+        self.dispatcher.refused(peer, reason)
+        if self._out:
+            self._run_outbox()
 
     def _greet(self, peer: Peer) -> None:
         """Say HELLO to a newly connected worker or broker; its answer makes it READY."""

@@ -64,6 +64,7 @@ from protocol import (
     DRAINING,
     LIVENESS,
     READY,
+    AuthenticationError,
     Error,
     ErrorCode,
     Hello,
@@ -173,6 +174,7 @@ class Peer:
         "link",
         "outstanding",
         "pinged_at",
+        "refused",
         "resting_until",
         "role",
         "state",
@@ -192,6 +194,7 @@ class Peer:
         self.hello_at = 0.0  # when we last got a HELLO from it
         self.hello: Hello | None = None
         self.resting_until = 0.0  # it answered OVERLOADED: nothing new for it until then
+        self.refused = ""  # why its last handshake failed (CURVE), until one succeeds
 
     def serves(self, target: str) -> bool:
         return self.role == "broker" or target in self.targets
@@ -443,6 +446,17 @@ class Dispatcher:
         peer.last_seen = self.clock()
         self._dispatch_all()
 
+    def handshake(self, peer: Peer) -> None:
+        """A handshake with ``peer`` succeeded: whatever refused us before is fixed."""
+        peer.refused = ""
+
+    def refused(self, peer: Peer, reason: str) -> None:
+        """``peer``'s handshake failed (wrong key, key not allowed: ``reason`` says
+        which). Once every peer has refused us, what waits fails with
+        `AuthenticationError` instead of timing out in silence."""
+        peer.refused = reason
+        self._dispatch_all()
+
     def dropped(self, peer: Peer) -> None:
         """The connection to ``peer`` closed (hand over the replies read before first)."""
         peer.state = _CONNECTING
@@ -577,6 +591,8 @@ class Dispatcher:
             h = peer.hello
             if h is None or peer.hello_at <= since:
                 row["state"] = "unreachable"
+                if peer.refused:
+                    row["refused"] = peer.refused  # a CURVE handshake failed: why
             else:
                 row.update(
                     state="draining" if h.capacity <= 0 else "ready",
@@ -605,9 +621,10 @@ class Dispatcher:
                 continue
             peer = self._pick(call.target)
             if peer is None:
-                # Nobody ready serves it: maybe nobody can (then it fails, and the next
-                # one gets its turn); else it waits at the head of its queue.
-                if self._all_busy or not self._unknown(call):
+                # Nobody ready serves it: maybe nobody can, or everybody refused our key
+                # (then it fails, and the next one gets its turn); else it waits at the
+                # head of its queue.
+                if not self._refused_by_all(call) and (self._all_busy or not self._unknown(call)):
                     return
                 q.popleft()
                 continue
@@ -711,6 +728,18 @@ class Dispatcher:
         self._wake_at = when
         self.outbox.append(WakeAt(when))
 
+    def _refusals(self) -> str:
+        """Why the peers that refused our key did (empty if none did)."""
+        return "; ".join(p.refused for p in self.peers if p.refused and p.state is not _READY)
+
+    def _refused_by_all(self, call: Call) -> bool:
+        """Fail ``call`` with `AuthenticationError` if every peer refused our key."""
+        peers = self.peers
+        if not peers or any(not p.refused or p.state is _READY for p in peers):
+            return False
+        self._finish(call, None, AuthenticationError(f"{call.target}: {self._refusals()}"))
+        return True
+
     def _finish(self, call: Call, value: Any, exc: BaseException | None) -> None:
         self.calls.pop(call.id, None)
         call.complete(call, value, exc)
@@ -727,6 +756,9 @@ class Dispatcher:
                 f"{call.target}: waited {call.timeout:g} s for a free worker; all "
                 f"{len(ready)} are busy (add workers or raise the timeout)"
             )
+        refusals = self._refusals()
+        if refusals:
+            return AuthenticationError(f"{call.target}: {refusals}")
         down = ", ".join(p.endpoint for p in self.peers if p.state is not _READY)
         endpoints = ",".join(p.endpoint for p in self.peers)
         return NoWorkers(

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol import Limits, Progress, ZeromeshError
+from zmqio import ClientSecurity
 
 from ._core import Core
 from ._dispatch import Call, WorkerInfo
@@ -215,6 +216,7 @@ class Driver:
         prefetch: int,
         heartbeat: float,
         limits: Limits,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.lock = threading.Lock()
@@ -239,7 +241,12 @@ class Driver:
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.loop = SyncLoop(self._timer_added)
         self.core = Core(
-            endpoints, heartbeat=heartbeat, prefetch=prefetch, limits=limits, loop=self.loop
+            endpoints,
+            heartbeat=heartbeat,
+            prefetch=prefetch,
+            limits=limits,
+            loop=self.loop,
+            security=security,
         )
         try:
             with self.lock:

@@ -51,6 +51,7 @@ from ._names import (
 )
 from ._values import MAX_INT, MIN_INT, Codec, parse_json
 from .errors import (
+    AuthenticationError,
     BadArguments,
     Cancelled,
     ErrorCode,
@@ -119,6 +120,7 @@ __all__ = [
     "READY",
     "UNREACHABLE",
     # errors
+    "AuthenticationError",
     "BadArguments",
     "Cancelled",
     "ErrorCode",

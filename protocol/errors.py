@@ -16,6 +16,7 @@ from typing import Any
 from ._codec import Codec
 
 __all__ = [
+    "AuthenticationError",
     "BadArguments",
     "Cancelled",
     "ErrorCode",
@@ -158,6 +159,13 @@ class RemoteError(ZeromeshError):
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
+
+
+class AuthenticationError(ZeromeshError):
+    """A CURVE handshake failed: the server refused our key, or we were given the wrong
+    server key, or only one side runs CURVE. The message names the endpoint and what to
+    change. Decided by the client from its socket monitor, so it never crosses the wire
+    (no wire code)."""
 
 
 class StartupError(ZeromeshError):

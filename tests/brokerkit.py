@@ -94,10 +94,11 @@ class BrokeredMesh:
         return "\n".join(f"--- {' '.join(p.argv)}\n{p.output()}" for p in self.procs)
 
 
-def status(broker: Proc, timeout: float = 2.0) -> dict[str, Any]:
+def status(broker: Proc, timeout: float = 2.0, security: Any = None) -> dict[str, Any]:
+    """The broker's status (over CURVE with ``security``, a `zmqio.ClientSecurity`)."""
     from zeromesh._status import fetch_status
 
-    return fetch_status(broker.endpoint, timeout)
+    return fetch_status(broker.endpoint, timeout, security)
 
 
 def wait_for(
@@ -106,6 +107,7 @@ def wait_for(
     mesh: BrokeredMesh,
     timeout: float = 20.0,
     what: str = "condition",
+    security: Any = None,
 ) -> dict[str, Any]:
     """Poll the broker's status until ``check`` holds; fail the test with the logs if not."""
     deadline = time.monotonic() + timeout
@@ -114,7 +116,7 @@ def wait_for(
         if broker.proc.poll() is not None:
             pytest.fail(f"broker exited with {broker.proc.returncode}:\n{mesh.logs()}")
         with contextlib.suppress(TimeoutError):
-            st = status(broker, timeout=1.0)
+            st = status(broker, timeout=1.0, security=security)
             if check(st):
                 return st
         time.sleep(0.05)

@@ -34,6 +34,7 @@ FACADE = {
     "progress": worker,
     # errors
     "ZeromeshError": protocol,
+    "AuthenticationError": protocol,
     "BadArguments": protocol,
     "Cancelled": protocol,
     "NoWorkers": protocol,

@@ -120,6 +120,7 @@ class _Conn:
         "outbox",
         "pinged",
         "prefix",
+        "refused",
         "state",
         "stolen",
     )
@@ -137,6 +138,7 @@ class _Conn:
         self.heard = 0.0
         self.pinged = 0.0
         self.stolen: deque[list[zmq.Frame]] = deque()  # read by the inline watchdog
+        self.refused = ""  # why the last handshake failed (CURVE), logged once
 
     @property
     def sock(self) -> zmq.Socket[bytes] | None:
@@ -185,6 +187,8 @@ class BrokerLink:
                 on_input=functools.partial(self._pump, conn),
                 on_connected=functools.partial(self._on_connected, conn),
                 on_disconnected=functools.partial(self._on_disconnected, conn),
+                on_refused=functools.partial(self._on_refused, conn),
+                security=cfg.broker_security,
             )
             try:
                 dialer.open()
@@ -375,10 +379,17 @@ class BrokerLink:
 
     def _on_connected(self, conn: _Conn) -> None:
         assert conn.outbox is not None
+        conn.refused = ""
         conn.outbox.sock = conn.sock  # type: ignore[assignment]  # a new one after a redial
         conn.heard = time.monotonic()
         if not self.draining:
             self._greet(conn)
+
+    def _on_refused(self, conn: _Conn, reason: str) -> None:
+        """The broker's CURVE handshake failed: say so once (it keeps being retried)."""
+        if conn.refused != reason:
+            log.error("cannot join broker: %s", reason)
+        conn.refused = reason
 
     def _on_disconnected(self, conn: _Conn) -> None:
         """The connection dropped; the Dialer dials a fresh socket next."""

@@ -8,7 +8,16 @@ import os
 import sys
 import threading
 
-from zmqio import add_log_level, add_max_peer_output, setup_logging
+from zmqio import (
+    ENV_CURVE_SERVER,
+    ClientSecurity,
+    KeyFileError,
+    Security,
+    add_log_level,
+    add_max_peer_output,
+    add_server_security,
+    setup_logging,
+)
 
 from ._loader import load_services
 from ._server import StartupError, Worker, WorkerConfig
@@ -20,9 +29,16 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 _EPILOG = """\
 examples:
   zeromesh-worker mysvc:svc --bind tcp://127.0.0.1:5555
-  zeromesh-worker mysvc:svc --bind tcp://0.0.0.0:5555 --bind ipc:///tmp/zm/w1.sock
+  zeromesh-worker mysvc:svc --bind tcp://127.0.0.1:5555 --bind ipc:///tmp/zm/w1.sock
   zeromesh-worker mysvc:svc --broker tcp://b1:5600 --broker tcp://b2:5600
   python -m worker examples.mathsvc:svc --concurrency 4 --log-level debug
+  zeromesh-worker mysvc:svc --bind tcp://*:5555 \\
+      --curve-secret keys/w1.key_secret --curve-allow keys/clients
+  zeromesh-worker mysvc:svc --broker tcp://b1:5600 \\
+      --curve-secret keys/w1.key_secret --broker-curve-server keys/broker.key
+
+security: binding beyond loopback (tcp://*, 0.0.0.0, a LAN address) needs CURVE
+  (--curve-secret + --curve-allow) or --insecure; SIGHUP re-reads --curve-allow.
 
 exit status: 0 after a clean drain (SIGTERM/SIGINT, --max-requests, --max-rss),
   2 bad usage or cannot start, 3 drain timeout passed with work abandoned,
@@ -123,10 +139,41 @@ def build_parser() -> argparse.ArgumentParser:
         "is answered OVERLOADED (default: capacity + 1000)",
     )
     add_max_peer_output(p)
+    add_server_security(p)
+    p.add_argument(
+        "--broker-curve-server",
+        metavar="FILE|KEY",
+        default=None,
+        help="the brokers' public key (their NAME.key, or its Z85 text): CURVE on the "
+        "--broker links, this worker known by --curve-secret "
+        f"(default ${ENV_CURVE_SERVER})",
+    )
     p.add_argument("--heartbeat-ms", type=int, default=1000, help="heartbeat interval (1000)")
     p.add_argument("--name", default="", help="name shown by zeromesh ping (default host:pid)")
     add_log_level(p, os.environ.get("ZEROMESH_LOG_LEVEL", "info"), "log verbosity (default info)")
     return p
+
+
+def _security(args: argparse.Namespace, binds: list[str]) -> tuple[Security, ClientSecurity | None]:
+    """CURVE for the bound endpoints (as a server) and the broker links (as a client).
+
+    Raises:
+        StartupError: a key file cannot be read, or a flag is missing.
+    """
+    try:
+        security = (
+            Security.from_settings(args.curve_secret, args.curve_allow, insecure=args.insecure)
+            if binds
+            else Security()
+        )
+        broker = (
+            ClientSecurity.from_settings(args.curve_secret, args.broker_curve_server)
+            if args.broker
+            else None
+        )
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from exc
+    return security, broker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         binds = []  # brokers only: nothing to bind
     try:
         services = [svc for spec in args.services for svc in load_services(spec)]
+        security, broker_security = _security(args, binds)
         config = WorkerConfig(
             binds=binds,
             concurrency=args.concurrency,
@@ -153,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             broker_prefetch=args.broker_prefetch,
             max_pending=args.max_pending,
             max_peer_output=int(args.max_peer_output * 2**20),
+            security=security,
+            broker_security=broker_security,
         )
         worker = Worker(services, config)
         code = worker.run()

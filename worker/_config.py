@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from protocol import DEFAULT_LIMITS, Limits, StartupError
-from zmqio import DEFAULT_PEER_OUTPUT
+from zmqio import DEFAULT_PEER_OUTPUT, ClientSecurity, Security
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "WorkerConfig"]
 
@@ -50,6 +50,11 @@ class WorkerConfig:
     max_peer_output: int = DEFAULT_PEER_OUTPUT
     """Bytes of answers waiting for one client that does not read; past it the worker
     takes no more requests from that client until it reads."""
+    security: Security = field(default_factory=Security)
+    """CURVE on the bound endpoints and the allowed client keys; ``insecure`` to bind
+    beyond loopback without it."""
+    broker_security: ClientSecurity | None = None
+    """CURVE on the links to brokers: this worker's keys and the brokers' public key."""
 
     def __post_init__(self) -> None:
         if not self.binds and not self.brokers:

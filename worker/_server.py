@@ -137,6 +137,7 @@ class Worker(RouterServer):
             peer_kind="client",
             check_ipc=self._check_ipc_free,
             on_gone=self._forget_peer,
+            security=cfg.security,
         )
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
@@ -210,6 +211,12 @@ class Worker(RouterServer):
                 )
         finally:
             probe.close(linger=0)
+        if _listening(path):
+            # A worker running CURVE never answers a plain HELLO, but it listens.
+            raise StartupError(
+                f"cannot bind {endpoint}: a live process listens on it (a worker running "
+                "CURVE?); stop it first or bind another path"
+            )
         log.info("reusing stale socket file %s (nothing answers on it)", path)
 
     # --- the socket loop --------------------------------------------------------------
@@ -696,6 +703,18 @@ class Worker(RouterServer):
         )
         for other in self.table.unstarted_sync():
             answer(other, ErrorCode.DRAINING, "worker restarting")
+
+
+def _listening(path: str) -> bool:
+    """True if a process accepts connections on the unix socket ``path`` (a stale file
+    left by a dead one refuses them)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _is_socket(path: str) -> bool:

@@ -28,6 +28,7 @@ from client import (
     resolve_endpoints,
 )
 from protocol import (
+    AuthenticationError,
     BadArguments,
     Cancelled,
     Codec,
@@ -60,6 +61,7 @@ __all__ = [
     "progress",
     # errors: every one a ZeromeshError
     "ZeromeshError",
+    "AuthenticationError",
     "BadArguments",
     "Cancelled",
     "NoWorkers",

@@ -1,4 +1,5 @@
-"""``zeromesh``: command-line tools for a mesh — call, ping, status, demo, rollout, bench.
+"""``zeromesh``: command-line tools for a mesh — call, ping, status, keygen, demo, rollout,
+bench.
 
 They sit above the library: they use `client` (and start workers as processes), so
 the client library itself never imports a tool, the benchmark or a worker.
@@ -8,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from client import ENV_ENDPOINTS, Client
 from protocol import RemoteError, ZeromeshError
-from zmqio import add_log_level, setup_logging
+from zmqio import ENV_CURVE_SECRET, ENV_CURVE_SERVER, ClientSecurity, add_log_level, setup_logging
 
 __all__ = ["main"]
 
@@ -49,6 +52,65 @@ def _add_connect(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_curve(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--curve-server",
+        metavar="FILE|KEY",
+        default=None,
+        help="the server's public key (its NAME.key, or the Z85 text): connect with "
+        f"CURVE (default ${ENV_CURVE_SERVER})",
+    )
+    p.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        default=None,
+        help="our own NAME.key_secret, whose NAME.key the server allows (default "
+        f"${ENV_CURVE_SECRET}; without one, a throw-away key)",
+    )
+
+
+def _curve(args: argparse.Namespace) -> dict[str, Any]:
+    """Client keyword arguments for the CURVE flags (None: the environment decides)."""
+    return {"curve_secret": args.curve_secret, "curve_server": args.curve_server}
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    import zmq.auth
+
+    target = Path(args.path)
+    name = target.name
+    if not name or name in (".", "..") or args.path.endswith(("/", os.sep)):
+        print(f"error: {args.path!r}: give DIR/NAME, e.g. keys/worker1", file=sys.stderr)
+        return 2
+    if name.endswith((".key", ".key_secret")):
+        name = name.rsplit(".", 1)[0]
+    directory = target.parent
+    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    existing = [str(p) for p in (public, secret) if p.exists()]
+    if existing:
+        print(
+            f"error: {' and '.join(existing)} already exist(s): refusing to overwrite a key "
+            "(remove it first, or pick another NAME)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        old = os.umask(0o077)  # the secret file is never readable by others, not even briefly
+        try:
+            zmq.auth.create_certificates(directory, name)
+        finally:
+            os.umask(old)
+        os.chmod(secret, 0o600)
+        os.chmod(public, 0o644)
+    except OSError as exc:
+        print(f"error: cannot write keys in {str(directory)!r}: {exc}", file=sys.stderr)
+        return 2
+    print(f"public key: {public}  (give it to the other side: --curve-allow DIR / --curve-server)")
+    print(f"secret key: {secret}  (mode 0600; keep it here: --curve-secret)")
+    return 0
+
+
 def _cmd_call(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {}
     for item in args.kw or ():
@@ -57,19 +119,24 @@ def _cmd_call(args: argparse.Namespace) -> int:
             raise SystemExit(f"zeromesh call: --kw expects KEY=VALUE, got {item!r}")
         kwargs[key] = _parse_value(value)
     values = [_parse_value(a) for a in args.args]
-    with Client(args.connect, timeout=args.timeout, retries=args.retries, codec=args.codec) as c:
+    with Client(
+        args.connect, timeout=args.timeout, retries=args.retries, codec=args.codec, **_curve(args)
+    ) as c:
         result = c.call(args.target, *values, **kwargs)
     print(json.dumps(result, default=_json_default))
     return 0
 
 
 def _cmd_ping(args: argparse.Namespace) -> int:
-    with Client(args.connect) as c:
+    with Client(args.connect, **_curve(args)) as c:
         rows = c.workers(timeout=args.timeout)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
+            if row["state"] == "unreachable" and row.get("refused"):
+                print(f"{row['endpoint']}  REFUSED: {row['refused']}")
+                continue
             if row["state"] == "unreachable":
                 print(
                     f"{row['endpoint']}  UNREACHABLE (nothing answered within {args.timeout:g} s)"
@@ -95,7 +162,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from ._status import run_status
 
-    return run_status(resolve_endpoints(args.connect), args.timeout, args.json)
+    security = ClientSecurity.from_settings(args.curve_secret, args.curve_server)
+    return run_status(resolve_endpoints(args.connect), args.timeout, args.json, security)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -141,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.add_argument("--retries", type=int, default=2, help="re-sends if a worker is lost (2)")
     p.add_argument("--codec", choices=["msgpack", "json"], default="msgpack")
+    _add_curve(p)
     p.set_defaults(func=_cmd_call)
 
     p = sub.add_parser(
@@ -152,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connect(p)
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_curve(p)
     p.set_defaults(func=_cmd_ping)
 
     p = sub.add_parser(
@@ -165,7 +235,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connect(p)
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_curve(p)
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "keygen",
+        help="make a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret",
+        description="Write a CURVE key pair in ZeroMQ's certificate format: DIR/NAME.key "
+        "(the public key, to hand out) and DIR/NAME.key_secret (mode 0600, to keep). "
+        "Refuses to overwrite an existing key. DIR is created if missing.",
+        epilog="examples:\n"
+        "  zeromesh keygen keys/worker1        (a server: --curve-secret keys/worker1.key_secret)\n"
+        "  zeromesh keygen keys/clients/web1   (a client; its server gets --curve-allow "
+        "keys/clients)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", metavar="DIR/NAME", help="where to write NAME.key and NAME.key_secret")
+    p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser(
         "demo",

@@ -16,6 +16,7 @@ import zmq
 
 import protocol
 from protocol import Error, ProtocolError, Reply, Request, Timeout, UnknownHandler
+from zmqio import ClientSecurity, secure_client
 
 __all__ = ["fetch_status", "format_status", "run_status"]
 
@@ -23,8 +24,10 @@ STATUS_TARGET = "_broker.status"
 _STATUS_ID = 1  # the only request on its own socket: any id tells its answer apart
 
 
-def fetch_status(endpoint: str, timeout: float) -> dict[str, Any]:
-    """The status map of the broker at ``endpoint``.
+def fetch_status(
+    endpoint: str, timeout: float, security: ClientSecurity | None = None
+) -> dict[str, Any]:
+    """The status map of the broker at ``endpoint`` (over CURVE with ``security``).
 
     Raises:
         Timeout: nothing answered within ``timeout`` seconds.
@@ -35,6 +38,7 @@ def fetch_status(endpoint: str, timeout: float) -> dict[str, Any]:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)  # an endpoint nobody serves must not hang exit
     try:
+        secure_client(sock, endpoint, security)
         sock.connect(endpoint)
         rid = _STATUS_ID
         ask = Request(rid, STATUS_TARGET, ttl_ms=int(timeout * 1000))
@@ -54,6 +58,11 @@ def fetch_status(endpoint: str, timeout: float) -> dict[str, Any]:
                     f"`zeromesh ping -c {endpoint}` shows what it is"
                 )
             raise ProtocolError(f"unexpected answer {type(msg).__name__} to {STATUS_TARGET}")
+        if security is not None:
+            raise Timeout(
+                f"nothing answered within {timeout:g} s over CURVE: is a broker running "
+                "there, is --curve-server its key, and is our key in its --curve-allow?"
+            )
         raise Timeout(
             f"nothing answered within {timeout:g} s: is a broker running there? "
             f"start one with `zeromesh-broker --bind {endpoint}`, or wait longer with --timeout"
@@ -127,13 +136,15 @@ def format_status(endpoint: str, st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_status(endpoints: list[str], timeout: float, as_json: bool) -> int:
+def run_status(
+    endpoints: list[str], timeout: float, as_json: bool, security: ClientSecurity | None = None
+) -> int:
     """Print the status of every broker; 1 if any did not answer as a broker."""
     results: dict[str, Any] = {}
     failed = 0
     for ep in endpoints:
         try:
-            results[ep] = fetch_status(ep, timeout)
+            results[ep] = fetch_status(ep, timeout, security)
         except (Timeout, UnknownHandler, ProtocolError) as exc:
             failed += 1
             results[ep] = {"error": str(exc)}

@@ -5,7 +5,9 @@ what to do with a message that finds a full pipe. Above this package, shells dea
 whole messages; below it, pyzmq.
 
 * `bind_router`, `Dialer`: the ROUTER a server binds, the DEALER a client connects;
-  every option (size limit, heartbeats, high-water marks, linger) set here.
+  every option (size limit, heartbeats, high-water marks, linger, CURVE) set here.
+* `Security`, `ClientSecurity`, `Gatekeeper`: CURVE keys for a server and a client,
+  and the ZAP handler that admits the allowed client keys (re-read on SIGHUP).
 * `RouterServer`: the lifecycle a worker and a broker share (bind, serve, signals,
   drain, hang-up grace, close).
 * `Outbox`: send now or queue in order, bounded in bytes per peer.
@@ -17,8 +19,30 @@ whole messages; below it, pyzmq.
 from ._frames import has_input, receive_batch, recv_message, send_message
 from ._logs import add_log_level, setup_logging
 from ._outbox import DEFAULT_PEER_OUTPUT, Outbox, add_max_peer_output
+from ._security import (
+    ALLOW_ANY,
+    ENV_CURVE_ALLOW,
+    ENV_CURVE_SECRET,
+    ENV_CURVE_SERVER,
+    ClientSecurity,
+    Gatekeeper,
+    KeyFileError,
+    Security,
+    add_server_security,
+    exposed_endpoints,
+    load_keypair,
+    load_public_key,
+)
 from ._server import HANGUP_GRACE_S, RouterServer
-from ._sockets import SERVER_SNDHWM, BindError, Dialer, bind_router, check_endpoint
+from ._sockets import (
+    SERVER_SNDHWM,
+    BindError,
+    Dialer,
+    bind_router,
+    check_endpoint,
+    check_exposure,
+    secure_client,
+)
 
 __all__ = [
     # sockets
@@ -29,6 +53,21 @@ __all__ = [
     "Dialer",
     "bind_router",
     "check_endpoint",
+    "check_exposure",
+    "secure_client",
+    # security (CURVE, ZAP)
+    "ALLOW_ANY",
+    "ENV_CURVE_ALLOW",
+    "ENV_CURVE_SECRET",
+    "ENV_CURVE_SERVER",
+    "ClientSecurity",
+    "Gatekeeper",
+    "KeyFileError",
+    "Security",
+    "add_server_security",
+    "exposed_endpoints",
+    "load_keypair",
+    "load_public_key",
     # sending and receiving
     "DEFAULT_PEER_OUTPUT",
     "Outbox",

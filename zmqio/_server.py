@@ -1,7 +1,8 @@
 """The shell a worker and a broker share: a ROUTER on an asyncio loop, from bind to exit.
 
-Both bind one ROUTER on their endpoints, drain it in batches when its FD is readable,
-answer through an `Outbox`, start a graceful drain on SIGTERM/SIGINT (or
+Both bind one ROUTER on their endpoints (with CURVE and a ZAP handler when configured),
+drain it in batches when its FD is readable, answer through an `Outbox`, re-read the
+allowed client keys on SIGHUP, start a graceful drain on SIGTERM/SIGINT (or
 `request_stop` from any thread), wait a bounded time for what they hold, give clients
 a moment to read the last answers, and close. `RouterServer` does that once; the
 worker and the broker fill in what they do with messages (`pump`) and what a drain
@@ -24,6 +25,7 @@ import zmq
 from protocol import Limits, StartupError
 
 from ._outbox import Outbox
+from ._security import ALLOW_ANY, Gatekeeper, Security
 from ._sockets import BindError, bind_router
 
 __all__ = ["HANGUP_GRACE_S", "RouterServer"]
@@ -55,6 +57,7 @@ class RouterServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self._pump_scheduled = False
+        self._gatekeeper: Gatekeeper | None = None
 
     # --- what subclasses fill in ----------------------------------------------------------
 
@@ -100,6 +103,7 @@ class RouterServer:
             self._bind()
             tasks = self._start(loop)
         except BaseException:
+            self._stop_gatekeeper()
             self._ctx.destroy(linger=0)  # closes every socket made so far
             raise
         sock = self._sock
@@ -118,6 +122,7 @@ class RouterServer:
             loop.remove_reader(sock.FD)
             self._close()
             sock.close(linger=_CLOSE_LINGER_MS)
+            self._stop_gatekeeper()
             self._ctx.term()
         return self.exit_code
 
@@ -134,7 +139,33 @@ class RouterServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._begin_drain, signal.Signals(sig).name)
             installed.append(int(sig))
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        installed.append(int(signal.SIGHUP))
         return installed
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the allowed client keys (``--curve-allow DIR``). Connected
+        peers stay connected; new handshakes meet the new list. Loop thread only."""
+        gate = self._gatekeeper
+        if gate is None:
+            self._log.info("SIGHUP: nothing to reload (no --curve-allow directory)")
+            return
+        try:
+            n = gate.reload()
+        except (OSError, ValueError) as exc:  # unreadable directory, malformed key file
+            self._log.error(
+                "SIGHUP: cannot re-read %s, keeping the old list: %s", gate.security.allow, exc
+            )
+            return
+        if n < 0:
+            self._log.info("SIGHUP: any client key is allowed (--curve-allow any)")
+        else:
+            self._log.info("SIGHUP: re-read %s: %d client key(s) allowed", gate.security.allow, n)
+
+    def _stop_gatekeeper(self) -> None:
+        if self._gatekeeper is not None:
+            self._gatekeeper.stop()
+            self._gatekeeper = None
 
     def _bind_router(
         self,
@@ -147,14 +178,24 @@ class RouterServer:
         peer_kind: str = "peer",
         check_ipc: Callable[[str, str], None] | None = None,
         on_gone: Callable[[bytes], None] | None = None,
+        security: Security | None = None,
     ) -> None:
-        """Bind the ROUTER (`bind_router`) and its `Outbox`.
+        """Bind the ROUTER (`bind_router`) and its `Outbox`; with CURVE, start the
+        context's ZAP handler first (`Gatekeeper`), so no handshake goes unchecked.
 
         Raises:
-            StartupError: an endpoint cannot be bound.
+            StartupError: an endpoint cannot be bound (or not without CURVE).
         """
         assert self._ctx is not None
         assert self._loop is not None
+        if security is not None and security.curve and binds and self._gatekeeper is None:
+            self._gatekeeper = Gatekeeper(self._ctx, security, self._log)
+            try:
+                self._gatekeeper.start()
+            except (OSError, ValueError) as exc:  # unreadable directory, malformed key file
+                raise StartupError(f"cannot read --curve-allow {security.allow}: {exc}") from exc
+            if security.allow == ALLOW_ANY:
+                self._log.warning("CURVE on, admitting ANY client key (--curve-allow any)")
         try:
             self._sock, bound = bind_router(
                 self._ctx,
@@ -163,6 +204,7 @@ class RouterServer:
                 heartbeat_ms=heartbeat_ms,
                 heartbeat_timeout_ms=heartbeat_timeout_ms,
                 check_ipc=check_ipc,
+                security=security,
                 log=self._log,
             )
         except BindError as exc:

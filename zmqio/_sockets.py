@@ -23,8 +23,17 @@ from zmq.utils.monitor import recv_monitor_message
 from protocol import LIVENESS, Limits
 
 from ._frames import has_input, send_message
+from ._security import ZAP_DOMAIN, ClientSecurity, Security, exposed_endpoints
 
-__all__ = ["SERVER_SNDHWM", "BindError", "Dialer", "bind_router", "check_endpoint"]
+__all__ = [
+    "SERVER_SNDHWM",
+    "BindError",
+    "Dialer",
+    "bind_router",
+    "check_endpoint",
+    "check_exposure",
+    "secure_client",
+]
 
 SERVER_SNDHWM = 1000
 """Messages libzmq queues for one peer of a worker or broker before a send raises
@@ -34,7 +43,17 @@ a peer that stops reading costs: libzmq's queue holds messages, whatever their s
 _CLIENT_HWM = 100_000  # a client queues its own requests; its memory is its own
 _RECONNECT_IVL_MS = 100
 _RECONNECT_IVL_MAX_MS = 2000
-_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_MONITOR_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+_ZAP_REFUSED = 400  # the ZAP status code of a key not on the server's allow list
+# A hang-up in the middle of a handshake is a refusal only if it happens again: once may
+# be a peer that was stopping. A ZAP refusal is definite at once.
+_HANGUPS_FOR_REFUSAL = 2
 _MAX_IPC_PATH = 100  # unix sockets allow ~107 bytes; keep a margin
 
 
@@ -71,6 +90,57 @@ def _common(sock: zmq.Socket[Any], limits: Limits, heartbeat_ms: int, timeout_ms
     sock.setsockopt(zmq.LINGER, 0)  # a dead peer must not hang close(); callers may override
 
 
+def _secure_server(sock: zmq.Socket[Any], security: Security) -> None:
+    if not security.curve:
+        return
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, security.public_key)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, security.secret_key)
+    sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+
+
+def secure_client(sock: zmq.Socket[Any], endpoint: str, security: ClientSecurity | None) -> bool:
+    """Set CURVE on a connecting socket for ``endpoint`` (if ``security`` has a server
+    key for it). For the one-shot sockets of tools; a `Dialer` does it itself. Returns
+    True if CURVE is on."""
+    keys = security.for_endpoint(endpoint) if security is not None else None
+    if keys is None:
+        return False
+    server, public, secret = keys
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    return True
+
+
+def check_exposure(endpoints: Sequence[str], security: Security, log: logging.Logger) -> None:
+    """Protected mode: refuse to listen beyond loopback without CURVE unless told
+    ``--insecure`` (then warn).
+
+    Raises:
+        BindError: a non-loopback tcp endpoint, no CURVE and no ``insecure``.
+    """
+    if security.curve:
+        return
+    exposed = exposed_endpoints(list(endpoints))
+    if not exposed:
+        return
+    if security.insecure:
+        log.warning(
+            "listening beyond loopback WITHOUT CURVE on %s (--insecure): anyone who can "
+            "reach it can run its handlers and read the traffic",
+            " ".join(exposed),
+        )
+        return
+    raise BindError(
+        f"refusing to listen on {' '.join(exposed)} without CURVE: anyone who can reach "
+        "it could run handlers and read the traffic. Either secure it: `zeromesh keygen "
+        "keys/server` (and one key per client), then --curve-secret keys/server.key_secret "
+        "--curve-allow DIR-OF-CLIENT-KEYS; or bind 127.0.0.1 / ipc://; or pass --insecure "
+        "to accept the risk"
+    )
+
+
 def bind_router(
     ctx: zmq.Context[Any],
     endpoints: Sequence[str],
@@ -79,17 +149,25 @@ def bind_router(
     heartbeat_ms: int,
     heartbeat_timeout_ms: int,
     check_ipc: Callable[[str, str], None] | None = None,
+    security: Security | None = None,
     log: logging.Logger,
 ) -> tuple[zmq.Socket[Any], list[str]]:
     """A ROUTER bound on every endpoint, set up as worker and broker both need it.
 
     ``check_ipc(endpoint, path)`` runs before an ipc bind (the worker refuses a path a
     live worker answers on) and may raise. Returns the socket and the endpoints
-    actually bound (``tcp://*:0`` resolved).
+    actually bound (``tcp://*:0`` resolved). ``security`` turns CURVE on for every
+    endpoint (the caller runs the ZAP handler, `Gatekeeper`); without it, an endpoint
+    beyond loopback is refused unless ``security.insecure`` (`check_exposure`).
 
     Raises:
-        BindError: a malformed endpoint, an address in use, a missing directory.
+        BindError: a malformed endpoint, an address in use, a missing directory, an
+            unsecured endpoint beyond loopback.
     """
+    security = security or Security()
+    for endpoint in endpoints:
+        check_endpoint(endpoint)
+    check_exposure(endpoints, security, log)
     sock = ctx.socket(zmq.ROUTER)
     # A send to a peer that left must fail at once (EHOSTUNREACH), not vanish silently;
     # a send to a peer whose queue is full raises zmq.Again instead of dropping.
@@ -97,6 +175,7 @@ def bind_router(
     sock.setsockopt(zmq.SNDHWM, SERVER_SNDHWM)
     sock.setsockopt(zmq.RCVHWM, SERVER_SNDHWM)
     _common(sock, limits, heartbeat_ms, heartbeat_timeout_ms)
+    _secure_server(sock, security)
     bound: list[str] = []
     try:
         for endpoint in endpoints:
@@ -134,8 +213,10 @@ class Dialer:
     ``on_input()`` runs when the socket is readable (the owner drains it);
     ``on_connected()`` after each handshake (send a greeting); ``on_disconnected()``
     when the connection dropped, while the old socket can still be read (take the
-    replies that arrived before it closed). The owner reads `sock` afresh each time: it
-    changes on every redial. Loop thread only.
+    replies that arrived before it closed); ``on_refused(reason)`` when a handshake
+    failed (our key refused, a wrong server key, CURVE on one side only), with a
+    sentence that says what to fix. ``security`` dials with CURVE. The owner reads
+    `sock` afresh each time: it changes on every redial. Loop thread only.
 
     IMMEDIATE: a send raises ``zmq.Again`` while no peer is connected, instead of
     queueing a message for a peer that may never come back.
@@ -152,6 +233,8 @@ class Dialer:
         on_input: Callable[[], None],
         on_connected: Callable[[], None],
         on_disconnected: Callable[[], None],
+        on_refused: Callable[[str], None] | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.sock: zmq.Socket[Any] = None  # type: ignore[assignment]  # set by open()
@@ -163,8 +246,13 @@ class Dialer:
         self._on_input = on_input
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
+        self._on_refused = on_refused
+        self._security = security
+        self._curve = security.for_endpoint(endpoint) if security is not None else None
+        self._key_file = security.key_file if security is not None else ""
         self._monitor: zmq.Socket[Any] | None = None
         self._shook_hands = False
+        self._failed_handshakes = 0
         self._backoff = 0.0
         self._timer: Any = None
         self._timer_greet: Any = None
@@ -185,6 +273,7 @@ class Dialer:
         sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
         _common(sock, self._limits, self._heartbeat_ms, LIVENESS * self._heartbeat_ms)
+        secure_client(sock, self.endpoint, self._security)
         monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         try:
             sock.connect(self.endpoint)
@@ -287,12 +376,38 @@ class Dialer:
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._shook_hands = True
+                self._failed_handshakes = 0
                 self._backoff = 0.0
                 self._on_connected()
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._on_disconnected()
                 self._redial()
                 return  # the old monitor is closed; the new one has its own reader
+            else:
+                self._failed_handshakes += 1
+                definite = kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                if self._on_refused is not None and (
+                    definite or self._failed_handshakes >= _HANGUPS_FOR_REFUSAL
+                ):
+                    self._on_refused(self._refusal(kind, event["value"]))
+
+    def _refusal(self, kind: int, value: int) -> str:
+        """What a failed handshake means, in words that say what to change."""
+        ep = self.endpoint
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            ours = self._key_file or "this client's public key file"
+            if value == _ZAP_REFUSED:
+                return f"{ep} refused our key: add {ours} to its --curve-allow directory"
+            return f"{ep} refused our key (ZAP status {value}): is {ours} allowed there?"
+        if self._curve is None:
+            return (
+                f"{ep} hung up during the handshake: it may require CURVE (pass the "
+                "server's public key: curve_server=FILE, --curve-server)"
+            )
+        return (
+            f"{ep} hung up during the CURVE handshake: the server key we were given "
+            "(curve_server, --curve-server) is not that server's, or it does not run CURVE"
+        )
 
     def _redial(self) -> None:
         """Replace the socket: libzmq may have given this connection up for good."""

@@ -1,0 +1,401 @@
+"""CURVE end to end: keygen, allow-lists checked by ZAP, SIGHUP, refused keys as clear
+errors, protected mode. Real worker and broker processes, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from brokerkit import BrokeredMesh, status, wait_for, workers_ready
+from meshkit import ChildProcess, Mesh
+from securekit import ENV_RECORD, HERE, SERVICE, keygen, records, wait_serving
+
+from client import AsyncClient, AuthenticationError, Client, Executor
+from zmqio import ClientSecurity
+
+pytestmark = pytest.mark.process
+
+
+@pytest.fixture
+def keys(short_tmp: Path) -> dict[str, tuple[Path, Path]]:
+    """server, its allowed client 'web1', an unknown 'stranger', a second server."""
+    (short_tmp / "allowed").mkdir()
+    made = {
+        "server": keygen(short_tmp / "keys" / "server"),
+        "web1": keygen(short_tmp / "allowed" / "web1"),
+        "web2": keygen(short_tmp / "allowed" / "web2"),
+        "stranger": keygen(short_tmp / "keys" / "stranger"),
+        "other": keygen(short_tmp / "keys" / "other"),
+    }
+    # The allow directory holds public keys only: the secrets live elsewhere.
+    for name in ("web1", "web2"):
+        secret = made[name][1]
+        moved = short_tmp / "keys" / secret.name
+        shutil.move(secret, moved)
+        made[name] = (made[name][0], moved)
+    return made
+
+
+def _env(short_tmp: Path) -> dict[str, str]:
+    return {
+        "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        ENV_RECORD: str(short_tmp / "ran.txt"),
+    }
+
+
+def _curve_worker(mesh: Mesh, keys: dict[str, tuple[Path, Path]], allow: str) -> str:
+    w = mesh.start(
+        "--curve-secret",
+        str(keys["server"][1]),
+        "--curve-allow",
+        allow,
+        service=SERVICE,
+        env=_env(mesh.tmp),
+        wait=False,
+    )
+    wait_serving(w.endpoint, curve_secret=keys["web1"][1], curve_server=keys["server"][0])
+    return w.endpoint
+
+
+def test_keygen_writes_a_pair_in_zeromq_format_and_refuses_to_overwrite(short_tmp: Path) -> None:
+    public, secret = keygen(short_tmp / "k" / "w1")
+    assert public.read_text().count("public-key") == 1
+    assert "secret-key" in secret.read_text()
+    assert "secret-key" not in public.read_text()
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert public.stat().st_mode & 0o077 == 0o044  # others may read a public key
+    before = secret.read_bytes()
+    again = subprocess.run(
+        [sys.executable, "-m", "zeromesh", "keygen", str(short_tmp / "k" / "w1")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert again.returncode == 2
+    assert "refusing to overwrite" in again.stderr
+    assert secret.read_bytes() == before
+    helped = subprocess.run(
+        [sys.executable, "-m", "zeromesh", "keygen", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert helped.returncode == 0
+    assert "NAME.key_secret" in helped.stdout
+
+
+def test_allowed_client_is_served_unknown_and_plain_clients_get_a_clear_error(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    ep = _curve_worker(mesh, keys, str(mesh.tmp / "allowed"))
+    ran = mesh.tmp / "ran.txt"
+    with Client([ep], curve_secret=keys["web1"][1], curve_server=keys["server"][0]) as c:
+        assert c.call("sec.record", "allowed") == "allowed"
+
+    stranger = {"curve_secret": keys["stranger"][1], "curve_server": keys["server"][0]}
+    with (
+        Client([ep], **stranger) as c,  # type: ignore[arg-type]
+        pytest.raises(AuthenticationError) as refused,
+    ):
+        c.call("sec.record", "stranger", timeout=10)
+    assert "refused our key" in str(refused.value)
+    assert "stranger.key" in str(refused.value)
+    assert "--curve-allow" in str(refused.value)
+    assert ep in str(refused.value)
+
+    with Client([ep]) as c, pytest.raises(AuthenticationError, match="may require CURVE"):
+        c.call("sec.record", "plain", timeout=10)
+    pinged = subprocess.run(
+        [sys.executable, "-m", "zeromesh", "ping", "-c", ep, "--timeout", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert pinged.returncode == 1
+    assert f"{ep}  REFUSED: {ep} hung up during the handshake" in pinged.stdout
+    assert records(ran) == ["allowed"]
+    stranger_key = keys["stranger"][0].read_text().split('public-key = "')[1].split('"')[0]
+    assert f"refused a client key not in --curve-allow {mesh.tmp / 'allowed'}" in (
+        mesh.workers[0].output()
+    )
+    assert stranger_key in mesh.workers[0].output()
+
+
+def test_async_client_and_executor_take_the_same_keys(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    ep = _curve_worker(mesh, keys, str(mesh.tmp / "allowed"))
+    allowed = {"curve_secret": keys["web1"][1], "curve_server": keys["server"][0]}
+    stranger = {"curve_secret": keys["stranger"][1], "curve_server": keys["server"][0]}
+
+    async def calls() -> tuple[str, BaseException]:
+        async with AsyncClient([ep], **allowed) as ac:  # type: ignore[arg-type]
+            ok = await ac.call("sec.record", "async")
+        async with AsyncClient([ep], **stranger) as ac:  # type: ignore[arg-type]
+            try:
+                await ac.call("sec.record", "async-stranger", timeout=10)
+            except AuthenticationError as exc:
+                return ok, exc
+        raise AssertionError("the stranger's call ran")
+
+    ok, refused = asyncio.run(calls())
+    assert ok == "async"
+    assert "refused our key" in str(refused)
+    with Executor([ep], **allowed) as ex:  # type: ignore[arg-type]
+        assert ex.submit("sec.record", "executor").result(timeout=30) == "executor"
+    assert records(mesh.tmp / "ran.txt") == ["async", "executor"]
+
+
+def test_a_wrong_server_key_is_a_clear_error_and_nothing_runs(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    ep = _curve_worker(mesh, keys, str(mesh.tmp / "allowed"))
+    wrong = {"curve_secret": keys["web1"][1], "curve_server": keys["other"][0]}
+    with (
+        Client([ep], **wrong) as c,  # type: ignore[arg-type]
+        pytest.raises(AuthenticationError, match="is not that server's"),
+    ):
+        c.call("sec.record", "wrong-server", timeout=10)
+    assert records(mesh.tmp / "ran.txt") == []
+
+
+def test_sighup_rereads_the_allow_list_and_keeps_allowed_clients(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    ep = _curve_worker(mesh, keys, str(mesh.tmp / "allowed"))
+    web1 = {"curve_secret": keys["web1"][1], "curve_server": keys["server"][0]}
+    web2 = {"curve_secret": keys["web2"][1], "curve_server": keys["server"][0]}
+    with Client([ep], **web1) as kept:  # type: ignore[arg-type]
+        assert kept.call("sec.record", "before") == "before"
+        with Client([ep], **web2) as c:  # type: ignore[arg-type]
+            assert c.call("sec.record", "web2-before") == "web2-before"
+        keys["web2"][0].unlink()
+        worker = mesh.workers[0]
+        worker.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "SIGHUP: re-read" not in worker.output() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "1 client key(s) allowed" in worker.output()
+        with (
+            Client([ep], **web2) as c,  # type: ignore[arg-type]
+            pytest.raises(AuthenticationError, match="refused our key"),
+        ):
+            c.call("sec.record", "web2-after", timeout=10)
+        assert kept.call("sec.record", "after") == "after"  # its connection stayed up
+        with Client([ep], **web1) as c:  # type: ignore[arg-type]
+            assert c.call("sec.record", "new") == "new"  # and its key is still let in
+    assert worker.proc.poll() is None
+    assert records(mesh.tmp / "ran.txt") == ["before", "web2-before", "after", "new"]
+
+
+def test_curve_allow_any_encrypts_but_admits_any_key(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    ep = _curve_worker(mesh, keys, "any")
+    with Client([ep], curve_server=keys["server"][0]) as c:  # a throw-away key pair
+        assert c.call("sec.record", "anyone") == "anyone"
+    with Client([ep]) as c, pytest.raises(AuthenticationError):
+        c.call("sec.record", "plain", timeout=10)
+    assert "ANY client key" in mesh.workers[0].output()
+    assert records(mesh.tmp / "ran.txt") == ["anyone"]
+
+
+def test_garbage_at_a_curve_port_leaves_the_worker_serving(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    ep = _curve_worker(mesh, keys, str(mesh.tmp / "allowed"))
+    host, _, port = ep.removeprefix("tcp://").rpartition(":")
+    junk = [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\xff" + bytes(8) + b"\x7f\x03\x00CURVE" + bytes(15) + bytes(32) + os.urandom(300),
+        os.urandom(4096),
+    ]
+    for payload in junk:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(payload)
+            s.settimeout(0.5)
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                s.recv(1024)
+    with Client([ep], curve_secret=keys["web1"][1], curve_server=keys["server"][0]) as c:
+        assert c.call("sec.record", "still") == "still"
+    assert mesh.workers[0].proc.poll() is None
+
+
+@pytest.fixture
+def brokered(short_tmp: Path):  # type: ignore[no-untyped-def]
+    m = BrokeredMesh(short_tmp)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def test_a_worker_whose_key_is_not_allowed_cannot_join_a_broker(
+    brokered: BrokeredMesh, keys: dict[str, tuple[Path, Path]], short_tmp: Path
+) -> None:
+    broker_pub, broker_secret = keys["server"]
+    allowed = short_tmp / "allowed"
+    w_ok_pub, w_ok_secret = keygen(short_tmp / "keys" / "w-ok")
+    shutil.copy(w_ok_pub, allowed / w_ok_pub.name)
+    b = brokered.broker("--curve-secret", str(broker_secret), "--curve-allow", str(allowed))
+    admin = ClientSecurity.from_settings(keys["web1"][1], broker_pub)
+
+    def curve_worker(secret: Path) -> ChildProcess:
+        return brokered.worker(
+            b,
+            args=("--curve-secret", str(secret), "--broker-curve-server", str(broker_pub)),
+        )
+
+    outsider = curve_worker(keys["stranger"][1])
+    deadline = time.monotonic() + 20
+    while "refused our key" not in outsider.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "cannot join broker" in outsider.output()
+    assert "refused our key" in outsider.output()
+    assert status(b, security=admin)["workers"] == []
+
+    insider = curve_worker(w_ok_secret)
+    wait_for(b, workers_ready(1), brokered, security=admin)
+    with Client([b.endpoint], curve_secret=keys["web1"][1], curve_server=broker_pub) as c:
+        assert c.call("bk.pid") == insider.pid
+    assert len(status(b, security=admin)["workers"]) == 1
+    stranger = {"curve_secret": keys["stranger"][1], "curve_server": broker_pub}
+    with (
+        Client([b.endpoint], **stranger) as c,  # type: ignore[arg-type]
+        pytest.raises(AuthenticationError, match="refused our key"),
+    ):
+        c.call("bk.pid", timeout=10)
+
+
+def _start(short_tmp: Path, *argv: str) -> ChildProcess:
+    return ChildProcess(list(argv), short_tmp / f"p{time.monotonic_ns()}.log")
+
+
+@pytest.mark.parametrize("program", ["worker", "broker"])
+def test_protected_mode_refuses_an_open_bind_without_curve(short_tmp: Path, program: str) -> None:
+    svc = ["examples.mathsvc:svc"] if program == "worker" else []
+    for bind in ("tcp://0.0.0.0:0", "tcp://*:0"):
+        p = _start(short_tmp, "-m", program, *svc, "--bind", bind)
+        assert p.wait(30) == 2
+        out = p.output()
+        assert "without CURVE" in out
+        assert "zeromesh keygen" in out
+        assert "--insecure" in out
+        assert "bound" not in out
+
+    p = _start(short_tmp, "-m", program, *svc, "--bind", "tcp://0.0.0.0:0", "--insecure")
+    try:
+        p.wait_bound()
+        assert "WITHOUT CURVE" in p.output()
+    finally:
+        p.kill()
+
+
+def test_curve_secret_without_an_allow_list_is_a_startup_error(
+    short_tmp: Path, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    p = _start(
+        short_tmp,
+        "-m",
+        "worker",
+        "examples.mathsvc:svc",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--curve-secret",
+        str(keys["server"][1]),
+    )
+    assert p.wait(30) == 2
+    assert "needs --curve-allow" in p.output()
+
+    bad = short_tmp / "bad-allow"
+    bad.mkdir()
+    (bad / "broken.key").write_text("not a certificate\n")
+    p = _start(
+        short_tmp,
+        "-m",
+        "broker",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--curve-secret",
+        str(keys["server"][1]),
+        "--curve-allow",
+        str(bad),
+    )
+    assert p.wait(30) == 2
+    assert "cannot read --curve-allow" in p.output()
+    assert "broken.key" in p.output()
+
+
+def test_a_curve_worker_s_ipc_path_is_not_taken_over(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    ep = f"ipc://{mesh.tmp}/cw.sock"
+    curve = ("--curve-secret", str(keys["server"][1]), "--curve-allow", "any")
+    mesh.start(*curve, endpoint=ep, wait=False)
+    wait_serving(ep, curve_server=keys["server"][0])
+    second = mesh.start(*curve, endpoint=ep, wait=False)
+    assert second.wait(30) == 2
+    assert "a live process listens on it" in second.output()
+    wait_serving(ep, curve_server=keys["server"][0])  # the first still serves
+
+
+def test_loopback_and_ipc_need_no_keys(mesh: Mesh) -> None:
+    mesh.start()  # tcp://127.0.0.1:0
+    mesh.start(transport="ipc")
+    assert all("WITHOUT CURVE" not in w.output() for w in mesh.workers)
+
+
+def _capture(port: int, out: Path) -> subprocess.Popen[bytes] | None:
+    tcpdump = shutil.which("tcpdump")
+    if tcpdump is None:
+        return None
+    proc = subprocess.Popen(
+        [tcpdump, "-i", "lo", "-U", "--immediate-mode", "-n", "-w", str(out), f"tcp port {port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # "listening on lo, ..." once it captures
+    if b"listening" not in line:
+        proc.kill()
+        proc.communicate(timeout=10)
+        return None
+    return proc
+
+
+def test_curve_hides_the_payload_on_the_wire(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    if shutil.which("tcpdump") is None:
+        pytest.skip("tcpdump is not installed")
+    marker = "zeromesh-plaintext-marker-7f3a"
+    plain = mesh.start(service=SERVICE, env=_env(mesh.tmp))
+    secure = _curve_worker(mesh, keys, str(mesh.tmp / "allowed"))
+    seen = {}
+    for label, ep, curve in (
+        ("plain", plain.endpoint, {}),
+        ("curve", secure, {"curve_secret": keys["web1"][1], "curve_server": keys["server"][0]}),
+    ):
+        port = int(ep.rpartition(":")[2])
+        pcap = mesh.tmp / f"{label}.pcap"
+        cap = _capture(port, pcap)
+        if cap is None:
+            pytest.skip("tcpdump cannot capture on lo here (not root?)")
+        try:
+            with Client([ep], **curve) as c:  # type: ignore[arg-type]
+                assert c.call("sec.record", marker) == marker
+            time.sleep(0.5)  # let tcpdump write the last packets
+        finally:
+            cap.send_signal(signal.SIGINT)
+            cap.communicate(timeout=10)  # reads and closes its stderr too
+        seen[label] = marker.encode() in pcap.read_bytes()
+    assert seen == {"plain": True, "curve": False}
