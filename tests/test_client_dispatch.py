@@ -33,6 +33,7 @@ from protocol import (
     CONNECTING,
     DRAINING,
     READY,
+    AuthenticationError,
     Error,
     ErrorCode,
     Hello,
@@ -924,3 +925,34 @@ def test_capacity_counts_ready_peers_only(capacity: int) -> None:
     r.hello("w1", capacity=capacity)
     r.hello("w2", capacity=2)
     assert r.d.capacity() == capacity + 2
+
+
+def test_refused_by_every_peer_fails_at_once_with_authentication_error() -> None:
+    rig = Rig("tcp://w1", "tcp://w2")
+    waiting = rig.submit()
+    rig.d.refused(rig["tcp://w1"], "tcp://w1 refused our key: add web1.key to its --curve-allow")
+    assert not rig.outcomes.done  # w2 may still let us in
+    rig.d.refused(rig["tcp://w2"], "tcp://w2 refused our key: add web1.key to its --curve-allow")
+    err = rig.outcomes.error(waiting)
+    assert isinstance(err, AuthenticationError)
+    assert "tcp://w1 refused our key" in str(err)
+    assert "tcp://w2 refused our key" in str(err)
+    rows = {r["endpoint"]: r for r in rig.d.info_rows(since=-1)}
+    assert rows["tcp://w1"]["refused"].startswith("tcp://w1 refused")
+
+
+def test_a_refusal_is_forgotten_after_a_good_handshake() -> None:
+    rig = Rig("tcp://w1", "tcp://w2")
+    rig.d.refused(rig["tcp://w1"], "tcp://w1 refused our key")
+    rig.hello("tcp://w2")
+    rid = rig.submit()
+    assert sent(rig.take()) == [("tcp://w2", rid)]  # the one that let us in serves it
+    rig.d.refused(rig["tcp://w2"], "tcp://w2 refused our key")
+    rig.d.handshake(rig["tcp://w1"])  # the key was added: w1 lets us in now
+    late = rig.submit()
+    assert late not in rig.outcomes.done  # not every peer refuses now: it waits
+    # Expiring with nobody ready and nobody refusing any more: a plain NoWorkers.
+    rig.d.handshake(rig["tcp://w2"])
+    rig.d.dropped(rig["tcp://w2"])
+    rig.advance(11)
+    assert isinstance(rig.outcomes.error(late), NoWorkers)
