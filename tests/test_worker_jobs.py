@@ -154,6 +154,7 @@ def test_full_queue_refuses_the_hogs_newest(clock: Clock) -> None:
     light = admit(t, b"light", req(1))
     assert t.enqueue(light) is hog[1]  # the hog's newest makes room
     assert t.overloaded().code == ErrorCode.OVERLOADED
+    t.wake()  # the loop does this once per batch
     assert [t.next_sync(), t.next_sync()] == [hog[0], light]
 
 
@@ -177,7 +178,7 @@ def test_next_sync_returns_none_once_closed(clock: Clock) -> None:
     got: list[Job | None] = []
     th = threading.Thread(target=lambda: got.append(t.next_sync()))
     th.start()
-    t.close()
+    t.close(1)
     th.join(5)
     assert got == [None]
 

@@ -20,6 +20,7 @@ next job with `next_sync`.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -42,6 +43,10 @@ class Refusal(NamedTuple):
     message: str
 
 
+Reporter = Callable[["Job", float, float | None, str], None]
+"""Sends a PROGRESS for a running job: ``report(job, done, total, note)``."""
+
+
 class Job:
     """One accepted request, from arrival until its answer is sent.
 
@@ -62,7 +67,14 @@ class Job:
         "task",
     )
 
-    def __init__(self, peer: Hashable, request: Request, handler: Handler, now: float) -> None:
+    def __init__(
+        self,
+        peer: Hashable,
+        request: Request,
+        handler: Handler,
+        now: float,
+        report: Reporter | None = None,
+    ) -> None:
         self.peer = peer
         self.request = request
         self.handler = handler
@@ -71,7 +83,7 @@ class Job:
         self.started = 0.0
         self.state = QUEUED
         self.task: Any = None
-        self.report: Callable[[Job, float, float | None, str], None] | None = None
+        self.report = report
 
     @property
     def key(self) -> tuple[Hashable, int]:
@@ -103,6 +115,8 @@ class JobTable:
         self.name = name
         self.clock = clock
         self.jobs: dict[tuple[Hashable, int], Job] = {}
+        self.reporter: Reporter | None = None
+        """Given to every new job: how it reports progress (set by the worker)."""
         self.draining = False
         self.closing = False
         self.waiting: FairQueue[Job] = FairQueue(max_pending)
@@ -110,7 +124,12 @@ class JobTable:
         self.async_waiting: FairQueue[Job] = FairQueue(max_pending)
         """``async def`` jobs waiting for one of the ``max_async`` slots."""
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
+        # Handler threads block on this queue, one token per sync job put in line: a
+        # SimpleQueue's get and put are C calls, far cheaper per job than a Condition's
+        # wait and notify. A token may find its job taken already (made room for
+        # another client's): the thread takes the next token.
+        self._tokens: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._unannounced = 0
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -131,7 +150,7 @@ class JobTable:
         key = (peer, req.id)
         if key in self.jobs:
             return Refusal(ErrorCode.PROTOCOL, f"request id {req.id} is already in flight")
-        job = self.jobs[key] = Job(peer, req, handler, self.clock())
+        job = self.jobs[key] = Job(peer, req, handler, self.clock(), self.reporter)
         return job
 
     def enqueue(self, job: Job) -> Job | None:
@@ -140,8 +159,10 @@ class JobTable:
         if job.handler.is_async:
             refused = self.async_waiting.push(job.peer, job)
         else:
-            with self._work:
+            with self._lock:
                 refused = self.waiting.push(job.peer, job)
+            if refused is not job:
+                self._unannounced += 1
         if refused is not None and self.claim(refused, QUEUED):
             refused.state = DONE
             return refused
@@ -181,24 +202,27 @@ class JobTable:
 
     def next_sync(self) -> Job | None:
         """A handler thread's next job, fairly chosen; blocks; None once closing."""
-        with self._work:
-            while not self.closing:
+        get = self._tokens.get
+        while get():
+            with self._lock:
                 job = self.waiting.pop()
-                if job is not None:
-                    return job
-                self._work.wait()
+            if job is not None:
+                return job
         return None
 
-    def wake(self, n: int) -> None:
-        """Wake up to ``n`` handler threads waiting in `next_sync`."""
-        with self._work:
-            self._work.notify(n)
+    def wake(self) -> None:
+        """Let handler threads take the sync jobs put in line since the last call (once
+        per batch, not per job: a woken thread competes for the GIL at once)."""
+        put = self._tokens.put
+        for _ in range(self._unannounced):
+            put(True)
+        self._unannounced = 0
 
-    def close(self) -> None:
-        """Handler threads return from `next_sync`."""
-        with self._work:
-            self.closing = True
-            self._work.notify_all()
+    def close(self, threads: int) -> None:
+        """The ``threads`` handler threads return from `next_sync`."""
+        self.closing = True
+        for _ in range(threads):
+            self._tokens.put(False)
 
     # --- answers -------------------------------------------------------------------------
 

@@ -114,6 +114,7 @@ class Worker(RouterServer):
         self.max_pending = config.max_pending or self.capacity + 1000
         self.table = JobTable(self._handlers, max_pending=self.max_pending, name=self.name)
         self._jobs = self.table.jobs  # read often on the loop: one attribute lookup
+        self.table.reporter = self._report_progress
         self._sock_lock = threading.Lock()  # inline mode: who may touch the socket now
         self._running_inline: Job | None = None
         self._stolen: deque[list[zmq.Frame]] = deque()  # received by the watchdog
@@ -179,7 +180,7 @@ class Worker(RouterServer):
             for t in self._threads:
                 t.join(timeout=1.0)  # the watchdog notices `_closing` within 0.1 s
         else:
-            self.table.close()
+            self.table.close(len(self._threads))
         if self._link is not None:
             self._link.close(linger=2000)  # LINGER: let the replies to brokers leave
 
@@ -231,14 +232,13 @@ class Worker(RouterServer):
         assert sock is not None
         if receive_batch(sock, self._on_message, _BATCH) == _BATCH:
             self._schedule_pump()  # more may wait: let timers and signals run first
-        waiting = self.table.waiting
-        if waiting:
+        if self.table.waiting:
             if self.inline:
                 self._run_inline()
             else:
                 # Wake handler threads once per batch, not per message: a woken thread
                 # grabs the GIL each time this loop releases it in a pyzmq call.
-                self.table.wake(len(waiting))
+                self.table.wake()
         self._flush_done()
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
@@ -328,7 +328,6 @@ class Worker(RouterServer):
         if type(job) is not Job:
             self._send_error(peer, req, *job)  # type: ignore[misc]
             return
-        job.report = self._report_progress
         if job.handler.is_async and self._async_running < self.config.max_async:
             self._start_async(job)
             return

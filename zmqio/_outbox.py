@@ -119,7 +119,8 @@ class Outbox:
         """True (counted, and logged now and then) if ``peer`` is `full`: the owner then
         drops the request it just got from it unanswered, because an answer would only
         wait behind the others while the peer's own deadline runs out."""
-        if not self.full(peer):
+        queue = self._queues.get(peer) if self._queues else None
+        if queue is None or queue.bytes <= self.max_bytes:
             return False
         self.refused_unread += 1
         n = self.refused_unread
