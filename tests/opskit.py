@@ -55,10 +55,11 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def free_prefix(count: int) -> int:
-    """A prefix P such that ports P01..P<count> are free: the conf's ``55%(process_num)02d``."""
+    """A prefix P such that ports P00..P<count> are free: the conf's broker (5500) and
+    workers (``55%(process_num)02d``)."""
     for _ in range(500):
         prefix = random.randint(200, 640)
-        if all(port_free(prefix * 100 + n) for n in range(1, count + 1)):
+        if all(port_free(prefix * 100 + n) for n in range(count + 1)):
             return prefix
     pytest.fail("no free block of ports found")
 
@@ -75,6 +76,12 @@ def render_conf(
     """Write the repository's supervisord.conf to ``dest`` with test ports and service."""
     text = CONF.read_text()
     text = _replace_once(text, ":55%(process_num)02d", f":{prefix}%(process_num)02d")
+    # The broker's port too (P00): a fixed 5500 collides with anything else on the host.
+    text = _replace_once(
+        text,
+        "--bind tcp://%(ENV_ZEROMESH_HOST)s:5500 ",
+        f"--bind tcp://%(ENV_ZEROMESH_HOST)s:{prefix}00 ",
+    )
     if test_service:
         text = _replace_once(
             text,
