@@ -1,4 +1,15 @@
-"""The worker process: one ROUTER socket, one asyncio loop, handler threads beside it.
+"""The worker process's shell: one ROUTER socket, one asyncio loop, handler threads beside it.
+
+The worker is split by responsibility:
+
+* `worker._config`: its settings and exit statuses;
+* `worker._jobs`: the job table, a pure core (admission, the fair and bounded waiting
+  room of `worker._fair_queue`, claims, deadlines, hard-timeout and drain decisions);
+* `worker._runners`: calling a handler and turning its result or exception into frames;
+* here: the socket loop and the lifecycle (`zmqio.RouterServer`), the handler threads,
+  inline mode and its watchdog, the drain;
+* `worker._broker_link`: the DEALERs to brokers, talking to this shell through its
+  small port (`WorkerPort`).
 
 The loop owns the socket and never runs user code. It drains the socket in batches
 (non-blocking receives until ``zmq.Again``: an ``await`` per message costs ~75 µs in
