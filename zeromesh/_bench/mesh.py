@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import zmq.auth
 
 from client import AsyncClient, Client
 
@@ -137,9 +138,9 @@ class _Children:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _ready(endpoints: list[str], timeout: float = 30) -> None:
+def _ready(endpoints: list[str], timeout: float = 30, **client_kw: Any) -> None:
     deadline = time.monotonic() + timeout
-    with Client(endpoints) as c:
+    with Client(endpoints, **client_kw) as c:
         while time.monotonic() < deadline:
             if all(r["state"] == "ready" for r in c.workers(timeout=1.0)):
                 return
@@ -390,11 +391,93 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
             )
         )
 
+        rows.extend(_curve(kids, sizes, w1, log))
+
         broker_row = _brokered(kids, sizes, w1, log)
         if broker_row is not None:
             rows.append(broker_row)
     finally:
         kids.close()
+    return rows
+
+
+def _curve(kids: _Children, sizes: Sizes, plain: str, log: Callable[[str], None]) -> list[Row]:
+    """CURVE-encrypted calls vs plain ones (worker ``plain``): a CURVE worker started
+    here with keys made in the run's temporary directory (removed with it)."""
+    log("CURVE vs plain")
+    keys = os.path.join(kids.dir, "keys")
+    allowed = os.path.join(keys, "clients")
+    os.makedirs(allowed)
+    zmq.auth.create_certificates(keys, "server")
+    zmq.auth.create_certificates(keys, "client")
+    shutil.copy(os.path.join(keys, "client.key"), allowed)
+    server_secret = os.path.join(keys, "server.key_secret")
+    curve_kw: dict[str, Any] = {
+        "curve_secret": os.path.join(keys, "client.key_secret"),
+        "curve_server": os.path.join(keys, "server.key"),
+    }
+    wc = kids.worker("--curve-secret", server_secret, "--curve-allow", allowed)
+    _ready([wc], **curve_kw)
+    rows: list[Row] = []
+    rounds = sizes.rounds
+    with (
+        Client([plain], max_in_flight=WINDOW) as p,
+        Client([wc], max_in_flight=WINDOW, **curve_kw) as s,
+    ):
+        p.call("bench.echo", 0)
+        s.call("bench.echo", 0)
+        _zm_rtts(p, 200)
+        _zm_rtts(s, 200)
+        n = sizes.rtt_calls
+        srtts, prtts = _alternate(rounds, lambda: _zm_rtts(s, n), lambda: _zm_rtts(p, n))
+        s50 = _median([statistics.median(r) for r in srtts]) * 1e6
+        p50 = _median([statistics.median(r) for r in prtts]) * 1e6
+        rows.append(Row("CURVE RTT p50 vs plain (us)", s50, p50, s50 / p50, "-", "us", None))
+
+        n = sizes.pipelined_calls
+        srates, prates = _alternate(
+            rounds, lambda: _zm_submit_rate(s, n), lambda: _zm_submit_rate(p, n)
+        )
+        srate, prate = _median(srates), _median(prates)
+        rows.append(
+            Row(
+                f"CURVE Client.submit calls/s vs plain, {WINDOW} in flight",
+                srate,
+                prate,
+                srate / prate,
+                ">= 0.8x",
+                "calls/s",
+                srate >= 0.8 * prate,
+            )
+        )
+
+        arr = np.random.default_rng(0).random(sizes.array_mib * _MiB // 8)
+        gb = 2 * arr.nbytes / 1e9
+
+        def array_time(c: Client) -> float:
+            t = time.perf_counter()
+            back = c.call("bench.echo", arr)
+            elapsed = time.perf_counter() - t
+            assert back.nbytes == arr.nbytes
+            return elapsed
+
+        sts, pts = _alternate(
+            rounds,
+            lambda: _best(lambda: array_time(s), sizes.array_repeats),
+            lambda: _best(lambda: array_time(p), sizes.array_repeats),
+        )
+        st, pt = _median(sts), _median(pts)
+        rows.append(
+            Row(
+                f"CURVE {sizes.array_mib} MiB float64 round trip vs plain (GB/s)",
+                gb / st,
+                gb / pt,
+                pt / st,
+                ">= 0.5x",
+                "GB/s",
+                pt / st >= 0.5,
+            )
+        )
     return rows
 
 
