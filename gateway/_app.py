@@ -164,6 +164,9 @@ class _Handler(RequestHandler):
 
     gateway: Gateway
 
+    caller: str | None = None
+    """The name of the token the request carried (None without ``--token-file``)."""
+
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._chunks: list[bytes] = []
@@ -173,7 +176,33 @@ class _Handler(RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Server", "zeromesh-gateway")
 
+    def authenticate(self) -> bool:
+        """Set `caller` from the ``Authorization`` header; True when no token file is
+        configured or the header carries a valid token."""
+        tokens = self.gateway.tokens
+        if tokens is None:
+            return True
+        self.caller = tokens.name_of(self.request.headers.get("Authorization"))
+        return self.caller is not None
+
+    def require_token(self) -> None:
+        """Raise 401 unless `authenticate` passes."""
+        if not self.authenticate():
+            given = "Authorization" in self.request.headers
+            raise ApiError(
+                401,
+                "Unauthorized",
+                "the token is not valid (unknown, or removed from --token-file)"
+                if given
+                else "this gateway needs a token: send Authorization: Bearer <token>",
+            )
+
     def prepare(self) -> None:
+        self.require_token()
+        self.check_length()
+
+    def check_length(self) -> None:
+        """Refuse a declared ``Content-Length`` over ``--max-body`` (see the module doc)."""
         limit = self.gateway.config.max_body
         header = self.request.headers.get("Content-Length")
         length = int(header) if header is not None and header.isdigit() else 0
@@ -251,6 +280,9 @@ class _Handler(RequestHandler):
         else:
             error = ApiError(500, "GatewayError", "internal error in the gateway; see its log")
         self.set_status(error.status)
+        if error.status == 401:
+            bad = "Authorization" in self.request.headers
+            self.set_header("WWW-Authenticate", 'Bearer error="invalid_token"' if bad else "Bearer")
         if error.retry_after is not None:
             self.set_header("Retry-After", str(error.retry_after))
         self.set_header("Content-Type", JSON_TYPE)
@@ -297,7 +329,7 @@ class JobsHandler(_Handler):
     async def post(self, target: str) -> None:
         check_target(target)
         args, kwargs = self.call_arguments()
-        record = await self.gateway.submit_job(target, args, kwargs)
+        record = await self.gateway.submit_job(target, args, kwargs, self.caller)
         url = f"/jobs/{record.id}"
         self.set_status(202)
         self.set_header("Location", url)
@@ -305,10 +337,10 @@ class JobsHandler(_Handler):
         self.finish(_dumps({"id": record.id, "status": record.status, "url": url}))
 
     async def get(self, job_id: str) -> None:
-        await self.send_value(await self.gateway.job(_checked_id(job_id)))
+        await self.send_value(await self.gateway.job(_checked_id(job_id), self.caller))
 
     async def delete(self, job_id: str) -> None:
-        await self.send_value(await self.gateway.cancel_job(_checked_id(job_id)))
+        await self.send_value(await self.gateway.cancel_job(_checked_id(job_id), self.caller))
 
 
 def _checked_id(job_id: str) -> str:
@@ -318,10 +350,20 @@ def _checked_id(job_id: str) -> str:
 
 
 class HealthHandler(_Handler):
-    """``GET /healthz``: 200 when some worker is ready, else 503; details in the body."""
+    """``GET /healthz``: 200 when some worker is ready, else 503; details in the body.
+
+    With ``--token-file`` and no valid token, the body is only ``{"status": ...}``: a
+    load balancer's probe needs no token, and learns no versions, hosts or pids.
+    """
+
+    def prepare(self) -> None:
+        self.authenticate()  # no 401: a probe without a token gets the bare status
+        self.check_length()
 
     async def get(self) -> None:
         ok, body = await self.gateway.health()
+        if self.gateway.tokens is not None and self.caller is None:
+            body = {"status": body["status"]}
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
         self.set_header("Cache-Control", "no-store")
@@ -332,6 +374,7 @@ class NotFoundHandler(_Handler):
     """Any other path: a JSON 404 that says what exists."""
 
     def prepare(self) -> None:
+        self.require_token()  # which routes exist is for token holders only
         raise ApiError(
             404,
             "NotFound",
