@@ -169,6 +169,12 @@ class Gateway:
             self._tasks.append(loop.create_task(coro))
         if self.tokens is not None:
             log.info("tokens required: %d from %s", len(self.tokens), cfg.token_file)
+            if cfg.exposed and self._ssl is None:
+                log.warning(
+                    "tokens cross the network in clear on %s: give --certfile/--keyfile, "
+                    "or put a TLS proxy in front",
+                    self.url,
+                )
         elif cfg.exposed:
             log.warning(
                 "--insecure: %s is reachable beyond loopback without --token-file; "
