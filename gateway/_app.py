@@ -164,8 +164,8 @@ class _Handler(RequestHandler):
 
     gateway: Gateway
 
-    caller: str | None = None
-    """The name of the token the request carried (None without ``--token-file``)."""
+    _caller: str | None = None
+    _unauthorized = False
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -176,30 +176,51 @@ class _Handler(RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Server", "zeromesh-gateway")
 
+    @property
+    def caller(self) -> str | None:
+        """The name of the token the request carried (None without ``--token-file``).
+
+        Raises 401 for a request without a valid token, so a handler method that asks
+        who calls can never act for nobody.
+        """
+        self.check_token()
+        return self._caller
+
     def authenticate(self) -> bool:
-        """Set `caller` from the ``Authorization`` header; True when no token file is
-        configured or the header carries a valid token."""
+        """Read the ``Authorization`` header; True when no token file is configured or
+        the header carries a valid token."""
         tokens = self.gateway.tokens
         if tokens is None:
             return True
-        self.caller = tokens.name_of(self.request.headers.get("Authorization"))
-        return self.caller is not None
+        self._caller = tokens.name_of(self.request.headers.get("Authorization"))
+        return self._caller is not None
 
-    def require_token(self) -> None:
-        """Raise 401 unless `authenticate` passes."""
-        if not self.authenticate():
-            given = "Authorization" in self.request.headers
-            raise ApiError(
-                401,
-                "Unauthorized",
-                "the token is not valid (unknown, or removed from --token-file)"
-                if given
-                else "this gateway needs a token: send Authorization: Bearer <token>",
-            )
+    def check_token(self) -> None:
+        """Raise 401 for a request without a valid token (every handler method that
+        acts starts here, or reads `caller`)."""
+        if self._unauthorized:
+            raise self._no_token()
+
+    def _no_token(self) -> ApiError:
+        given = "Authorization" in self.request.headers
+        return ApiError(
+            401,
+            "Unauthorized",
+            "the token is not valid (unknown, or removed from --token-file)"
+            if given
+            else "this gateway needs a token: send Authorization: Bearer <token>",
+        )
 
     def prepare(self) -> None:
-        self.require_token()
+        # Without a valid token, a body on its way is read and dropped before the 401,
+        # as for a 413, so the client reads the answer and its connection stays usable.
+        self._unauthorized = not self.authenticate()
         self.check_length()
+        headers = self.request.headers
+        if self._unauthorized and not (
+            "Content-Length" in headers or "Transfer-Encoding" in headers
+        ):
+            raise self._no_token()
 
     def check_length(self) -> None:
         """Refuse a declared ``Content-Length`` over ``--max-body`` (see the module doc)."""
@@ -216,10 +237,10 @@ class _Handler(RequestHandler):
             # reading. Raise the connection's own limit first, or tornado would append
             # its bare "400 Bad Request" to our 413; the connection closes after it.
             self.request.connection.set_max_body_size(length)  # type: ignore[union-attr]
-            raise self._body_too_large(length)
+            raise self._no_token() if self._unauthorized else self._body_too_large(length)
 
     def data_received(self, chunk: bytes) -> None:
-        if self._too_large:
+        if self._too_large or self._unauthorized:
             return  # read and dropped: the 413 comes once the body is in
         self._size += len(chunk)
         if self._size > self.gateway.config.max_body:
@@ -229,7 +250,9 @@ class _Handler(RequestHandler):
         self._chunks.append(chunk)
 
     def body(self) -> bytes:
-        """The request body. Raises 413 when it was over ``--max-body``."""
+        """The request body. Raises 401 without a valid token, 413 when it was over
+        ``--max-body``."""
+        self.check_token()
         if self._too_large:
             raise self._body_too_large(self._size)
         return b"".join(self._chunks)
@@ -301,6 +324,7 @@ class CallHandler(_Handler):
     _hung_up = False
 
     async def post(self, target: str) -> None:
+        self.check_token()
         check_target(target)
         args, kwargs = self.call_arguments()
         timeout = self.timeout_argument()
@@ -327,9 +351,10 @@ class JobsHandler(_Handler):
     """``POST /jobs/<service.handler>`` submits; ``GET``/``DELETE /jobs/<id>`` read/cancel."""
 
     async def post(self, target: str) -> None:
+        caller = self.caller
         check_target(target)
         args, kwargs = self.call_arguments()
-        record = await self.gateway.submit_job(target, args, kwargs, self.caller)
+        record = await self.gateway.submit_job(target, args, kwargs, caller)
         url = f"/jobs/{record.id}"
         self.set_status(202)
         self.set_header("Location", url)
@@ -362,7 +387,7 @@ class HealthHandler(_Handler):
 
     async def get(self) -> None:
         ok, body = await self.gateway.health()
-        if self.gateway.tokens is not None and self.caller is None:
+        if self.gateway.tokens is not None and self._caller is None:
             body = {"status": body["status"]}
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
@@ -374,7 +399,8 @@ class NotFoundHandler(_Handler):
     """Any other path: a JSON 404 that says what exists."""
 
     def prepare(self) -> None:
-        self.require_token()  # which routes exist is for token holders only
+        if not self.authenticate():
+            raise self._no_token()  # which routes exist is for token holders only
         raise ApiError(
             404,
             "NotFound",

@@ -95,6 +95,23 @@ def test_call_needs_a_valid_token(gw: GatewayProcess) -> None:
     assert _call(gw, BOB).json == {"result": 55}
 
 
+def test_a_refused_body_leaves_the_connection_usable(gw: GatewayProcess) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    try:
+        # The body is read and dropped before the 401 (one over --max-body too): the
+        # same keep-alive connection then carries the request with the token.
+        for body in (b'{"args": [10]}', b"x" * 2_000_000):
+            conn.request("POST", "/call/demo.fib", body=body)
+            resp = conn.getresponse()
+            assert resp.status == 401
+            assert b"Unauthorized" in resp.read()
+        conn.request("POST", "/call/demo.fib", body=b'{"args": [10]}', headers=ALICE)
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b'{"result":55}')
+    finally:
+        conn.close()
+
+
 def test_jobs_need_a_valid_token(gw: GatewayProcess) -> None:
     _unauthorized(gw.request("POST", "/jobs/demo.fib", {"args": [5]}))
     _unauthorized(
