@@ -7,7 +7,8 @@ Request bodies are streamed (``stream_request_body``) so a body's size is checke
 before it is all in memory: a ``Content-Length`` over ``--max-body`` is answered 413
 at once when the client waits for ``100-continue`` (or the body is huge), else the body
 is read and thrown away, so a client that is still sending reads the 413 rather than
-a reset connection, and its keep-alive connection stays usable.
+a reset connection, and its keep-alive connection stays usable. A request without a
+valid token (``--token-file``) gets its 401 the same way.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ class _Handler(RequestHandler):
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large or self._unauthorized:
-            return  # read and dropped: the 413 comes once the body is in
+            return  # read and dropped: the 401 or 413 comes once the body is in
         self._size += len(chunk)
         if self._size > self.gateway.config.max_body:
             self._too_large = True

@@ -68,6 +68,11 @@ class Gateway:
                     f"--certfile {config.certfile} / --keyfile {config.keyfile}: not a "
                     f"PEM certificate and its key ({exc.reason or exc})"
                 ) from exc
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read --certfile {config.certfile} / --keyfile "
+                    f"{config.keyfile}: {exc.strerror or exc}"
+                ) from exc
         self._calls = AsyncClient(
             config.connect,
             timeout=config.call_timeout,
@@ -327,7 +332,7 @@ class Gateway:
         """The job's public view. Raises `ApiError` 404 for an unknown or expired id,
         and for another token's job (``caller``: the asking token's name)."""
         record = await self.store.get(job_id)
-        if record is None or not _visible(record, caller):
+        if record is None or not self._visible(record, caller):
             raise _unknown_job(job_id)
         return await self._view(record)
 
@@ -335,10 +340,10 @@ class Gateway:
         """Cancel a queued or running job; return its view. Raises `ApiError` 404 for an
         unknown id or another token's job, 409 for a job that finished first.
         Cancelling twice is harmless."""
-        if caller is not None:
+        if self.tokens is not None:
             # The owner never changes: checking before the cancel is enough.
             found = await self.store.get(job_id)
-            if found is None or not _visible(found, caller):
+            if found is None or not self._visible(found, caller):
                 raise _unknown_job(job_id)
         record, changed = await self.jobs.cancel(job_id)
         if record is None:
@@ -371,6 +376,13 @@ class Gateway:
             "result": result,
             "error": error,
         }
+
+    def _visible(self, record: JobRecord, caller: str | None) -> bool:
+        """Without ``--token-file`` every job is visible; with it, only the caller's own
+        (no caller sees none; a job from before the token file belongs to no token)."""
+        if self.tokens is None:
+            return True
+        return caller is not None and record.owner == caller
 
     def _job_slots(self) -> int:
         capacity = self._job_client.capacity()
@@ -463,12 +475,6 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.create_server(address, family=family, backlog=1024)
     sock.setblocking(False)
     return sock
-
-
-def _visible(record: JobRecord, caller: str | None) -> bool:
-    """Without tokens (``caller`` None) every job is visible; with them, only the
-    caller's own (a job from before ``--token-file`` belongs to no token)."""
-    return caller is None or record.owner == caller
 
 
 def _unknown_job(job_id: str) -> ApiError:

@@ -350,6 +350,9 @@ def test_certfile_and_keyfile_go_together(short_tmp: Path) -> None:
     r = _run_gateway("--certfile", str(short_tmp / "cert.pem"))
     assert r.returncode == 2
     assert "--certfile and --keyfile go together" in r.stderr
+    r = _run_gateway("--certfile", str(short_tmp / "no.pem"), "--keyfile", str(short_tmp / "k"))
+    assert r.returncode == 2
+    assert f"cannot read --certfile {short_tmp / 'no.pem'}" in r.stderr
 
 
 # --- protected mode ----------------------------------------------------------------------------
