@@ -176,6 +176,16 @@ def test_a_job_is_visible_to_its_token_only(gw: GatewayProcess) -> None:
     assert gw.request("GET", url, headers=ALICE).status == 200
 
 
+def test_another_token_cannot_cancel_a_running_job(gw: GatewayProcess) -> None:
+    r = gw.request("POST", "/jobs/demo.steps", {"args": [200, 50]}, headers=ALICE)
+    url = r.json["url"]
+    assert gw.request("DELETE", url, headers=BOB).status == 404
+    view = gw.request("GET", url, headers=ALICE).json
+    assert view["status"] in ("queued", "running")
+    cancelled = gw.request("DELETE", url, headers=ALICE)
+    assert (cancelled.status, cancelled.json["status"]) == (200, "cancelled")
+
+
 def test_a_database_of_schema_1_keeps_working(short_tmp: Path) -> None:
     db = short_tmp / "old.db"
     with sqlite3.connect(db) as conn:
