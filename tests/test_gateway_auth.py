@@ -28,6 +28,7 @@ import pytest
 from gatewaykit import DEMO, GatewayProcess, Gateways, Response
 from meshkit import Mesh, wait_ready
 
+from gateway import GatewayConfig
 from gateway._auth import parse_tokens
 from gateway._jobs import JobStore
 
@@ -376,6 +377,20 @@ def _run_gateway(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("host", "exposed"),
+    [("127.0.0.1", False), ("127.1.2.3", False), ("::1", False), ("localhost", False),
+     ("0.0.0.0", True), ("::", True), ("192.168.1.10", True), ("gateway.example", True)],
+)  # fmt: skip
+def test_what_counts_as_beyond_loopback(host: str, exposed: bool) -> None:
+    config = GatewayConfig(connect=None, host=host, jobs_db=":memory:", insecure=True)
+    assert config.exposed is exposed
+    if exposed:
+        with pytest.raises(ValueError, match="--token-file FILE, or --insecure"):
+            GatewayConfig(connect=None, host=host, jobs_db=":memory:")
+        GatewayConfig(connect=None, host=host, jobs_db=":memory:", token_file="tokens")
 
 
 def test_beyond_loopback_needs_a_token_file() -> None:
