@@ -7,7 +7,8 @@ Request bodies are streamed (``stream_request_body``) so a body's size is checke
 before it is all in memory: a ``Content-Length`` over ``--max-body`` is answered 413
 at once when the client waits for ``100-continue`` (or the body is huge), else the body
 is read and thrown away, so a client that is still sending reads the 413 rather than
-a reset connection, and its keep-alive connection stays usable.
+a reset connection, and its keep-alive connection stays usable. A request without a
+valid token (``--token-file``) gets its 401 the same way.
 """
 
 from __future__ import annotations
@@ -164,6 +165,9 @@ class _Handler(RequestHandler):
 
     gateway: Gateway
 
+    _caller: str | None = None
+    _unauthorized = False
+
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._chunks: list[bytes] = []
@@ -173,7 +177,54 @@ class _Handler(RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Server", "zeromesh-gateway")
 
+    @property
+    def caller(self) -> str | None:
+        """The name of the token the request carried (None without ``--token-file``).
+
+        Raises 401 for a request without a valid token, so a handler method that asks
+        who calls can never act for nobody.
+        """
+        self.check_token()
+        return self._caller
+
+    def authenticate(self) -> bool:
+        """Read the ``Authorization`` header; True when no token file is configured or
+        the header carries a valid token."""
+        tokens = self.gateway.tokens
+        if tokens is None:
+            return True
+        self._caller = tokens.name_of(self.request.headers.get("Authorization"))
+        return self._caller is not None
+
+    def check_token(self) -> None:
+        """Raise 401 for a request without a valid token (every handler method that
+        acts starts here, or reads `caller`)."""
+        if self._unauthorized:
+            raise self._no_token()
+
+    def _no_token(self) -> ApiError:
+        given = "Authorization" in self.request.headers
+        return ApiError(
+            401,
+            "Unauthorized",
+            "the token is not valid (unknown, or removed from --token-file)"
+            if given
+            else "this gateway needs a token: send Authorization: Bearer <token>",
+        )
+
     def prepare(self) -> None:
+        # Without a valid token, a body on its way is read and dropped before the 401,
+        # as for a 413, so the client reads the answer and its connection stays usable.
+        self._unauthorized = not self.authenticate()
+        self.check_length()
+        headers = self.request.headers
+        if self._unauthorized and not (
+            "Content-Length" in headers or "Transfer-Encoding" in headers
+        ):
+            raise self._no_token()
+
+    def check_length(self) -> None:
+        """Refuse a declared ``Content-Length`` over ``--max-body`` (see the module doc)."""
         limit = self.gateway.config.max_body
         header = self.request.headers.get("Content-Length")
         length = int(header) if header is not None and header.isdigit() else 0
@@ -187,11 +238,11 @@ class _Handler(RequestHandler):
             # reading. Raise the connection's own limit first, or tornado would append
             # its bare "400 Bad Request" to our 413; the connection closes after it.
             self.request.connection.set_max_body_size(length)  # type: ignore[union-attr]
-            raise self._body_too_large(length)
+            raise self._no_token() if self._unauthorized else self._body_too_large(length)
 
     def data_received(self, chunk: bytes) -> None:
-        if self._too_large:
-            return  # read and dropped: the 413 comes once the body is in
+        if self._too_large or self._unauthorized:
+            return  # read and dropped: the 401 or 413 comes once the body is in
         self._size += len(chunk)
         if self._size > self.gateway.config.max_body:
             self._too_large = True
@@ -200,7 +251,9 @@ class _Handler(RequestHandler):
         self._chunks.append(chunk)
 
     def body(self) -> bytes:
-        """The request body. Raises 413 when it was over ``--max-body``."""
+        """The request body. Raises 401 without a valid token, 413 when it was over
+        ``--max-body``."""
+        self.check_token()
         if self._too_large:
             raise self._body_too_large(self._size)
         return b"".join(self._chunks)
@@ -251,6 +304,9 @@ class _Handler(RequestHandler):
         else:
             error = ApiError(500, "GatewayError", "internal error in the gateway; see its log")
         self.set_status(error.status)
+        if error.status == 401:
+            bad = "Authorization" in self.request.headers
+            self.set_header("WWW-Authenticate", 'Bearer error="invalid_token"' if bad else "Bearer")
         if error.retry_after is not None:
             self.set_header("Retry-After", str(error.retry_after))
         self.set_header("Content-Type", JSON_TYPE)
@@ -269,6 +325,7 @@ class CallHandler(_Handler):
     _hung_up = False
 
     async def post(self, target: str) -> None:
+        self.check_token()
         check_target(target)
         args, kwargs = self.call_arguments()
         timeout = self.timeout_argument()
@@ -295,9 +352,10 @@ class JobsHandler(_Handler):
     """``POST /jobs/<service.handler>`` submits; ``GET``/``DELETE /jobs/<id>`` read/cancel."""
 
     async def post(self, target: str) -> None:
+        caller = self.caller
         check_target(target)
         args, kwargs = self.call_arguments()
-        record = await self.gateway.submit_job(target, args, kwargs)
+        record = await self.gateway.submit_job(target, args, kwargs, caller)
         url = f"/jobs/{record.id}"
         self.set_status(202)
         self.set_header("Location", url)
@@ -305,10 +363,10 @@ class JobsHandler(_Handler):
         self.finish(_dumps({"id": record.id, "status": record.status, "url": url}))
 
     async def get(self, job_id: str) -> None:
-        await self.send_value(await self.gateway.job(_checked_id(job_id)))
+        await self.send_value(await self.gateway.job(_checked_id(job_id), self.caller))
 
     async def delete(self, job_id: str) -> None:
-        await self.send_value(await self.gateway.cancel_job(_checked_id(job_id)))
+        await self.send_value(await self.gateway.cancel_job(_checked_id(job_id), self.caller))
 
 
 def _checked_id(job_id: str) -> str:
@@ -318,10 +376,20 @@ def _checked_id(job_id: str) -> str:
 
 
 class HealthHandler(_Handler):
-    """``GET /healthz``: 200 when some worker is ready, else 503; details in the body."""
+    """``GET /healthz``: 200 when some worker is ready, else 503; details in the body.
+
+    With ``--token-file`` and no valid token, the body is only ``{"status": ...}``: a
+    load balancer's probe needs no token, and learns no versions, hosts or pids.
+    """
+
+    def prepare(self) -> None:
+        self.authenticate()  # no 401: a probe without a token gets the bare status
+        self.check_length()
 
     async def get(self) -> None:
         ok, body = await self.gateway.health()
+        if self.gateway.tokens is not None and self._caller is None:
+            body = {"status": body["status"]}
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
         self.set_header("Cache-Control", "no-store")
@@ -332,6 +400,8 @@ class NotFoundHandler(_Handler):
     """Any other path: a JSON 404 that says what exists."""
 
     def prepare(self) -> None:
+        if not self.authenticate():
+            raise self._no_token()  # which routes exist is for token holders only
         raise ApiError(
             404,
             "NotFound",

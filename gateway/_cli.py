@@ -37,6 +37,9 @@ The jobs database defaults to {default_jobs_db()}
 current directory). Jobs run at least once: a job running when the gateway stops runs
 again when it starts.
 
+With --token-file, send SIGHUP to re-read it: removed tokens stop working at once.
+Listening beyond loopback needs --token-file (or --insecure).
+
 exit status: 0 after SIGTERM/SIGINT, 2 bad usage or cannot start.
 """
 
@@ -165,6 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, time for calls and jobs in progress to finish (default 10)",
     )
     p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="name:token lines (# comments): every route then needs 'Authorization: "
+        "Bearer TOKEN', jobs belong to the token that made them, and GET /healthz "
+        "without a token answers only its status; re-read on SIGHUP",
+    )
+    p.add_argument(
+        "--certfile",
+        metavar="PEM",
+        help="serve HTTPS with this certificate (chain); needs --keyfile",
+    )
+    p.add_argument("--keyfile", metavar="PEM", help="private key of --certfile")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen beyond loopback (0.0.0.0, a LAN address) without --token-file: "
+        "anyone who reaches the port can run handlers (refused otherwise)",
+    )
+    p.add_argument(
         "--debug",
         action="store_true",
         help="include handler tracebacks in error bodies (never in production)",
@@ -200,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_workers=args.wait_for_workers,
             drain_timeout=args.drain_timeout,
             debug=args.debug,
+            token_file=args.token_file,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+            insecure=args.insecure,
         )
         gateway = Gateway(config)
     except (ValueError, OSError) as exc:
@@ -221,8 +247,20 @@ async def _serve(gateway: Gateway) -> int:
         log.info("%s: stopping", sig.name)
         stop.set()
 
+    def on_hangup() -> None:
+        try:
+            n = gateway.reload_tokens()
+        except (OSError, ValueError) as exc:
+            log.error("SIGHUP: cannot reload the token file, the old tokens stay: %s", exc)
+            return
+        if n is None:
+            log.info("SIGHUP: no --token-file to reload")
+        else:
+            log.info("SIGHUP: %d token(s) from %s", n, gateway.config.token_file)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await stop.wait()
     finally:

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zmqio import exposed_endpoints
+
 __all__ = ["MEMORY", "GatewayConfig", "default_jobs_db", "parse_listen", "parse_size"]
 
 MEMORY = ":memory:"
@@ -101,6 +103,15 @@ class GatewayConfig:
     """On shutdown, seconds to let calls and jobs in progress finish."""
     debug: bool = False
     """Show handler tracebacks in error bodies."""
+    token_file: str | None = None
+    """File of ``name:token`` lines: every route then needs ``Authorization: Bearer``
+    (``GET /healthz`` answers a bare status without one). None: no authentication."""
+    certfile: str | None = None
+    """PEM certificate (chain) to serve HTTPS with; needs ``keyfile``."""
+    keyfile: str | None = None
+    """PEM private key of ``certfile``."""
+    insecure: bool = False
+    """Allow listening beyond loopback without ``token_file`` (refused otherwise)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.connect, str):
@@ -119,10 +130,25 @@ class GatewayConfig:
             (self.wait_for_workers >= 0, "--wait-for-workers must be >= 0 seconds"),
             (self.drain_timeout >= 0, "--drain-timeout must be >= 0 seconds"),
             (bool(self.jobs_db), "--jobs-db must not be empty (use :memory: for no file)"),
+            (
+                bool(self.certfile) == bool(self.keyfile),
+                "--certfile and --keyfile go together: give both for HTTPS, or neither",
+            ),
+            (
+                self.token_file is not None or self.insecure or not self.exposed,
+                f"--listen {self.host}:{self.port} is reachable beyond loopback and no "
+                "--token-file is set: anyone who reaches it could run handlers; give "
+                "--token-file FILE, or --insecure to serve it open anyway",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def exposed(self) -> bool:
+        """Whether ``host`` listens beyond loopback (127.0.0.0/8, ::1 and localhost do not)."""
+        return bool(exposed_endpoints([f"tcp://[{self.host}]:{self.port}"]))
 
 
 def _positive(seconds: float) -> bool:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from client import AsyncClient, ZeromeshError
 from protocol import StartupError
 
 from ._app import drain_limit, make_app
+from ._auth import TokenFile
 from ._config import GatewayConfig
 from ._errors import RETRY_AFTER_NO_WORKERS, RETRY_AFTER_OVERLOADED, ApiError, api_error
 from ._jobs import DONE, FAILED, JobRecord, JobStore, StoreError
@@ -48,11 +50,29 @@ class Gateway:
     event loop (tornado's IOLoop is one).
 
     Raises:
-        ValueError: on creation, when an endpoint in ``config.connect`` is malformed.
+        ValueError: on creation, when an endpoint in ``config.connect`` is malformed or
+            a line of the token file is.
+        OSError: on creation, the token file, certificate or key cannot be read.
     """
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
+        self.tokens = TokenFile(config.token_file) if config.token_file else None
+        self._ssl: ssl.SSLContext | None = None
+        if config.certfile and config.keyfile:
+            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                self._ssl.load_cert_chain(config.certfile, config.keyfile)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"--certfile {config.certfile} / --keyfile {config.keyfile}: not a "
+                    f"PEM certificate and its key ({exc.reason or exc})"
+                ) from exc
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read --certfile {config.certfile} / --keyfile "
+                    f"{config.keyfile}: {exc.strerror or exc}"
+                ) from exc
         self._calls = AsyncClient(
             config.connect,
             timeout=config.call_timeout,
@@ -92,9 +112,22 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT`` of the listening socket."""
+        """``http://HOST:PORT`` (``https://`` with a certificate) of the listening socket."""
         host = self.config.host
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        scheme = "https" if self._ssl is not None else "http"
+        return (
+            f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
+        )
+
+    def reload_tokens(self) -> int | None:
+        """Re-read ``--token-file`` (SIGHUP); the number of tokens, or None without one.
+        Requests already answered keep their answer; the next ones meet the new list.
+
+        Raises:
+            OSError, ValueError: the file cannot be read or is malformed (the old
+                tokens stay).
+        """
+        return None if self.tokens is None else self.tokens.reload()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -127,6 +160,7 @@ class Gateway:
         self._server = HTTPServer(
             make_app(self),
             max_body_size=drain_limit(cfg.max_body),
+            ssl_options=self._ssl,
             # Slow or stalled clients must not hold connections forever.
             idle_connection_timeout=60,
             body_timeout=120,
@@ -138,6 +172,20 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for coro in (self._watch_capacity(), self._watch_targets(), self._purge_expired()):
             self._tasks.append(loop.create_task(coro))
+        if self.tokens is not None:
+            log.info("tokens required: %d from %s", len(self.tokens), cfg.token_file)
+            if cfg.exposed and self._ssl is None:
+                log.warning(
+                    "tokens cross the network in clear on %s: give --certfile/--keyfile, "
+                    "or put a TLS proxy in front",
+                    self.url,
+                )
+        elif cfg.exposed:
+            log.warning(
+                "--insecure: %s is reachable beyond loopback without --token-file; "
+                "anyone who reaches it can run handlers",
+                self.url,
+            )
         log.info(
             "listening on %s; workers at %s; jobs in %s",
             self.url,
@@ -260,9 +308,12 @@ class Gateway:
 
     # --- jobs ------------------------------------------------------------------------------
 
-    async def submit_job(self, target: str, args: list[Any], kwargs: dict[str, Any]) -> JobRecord:
-        """Record and queue a job. Raises `ApiError` 404 when the workers are known and
-        none serves ``target``, 429 when the queue is full."""
+    async def submit_job(
+        self, target: str, args: list[Any], kwargs: dict[str, Any], owner: str | None = None
+    ) -> JobRecord:
+        """Record and queue a job belonging to ``owner`` (the caller's token name, None
+        without tokens). Raises `ApiError` 404 when the workers are known and none
+        serves ``target``, 429 when the queue is full."""
         served = self._targets
         if served is not None and target not in served:
             raise ApiError(
@@ -270,20 +321,30 @@ class Gateway:
                 "UnknownHandler",
                 f"no worker serves {target!r}; served: {', '.join(sorted(served)) or 'nothing'}",
             )
-        record = await self.jobs.submit(target, args, kwargs)
-        log.info("job %s (%s) queued", record.id, target)
+        record = await self.jobs.submit(target, args, kwargs, owner)
+        if owner is None:
+            log.info("job %s (%s) queued", record.id, target)
+        else:
+            log.info("job %s (%s) queued for %s", record.id, target, owner)
         return record
 
-    async def job(self, job_id: str) -> dict[str, Any]:
-        """The job's public view. Raises `ApiError` 404 for an unknown or expired id."""
+    async def job(self, job_id: str, caller: str | None = None) -> dict[str, Any]:
+        """The job's public view. Raises `ApiError` 404 for an unknown or expired id,
+        and for another token's job (``caller``: the asking token's name)."""
         record = await self.store.get(job_id)
-        if record is None:
+        if record is None or not self._visible(record, caller):
             raise _unknown_job(job_id)
         return await self._view(record)
 
-    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+    async def cancel_job(self, job_id: str, caller: str | None = None) -> dict[str, Any]:
         """Cancel a queued or running job; return its view. Raises `ApiError` 404 for an
-        unknown id, 409 for a job that finished first. Cancelling twice is harmless."""
+        unknown id or another token's job, 409 for a job that finished first.
+        Cancelling twice is harmless."""
+        if self.tokens is not None:
+            # The owner never changes: checking before the cancel is enough.
+            found = await self.store.get(job_id)
+            if found is None or not self._visible(found, caller):
+                raise _unknown_job(job_id)
         record, changed = await self.jobs.cancel(job_id)
         if record is None:
             raise _unknown_job(job_id)
@@ -315,6 +376,13 @@ class Gateway:
             "result": result,
             "error": error,
         }
+
+    def _visible(self, record: JobRecord, caller: str | None) -> bool:
+        """Without ``--token-file`` every job is visible; with it, only the caller's own
+        (no caller sees none; a job from before the token file belongs to no token)."""
+        if self.tokens is None:
+            return True
+        return caller is not None and record.owner == caller
 
     def _job_slots(self) -> int:
         capacity = self._job_client.capacity()

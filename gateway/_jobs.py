@@ -51,7 +51,7 @@ log = logging.getLogger("zeromesh.gateway")
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: the owner column
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id       TEXT PRIMARY KEY,
@@ -64,12 +64,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     progress TEXT,              -- JSON {"done", "total", "note"}
     result   BLOB,              -- see gateway._render.pack_stored
-    error    TEXT               -- JSON {"type", "message", "code"[, "traceback"]}
+    error    TEXT,              -- JSON {"type", "message", "code"[, "traceback"]}
+    owner    TEXT               -- name of the token that created it; NULL: no --token-file
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created);
 CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished) WHERE finished IS NOT NULL;
 """
-_COLUMNS = "id, target, status, created, started, finished, attempts, progress, result, error"
+_COLUMNS = (
+    "id, target, status, created, started, finished, attempts, progress, result, error, owner"
+)
 
 T = TypeVar("T")
 
@@ -92,6 +95,8 @@ class JobRecord:
     progress: dict[str, Any] | None
     result: bytes | None
     error: dict[str, Any] | None
+    owner: str | None = None
+    """The name of the token that created the job (None without ``--token-file``)."""
 
     @classmethod
     def _from_row(cls, row: tuple[Any, ...]) -> JobRecord:
@@ -107,12 +112,21 @@ class JobRecord:
             json.loads(progress) if progress else None,
             row[8],
             json.loads(error) if error else None,
+            row[10],
         )
 
 
 def new_job_id() -> str:
     """An unguessable job id: 128 random bits, URL-safe (22 characters)."""
     return secrets.token_urlsafe(16)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a table of an older schema up to date (``CREATE ... IF NOT EXISTS`` left
+    it as it was). Schema 1 had no owner: its jobs keep NULL, visible without tokens."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "owner" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
 
 
 class JobStore:
@@ -167,6 +181,7 @@ class JobStore:
                     f"this gateway's ({_SCHEMA_VERSION}): upgrade zeromesh or use another file"
                 )
             db.executescript(_SCHEMA)
+            _migrate(db)
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             db.close()
@@ -230,18 +245,20 @@ class JobStore:
 
     # --- jobs ------------------------------------------------------------------------------
 
-    async def create(self, target: str, payload: bytes) -> JobRecord:
-        """Store a new queued job for ``target`` with encoded ``payload``; return it."""
-        return await self._run(self._create, target, payload)
+    async def create(self, target: str, payload: bytes, owner: str | None = None) -> JobRecord:
+        """Store a new queued job for ``target`` with encoded ``payload``, belonging to
+        ``owner`` (a token name, or None); return it."""
+        return await self._run(self._create, target, payload, owner)
 
-    def _create(self, target: str, payload: bytes) -> JobRecord:
+    def _create(self, target: str, payload: bytes, owner: str | None) -> JobRecord:
         job_id = new_job_id()
         now = self._clock()
         self._conn().execute(
-            "INSERT INTO jobs (id, target, payload, status, created) VALUES (?, ?, ?, ?, ?)",
-            (job_id, target, payload, QUEUED, now),
+            "INSERT INTO jobs (id, target, payload, status, created, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, target, payload, QUEUED, now, owner),
         )
-        return JobRecord(job_id, target, QUEUED, now, None, None, 0, None, None, None)
+        return JobRecord(job_id, target, QUEUED, now, None, None, 0, None, None, None, owner)
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job, or None when there is none by that id (or it expired)."""

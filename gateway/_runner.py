@@ -88,8 +88,10 @@ class JobRunner:
         self.pump()
         return len(ids)
 
-    async def submit(self, target: str, args: list[Any], kwargs: dict[str, Any]) -> JobRecord:
-        """Record a new job and queue it.
+    async def submit(
+        self, target: str, args: list[Any], kwargs: dict[str, Any], owner: str | None = None
+    ) -> JobRecord:
+        """Record a new job belonging to ``owner`` (a token name, or None) and queue it.
 
         Raises:
             ApiError: 429 when `max_queued` jobs are already waiting.
@@ -107,7 +109,7 @@ class JobRunner:
         payload = msgpack.packb([args, kwargs], use_bin_type=True)
         self._admitting += 1
         try:
-            record = await self._store.create(target, payload)
+            record = await self._store.create(target, payload, owner)
         finally:
             self._admitting -= 1
         self._queue[record.id] = None

@@ -22,7 +22,7 @@ from meshkit import ChildProcess
 
 DEMO = "examples.demosvc:svc"
 
-_LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+_LISTENING = re.compile(r"listening on https?://127\.0\.0\.1:(\d+)")
 
 
 @dataclass
