@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from protocol import StartupError
-from zmqio import add_log_level, setup_logging
+from zmqio import add_client_security, add_log_level, setup_logging
 
 from ._config import MEMORY, GatewayConfig, default_jobs_db, parse_listen, parse_size
 from ._gateway import Gateway
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="include handler tracebacks in error bodies (never in production)",
     )
+    add_client_security(p)  # the mesh side: CURVE towards the workers or broker
     add_log_level(p, "info", "log level (default info; debug logs every request)")
     return p
 
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             drain_timeout=args.drain_timeout,
             debug=args.debug,
             token_file=args.token_file,
+            curve_secret=args.curve_secret,
+            curve_server=args.curve_server,
             certfile=args.certfile,
             keyfile=args.keyfile,
             insecure=args.insecure,

@@ -99,6 +99,12 @@ class GatewayConfig:
     """``POST /call`` requests in progress before more are answered 429."""
     wait_for_workers: float = 5.0
     """Seconds a call waits for some worker to be ready before answering 503."""
+    curve_secret: str | None = None
+    """Our own NAME.key_secret towards CURVE workers and brokers (None: the
+    ``$ZEROMESH_CURVE_SECRET`` environment, as `client.AsyncClient` reads it)."""
+    curve_server: str | None = None
+    """The workers' or broker's public key, a file or Z85 text (None: the
+    ``$ZEROMESH_CURVE_SERVER`` environment)."""
     drain_timeout: float = 10.0
     """On shutdown, seconds to let calls and jobs in progress finish."""
     debug: bool = False

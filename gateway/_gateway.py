@@ -78,6 +78,8 @@ class Gateway:
             timeout=config.call_timeout,
             retries=config.retries,
             max_in_flight=config.max_pending_calls,
+            curve_secret=config.curve_secret,
+            curve_server=config.curve_server,
         )
         # prefetch=0: a job goes to a worker only when it has a free slot, so "running"
         # means a worker holds it and no job waits behind another inside a worker.
@@ -86,6 +88,8 @@ class Gateway:
             timeout=config.job_timeout,
             retries=config.retries,
             prefetch=0,
+            curve_secret=config.curve_secret,
+            curve_server=config.curve_server,
         )
         self.endpoints = self._calls.endpoints
         self.store = JobStore(config.jobs_db)

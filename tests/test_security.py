@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import gatewaykit
 import pytest
 from brokerkit import BrokeredMesh, status, wait_for, workers_ready
 from meshkit import ChildProcess, Mesh
@@ -399,3 +400,29 @@ def test_curve_hides_the_payload_on_the_wire(
             cap.communicate(timeout=10)  # reads and closes its stderr too
         seen[label] = marker.encode() in pcap.read_bytes()
     assert seen == {"plain": True, "curve": False}
+
+
+gateways = gatewaykit.gateways
+
+
+def test_the_gateway_reaches_curve_workers_with_its_own_key(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]], gateways: gatewaykit.Gateways
+) -> None:
+    ep = _curve_worker(mesh, keys, str(mesh.tmp / "allowed"))
+    gw = gateways.start(
+        "--connect",
+        ep,
+        "--jobs-db",
+        ":memory:",
+        "--curve-secret",
+        str(keys["web1"][1]),
+        "--curve-server",
+        str(keys["server"][0]),
+    )
+    r = gw.call("sec.record", "via the gateway")
+    assert (r.status, r.json) == (200, {"result": "via the gateway"})
+    # Without keys the gateway cannot reach the worker, and says so; nothing runs.
+    plain = gateways.start("--connect", ep, "--jobs-db", ":memory:", "--wait-for-workers", "2")
+    r = plain.call("sec.record", "plain gateway")
+    assert r.status >= 500, (r.status, r.json)
+    assert "plain gateway" not in records(mesh.tmp / "ran.txt")

@@ -17,7 +17,7 @@ from typing import Any
 
 from client import ENV_ENDPOINTS, Client
 from protocol import RemoteError, ZeromeshError
-from zmqio import ENV_CURVE_SECRET, ENV_CURVE_SERVER, ClientSecurity, add_log_level, setup_logging
+from zmqio import ClientSecurity, add_client_security, add_log_level, setup_logging
 
 __all__ = ["main"]
 
@@ -49,23 +49,6 @@ def _add_connect(p: argparse.ArgumentParser) -> None:
         metavar="EP[,EP...]",
         default=None,  # resolve_endpoints reads the environment, and says so if empty
         help=f"worker or broker endpoints, comma-separated (default: ${ENV_ENDPOINTS})",
-    )
-
-
-def _add_curve(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--curve-server",
-        metavar="FILE|KEY",
-        default=None,
-        help="the server's public key (its NAME.key, or the Z85 text): connect with "
-        f"CURVE (default ${ENV_CURVE_SERVER})",
-    )
-    p.add_argument(
-        "--curve-secret",
-        metavar="FILE",
-        default=None,
-        help="our own NAME.key_secret, whose NAME.key the server allows (default "
-        f"${ENV_CURVE_SECRET}; without one, a throw-away key)",
     )
 
 
@@ -209,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.add_argument("--retries", type=int, default=2, help="re-sends if a worker is lost (2)")
     p.add_argument("--codec", choices=["msgpack", "json"], default="msgpack")
-    _add_curve(p)
+    add_client_security(p)
     p.set_defaults(func=_cmd_call)
 
     p = sub.add_parser(
@@ -221,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connect(p)
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    _add_curve(p)
+    add_client_security(p)
     p.set_defaults(func=_cmd_ping)
 
     p = sub.add_parser(
@@ -235,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connect(p)
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    _add_curve(p)
+    add_client_security(p)
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(

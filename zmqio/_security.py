@@ -309,6 +309,25 @@ class Gatekeeper:
         self._auth.stop()
 
 
+def add_client_security(parser: Any) -> None:
+    """Add ``--curve-server`` and ``--curve-secret`` (the zeromesh commands, the gateway's
+    mesh side): how a client proves itself to CURVE workers and brokers."""
+    parser.add_argument(
+        "--curve-server",
+        metavar="FILE|KEY",
+        default=None,
+        help="the server's public key (its NAME.key, or the Z85 text): connect with "
+        f"CURVE (default ${ENV_CURVE_SERVER})",
+    )
+    parser.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        default=None,
+        help="our own NAME.key_secret, whose NAME.key the server allows (default "
+        f"${ENV_CURVE_SECRET}; without one, a throw-away key)",
+    )
+
+
 def add_server_security(parser: Any) -> None:
     """Add ``--curve-secret``, ``--curve-allow`` and ``--insecure`` (worker, broker)."""
     parser.add_argument(
