@@ -52,6 +52,14 @@ def _add_connect(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_query_options(p: argparse.ArgumentParser) -> None:
+    """The options `ping` and `status` share: where to ask, how long, how to print."""
+    _add_connect(p)
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_client_security(p)
+
+
 def _curve(args: argparse.Namespace) -> dict[str, Any]:
     """Client keyword arguments for the CURVE flags (None: the environment decides)."""
     return {"curve_secret": args.curve_secret, "curve_server": args.curve_server}
@@ -201,10 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask every endpoint for its hello: services, host, pid, version, "
         "capacity, in-flight requests, uptime. Exits 1 if any endpoint does not answer.",
     )
-    _add_connect(p)
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    add_client_security(p)
+    _add_query_options(p)
     p.set_defaults(func=_cmd_ping)
 
     p = sub.add_parser(
@@ -215,10 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Exits 1 if any endpoint does not answer as a broker.",
         epilog="example: zeromesh status --connect tcp://b1:5600,tcp://b2:5600",
     )
-    _add_connect(p)
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    add_client_security(p)
+    _add_query_options(p)
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
