@@ -224,6 +224,12 @@ class Broker(RouterServer):
                 too_many.request_id = header.id
                 self._bad(peer, too_many, header.codec)
                 return
+            if self._gatekeeper is not None:
+                why = self._forbidden(frames[1], header.target)
+                if why is not None:
+                    refused = Error(header.id, ErrorCode.FORBIDDEN, why, codec=header.codec)
+                    self._send([peer, *protocol.encode(refused)])
+                    return
             if header.target.startswith(RESERVED_SERVICE + "."):
                 self._answer_itself(peer, header)
                 return
@@ -344,9 +350,13 @@ class Broker(RouterServer):
             if not sched.heard(peer):
                 self._send_control(peer, protocol.encode(self._hello(0, msg.codec)))
         elif type(msg) is Ready:
+            if not self._may_serve(peer, frames[0], msg):
+                return
             if not sched.ready(peer, msg.credit):
                 self._send_control(peer, protocol.encode(self._hello(0, msg.codec)))
         elif type(msg) is Hello:
+            if not self._may_serve(peer, frames[0], msg):
+                return
             if msg.role != "worker":
                 self._count_bad(peer, f"HELLO with role {msg.role!r} in a worker's envelope")
                 self._send_control(
@@ -397,6 +407,25 @@ class Broker(RouterServer):
             log.warning("worker %s reported an error: %s", peer.hex(), msg.message)
         else:
             self._count_bad(peer, f"a worker sent a {type(msg).__name__} in the broker envelope")
+
+    def _may_serve(self, peer: bytes, frame: zmq.Frame, msg: Hello | Ready) -> bool:
+        """May the key ``peer`` connected with join as a worker (`Gatekeeper.may_serve`)?
+        If not, answer FORBIDDEN, and drop it if it had joined (its key was narrowed or
+        removed since): a worker reads every client's arguments."""
+        gate = self._gatekeeper
+        if gate is None or gate.may_serve(frame):
+            return True
+        why = (
+            "this key may not serve as a worker here: the broker's --curve-allow "
+            f"{gate.security.allow} does not hold it, or limits it to some services (a "
+            "worker's key must be allowed everything)"
+        )
+        if self.sched.workers.get(peer) is not None:
+            log.warning("worker %s dropped: %s", peer.hex(), why)
+            self.sched.remove(peer, "its key is no longer allowed")
+        self._count_bad(peer, why)
+        self._send_control(peer, protocol.encode(Error(msg.id, ErrorCode.FORBIDDEN, why)))
+        return False
 
     def _on_worker_answer(self, wid: bytes, client: bytes, frames: list[zmq.Frame]) -> None:
         """``[wid, client, header, body…]``: a worker's answer to a client's request."""

@@ -11,6 +11,7 @@ from typing import Any
 from protocol import (
     BadArguments,
     Cancelled,
+    Forbidden,
     NoWorkers,
     Overloaded,
     ProtocolError,
@@ -32,6 +33,7 @@ RETRY_AFTER_NO_WORKERS = 2
 _STATUS: dict[type[ZeromeshError], tuple[int, int | None]] = {
     UnknownHandler: (404, None),
     BadArguments: (422, None),
+    Forbidden: (403, None),  # the gateway's own mesh key may not call it
     Overloaded: (429, RETRY_AFTER_OVERLOADED),
     RemoteError: (500, None),
     WorkerLost: (502, None),

@@ -20,6 +20,7 @@ __all__ = [
     "BadArguments",
     "Cancelled",
     "ErrorCode",
+    "Forbidden",
     "NoWorkers",
     "Overloaded",
     "ProtocolError",
@@ -47,6 +48,8 @@ class ErrorCode(IntEnum):
     """No handler of that ``service.handler`` name is served here."""
     BAD_ARGUMENTS = 11
     """The arguments do not fit the handler's signature."""
+    FORBIDDEN = 12
+    """The caller's key may not call that service here; nothing ran."""
     TIMEOUT = 20
     """The request's deadline passed before a reply."""
     NO_WORKERS = 21
@@ -102,6 +105,17 @@ class BadArguments(ZeromeshError, TypeError):
     """The arguments do not match the handler's signature; nothing ran."""
 
     code = ErrorCode.BAD_ARGUMENTS
+
+
+class Forbidden(ZeromeshError, PermissionError):
+    """The server's allow list does not let our key call that service; nothing ran.
+
+    The message names the key's certificate and the services it may call: the server's
+    operator adds the service to the certificate's ``services`` metadata (or removes
+    the limit) in its ``--curve-allow`` directory and sends SIGHUP.
+    """
+
+    code = ErrorCode.FORBIDDEN
 
 
 class Timeout(ZeromeshError, TimeoutError):
@@ -180,6 +194,7 @@ class StartupError(ZeromeshError):
 _BY_CODE: dict[int, type[ZeromeshError]] = {
     ErrorCode.UNKNOWN_HANDLER: UnknownHandler,
     ErrorCode.BAD_ARGUMENTS: BadArguments,
+    ErrorCode.FORBIDDEN: Forbidden,
     ErrorCode.TIMEOUT: Timeout,
     ErrorCode.NO_WORKERS: NoWorkers,
     ErrorCode.WORKER_LOST: WorkerLost,

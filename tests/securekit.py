@@ -29,10 +29,10 @@ def record(text: str) -> str:
     return text
 
 
-def keygen(path: Path) -> tuple[Path, Path]:
-    """``zeromesh keygen PATH``: (public NAME.key, secret NAME.key_secret)."""
+def keygen(path: Path, *args: str) -> tuple[Path, Path]:
+    """``zeromesh keygen PATH [ARGS]``: (public NAME.key, secret NAME.key_secret)."""
     out = subprocess.run(
-        [sys.executable, "-m", "zeromesh", "keygen", str(path)],
+        [sys.executable, "-m", "zeromesh", "keygen", str(path), *args],
         capture_output=True,
         text=True,
         timeout=30,

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import gatewaykit
 import pytest
+import zmq.auth
 from brokerkit import BrokeredMesh, status, wait_for, workers_ready
 from meshkit import ChildProcess, Mesh
 from securekit import ENV_RECORD, HERE, SERVICE, keygen, records, wait_serving
 
-from client import AsyncClient, AuthenticationError, Client, Executor
+from client import AsyncClient, AuthenticationError, Client, Executor, Forbidden
 from zmqio import ClientSecurity
 
 pytestmark = pytest.mark.process
@@ -92,6 +93,28 @@ def test_keygen_writes_a_pair_in_zeromq_format_and_refuses_to_overwrite(short_tm
     )
     assert helped.returncode == 0
     assert "NAME.key_secret" in helped.stdout
+    assert "--services" in helped.stdout
+
+    limited, _ = keygen(short_tmp / "k" / "report", "--services", "math,demo")
+    assert 'services = "math,demo"' in limited.read_text()
+    assert zmq.auth.load_certificate(limited)[0]  # still a certificate pyzmq reads
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zeromesh",
+            "keygen",
+            str(short_tmp / "k" / "x"),
+            "--services",
+            "a b",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2
+    assert "give service names separated by commas" in bad.stderr
+    assert not (short_tmp / "k" / "x.key").exists()
 
 
 def test_allowed_client_is_served_unknown_and_plain_clients_get_a_clear_error(
@@ -198,6 +221,53 @@ def test_sighup_rereads_the_allow_list_and_keeps_allowed_clients(
     assert records(mesh.tmp / "ran.txt") == ["before", "web2-before", "after", "new"]
 
 
+def test_a_key_limited_to_some_services_gets_forbidden_elsewhere_and_nothing_runs(
+    mesh: Mesh, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    allowed = mesh.tmp / "allowed"
+    report_pub, report_secret = keygen(mesh.tmp / "keys" / "report", "--services", "math")
+    shutil.copy(report_pub, allowed)
+    w = mesh.start(
+        "examples.mathsvc:svc",
+        "examples.demosvc:svc",
+        "--curve-secret",
+        str(keys["server"][1]),
+        "--curve-allow",
+        str(allowed),
+        service=SERVICE,
+        env=_env(mesh.tmp),
+        wait=False,
+    )
+    server = keys["server"][0]
+    wait_serving(w.endpoint, curve_secret=keys["web1"][1], curve_server=server)
+    with Client([w.endpoint], curve_secret=report_secret, curve_server=server) as c:
+        assert c.call("math.add", 1, 2) == 3
+        for target, args in [("demo.fib", (20,)), ("sec.record", ("report",))]:
+            with pytest.raises(Forbidden) as refused:
+                c.call(target, *args, timeout=10)
+            service = target.split(".")[0]
+            assert f"key report may not call service {service!r}" in str(refused.value)
+            assert "allows math" in str(refused.value)
+        assert c.call("math.add", 2, 2) == 4  # the connection is still good
+        # Forbidden is final: the same answer from every worker, nothing to retry.
+        futures = [c.submit("demo.fib", 5) for _ in range(3)]
+        assert all(isinstance(f.exception(timeout=10), Forbidden) for f in futures)
+
+    # The whole list is re-read on SIGHUP, and open connections are held to it.
+    with Client([w.endpoint], curve_secret=keys["web1"][1], curve_server=server) as web1:
+        assert web1.call("demo.fib", 10) == 55
+        keys["web1"][0].unlink()
+        w.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "SIGHUP: re-read" not in w.output() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(Forbidden, match="removed from the server's --curve-allow"):
+            web1.call("sec.record", "web1-removed", timeout=10)
+    assert records(mesh.tmp / "ran.txt") == []  # the refused handler never ran
+    assert "refused a call of sec.record: key report may not call" in w.output()
+    assert w.proc.poll() is None
+
+
 def test_curve_allow_any_encrypts_but_admits_any_key(
     mesh: Mesh, keys: dict[str, tuple[Path, Path]]
 ) -> None:
@@ -275,6 +345,45 @@ def test_a_worker_whose_key_is_not_allowed_cannot_join_a_broker(
         pytest.raises(AuthenticationError, match="refused our key"),
     ):
         c.call("bk.pid", timeout=10)
+
+
+def test_a_broker_holds_clients_and_workers_to_their_keys_services(
+    brokered: BrokeredMesh, keys: dict[str, tuple[Path, Path]], short_tmp: Path
+) -> None:
+    broker_pub, broker_secret = keys["server"]
+    allowed = short_tmp / "allowed"
+    bk_pub, bk_secret = keygen(short_tmp / "keys" / "bk-only", "--services", "bk")
+    math_pub, math_secret = keygen(short_tmp / "keys" / "math-only", "--services", "math")
+    for pub in (bk_pub, math_pub):
+        shutil.copy(pub, allowed)
+    b = brokered.broker("--curve-secret", str(broker_secret), "--curve-allow", str(allowed))
+    admin = ClientSecurity.from_settings(keys["web1"][1], broker_pub)
+    # A key limited to some services may not serve: a worker reads every client's calls.
+    limited = brokered.worker(
+        b, args=("--curve-secret", str(bk_secret), "--broker-curve-server", str(broker_pub))
+    )
+    worker = brokered.worker(
+        b, args=("--curve-secret", str(keys["web2"][1]), "--broker-curve-server", str(broker_pub))
+    )
+    wait_for(b, workers_ready(1), brokered, security=admin)
+    deadline = time.monotonic() + 20
+    while "may not serve as a worker" not in limited.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "cannot join broker" in limited.output()
+    assert [w["pid"] for w in status(b, security=admin)["workers"]] == [worker.pid]
+
+    with Client([b.endpoint], curve_secret=bk_secret, curve_server=broker_pub) as c:
+        assert c.call("bk.pid") == worker.pid
+        with pytest.raises(Forbidden, match="may not call service '_broker'"):
+            c.call("_broker.status", timeout=10)  # the broker's own service is one too
+    with (
+        Client([b.endpoint], curve_secret=math_secret, curve_server=broker_pub) as c,
+        pytest.raises(Forbidden, match="key math-only may not call service 'bk'"),
+    ):
+        c.call("bk.pid", timeout=10)
+    totals = status(b, security=admin)["totals"]
+    assert totals["dispatched"] == 1  # the refused calls never reached a worker
+    assert "refused a call of bk.pid" in b.output()
 
 
 def _start(short_tmp: Path, *argv: str) -> ChildProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,16 @@ from zmqio import (
     ENV_CURVE_SERVER,
     BindError,
     ClientSecurity,
+    Gatekeeper,
+    Grant,
     KeyFileError,
     Security,
+    certificate_services,
     check_exposure,
     exposed_endpoints,
+    load_allowed,
     load_public_key,
+    write_certificates,
 )
 
 
@@ -101,3 +107,88 @@ def test_protected_mode_counts_wildcards_and_lan_addresses_as_exposed() -> None:
         check_exposure(["tcp://*:5555"], Security(), log)
     check_exposure(["tcp://*:5555"], Security(insecure=True), log)
     check_exposure(["tcp://*:5555"], Security(b"p" * 40, b"s" * 40, ALLOW_ANY), log)
+
+
+def test_a_certificate_s_services_metadata_limits_its_key(tmp_path: Path) -> None:
+    # As `zeromesh keygen --services` writes it (quoted), unquoted with spaces (as
+    # pyzmq writes metadata), none at all, an empty list (allows nothing), a bad name.
+    write_certificates(tmp_path, "mine", ["math", "demo"])
+    write_certificates(tmp_path, "all")
+    for name, line in [("loose", "services = math, demo"), ("none", 'services = ""')]:
+        write_certificates(tmp_path, name)
+        text = (tmp_path / f"{name}.key").read_text()
+        (tmp_path / f"{name}.key").write_text(text.replace("metadata\n", f"metadata\n  {line}\n"))
+    assert certificate_services(tmp_path / "mine.key") == {"math", "demo"}
+    assert certificate_services(tmp_path / "mine.key_secret") == {"math", "demo"}
+    assert certificate_services(tmp_path / "loose.key") == {"math", "demo"}
+    assert certificate_services(tmp_path / "all.key") is None
+    assert certificate_services(tmp_path / "none.key") == frozenset()
+    # pyzmq reads the files: the format is ZeroMQ's.
+    public, secret = zmq.auth.load_certificate(tmp_path / "mine.key_secret")
+    assert zmq.auth.load_certificate(tmp_path / "mine.key") == (public, None)
+    assert zmq.curve_public(secret) == public
+    assert (tmp_path / "mine.key_secret").stat().st_mode & 0o777 == 0o600
+
+    grants = load_allowed(tmp_path)  # the *.key files only
+    assert grants[public.decode()] == Grant("mine", frozenset({"math", "demo"}))
+    assert sorted(g.name for g in grants.values()) == ["all", "loose", "mine", "none"]
+
+    with pytest.raises(FileExistsError):
+        write_certificates(tmp_path, "mine")
+    write_certificates(tmp_path, "bad", ["math", "a b"])
+    with pytest.raises(ValueError, match=r"'a b'.*not service names"):
+        load_allowed(tmp_path)
+
+
+def test_the_gatekeeper_checks_each_message_s_key_against_the_list(tmp_path: Path) -> None:
+    """Real CURVE sockets on loopback: the ZAP User-Id of each received message tells
+    the gatekeeper whose key sent it; a SIGHUP-style reload applies to open links."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    server_pub, server_sec = zmq.auth.load_certificate(write_certificates(tmp_path, "server")[1])
+    write_certificates(allowed, "full")
+    write_certificates(allowed, "mathonly", ["math"])
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    assert server_sec is not None
+    gate = Gatekeeper(ctx, Security(server_pub, server_sec, str(allowed)), logging.getLogger())
+    gate.start()
+    try:
+        router = ctx.socket(zmq.ROUTER)
+        router.curve_server = True
+        router.curve_publickey, router.curve_secretkey = server_pub, server_sec
+        router.zap_domain = b"zeromesh"
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealers = []
+
+        def first_frame(name: str) -> zmq.Frame:
+            dealer = ctx.socket(zmq.DEALER)
+            dealers.append(dealer)  # closed by ctx.destroy, not by the garbage collector
+            dealer.linger = 0
+            dealer.curve_serverkey = server_pub
+            pub, sec = zmq.auth.load_certificate(allowed / f"{name}.key_secret")
+            dealer.curve_publickey, dealer.curve_secretkey = pub, sec
+            dealer.connect(f"tcp://127.0.0.1:{port}")
+            dealer.send(b"hi")
+            assert router.poll(5000), "no message through CURVE"
+            return router.recv_multipart(copy=False)[1]
+
+        full, math = first_frame("full"), first_frame("mathonly")
+        assert gate.checks
+        assert gate.refusal(full, "demo") is None
+        assert gate.refusal(math, "math") is None
+        refusal = gate.refusal(math, "demo")
+        assert refusal is not None
+        assert "key mathonly may not call service 'demo'" in refusal
+        assert "allows math" in refusal
+        assert gate.may_serve(full)
+        assert not gate.may_serve(math)
+
+        (allowed / "full.key").unlink()  # removed, then SIGHUP: its open link is cut off
+        gate.reload()
+        refusal = gate.refusal(full, "demo")
+        assert refusal is not None
+        assert "removed" in refusal
+        assert not gate.may_serve(full)
+    finally:
+        gate.stop()
+        ctx.destroy(linger=0)

@@ -373,6 +373,12 @@ class BrokerLink:
             log.info("broker %s is draining (%s): no more credit for it", conn.endpoint, msg.reason)
             conn.state = _LEAVING
         elif type(msg) is Error:
+            if msg.code == ErrorCode.FORBIDDEN:
+                # Our key may not serve there; said once, the greeting keeps trying (an
+                # operator may allow it and SIGHUP the broker).
+                conn.state = _GREETING
+                self._on_refused(conn, f"broker {conn.endpoint}: {msg.message}")
+                return
             log.warning("broker %s reported an error: %s", conn.endpoint, msg.message)
         else:
             w.count_bad(f"broker {conn.endpoint} sent a {type(msg).__name__}; ignored")

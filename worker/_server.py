@@ -261,6 +261,11 @@ class Worker(RouterServer):
             self.malformed(peer, frames[1:], exc, f"client {peer.hex()}")
             return
         if type(msg) is Request:
+            if self._gatekeeper is not None:
+                why = self._forbidden(frames[1], msg.target)
+                if why is not None:
+                    self._send_error(peer, msg, ErrorCode.FORBIDDEN, why)
+                    return
             self.accept(peer, msg)
         elif type(msg) is Ping:
             self._send(peer, protocol.encode(Pong(msg.id, msg.codec)))

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from client import ENV_ENDPOINTS, Client
-from protocol import RemoteError, ZeromeshError
-from zmqio import ClientSecurity, add_client_security, add_log_level, setup_logging
+from protocol import NAME_PATTERN, RemoteError, ZeromeshError
+from zmqio import (
+    ClientSecurity,
+    add_client_security,
+    add_log_level,
+    setup_logging,
+    write_certificates,
+)
 
 __all__ = ["main"]
 
@@ -66,8 +72,6 @@ def _curve(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    import zmq.auth
-
     target = Path(args.path)
     name = target.name
     if not name or name in (".", "..") or args.path.endswith(("/", os.sep)):
@@ -75,30 +79,37 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         return 2
     if name.endswith((".key", ".key_secret")):
         name = name.rsplit(".", 1)[0]
+    services = None
+    if args.services is not None:
+        services = [n.strip() for n in args.services.split(",") if n.strip()]
+        if not services or not all(NAME_PATTERN.match(n) for n in services):
+            print(
+                f"error: --services {args.services!r}: give service names separated by "
+                "commas, e.g. --services math,demo",
+                file=sys.stderr,
+            )
+            return 2
     directory = target.parent
-    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
-    existing = [str(p) for p in (public, secret) if p.exists()]
-    if existing:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        public, secret = write_certificates(directory, name, services)
+    except FileExistsError as exc:
         print(
-            f"error: {' and '.join(existing)} already exist(s): refusing to overwrite a key "
-            "(remove it first, or pick another NAME)",
+            f"error: {exc.filename} already exists: refusing to overwrite a key (remove "
+            "it first, or pick another NAME)",
             file=sys.stderr,
         )
         return 2
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        old = os.umask(0o077)  # the secret file is never readable by others, not even briefly
-        try:
-            zmq.auth.create_certificates(directory, name)
-        finally:
-            os.umask(old)
-        os.chmod(secret, 0o600)
-        os.chmod(public, 0o644)
     except OSError as exc:
         print(f"error: cannot write keys in {str(directory)!r}: {exc}", file=sys.stderr)
         return 2
     print(f"public key: {public}  (give it to the other side: --curve-allow DIR / --curve-server)")
     print(f"secret key: {secret}  (mode 0600; keep it here: --curve-secret)")
+    if services is not None:
+        print(
+            f"services:   {','.join(services)}  (a server holding {public.name} lets it "
+            "call only these)"
+        )
     return 0
 
 
@@ -232,10 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  zeromesh keygen keys/worker1        (a server: --curve-secret keys/worker1.key_secret)\n"
         "  zeromesh keygen keys/clients/web1   (a client; its server gets --curve-allow "
-        "keys/clients)",
+        "keys/clients)\n"
+        "  zeromesh keygen keys/clients/report --services math   (a client that may call "
+        "math.* only)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("path", metavar="DIR/NAME", help="where to write NAME.key and NAME.key_secret")
+    p.add_argument(
+        "--services",
+        metavar="S1,S2",
+        default=None,
+        help="limit this client key to these services: written into NAME.key, which "
+        "servers read from their --curve-allow directory (default: no limit)",
+    )
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser(

@@ -13,18 +13,21 @@ only turns files and flags into the frozen values those take.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+
+from protocol import NAME_PATTERN
 
 __all__ = [
     "ALLOW_ANY",
@@ -33,12 +36,17 @@ __all__ = [
     "ENV_CURVE_SERVER",
     "ClientSecurity",
     "Gatekeeper",
+    "SERVICES_METADATA",
+    "Grant",
     "KeyFileError",
     "Security",
     "add_server_security",
+    "certificate_services",
     "exposed_endpoints",
+    "load_allowed",
     "load_keypair",
     "load_public_key",
+    "write_certificates",
 ]
 
 ENV_CURVE_SECRET = "ZEROMESH_CURVE_SECRET"
@@ -46,6 +54,9 @@ ENV_CURVE_ALLOW = "ZEROMESH_CURVE_ALLOW"
 ENV_CURVE_SERVER = "ZEROMESH_CURVE_SERVER"
 ALLOW_ANY = "any"
 """``--curve-allow any``: encrypt, but admit any client key (CURVE_ALLOW_ANY)."""
+
+SERVICES_METADATA = "services"
+"""The certificate metadata naming the services a client key may call (``math,demo``)."""
 
 _Z85_KEY_LEN = 40
 ZAP_DOMAIN = "zeromesh"
@@ -99,6 +110,101 @@ def load_public_key(value: str | bytes | os.PathLike[str]) -> bytes:
             f"readable certificate file ({exc}); pass the server's NAME.key file"
         ) from exc
     return public
+
+
+def write_certificates(
+    directory: str | os.PathLike[str], name: str, services: Sequence[str] | None = None
+) -> tuple[Path, Path]:
+    """Make a key pair: ``NAME.key`` (public, mode 0644) and ``NAME.key_secret`` (mode
+    0600 from the start), in ZeroMQ's certificate format (czmq's ZPL, which
+    `zmq.auth.load_certificate` reads). ``services`` goes into both as metadata (pyzmq's
+    own writer puts metadata in the secret file only, but a server reads the public one).
+
+    Raises:
+        FileExistsError: either file exists (a key is never overwritten).
+        OSError: the directory cannot be written.
+    """
+    public_key, secret_key = zmq.curve_keypair()
+    base = Path(directory) / name
+    public_path, secret_path = base.with_name(name + ".key"), base.with_name(name + ".key_secret")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    meta = f'    {SERVICES_METADATA} = "{",".join(services)}"\n' if services is not None else ""
+
+    def write(path: Path, mode: int, intro: str, secret: bytes | None) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(f"#   ZeroMQ CURVE {intro}, made by zeromesh keygen on {stamp}\n#\n")
+            f.write(f"metadata\n{meta}curve\n")
+            f.write(f'    public-key = "{public_key.decode()}"\n')
+            if secret is not None:
+                f.write(f'    secret-key = "{secret.decode()}"\n')
+        os.chmod(path, mode)  # whatever the umask
+
+    write(secret_path, 0o600, "Secret Certificate: keep it here, never hand it out", secret_key)
+    try:
+        write(public_path, 0o644, "Public Certificate: hand it to the other side", None)
+    except OSError:
+        secret_path.unlink()
+        raise
+    return public_path, secret_path
+
+
+def certificate_services(path: str | os.PathLike[str]) -> frozenset[str] | None:
+    """The services a public certificate limits its key to, or None (no limit).
+
+    Read from the certificate's ``metadata`` section, ``services = "math,demo"``, as
+    `zmq.auth.create_certificates` (``metadata=``) and czmq write it; quotes optional.
+    An empty list allows nothing: a typo must not open everything.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: the list names something that is not a service name.
+    """
+    section = ""
+    for raw in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line:
+            continue
+        if not line[0].isspace():
+            section = line.strip()
+            continue
+        name, eq, value = line.strip().partition("=")
+        if section != "metadata" or not eq or name.strip() != SERVICES_METADATA:
+            continue
+        names = [n.strip() for n in value.strip().strip("\"'").split(",") if n.strip()]
+        bad = [n for n in names if not NAME_PATTERN.match(n)]
+        if bad:
+            raise ValueError(
+                f"{os.fspath(path)}: {SERVICES_METADATA} names {', '.join(map(repr, bad))}, "
+                "which are not service names (give them comma-separated, e.g. "
+                "'services = \"math,demo\"')"
+            )
+        return frozenset(names)
+    return None
+
+
+class Grant(NamedTuple):
+    """What one allowed client key may do: its certificate's name (for messages) and
+    the services it may call (None: all of them)."""
+
+    name: str
+    services: frozenset[str] | None
+
+
+def load_allowed(directory: str | os.PathLike[str]) -> dict[str, Grant]:
+    """The keys of an allow directory (its ``*.key`` files), by Z85 public key text
+    (the ZAP User-Id of a connection made with that key).
+
+    Raises:
+        OSError, ValueError: the directory, or a certificate in it, cannot be read.
+    """
+    grants: dict[str, Grant] = {}
+    for path in sorted(Path(directory).glob("*.key")):
+        public, _ = zmq.auth.load_certificate(path)
+        if not public:
+            raise ValueError(f"{path}: no public-key in it")
+        grants[public.decode("ascii")] = Grant(path.stem, certificate_services(path))
+    return grants
 
 
 @dataclass(frozen=True)
@@ -252,22 +358,32 @@ def exposed_endpoints(endpoints: list[str] | tuple[str, ...]) -> list[str]:
     return exposed
 
 
+def _user_id(frame: zmq.Frame) -> str:
+    """The ZAP User-Id libzmq attaches to every frame received on a connection: pyzmq's
+    authenticator sets it to the client's Z85 public key."""
+    return str(frame.get("User-Id"))
+
+
 class Gatekeeper:
-    """The ZAP handler of one process context: admits the client keys in a directory.
+    """The ZAP handler of one process context: admits the client keys in a directory,
+    and says per message whether its sender may call a service.
 
     Runs pyzmq's `ThreadAuthenticator` on its own thread, so a handler blocking the
     event loop (an inline worker) delays no handshake. `reload` re-reads the directory
-    (SIGHUP); connections already admitted stay up, new ones meet the new list. A
-    refused key is logged (once per key until the next reload), so the operator sees
-    whom to allow.
+    (SIGHUP): new handshakes meet the new list, and connections already open are held
+    to it too, through `refusal` — a removed key's next request is refused, a narrowed
+    key's services shrink at once. A refused key is logged (once per key until the
+    next reload), so the operator sees whom to allow.
     """
 
     def __init__(self, ctx: zmq.Context[Any], security: Security, log: logging.Logger) -> None:
         self.security = security
         self._log = log
         self._auth = ThreadAuthenticator(ctx, log=log.getChild("zap"))
-        self._allowed: frozenset[bytes] = frozenset()
+        self._grants: dict[str, Grant] = {}
         self._reported: set[bytes] = set()
+        self.checks = False
+        """True when messages must be checked (`refusal`): an allow directory, not any."""
 
     def start(self) -> None:
         self._auth.start()
@@ -284,16 +400,16 @@ class Gatekeeper:
         if allow == ALLOW_ANY:
             self._auth.configure_curve(domain=ZAP_DOMAIN, location=zmq.auth.CURVE_ALLOW_ANY)
             return -1
-        allowed = frozenset(zmq.auth.load_certificates(allow))
-        # One assignment, read by the ZAP thread: it sees the old set or the new one.
-        self._allowed = allowed
+        # One assignment, read by the ZAP thread: it sees the old dict or the new one.
+        self._grants = load_allowed(allow)
         self._reported = set()
+        self.checks = True
         self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self)
-        return len(allowed)
+        return len(self._grants)
 
     def callback(self, domain: str, client_key: bytes) -> bool:
         """pyzmq's credentials-provider hook (ZAP thread): is ``client_key`` allowed?"""
-        if client_key in self._allowed:
+        if client_key.decode("ascii", "replace") in self._grants:
             return True
         if client_key not in self._reported:
             self._reported.add(client_key)
@@ -304,6 +420,33 @@ class Gatekeeper:
                 client_key.decode("ascii", "replace"),
             )
         return False
+
+    def refusal(self, frame: zmq.Frame, service: str) -> str | None:
+        """Why the key the message of ``frame`` came with may not call ``service``, or
+        None if it may. Only meaningful when `checks` is true."""
+        grant = self._grants.get(_user_id(frame))
+        if grant is None:
+            return (
+                f"this client's key was removed from the server's --curve-allow "
+                f"{self.security.allow} (add it back and send SIGHUP to call again)"
+            )
+        if grant.services is None or service in grant.services:
+            return None
+        allowed = ", ".join(sorted(grant.services)) or "no service"
+        return (
+            f"key {grant.name} may not call service {service!r}: its certificate in the "
+            f"server's --curve-allow directory allows {allowed} (add {service} to its "
+            f"{SERVICES_METADATA} and send SIGHUP)"
+        )
+
+    def may_serve(self, frame: zmq.Frame) -> bool:
+        """May the key the message of ``frame`` came with join as a worker? Only a key
+        allowed everything: a worker receives other clients' requests, so a key limited
+        to some services must not be one."""
+        if not self.checks:
+            return True
+        grant = self._grants.get(_user_id(frame))
+        return grant is not None and grant.services is None
 
     def stop(self) -> None:
         self._auth.stop()

@@ -58,6 +58,8 @@ class RouterServer:
         self._stopped: asyncio.Event | None = None
         self._pump_scheduled = False
         self._gatekeeper: Gatekeeper | None = None
+        self.forbidden = 0
+        """Requests refused because the sender's key may not call the service."""
 
     # --- what subclasses fill in ----------------------------------------------------------
 
@@ -161,6 +163,21 @@ class RouterServer:
             self._log.info("SIGHUP: any client key is allowed (--curve-allow any)")
         else:
             self._log.info("SIGHUP: re-read %s: %d client key(s) allowed", gate.security.allow, n)
+
+    def _forbidden(self, frame: zmq.Frame, target: str) -> str | None:
+        """Why the sender of a request (any ``frame`` of it) may not call ``target``,
+        by its key's grant in the allow directory: answer FORBIDDEN with it. None when
+        it may, or when nothing is checked (no CURVE, or ``--curve-allow any``)."""
+        gate = self._gatekeeper
+        if gate is None or not gate.checks:
+            return None
+        why = gate.refusal(frame, target.partition(".")[0])
+        if why is not None:
+            self.forbidden += 1
+            n = self.forbidden
+            if n <= 10 or n % 1000 == 0:  # a flood must not flood the log too
+                self._log.warning("refused a call of %s: %s [%d so far]", target, why, n)
+        return why
 
     def _stop_gatekeeper(self) -> None:
         if self._gatekeeper is not None:
