@@ -36,6 +36,7 @@ FACADE = {
     "ZeromeshError": protocol,
     "AuthenticationError": protocol,
     "BadArguments": protocol,
+    "Forbidden": protocol,
     "Cancelled": protocol,
     "NoWorkers": protocol,
     "Overloaded": protocol,

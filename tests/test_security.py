@@ -383,6 +383,14 @@ def test_a_broker_holds_clients_and_workers_to_their_keys_services(
         c.call("bk.pid", timeout=10)
     totals = status(b, security=admin)["totals"]
     assert totals["dispatched"] == 1  # the refused calls never reached a worker
+    for secret, error in [(bk_secret, "Forbidden"), (keys["stranger"][1], "refused our key")]:
+        shown = subprocess.run(
+            [sys.executable, "-m", "zeromesh", "status", "-c", b.endpoint, "--timeout", "10",
+             "--curve-server", str(broker_pub), "--curve-secret", str(secret)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert shown.returncode == 1, shown
+        assert error in shown.stdout + shown.stderr
     assert "refused a call of bk.pid" in b.output()
 
 

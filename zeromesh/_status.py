@@ -15,8 +15,8 @@ from typing import Any
 import zmq
 
 import protocol
-from protocol import Error, ProtocolError, Reply, Request, Timeout, UnknownHandler
-from zmqio import ClientSecurity, secure_client
+from protocol import Error, ErrorCode, ProtocolError, Reply, Request, Timeout, UnknownHandler
+from zmqio import ClientSecurity, HandshakeWatch, secure_client
 
 __all__ = ["fetch_status", "format_status", "run_status"]
 
@@ -32,42 +32,54 @@ def fetch_status(
     Raises:
         Timeout: nothing answered within ``timeout`` seconds.
         UnknownHandler: something answered, but it is not a broker (a worker, say).
+        AuthenticationError: the broker refused our key, or ours is the wrong server key.
+        Forbidden: our key may not call ``_broker`` there.
         ProtocolError: the answer was not zeromesh.
     """
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)  # an endpoint nobody serves must not hang exit
+    watch = HandshakeWatch(sock, endpoint, security)
     try:
         secure_client(sock, endpoint, security)
         sock.connect(endpoint)
         rid = _STATUS_ID
         ask = Request(rid, STATUS_TARGET, ttl_ms=int(timeout * 1000))
         sock.send_multipart(protocol.encode(ask))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(watch.monitor, zmq.POLLIN)
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
-                break
+            ready = dict(poller.poll(int(left * 1000) + 1))
+            if watch.monitor in ready:
+                watch.check()  # a refused key: AuthenticationError now, not a timeout
+            if sock not in ready:
+                continue
             msg = protocol.decode(sock.recv_multipart())
             if msg.id != rid:
                 continue  # an unasked HELLO or the like
             if isinstance(msg, Reply) and isinstance(msg.result, dict):
                 return msg.result
             if isinstance(msg, Error):
-                raise UnknownHandler(
-                    f"it answered {msg.message!r}: not a broker (a worker?); "
-                    f"`zeromesh ping -c {endpoint}` shows what it is"
-                )
+                if msg.code == ErrorCode.UNKNOWN_HANDLER:
+                    raise UnknownHandler(
+                        f"it answered {msg.message!r}: not a broker (a worker?); "
+                        f"`zeromesh ping -c {endpoint}` shows what it is"
+                    )
+                raise msg.to_exception()  # Forbidden, ...
             raise ProtocolError(f"unexpected answer {type(msg).__name__} to {STATUS_TARGET}")
         if security is not None:
             raise Timeout(
                 f"nothing answered within {timeout:g} s over CURVE: is a broker running "
-                "there, is --curve-server its key, and is our key in its --curve-allow?"
+                "there, and is --curve-server its key?"
             )
         raise Timeout(
             f"nothing answered within {timeout:g} s: is a broker running there? "
             f"start one with `zeromesh-broker --bind {endpoint}`, or wait longer with --timeout"
         )
     finally:
+        watch.close()
         sock.close(linger=0)
         ctx.term()
 

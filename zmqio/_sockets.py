@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from protocol import LIVENESS, Limits
+from protocol import LIVENESS, AuthenticationError, Limits
 
 from ._frames import has_input, send_message
 from ._security import ZAP_DOMAIN, ClientSecurity, Security, exposed_endpoints
@@ -29,9 +29,11 @@ __all__ = [
     "SERVER_SNDHWM",
     "BindError",
     "Dialer",
+    "HandshakeWatch",
     "bind_router",
     "check_endpoint",
     "check_exposure",
+    "handshake_refusal",
     "secure_client",
 ]
 
@@ -111,6 +113,71 @@ def secure_client(sock: zmq.Socket[Any], endpoint: str, security: ClientSecurity
     sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
     return True
+
+
+def handshake_refusal(endpoint: str, kind: int, value: int, curve: bool, key_file: str) -> str:
+    """What a failed handshake (monitor event ``kind`` with ``value``) means, in words
+    that say what to change. ``key_file``: our public key's file, to name."""
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        ours = key_file or "this client's public key file"
+        if value == _ZAP_REFUSED:
+            return f"{endpoint} refused our key: add {ours} to its --curve-allow directory"
+        return f"{endpoint} refused our key (ZAP status {value}): is {ours} allowed there?"
+    if not curve:
+        return (
+            f"{endpoint} hung up during the handshake: it may require CURVE (pass the "
+            "server's public key: curve_server=FILE, --curve-server)"
+        )
+    return (
+        f"{endpoint} hung up during the CURVE handshake: the server key we were given "
+        "(curve_server, --curve-server) is not that server's, or it does not run CURVE"
+    )
+
+
+class HandshakeWatch:
+    """The handshake monitor of a one-shot tool socket (``zeromesh status``), so that a
+    refused key is an `AuthenticationError` at once, as from a `Dialer`, not a timeout.
+
+    Poll `monitor` beside the socket; when it is readable, call `check`.
+    """
+
+    def __init__(
+        self, sock: zmq.Socket[Any], endpoint: str, security: ClientSecurity | None
+    ) -> None:
+        self.endpoint = endpoint
+        self._curve = security is not None and security.for_endpoint(endpoint) is not None
+        self._key_file = security.key_file if security is not None else ""
+        self._sock = sock
+        self.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+        self._failed = 0
+
+    def check(self) -> None:
+        """Read the events that arrived.
+
+        Raises:
+            AuthenticationError: the server refused our key, or hung up the handshake
+                again and again (a wrong server key; CURVE on one side only).
+        """
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._failed = 0
+            elif kind != zmq.EVENT_DISCONNECTED:
+                self._failed += 1
+                if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH or self._failed >= _HANGUPS_FOR_REFUSAL:
+                    raise AuthenticationError(
+                        handshake_refusal(
+                            self.endpoint, kind, event["value"], self._curve, self._key_file
+                        )
+                    )
+
+    def close(self) -> None:
+        self._sock.disable_monitor()
+        self.monitor.close(linger=0)
 
 
 def check_exposure(endpoints: Sequence[str], security: Security, log: logging.Logger) -> None:
@@ -392,22 +459,8 @@ class Dialer:
                     self._on_refused(self._refusal(kind, event["value"]))
 
     def _refusal(self, kind: int, value: int) -> str:
-        """What a failed handshake means, in words that say what to change."""
-        ep = self.endpoint
-        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            ours = self._key_file or "this client's public key file"
-            if value == _ZAP_REFUSED:
-                return f"{ep} refused our key: add {ours} to its --curve-allow directory"
-            return f"{ep} refused our key (ZAP status {value}): is {ours} allowed there?"
-        if self._curve is None:
-            return (
-                f"{ep} hung up during the handshake: it may require CURVE (pass the "
-                "server's public key: curve_server=FILE, --curve-server)"
-            )
-        return (
-            f"{ep} hung up during the CURVE handshake: the server key we were given "
-            "(curve_server, --curve-server) is not that server's, or it does not run CURVE"
-        )
+        curve = self._curve is not None
+        return handshake_refusal(self.endpoint, kind, value, curve, self._key_file)
 
     def _redial(self) -> None:
         """Replace the socket: libzmq may have given this connection up for good."""
