@@ -130,14 +130,14 @@ def test_allowed_client_is_served_unknown_and_plain_clients_get_a_clear_error(
         Client([ep], **stranger) as c,  # type: ignore[arg-type]
         pytest.raises(AuthenticationError) as refused,
     ):
-        c.call("sec.record", "stranger", timeout=10)
+        c.options(timeout=10).call("sec.record", "stranger")
     assert "refused our key" in str(refused.value)
     assert "stranger.key" in str(refused.value)
     assert "--curve-allow" in str(refused.value)
     assert ep in str(refused.value)
 
     with Client([ep]) as c, pytest.raises(AuthenticationError, match="may require CURVE"):
-        c.call("sec.record", "plain", timeout=10)
+        c.options(timeout=10).call("sec.record", "plain")
     pinged = subprocess.run(
         [sys.executable, "-m", "zeromesh", "ping", "-c", ep, "--timeout", "3"],
         capture_output=True,
@@ -166,7 +166,7 @@ def test_async_client_and_executor_take_the_same_keys(
             ok = await ac.call("sec.record", "async")
         async with AsyncClient([ep], **stranger) as ac:  # type: ignore[arg-type]
             try:
-                await ac.call("sec.record", "async-stranger", timeout=10)
+                await ac.options(timeout=10).call("sec.record", "async-stranger")
             except AuthenticationError as exc:
                 return ok, exc
         raise AssertionError("the stranger's call ran")
@@ -188,7 +188,7 @@ def test_a_wrong_server_key_is_a_clear_error_and_nothing_runs(
         Client([ep], **wrong) as c,  # type: ignore[arg-type]
         pytest.raises(AuthenticationError, match="is not that server's"),
     ):
-        c.call("sec.record", "wrong-server", timeout=10)
+        c.options(timeout=10).call("sec.record", "wrong-server")
     assert records(mesh.tmp / "ran.txt") == []
 
 
@@ -213,7 +213,7 @@ def test_sighup_rereads_the_allow_list_and_keeps_allowed_clients(
             Client([ep], **web2) as c,  # type: ignore[arg-type]
             pytest.raises(AuthenticationError, match="refused our key"),
         ):
-            c.call("sec.record", "web2-after", timeout=10)
+            c.options(timeout=10).call("sec.record", "web2-after")
         assert kept.call("sec.record", "after") == "after"  # its connection stayed up
         with Client([ep], **web1) as c:  # type: ignore[arg-type]
             assert c.call("sec.record", "new") == "new"  # and its key is still let in
@@ -244,7 +244,7 @@ def test_a_key_limited_to_some_services_gets_forbidden_elsewhere_and_nothing_run
         assert c.call("math.add", 1, 2) == 3
         for target, args in [("demo.fib", (20,)), ("sec.record", ("report",))]:
             with pytest.raises(Forbidden) as refused:
-                c.call(target, *args, timeout=10)
+                c.options(timeout=10).call(target, *args)
             service = target.split(".")[0]
             assert f"key report may not call service {service!r}" in str(refused.value)
             assert "allows math" in str(refused.value)
@@ -262,7 +262,7 @@ def test_a_key_limited_to_some_services_gets_forbidden_elsewhere_and_nothing_run
         while "SIGHUP: re-read" not in w.output() and time.monotonic() < deadline:
             time.sleep(0.02)
         with pytest.raises(Forbidden, match="removed from the server's --curve-allow"):
-            web1.call("sec.record", "web1-removed", timeout=10)
+            web1.options(timeout=10).call("sec.record", "web1-removed")
     assert records(mesh.tmp / "ran.txt") == []  # the refused handler never ran
     assert "refused a call of sec.record: key report may not call" in w.output()
     assert w.proc.poll() is None
@@ -275,7 +275,7 @@ def test_curve_allow_any_encrypts_but_admits_any_key(
     with Client([ep], curve_server=keys["server"][0]) as c:  # a throw-away key pair
         assert c.call("sec.record", "anyone") == "anyone"
     with Client([ep]) as c, pytest.raises(AuthenticationError):
-        c.call("sec.record", "plain", timeout=10)
+        c.options(timeout=10).call("sec.record", "plain")
     assert "ANY client key" in mesh.workers[0].output()
     assert records(mesh.tmp / "ran.txt") == ["anyone"]
 
@@ -299,6 +299,65 @@ def test_garbage_at_a_curve_port_leaves_the_worker_serving(
     with Client([ep], curve_secret=keys["web1"][1], curve_server=keys["server"][0]) as c:
         assert c.call("sec.record", "still") == "still"
     assert mesh.workers[0].proc.poll() is None
+
+
+_CURVE_GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x00CURVE" + bytes(15) + b"\x00" + bytes(31)
+
+
+def _half_handshakes(host: str, port: int, n: int) -> list[socket.socket]:
+    """``n`` connections that start a ZMTP handshake and stop: a third after the first
+    11 bytes of the greeting, a third after the whole greeting, a third after the
+    greeting and a CURVE HELLO command cut short."""
+    conns = []
+    for i in range(n):
+        s = socket.create_connection((host, port), timeout=5)
+        part = [_CURVE_GREETING[:11], _CURVE_GREETING, _CURVE_GREETING + b"\x04\xc8\x05HELLO"]
+        s.sendall(part[i % 3])
+        conns.append(s)
+    return conns
+
+
+@pytest.mark.parametrize("server", ["worker", "broker"])
+def test_half_finished_handshakes_leave_a_curve_server_serving_with_memory_flat(
+    server: str, mesh: Mesh, keys: dict[str, tuple[Path, Path]], short_tmp: Path
+) -> None:
+    from hostilekit import rss_mb
+
+    secret, public = keys["server"][1], keys["server"][0]
+    client = ClientSecurity.from_settings(keys["web1"][1], public)
+    bm = BrokeredMesh(short_tmp)
+    try:
+        if server == "worker":
+            ep = _curve_worker(mesh, keys, str(short_tmp / "allowed"))
+            pid = mesh.workers[0].pid
+
+            def serving() -> None:
+                with Client([ep], curve_secret=keys["web1"][1], curve_server=public) as c:
+                    assert c.options(timeout=10).call("sec.record", "served") == "served"
+        else:
+            b = bm.broker(
+                "--curve-secret", str(secret), "--curve-allow", str(short_tmp / "allowed")
+            )
+            ep, pid = b.endpoint, b.pid
+
+            def serving() -> None:
+                assert status(b, security=client)["broker"]["pid"] == pid
+
+        host, _, port = ep.removeprefix("tcp://").rpartition(":")
+        for conn in _half_handshakes(host, int(port), 150):  # warm up: first-use allocations
+            conn.close()
+        serving()
+        before = rss_mb(pid)
+        for _ in range(4):
+            held = _half_handshakes(host, int(port), 150)
+            serving()  # while 150 handshakes hang half-done
+            for conn in held:
+                conn.close()
+        serving()
+        grown = rss_mb(pid) - before
+        assert grown < 8, f"{server} grew {grown:.1f} MiB over 600 half-finished handshakes"
+    finally:
+        bm.close()
 
 
 @pytest.fixture
@@ -344,7 +403,7 @@ def test_a_worker_whose_key_is_not_allowed_cannot_join_a_broker(
         Client([b.endpoint], **stranger) as c,  # type: ignore[arg-type]
         pytest.raises(AuthenticationError, match="refused our key"),
     ):
-        c.call("bk.pid", timeout=10)
+        c.options(timeout=10).call("bk.pid")
 
 
 def test_a_broker_holds_clients_and_workers_to_their_keys_services(
@@ -375,12 +434,12 @@ def test_a_broker_holds_clients_and_workers_to_their_keys_services(
     with Client([b.endpoint], curve_secret=bk_secret, curve_server=broker_pub) as c:
         assert c.call("bk.pid") == worker.pid
         with pytest.raises(Forbidden, match="may not call service '_broker'"):
-            c.call("_broker.status", timeout=10)  # the broker's own service is one too
+            c.options(timeout=10).call("_broker.status")  # the broker's own service is one too
     with (
         Client([b.endpoint], curve_secret=math_secret, curve_server=broker_pub) as c,
         pytest.raises(Forbidden, match="key math-only may not call service 'bk'"),
     ):
-        c.call("bk.pid", timeout=10)
+        c.options(timeout=10).call("bk.pid")
     totals = status(b, security=admin)["totals"]
     assert totals["dispatched"] == 1  # the refused calls never reached a worker
     for secret, error in [(bk_secret, "Forbidden"), (keys["stranger"][1], "refused our key")]:
@@ -468,8 +527,11 @@ def test_a_curve_worker_s_ipc_path_is_not_taken_over(
 
 def test_loopback_and_ipc_need_no_keys(mesh: Mesh) -> None:
     mesh.start()  # tcp://127.0.0.1:0
-    mesh.start(transport="ipc")
+    w = mesh.start(transport="ipc")
     assert all("WITHOUT CURVE" not in w.output() for w in mesh.workers)
+    # Guarded by its mode instead: only this user may connect (whatever the umask).
+    path = w.endpoint.removeprefix("ipc://")
+    assert os.stat(path).st_mode & 0o777 == 0o700
 
 
 def _capture(port: int, out: Path) -> subprocess.Popen[bytes] | None:

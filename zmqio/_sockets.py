@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -249,6 +250,9 @@ def bind_router(
             scheme, rest = check_endpoint(endpoint)
             if scheme == "ipc" and check_ipc is not None:
                 check_ipc(endpoint, rest)
+            # An ipc socket is guarded by its file's mode: owner only (0700), so another
+            # user of the host cannot connect, with or without keys.
+            umask = os.umask(0o077) if scheme == "ipc" else None
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
@@ -258,6 +262,9 @@ def bind_router(
                 elif exc.errno == errno.ENOENT:
                     hint = ": the directory does not exist"
                 raise BindError(f"cannot bind {endpoint}: {exc.strerror}{hint}") from exc
+            finally:
+                if umask is not None:
+                    os.umask(umask)
             last = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             bound.append(last)
             log.info("bound %s", last)
