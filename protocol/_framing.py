@@ -571,6 +571,10 @@ _HELLO_CHECKS: tuple[_Check, ...] = (
     ("in_flight", *_INTEGER),
     ("uptime", _NUMBER, travels_as_number, "a number (not a bool)"),
     ("heartbeat_ms", *_INTEGER),
+    ("protocol", *_STRING),
+    ("threads", *_INTEGER),
+    ("async_slots", *_INTEGER),
+    ("async_handlers", (), _is_services, "a dict of service names to lists of handler names"),
 )
 _READY_CHECKS: tuple[_Check, ...] = (("credit", (), _is_count, "an integer >= 0 (not a bool)"),)
 _PROGRESS_CHECKS: tuple[_Check, ...] = (
@@ -624,16 +628,25 @@ def _hello_body(m: Hello) -> dict[str, Any]:
         "in_flight": m.in_flight,
         "uptime": m.uptime,
         "heartbeat_ms": m.heartbeat_ms,
+        "protocol": m.protocol,
+        "threads": m.threads,
+        "async_slots": m.async_slots,
+        "async_handlers": m.async_handlers,
     }
 
 
-def _decode_hello(rid: int, codec: Codec, b: dict[str, Any]) -> Hello:
-    services = _field(b, "services", _MAP, {})
-    for name, handlers in services.items():
+def _handler_map(b: dict[str, Any], key: str) -> dict[str, list[str]]:
+    value: dict[str, list[str]] = _field(b, key, _MAP, {})
+    for name, handlers in value.items():
         if type(name) is not str or type(handlers) is not list:
-            raise ProtocolError("hello 'services' must map service names to handler lists")
+            raise ProtocolError(f"hello {key!r} must map service names to handler lists")
         if not all(type(h) is str for h in handlers):
-            raise ProtocolError("hello handler names must be strings")
+            raise ProtocolError(f"hello {key!r}: handler names must be strings")
+    return value
+
+
+def _decode_hello(rid: int, codec: Codec, b: dict[str, Any]) -> Hello:
+    services = _handler_map(b, "services")
     return Hello(
         rid,
         _field(b, "role", _STR, "client"),
@@ -647,6 +660,10 @@ def _decode_hello(rid: int, codec: Codec, b: dict[str, Any]) -> Hello:
         _float(_field(b, "uptime", _NUMBER, 0.0), "uptime"),
         _field(b, "heartbeat_ms", _INT, 0),
         codec,
+        _field(b, "protocol", _STR, "1.0"),
+        _field(b, "threads", _INT, 0),
+        _field(b, "async_slots", _INT, 0),
+        _handler_map(b, "async_handlers"),
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
+from ._names import PROTOCOL_REVISION
 from ._values import Codec
 from .errors import ErrorCode, ZeromeshError, error_from_wire
 
@@ -168,6 +169,15 @@ class Hello:
     uptime: float = 0.0
     heartbeat_ms: int = 0
     codec: Codec = Codec.MSGPACK
+    protocol: str = PROTOCOL_REVISION
+    """The sender's protocol revision ("1.0" when a received HELLO has none)."""
+    threads: int = 0
+    """Plain (``def``) requests the sender runs at once; 0: not said (a 1.0 peer: use
+    ``capacity``)."""
+    async_slots: int = 0
+    """``async def`` requests the sender runs at once, beside ``threads``."""
+    async_handlers: dict[str, list[str]] = field(default_factory=dict)
+    """The handlers of ``services`` that are ``async def`` (and take ``async_slots``)."""
 
 
 @dataclass(frozen=True, slots=True)
