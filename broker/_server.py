@@ -187,7 +187,7 @@ class Broker(RouterServer):
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 2:
-            self._bad(frames[0].bytes, ProtocolError("a message needs a header and a body"))
+            self._bad(frames[0].bytes, ProtocolError("a message needs a header and a body"), None)
             return
         peer = frames[0].bytes
         first = frames[1]
@@ -210,7 +210,7 @@ class Broker(RouterServer):
         except ProtocolError as exc:
             if self._late_from_unknown_worker(peer, frames):
                 return
-            self._bad(peer, exc)
+            self._bad(peer, exc, frames[1])
             return
         kind = header.type
         if kind is _REQUEST:
@@ -221,8 +221,8 @@ class Broker(RouterServer):
                     f"message of {len(frames) - 1} frames exceeds limit {limits.max_frames}",
                     ErrorCode.LIMIT_EXCEEDED,
                 )
-                too_many.request_id = header.id
-                self._bad(peer, too_many, header.codec)
+                too_many.request_id, too_many.codec = header.id, header.codec
+                self._bad(peer, too_many, frames[1])
                 return
             if self._gatekeeper is not None:
                 why = self._forbidden(frames[1], header.target)
@@ -522,13 +522,14 @@ class Broker(RouterServer):
 
     # --- errors ----------------------------------------------------------------------------------
 
-    def _bad(self, peer: bytes, exc: ProtocolError, codec: Codec | None = None) -> None:
-        """A malformed message from ``peer``: answer a typed ERROR (in the offending
-        message's codec, when its header said), count it, log it."""
+    def _bad(self, peer: bytes, exc: ProtocolError, header: zmq.Frame | None) -> None:
+        """A malformed message from ``peer``: count it, log it, and answer a typed ERROR
+        (in the offending message's codec, when its header said) unless the message
+        says it is itself an answer (SPEC section 6: never answer an ERROR)."""
         self._count_bad(peer, str(exc))
-        codec = exc.codec if codec is None else codec
-        msg = Error(exc.request_id, exc.code, str(exc), "ProtocolError", codec=codec)
-        self._send([peer, *protocol.encode(msg)])
+        answer = protocol.refusal(exc, header)
+        if answer is not None:
+            self._send([peer, *protocol.encode(answer)])
 
     def _count_bad(self, peer: bytes, what: str) -> None:
         self.protocol_errors += 1

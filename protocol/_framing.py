@@ -264,9 +264,12 @@ def _read_header(frame: Buffer, limits: Limits) -> tuple[MessageType, Codec, int
     if size < HEADER_SIZE or size > limits.max_header_bytes:
         # Signature and version first: a later version's header may be longer.
         _check_signature_and_version(frame, size)
-        raise ProtocolError(
-            f"header frame of {size} bytes; a zeromesh header is {HEADER_SIZE} to "
-            f"{limits.max_header_bytes} bytes (is the peer speaking zeromesh?)"
+        raise _with_id(
+            ProtocolError(
+                f"header frame of {size} bytes; a zeromesh header is {HEADER_SIZE} to "
+                f"{limits.max_header_bytes} bytes (is the peer speaking zeromesh?)"
+            ),
+            *_id_and_codec(frame, size),
         )
     sig, version, mtype, codec, flags, rid, ttl, tlen = _unpack_header(frame)
     if sig != SIGNATURE or version != PROTOCOL_VERSION:
@@ -294,6 +297,15 @@ def _read_header(frame: Buffer, limits: Limits) -> tuple[MessageType, Codec, int
         except UnicodeDecodeError as exc:
             raise _with_id(ProtocolError("target name is not UTF-8"), rid, cd) from exc
     return mt, cd, flags, rid, ttl, target
+
+
+def _id_and_codec(frame: Buffer, size: int) -> tuple[int, Codec]:
+    """What an ERROR about a header that failed a check carries (SPEC section 6): the id
+    at offset 6 if the frame holds it (bytes 6-13), and the codec at offset 4 if the
+    frame holds a known one; else 0 and MSGPACK. Signature and version were checked."""
+    rid = int.from_bytes(frame[6:14], "big") if size >= 14 else 0
+    codec = _CODEC_OF[frame[4]] if size >= 5 else None
+    return rid, _MSGPACK if codec is None else codec
 
 
 def _check_signature_and_version(frame: Buffer, size: int) -> None:
@@ -325,11 +337,19 @@ def with_ttl(header: Buffer, ttl_ms: int) -> bytes:
 
 
 def header_type(frame: Buffer) -> MessageType | None:
-    """The message type a header frame names, or None if it is not a readable header."""
+    """The message type a header frame names, or None if it names none.
+
+    A frame that starts with ``ZM``, version 1, and holds a known type at offset 3
+    names that type, whatever else is wrong with it: an ERROR with a bad codec byte,
+    a short frame or an undecodable body is still an ERROR, and never answered.
+    """
     try:
-        return _read_header(frame, DEFAULT_LIMITS)[0]
+        view = frame if type(frame) is bytes else _byte_view(frame)
     except ProtocolError:
         return None
+    if len(view) < 4 or bytes(view[:2]) != SIGNATURE or view[2] != PROTOCOL_VERSION:
+        return None
+    return _TYPE_OF[view[3]]
 
 
 # Answers are never answered: two peers answering each other's bad answers with
@@ -591,7 +611,7 @@ _DISCONNECT_CHECKS: tuple[_Check, ...] = (("reason", *_STRING),)
 def _error_body(m: Error) -> dict[str, Any]:
     _check_fields(m, _ERROR_CHECKS)
     body: dict[str, Any] = {"code": m.code, "message": m.message}
-    if m.type:
+    if m.type:  # set by Error itself (SPEC 7.1: every ERROR names a type)
         body["type"] = m.type
     if m.traceback:
         body["traceback"] = m.traceback

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from ._names import PROTOCOL_REVISION
 from ._values import Codec
-from .errors import ErrorCode, ZeromeshError, error_from_wire
+from .errors import ErrorCode, ZeromeshError, error_from_wire, error_name
 
 __all__ = [
     "Cancel",
@@ -98,6 +98,12 @@ class Error:
     traceback: str = ""
     detail: dict[str, Any] | None = None
     codec: Codec = Codec.MSGPACK
+
+    def __post_init__(self) -> None:
+        # Every ERROR names a type (SPEC 7.1): when none is given, the exception the
+        # code stands for. Receivers still dispatch on the code.
+        if not self.type and type(self.code) in (int, ErrorCode):
+            object.__setattr__(self, "type", error_name(self.code))
 
     @classmethod
     def from_exception(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
@@ -636,6 +637,8 @@ class _ArrayBuilder:
         return arr
 
 
+_ZERO_COUNTS = frozenset(("0", "00"))  # "[0ns]": a unit of no time at all
+
 # Accepted dtype strings, parsed: np.dtype(text) costs more than the lookup. Bounded,
 # since a peer can name any number of distinct datetime units.
 _KNOWN_DTYPES: dict[str, np.dtype] = {}
@@ -656,6 +659,12 @@ def _dtype(text: Any) -> np.dtype:
     itemsize = int(size)
     if (kind, itemsize) not in _SENDABLE or (unit is not None and kind not in "mM"):
         raise ProtocolError(f"array dtype {text!r} is not allowed")
+    if kind in "mM" and (unit is None or unit[1:-1].rstrip(string.ascii_letters) in _ZERO_COUNTS):
+        # No unit ("generic") or a count of 0 ("[0ns]"): no time span to count in.
+        raise ProtocolError(
+            f"array dtype {text!r}: datetime64 and timedelta64 need a unit with a count "
+            "of at least 1, e.g. '<M8[ns]' or '<m8[10ms]' (convert with .astype first)"
+        )
     if (order == "|") != (itemsize == 1):
         raise ProtocolError(
             f"array dtype {text!r}: the byte order must be '|' for 1-byte items and "

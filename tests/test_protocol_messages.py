@@ -796,3 +796,91 @@ def test_encode_from_many_threads() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(round_trip, range(8)))
+
+
+# --- SPEC section 6: what a failed header still says; 7.1: every ERROR names a type --------
+
+
+_ERROR_HEADER = bytes.fromhex("5a4d010300000000000000000063000000000000")  # ERROR, id 99
+_V2 = _ERROR_HEADER[:2] + b"\x02" + _ERROR_HEADER[3:]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "rid", "codec"),
+    [
+        (_ERROR_HEADER[:19], ErrorCode.PROTOCOL, 99, Codec.MSGPACK),  # short, id readable
+        (_ERROR_HEADER[:13], ErrorCode.PROTOCOL, 0, Codec.MSGPACK),  # id cut off
+        (_ERROR_HEADER[:4] + b"\x01" + _ERROR_HEADER[5:19], ErrorCode.PROTOCOL, 99, Codec.JSON),
+        (_ERROR_HEADER[:4] + b"\x09" + _ERROR_HEADER[5:], ErrorCode.PROTOCOL, 99, Codec.MSGPACK),
+        (
+            _ERROR_HEADER[:2] + b"\x02" + _ERROR_HEADER[3:],
+            ErrorCode.UNSUPPORTED_VERSION,
+            99,
+            Codec.MSGPACK,
+        ),
+        (_ERROR_HEADER + bytes(300), ErrorCode.PROTOCOL, 99, Codec.MSGPACK),  # too long
+        (b"XX" + _ERROR_HEADER[2:], ErrorCode.PROTOCOL, 0, Codec.MSGPACK),  # not zeromesh
+    ],
+)
+def test_a_failed_header_carries_the_id_and_codec_it_holds(
+    frame: bytes, code: ErrorCode, rid: int, codec: Codec
+) -> None:
+    with pytest.raises(ProtocolError) as failed:
+        protocol.decode([frame, b""])
+    assert (failed.value.code, failed.value.request_id, failed.value.codec) == (code, rid, codec)
+
+
+def test_a_header_that_names_an_answer_is_never_answered() -> None:
+    for frame in (_ERROR_HEADER, _ERROR_HEADER[:19], _ERROR_HEADER[:4]):
+        assert protocol.header_type(frame) is MessageType.ERROR
+        exc = ProtocolError("anything")
+        assert protocol.refusal(exc, frame) is None
+    # A header of another version names no type we know: answered UNSUPPORTED_VERSION.
+    assert protocol.header_type(_V2) is None
+    assert protocol.header_type(b"ZM") is None
+    request = protocol.encode(Request(5, "a.b", [], {}))[0]
+    answer = protocol.refusal(ProtocolError("bad body"), request)
+    assert answer is not None
+    assert answer.type == "ProtocolError"
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        (ErrorCode.UNKNOWN_HANDLER, "UnknownHandler"),
+        (ErrorCode.BAD_ARGUMENTS, "BadArguments"),
+        (ErrorCode.FORBIDDEN, "Forbidden"),
+        (ErrorCode.LIMIT_EXCEEDED, "ProtocolError"),
+        (ErrorCode.DRAINING, "WorkerLost"),
+        (ErrorCode.REMOTE, "RemoteError"),
+        (99, "RemoteError"),
+    ],
+)
+def test_every_error_names_a_type(code: int, name: str) -> None:
+    err = Error(1, code, "m")
+    assert err.type == name
+    body = msgpack.unpackb(protocol.encode(err)[1])
+    assert body["type"] == name
+    assert Error(1, ErrorCode.REMOTE, "m", "ValueError").type == "ValueError"
+
+
+def test_numbers_keep_their_kind_and_their_exact_value() -> None:
+    header = protocol.encode(Reply(1, None, Codec.JSON))[0]
+    big = 2**63 + 5  # beyond a double's 2**53: exact, not rounded
+    got = protocol.decode([header, f"[{big}, 2, 2.0, 2e0, -{2**63}]".encode()]).result
+    assert got == [big, 2, 2.0, 2.0, -(2**63)]
+    assert [type(v) for v in got] == [int, int, float, float, int]
+    hello = protocol.encode(Hello(1, codec=Codec.JSON))[0]
+    assert protocol.decode([hello, b'{"uptime": 3}']).uptime == 3.0  # an integer will do
+
+
+@pytest.mark.parametrize("dtype", ["<M8", "<m8", "<M8[0ns]", "<m8[00s]"])
+def test_datetime_arrays_need_a_unit_of_at_least_one(dtype: str) -> None:
+    header = protocol.encode(Reply(1, None, Codec.JSON))[0]
+    body = json.dumps({"$nd": {"dtype": dtype, "shape": [1], "frame": 0}}).encode()
+    with pytest.raises(ProtocolError, match="need a unit"):
+        protocol.decode([header, body, bytes(8)])
+    with pytest.raises(ProtocolError, match="need a unit"):
+        protocol.encode(Reply(1, np.zeros(1, dtype=dtype.split("[")[0])))
+    ok = json.dumps({"$nd": {"dtype": "<m8[ns]", "shape": [1], "frame": 0, "later": 1}})
+    assert protocol.decode([header, ok.encode(), bytes(8)]).result.dtype == np.dtype("m8[ns]")

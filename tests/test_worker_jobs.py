@@ -115,6 +115,49 @@ def test_a_job_that_waited_past_its_deadline_does_not_run(clock: Clock) -> None:
     assert t.refusal_on_start(never) is None
 
 
+def test_waiting_jobs_are_answered_timeout_at_their_deadline(clock: Clock) -> None:
+    t = table(clock)
+    assert t.next_expiry() == 0.0
+    short = admit(t, b"a", req(1, ttl_ms=200))
+    long = admit(t, b"b", req(2, ttl_ms=5000))
+    lazy = admit(t, b"c", req(3, "t.later", ttl_ms=300))  # async jobs wait too
+    none = admit(t, b"c", req(4))  # no ttl: never expires
+    for job in (short, long, lazy, none):
+        assert t.enqueue(job) is None
+    assert t.next_expiry() == pytest.approx(100.2)
+    assert t.expire() == []  # not yet
+    clock.now = 100.25
+    assert t.expire() == [short]
+    assert short.state == DONE
+    refusal = t.expired(short, clock.now)
+    assert refusal.code == ErrorCode.TIMEOUT
+    assert "expired after waiting 0.250 s in the worker's queue (ttl 200 ms)" in refusal.message
+    assert t.next_expiry() == pytest.approx(100.3)
+    clock.now = 101.0
+    assert t.expire() == [lazy]
+    assert list(t.async_waiting) == []
+    # A job that started before its deadline is skipped, not answered twice.
+    job = t.waiting.pop()
+    assert job is long
+    assert t.claim(long, QUEUED)
+    clock.now = 200.0
+    assert t.expire() == []
+    assert t.next_expiry() == 0.0
+    assert list(t.waiting) == [none]
+
+
+def test_the_expiry_heap_stays_proportional_to_what_waits(clock: Clock) -> None:
+    t = table(clock, max_pending=1000)
+    for rid in range(1, 5001):  # each starts at once: its heap entry goes stale
+        job = admit(t, b"a", req(rid, ttl_ms=60_000))
+        t.enqueue(job)
+        started = t.waiting.pop()
+        assert started is job
+        assert t.claim(job, QUEUED)
+        t.finish(job)
+    assert len(t._expiries) <= 130
+
+
 def test_overdue_names_running_sync_jobs_past_the_limit(clock: Clock) -> None:
     t = table(clock)
     a, b, c = (admit(t, b"a", req(i)) for i in (1, 2, 3))
@@ -245,6 +288,23 @@ class JobTableMachine(RuleBasedStateMachine):
     @rule(seconds=st.floats(0, 1))
     def time_passes(self, seconds: float) -> None:
         self.clock.now += seconds
+
+    @rule(peer=st.sampled_from([b"a", b"b", b"c"]))
+    def client_leaves(self, peer: bytes) -> None:
+        held = {k for k, j in self.t.jobs.items() if j.peer == peer and j.state == QUEUED}
+        self.t.forget_peer(peer)
+        for key in held:  # dropped unanswered: the client is gone
+            assert key not in self.t.jobs
+            self.answered[key] += 1
+        assert all(j.cancelled for j in self.t.jobs.values() if j.peer == peer)
+
+    @rule()
+    def expiry_timer(self) -> None:
+        for job in self.t.expire():
+            assert job.state == DONE
+            self.answer(job)
+        at = self.t.next_expiry()
+        assert not at or at > self.clock.now
 
     @rule()
     def hard_timeout(self) -> None:

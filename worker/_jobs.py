@@ -10,8 +10,9 @@ is injected), so its rules are tested with a fake clock (tests/test_worker_jobs.
 * **Claims**: a job moves QUEUED → RUNNING → DONE, each step claimed under one lock,
   so exactly one party answers it — its handler, a cancel, the drain, or the hard
   timeout — whichever thread gets there first.
-* **Decisions over time**: a job that waited past its deadline is refused ``TIMEOUT``
-  when it would start; `overdue` names the running jobs past the hard timeout;
+* **Decisions over time**: a job still waiting at its deadline is refused ``TIMEOUT``
+  then (`expire`, on a timer the shell sets for `next_expiry`), or when it would
+  start if that comes first; `overdue` names the running jobs past the hard timeout;
   `abandon` answers everything still held when a drain runs out of time.
 
 The worker's shell sends the answers this table decides; handler threads take their
@@ -20,6 +21,8 @@ next job with `next_sync`.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import queue
 import threading
 import time
@@ -130,6 +133,10 @@ class JobTable:
         # another client's): the thread takes the next token.
         self._tokens: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._unannounced = 0
+        # Waiting jobs with a deadline, soonest first. Started jobs are left in and
+        # skipped when they come up; `_compact` drops them when they outnumber the rest.
+        self._expiries: list[tuple[float, int, Job]] = []
+        self._order = itertools.count()
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -163,10 +170,55 @@ class JobTable:
                 refused = self.waiting.push(job.peer, job)
             if refused is not job:
                 self._unannounced += 1
+        if job.deadline and refused is not job:
+            heap = self._expiries
+            heapq.heappush(heap, (job.deadline, next(self._order), job))
+            if len(heap) > 64 and len(heap) > 2 * (len(self.waiting) + len(self.async_waiting)):
+                self._compact()
         if refused is not None and self.claim(refused, QUEUED):
             refused.state = DONE
             return refused
         return None
+
+    def next_expiry(self) -> float:
+        """When the soonest waiting job's deadline passes (clock time), or 0.0 if no
+        waiting job has one. May name a job that started since: `expire` skips it."""
+        heap = self._expiries
+        return heap[0][0] if heap else 0.0
+
+    def expire(self) -> list[Job]:
+        """Claim the waiting jobs whose deadline has passed: answer them `expired` now.
+        They never run (SPEC section 2: a request is answered TIMEOUT at its deadline)."""
+        now = self.clock()
+        heap = self._expiries
+        out = []
+        while heap and heap[0][0] <= now:
+            job = heapq.heappop(heap)[2]
+            if job.state != QUEUED or not self.refuse_unstarted(job):
+                continue  # started, or answered otherwise
+            if job.handler.is_async:
+                self.async_waiting.remove(job.peer, job)
+            else:
+                with self._lock:
+                    self.waiting.remove(job.peer, job)
+            out.append(job)
+        return out
+
+    def expired(self, job: Job, now: float) -> Refusal:
+        """The TIMEOUT for ``job``, whose deadline passed before it started."""
+        req = job.request
+        waited = now - (job.deadline - req.ttl_ms / 1000)
+        return Refusal(
+            ErrorCode.TIMEOUT,
+            f"{req.target} expired after waiting {waited:.3f} s in the worker's queue "
+            f"(ttl {req.ttl_ms} ms); it did not run",
+        )
+
+    def _compact(self) -> None:
+        """Rebuild the expiry heap from the jobs still waiting (amortised O(1) a job)."""
+        live = [e for e in self._expiries if e[2].state == QUEUED]
+        heapq.heapify(live)
+        self._expiries = live
 
     def overloaded(self) -> Refusal:
         return Refusal(
@@ -228,16 +280,10 @@ class JobTable:
 
     def refusal_on_start(self, job: Job) -> Refusal | None:
         """Why a job that just got a slot must not run (cancelled, expired), or None."""
-        req = job.request
         if job.cancelled:
             return Refusal(ErrorCode.CANCELLED, "cancelled")
         if job.deadline and job.started > job.deadline:
-            waited = job.started - (job.deadline - req.ttl_ms / 1000)
-            return Refusal(
-                ErrorCode.TIMEOUT,
-                f"{req.target} expired after waiting {waited:.3f} s in the worker's "
-                "queue; it did not run",
-            )
+            return self.expired(job, job.started)
         return None
 
     def cancel(self, peer: Hashable, rid: int) -> Job | None:
@@ -258,6 +304,24 @@ class JobTable:
             self.async_waiting.remove(peer, job)
             return job
         return None
+
+    def forget_peer(self, peer: Hashable) -> int:
+        """``peer`` said DISCONNECT: drop its waiting jobs unanswered (it is gone) and
+        flag its running ones cancelled. Returns how many were dropped."""
+        dropped = 0
+        for job in [j for j in self.jobs.values() if j.peer == peer]:
+            job.cancelled = True
+            if job.task is not None:
+                job.task.cancel()
+            elif self.refuse_unstarted(job):
+                if job.handler.is_async:
+                    self.async_waiting.remove(peer, job)
+                else:
+                    with self._lock:
+                        self.waiting.remove(peer, job)
+                self.jobs.pop(job.key, None)
+                dropped += 1
+        return dropped
 
     def finish(self, job: Job) -> bool:
         """``job``'s final answer is being sent: forget it. False if it was already

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from dataclasses import replace
 from typing import Any
 
 import protocol
@@ -102,20 +103,24 @@ def handler_error(job: Job, exc: BaseException, index: int, results: list[Any]) 
     """The ERROR for an exception the handler raised (at batch item ``index``)."""
     req = job.request
     args = req.args[index] if req.batch else req.args
+    # A batch stops at the item that failed (SPEC 7.9): say which, and what came before.
+    detail = {"index": index, "results": results} if req.batch else None
     if isinstance(exc, TypeError):
         problem = job.handler.arguments_error(list(args), req.kwargs)
         if problem is not None:
-            return protocol.encode(
-                Error(req.id, ErrorCode.BAD_ARGUMENTS, problem, "BadArguments", codec=req.codec)
-            )
+            err = Error(req.id, ErrorCode.BAD_ARGUMENTS, problem, codec=req.codec, detail=detail)
+            return _encode_error(err)
     # Drop our own frame: the caller wants the handler's traceback, not ours.
     tb = exc.__traceback__.tb_next if exc.__traceback__ else None
     text = "".join(traceback.format_exception(type(exc), exc, tb))
-    detail = None
-    if req.batch:
-        detail = {"index": index, "results": results}
     err = Error.from_exception(req.id, exc, req.codec, traceback=text, detail=detail)
+    return _encode_error(err)
+
+
+def _encode_error(err: Error) -> list[Any]:
     try:
         return protocol.encode(err)
-    except ProtocolError:  # partial results not encodable: send the error alone
-        return protocol.encode(Error.from_exception(req.id, exc, req.codec, traceback=text))
+    except ProtocolError:  # the results before a failed item do not encode: the index only
+        if err.detail is None:
+            raise
+        return protocol.encode(replace(err, detail={"index": err.detail["index"]}))

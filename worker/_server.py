@@ -75,6 +75,10 @@ log = logging.getLogger("zeromesh.worker")
 
 _BATCH = 256  # messages handled per wake-up before other callbacks get a turn
 _HOUSEKEEPING_S = 0.25
+_STAND_IN_AFTER_S = 0.05
+"""Inline mode: how long a handler runs before the watchdog reads the socket for it
+(answers PING and HELLO, notes CANCEL, times out what waits)."""
+_STAND_IN_POLL_S = 0.025
 _PEER_FORGET_S = 60.0
 
 
@@ -128,6 +132,12 @@ class Worker(RouterServer):
         self.table.reporter = self._report_progress
         self._sock_lock = threading.Lock()  # inline mode: who may touch the socket now
         self._running_inline: Job | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0
+        # Inline mode: stolen requests (read by the watchdog while a handler ran) that
+        # the watchdog answered TIMEOUT at their deadline; the loop skips them.
+        self._stolen_deadlines: list[tuple[float, list[zmq.Frame], protocol.Header]] = []
+        self._stolen_answered: set[int] = set()
         self._stolen: deque[list[zmq.Frame]] = deque()  # received by the watchdog
         self._closing = False
         self._done: deque[tuple[Job | None, Any, list[Any]]] = deque()
@@ -275,14 +285,20 @@ class Worker(RouterServer):
             self.cancel(peer, msg.id)
         elif type(msg) is Disconnect:
             self._peers.pop(peer, None)
+            dropped = self.table.forget_peer(peer)
+            if dropped:
+                log.info(
+                    "client %s left (%s): dropped its %d waiting request(s)",
+                    peer.hex(),
+                    msg.reason or "no reason given",
+                    dropped,
+                )
         else:
             # Never answer an answer (ERROR, REPLY, PONG...): two peers doing that would
-            # bounce errors forever. Count it and move on.
-            self.protocol_errors += 1
-            log.warning(
-                "client %s sent a %s message, which a worker does not accept; ignored",
-                peer.hex(),
-                type(msg).__name__,
+            # bounce errors forever. Count it (the log is rate-limited) and move on.
+            self.count_bad(
+                f"client {peer.hex()} sent a {type(msg).__name__}, which a worker does not "
+                "take; ignored"
             )
 
     def malformed(self, peer: bytes, frames: list[zmq.Frame], exc: ProtocolError, who: str) -> None:
@@ -350,6 +366,28 @@ class Worker(RouterServer):
         refused = self.table.enqueue(job)
         if refused is not None:
             self._answer_error(refused, *self.table.overloaded())
+        if job.deadline and not self.inline:
+            self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        """Have `_expire` run when the soonest waiting job's deadline passes (threaded
+        mode: the loop is free; inline mode: the watchdog does it, `_stand_in`)."""
+        at = self.table.next_expiry()
+        if not at or (self._expiry_timer is not None and self._expiry_at <= at):
+            return
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        assert self._loop is not None
+        self._expiry_at = at
+        self._expiry_timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        """Answer TIMEOUT to the waiting requests whose deadline passed; they never run."""
+        self._expiry_timer = None
+        now = time.monotonic()
+        for job in self.table.expire():
+            self._answer_error(job, *self.table.expired(job, now))
+        self._arm_expiry()
 
     def cancel(self, peer: bytes, rid: int) -> None:
         """``peer`` gave up on request ``rid``: stop it if it runs, drop it if it waits."""
@@ -405,7 +443,12 @@ class Worker(RouterServer):
             if len(self._done) >= 32 or time.monotonic() - job.started > 0.001:
                 self._flush_done()  # answer slow calls at once, batch quick ones
             while self._stolen:  # what arrived while the handler ran
-                self._on_message(self._stolen.popleft())
+                frames = self._stolen.popleft()
+                if self._stolen_answered and id(frames) in self._stolen_answered:
+                    self._stolen_answered.discard(id(frames))
+                    continue  # expired while it waited: the watchdog answered it
+                self._on_message(frames)
+            self._stolen_deadlines.clear()
 
     def _watchdog_main(self) -> None:
         """Inline mode: while a handler runs long, answer PING and HELLO, note CANCEL.
@@ -416,9 +459,11 @@ class Worker(RouterServer):
         """
         lock = self._sock_lock
         while not self._closing:
-            time.sleep(0.1)
+            # Look often while a handler runs (a request queued behind it must be
+            # answered TIMEOUT near its deadline), seldom while idle.
+            time.sleep(_STAND_IN_POLL_S if self._running_inline is not None else 0.1)
             job = self._running_inline
-            if job is None or time.monotonic() - job.started < 0.2:
+            if job is None or time.monotonic() - job.started < _STAND_IN_AFTER_S:
                 continue
             if not lock.acquire(blocking=False):
                 continue
@@ -445,7 +490,11 @@ class Worker(RouterServer):
                 continue
             kind = header.type
             peer = frames[0].bytes
-            if kind is protocol.MessageType.PING:
+            if kind is protocol.MessageType.REQUEST and header.ttl_ms:
+                deadline = time.monotonic() + header.ttl_ms / 1000
+                self._stolen_deadlines.append((deadline, frames, header))
+                self._stolen.append(frames)
+            elif kind is protocol.MessageType.PING:
                 self._send_now(peer, protocol.encode(Pong(header.id, header.codec)))
             elif kind is protocol.MessageType.HELLO:
                 self._send_now(peer, protocol.encode(self.hello(header.id, header.codec)))
@@ -454,13 +503,42 @@ class Worker(RouterServer):
                 job.request.id,
             ):
                 job.cancelled = True
+            elif kind is protocol.MessageType.DISCONNECT and peer == job.peer:
+                job.cancelled = True  # the running one; the loop drops the waiting ones
+                self._stolen.append(frames)
             else:
                 self._stolen.append(frames)
+        self._expire_standing_in()
         if self._link is not None:
             self._link.stand_in()  # the brokers need heartbeats too
         limit = self.config.hard_timeout
         if limit and job in self.table.overdue(limit) and self.table.claim(job, RUNNING):
             self._hard_exit(job)
+
+    def _expire_standing_in(self) -> None:
+        """Inline mode, watchdog (holding the socket lock, the loop inside a handler):
+        answer TIMEOUT to what waits past its deadline, admitted or still stolen."""
+        now = time.monotonic()
+        for job in self.table.expire():
+            self._answer_now(job, *self.table.expired(job, now))
+            self.table.finish(job)
+        if not self._stolen_deadlines:
+            return
+        waiting = []
+        for deadline, frames, header in self._stolen_deadlines:
+            if deadline > now:
+                waiting.append((deadline, frames, header))
+                continue
+            self._stolen_answered.add(id(frames))
+            msg = Error(
+                header.id,
+                ErrorCode.TIMEOUT,
+                f"{header.target} expired after waiting {header.ttl_ms / 1000:.3f} s behind "
+                f"a running handler (ttl {header.ttl_ms} ms); it did not run",
+                codec=header.codec,
+            )
+            self._send_now(frames[0].bytes, protocol.encode(msg))
+        self._stolen_deadlines = waiting
 
     def _send_now(self, peer: Any, frames: list[Any]) -> None:
         """Send from the watchdog thread (holding the socket lock); best effort."""
@@ -480,6 +558,8 @@ class Worker(RouterServer):
         for peer in list(self._peers):
             self._send_now(peer, goodbye)
         for frames in self._stolen:
+            if id(frames) in self._stolen_answered:
+                continue  # answered TIMEOUT already
             with contextlib.suppress(ProtocolError, IndexError):
                 header = protocol.decode_header(frames[1])
                 if header.type is protocol.MessageType.REQUEST:
