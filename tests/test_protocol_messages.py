@@ -884,3 +884,16 @@ def test_datetime_arrays_need_a_unit_of_at_least_one(dtype: str) -> None:
         protocol.encode(Reply(1, np.zeros(1, dtype=dtype.split("[")[0])))
     ok = json.dumps({"$nd": {"dtype": "<m8[ns]", "shape": [1], "frame": 0, "later": 1}})
     assert protocol.decode([header, ok.encode(), bytes(8)]).result.dtype == np.dtype("m8[ns]")
+
+
+def test_target_and_ttl_belong_to_requests_only() -> None:
+    """SPEC section 2: a REQUEST without a target is PROTOCOL (with its id); on other
+    types a receiver ignores ttl_ms and a target (the size check still counts it)."""
+    request = protocol.encode(Request(5, "a.b", [], {}))
+    no_target = request[0][:18] + b"\x00\x00"
+    with pytest.raises(ProtocolError) as failed:
+        protocol.decode([no_target, request[1]])
+    assert (failed.value.code, failed.value.request_id) == (ErrorCode.PROTOCOL, 5)
+    ping = bytearray(protocol.encode(Ping(7))[0])
+    struct.pack_into("!IH", ping, 14, 1234, 3)  # ttl_ms 1234, a 3-byte target
+    assert protocol.decode([bytes(ping) + b"x.y", b""]) == Ping(7)
