@@ -372,7 +372,11 @@ def _byte_view(frame: Buffer) -> memoryview:
     """Any frame (memoryview, bytearray, zmq.Frame ...) as a flat view of bytes."""
     try:
         view = memoryview(frame)
-        return view if view.itemsize == 1 and view.ndim == 1 else view.cast("B")
+        if view.itemsize == 1 and view.ndim == 1:
+            return view
+        if not view.nbytes:  # an empty array (shape (2, 0)): cast refuses zero-size views
+            return memoryview(b"")
+        return view.cast("B")
     except TypeError as exc:
         raise ProtocolError(f"a frame must be a contiguous buffer, not {type(frame)!r}") from exc
 

@@ -490,3 +490,11 @@ def test_arrays_from_many_threads_keep_their_own_frames() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(round_trip, range(8)))
+
+
+def test_an_empty_multi_dimensional_array_round_trips_in_memory() -> None:
+    # Frames handed straight from encode to decode (no socket): the array itself is the
+    # out-of-band frame, and a zero-size 2-D buffer cannot be cast to bytes.
+    arr = np.zeros((2, 0), dtype="<i8")
+    got = protocol.decode(protocol.encode(Reply(1, arr))).result
+    assert (got.shape, got.dtype) == ((2, 0), arr.dtype)
