@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     log = logging.getLogger("zeromesh.broker")
     binds = args.bind or [os.environ.get("ZEROMESH_BROKER_BIND") or DEFAULT_BIND]
     try:

@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the gateway until SIGTERM/SIGINT; return the exit status."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         host, port = parse_listen(args.listen)
         jobs_db = args.jobs_db

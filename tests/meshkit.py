@@ -24,7 +24,7 @@ from client import Client
 SERVICE = "examples.mathsvc:svc"
 
 
-_BOUND = re.compile(r"bound (tcp://\S+)")
+_BOUND = re.compile(r"bound (tcp://[^\s\x22,]+)")  # a text or a JSON log line
 
 
 def free_port() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -86,3 +87,10 @@ def count(n: int) -> int:
         progress(i + 1, n, f"step {i + 1}")
         time.sleep(0.01)
     return n
+
+
+@svc.handler
+def log(text: str) -> str:
+    """Log ``text`` at warning level from inside the handler; return it."""
+    logging.getLogger("testsvc").warning("handler says %s", text)
+    return text

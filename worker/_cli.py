@@ -178,7 +178,7 @@ def _security(args: argparse.Namespace, binds: list[str]) -> tuple[Security, Cli
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     log = logging.getLogger("zeromesh.worker")
     binds = args.bind or [os.environ.get("ZEROMESH_BIND") or DEFAULT_BIND]
     if args.broker and not args.bind and not os.environ.get("ZEROMESH_BIND"):

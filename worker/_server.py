@@ -56,6 +56,7 @@ from protocol import (
 from zmqio import (
     HANGUP_GRACE_S,
     RouterServer,
+    add_log_fields,
     has_input,
     receive_batch,
     recv_message,
@@ -72,6 +73,18 @@ from ._service import Handler, Service
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "Worker", "WorkerConfig"]
 
 log = logging.getLogger("zeromesh.worker")
+
+
+def _request_log_fields() -> dict[str, Any] | None:
+    """The running handler's request, for JSON log lines (``--log-format json``)."""
+    job = _context.current.get()
+    if not isinstance(job, Job):
+        return None
+    req = job.request
+    return {"target": req.target, "request_id": req.id}
+
+
+add_log_fields(_request_log_fields)
 
 _BATCH = 256  # messages handled per wake-up before other callbacks get a turn
 _HOUSEKEEPING_S = 0.25

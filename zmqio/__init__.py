@@ -13,11 +13,12 @@ whole messages; below it, pyzmq.
 * `Outbox`: send now or queue in order, bounded in bytes per peer.
 * `receive_batch`, `recv_message`, `send_message`, `has_input`: fast, non-blocking
   whole-message IO with plain integer flags and zero-copy for large buffers.
-* `add_log_level`, `setup_logging`: the commands' shared ``--log-level`` and format.
+* `add_log_level`, `setup_logging`, `add_log_fields`: the commands' shared
+  ``--log-level`` and ``--log-format`` (text or JSON lines with request fields).
 """
 
 from ._frames import has_input, receive_batch, recv_message, send_message
-from ._logs import add_log_level, setup_logging
+from ._logs import LOG_FIELDS, JsonFormatter, add_log_fields, add_log_level, setup_logging
 from ._outbox import DEFAULT_PEER_OUTPUT, Outbox, add_max_peer_output
 from ._security import (
     ALLOW_ANY,
@@ -91,6 +92,9 @@ __all__ = [
     "recv_message",
     "send_message",
     # logging
+    "LOG_FIELDS",
+    "JsonFormatter",
+    "add_log_fields",
     "add_log_level",
     "setup_logging",
 ]
