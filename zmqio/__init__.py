@@ -13,12 +13,24 @@ whole messages; below it, pyzmq.
 * `Outbox`: send now or queue in order, bounded in bytes per peer.
 * `receive_batch`, `recv_message`, `send_message`, `has_input`: fast, non-blocking
   whole-message IO with plain integer flags and zero-copy for large buffers.
+* `CallStats`, `serve_metrics`: calls counted cheaply, served to Prometheus
+  (``--metrics HOST:PORT``) as families built at scrape time.
 * `add_log_level`, `setup_logging`, `add_log_fields`: the commands' shared
   ``--log-level`` and ``--log-format`` (text or JSON lines with request fields).
 """
 
 from ._frames import has_input, receive_batch, recv_message, send_message
 from ._logs import LOG_FIELDS, JsonFormatter, add_log_fields, add_log_level, setup_logging
+from ._metrics import (
+    LATENCY_BUCKETS,
+    OTHER_TARGET,
+    CallStats,
+    StatsCollector,
+    add_metrics_option,
+    gauge,
+    outcome_name,
+    serve_metrics,
+)
 from ._outbox import DEFAULT_PEER_OUTPUT, Outbox, add_max_peer_output
 from ._security import (
     ALLOW_ANY,
@@ -91,6 +103,15 @@ __all__ = [
     "receive_batch",
     "recv_message",
     "send_message",
+    # metrics
+    "LATENCY_BUCKETS",
+    "OTHER_TARGET",
+    "CallStats",
+    "StatsCollector",
+    "add_metrics_option",
+    "gauge",
+    "outcome_name",
+    "serve_metrics",
     # logging
     "LOG_FIELDS",
     "JsonFormatter",
