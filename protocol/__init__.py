@@ -9,6 +9,7 @@ import logging
 
 from ._framing import (
     FLAG_BATCH,
+    FLAG_META,
     HEADER_SIZE,
     PROTOCOL_VERSION,
     SIGNATURE,
@@ -93,6 +94,7 @@ __all__ = [
     "Codec",
     "DEFAULT_LIMITS",
     "FLAG_BATCH",
+    "FLAG_META",
     "HEADER_SIZE",
     "Header",
     "Limits",

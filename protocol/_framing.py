@@ -7,6 +7,7 @@ a message without decoding its body (the broker relies on that).
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -39,6 +40,7 @@ from .errors import ErrorCode, ProtocolError
 
 __all__ = [
     "FLAG_BATCH",
+    "FLAG_META",
     "HEADER_SIZE",
     "PROTOCOL_VERSION",
     "SIGNATURE",
@@ -52,7 +54,11 @@ __all__ = [
 SIGNATURE = b"ZM"
 PROTOCOL_VERSION = 1
 FLAG_BATCH = 0x01
-_KNOWN_FLAGS = FLAG_BATCH
+FLAG_META = 0x02
+"""REQUEST only (revision 1.1): the body is ``[args, kwargs, meta]``; ``meta`` carries
+``traceparent``. Sent only to a peer that announced 1.1 (SPEC section 3)."""
+_KNOWN_FLAGS = FLAG_BATCH | FLAG_META
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _MAX_TARGET_BYTES = 255
 
 # signature, version, type, codec, flags, request id, ttl ms, target length
@@ -129,11 +135,15 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
                 if type(key) is not str:
                     _check_request(msg)  # a str subclass is fine; anything else raises
                     break
-        body, oob = encode_value([args, kwargs], codec)
+        if msg.trace:
+            body, oob = encode_value([args, kwargs, {"traceparent": msg.trace}], codec)
+            flags = FLAG_META
+        else:
+            body, oob = encode_value([args, kwargs], codec)
         target = _target_bytes(msg.target)
         ttl = msg.ttl_ms
         if batch:
-            flags = FLAG_BATCH
+            flags |= FLAG_BATCH
     elif type(msg) is Reply:
         if msg.batch:
             flags = FLAG_BATCH
@@ -282,9 +292,12 @@ def _read_header(frame: Buffer, limits: Limits) -> tuple[MessageType, Codec, int
             rid,
             _MSGPACK if cd is None else cd,
         )
-    if flags and mt is not _REQUEST and mt is not _REPLY:
+    if flags and mt is not _REQUEST and (mt is not _REPLY or flags & FLAG_META):
         raise _with_id(
-            ProtocolError(f"the batch flag is set on a {mt.name}; only REQUEST and REPLY carry it"),
+            ProtocolError(
+                f"flags {flags:#x} on a {mt.name}: batch (0x01) belongs to REQUEST and "
+                "REPLY, meta (0x02) to REQUEST only"
+            ),
             rid,
             cd,
         )
@@ -426,7 +439,14 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
             if not target:
                 raise ProtocolError("request has no target name")
             value = decode_value(body, codec, oob, limits, size)
-            if type(value) is not list or len(value) != 2:
+            trace = ""
+            if flags & FLAG_META:
+                if type(value) is not list or len(value) != 3 or type(value[2]) is not dict:
+                    raise ProtocolError(
+                        "request body with the meta flag must be [args, kwargs, meta map]"
+                    )
+                trace = _traceparent(value.pop())
+            elif type(value) is not list or len(value) != 2:
                 raise ProtocolError("request body must be [args, kwargs]")
             args, kwargs = value
             if type(args) is not list or type(kwargs) is not dict:
@@ -436,7 +456,7 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
                 raise ProtocolError("batch request args must be a list of argument lists")
             if kwargs and codec is _MSGPACK and any(type(k) is not str for k in kwargs):
                 raise ProtocolError("request kwargs keys must be strings")
-            return _new_request(rid, target, args, kwargs, ttl, codec, batch == FLAG_BATCH)
+            return _new_request(rid, target, args, kwargs, ttl, codec, batch == FLAG_BATCH, trace)
         if mt is _REPLY:
             result = decode_value(body, codec, oob, limits, size)
             batch = flags & FLAG_BATCH
@@ -473,7 +493,9 @@ def _slot_setters(cls: type, *names: str) -> tuple[Any, ...]:
 
 
 _new = object.__new__
-_set_request = _slot_setters(Request, "id", "target", "args", "kwargs", "ttl_ms", "codec", "batch")
+_set_request = _slot_setters(
+    Request, "id", "target", "args", "kwargs", "ttl_ms", "codec", "batch", "trace"
+)
 _set_reply = _slot_setters(Reply, "id", "result", "codec", "batch")
 
 
@@ -485,8 +507,9 @@ def _new_request(
     ttl: int,
     codec: Codec,
     batch: bool,
+    trace: str = "",
 ) -> Request:
-    s_id, s_target, s_args, s_kwargs, s_ttl, s_codec, s_batch = _set_request
+    s_id, s_target, s_args, s_kwargs, s_ttl, s_codec, s_batch, s_trace = _set_request
     msg = _new(Request)
     s_id(msg, rid)
     s_target(msg, target)
@@ -495,7 +518,17 @@ def _new_request(
     s_ttl(msg, ttl)
     s_codec(msg, codec)
     s_batch(msg, batch)
+    s_trace(msg, trace)
     return msg
+
+
+def _traceparent(meta: dict[Any, Any]) -> str:
+    """The W3C traceparent in a request's meta map, or "" when absent or malformed (a
+    receiver ignores a traceparent it cannot parse, as W3C Trace Context says)."""
+    value = meta.get("traceparent")
+    if type(value) is str and _TRACEPARENT.match(value) and not value.startswith("ff"):
+        return value
+    return ""
 
 
 def _new_reply(rid: int, result: Any, codec: Codec, batch: bool) -> Reply:

@@ -53,6 +53,8 @@ class Request:
     0 means no deadline. A receiver should not start a request whose time is up.
     With ``batch`` set, ``args`` is a list of positional-argument lists: the handler
     runs once per item (with the same ``kwargs``) and the reply is the list of results.
+    ``trace`` is the caller's W3C ``traceparent`` ("" for none; revision 1.1): it
+    travels in the body's third item, which only 1.1 peers are sent (SPEC 3).
     """
 
     TYPE: ClassVar[MessageType] = MessageType.REQUEST
@@ -63,6 +65,7 @@ class Request:
     ttl_ms: int = 0
     codec: Codec = Codec.MSGPACK
     batch: bool = False
+    trace: str = ""
 
     @property
     def service(self) -> str:

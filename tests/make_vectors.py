@@ -31,6 +31,7 @@ import numpy as np
 from vectorkit import describe
 
 from protocol import (
+    FLAG_META,
     Cancel,
     Codec,
     Disconnect,
@@ -52,6 +53,14 @@ from protocol import (
 
 __all__ = ["FENCE", "FORMAT", "HERE", "build", "main"]
 
+
+def _plain_body(value: Any, codec: Codec) -> bytes:
+    """A body of plain values written by hand (no arrays), compact JSON or MessagePack."""
+    if codec is MSGPACK:
+        return bytes(msgpack.packb(value))
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 FORMAT = 1
 """The vector files' format version: bumped when a key changes meaning or goes away."""
 
@@ -62,6 +71,9 @@ HERE = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
 """Where the vector files live."""
 
 Case = dict[str, Any]
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+"""W3C Trace Context's own example traceparent."""
 
 MSGPACK = Codec.MSGPACK
 JSON = Codec.JSON
@@ -360,6 +372,34 @@ def message_cases() -> Cases:
             spec="2, 3, 7.9",
             note="flags bit 0: args is one argument list per call",
         )
+        c.valid(
+            f"request-trace-{n}",
+            Request(5, "math.add", [1, 2], {}, 30000, codec, trace=TRACEPARENT),
+            spec="3",
+            note="revision 1.1: flags bit 1 (meta); the body's third item carries the "
+            "W3C traceparent",
+        )
+        c.valid(
+            f"request-trace-batch-{n}",
+            Request(6, "math.add", [[1, 2]], {}, 0, codec, batch=True, trace=TRACEPARENT),
+            spec="3, 7.9",
+        )
+        for label, meta in (
+            ("malformed-traceparent", {"traceparent": "00-xyz"}),
+            ("traceparent-version-ff", {"traceparent": "ff" + TRACEPARENT[2:]}),
+            ("no-traceparent", {"later": 1}),
+        ):
+            c.valid(
+                f"request-meta-{label}-{n}",
+                Request(7, "math.add", [1, 2], {}, 0, codec),
+                frames=[
+                    header(REQUEST, 7, codec=codec, flags=FLAG_META, target=b"math.add"),
+                    _plain_body([[1, 2], {}, meta], codec),
+                ],
+                spec="3",
+                note="a traceparent that is missing or does not parse is ignored (W3C "
+                "Trace Context), not refused; other meta keys are ignored",
+            )
         c.valid(
             f"request-largest-header-fields-{n}",
             Request(2**64 - 1, "s" * 253 + ".h", [], {}, 2**32 - 1, codec),
@@ -820,9 +860,19 @@ def _header_checks(c: Cases) -> None:
         rid=8,
         note="answered in MessagePack: the codec is unknown",
     )
-    for flags in (0x02, 0x80, 0x03):
+    for flags in (0x04, 0x80, 0x05):
         frames = [header(REQUEST, 9, codec=JSON, flags=flags, target=b"math.add"), b"[[1,2],{}]"]
-        c.refused(f"flags-{flags:#04x}", frames, "a flag bit other than bit 0", rid=9, codec=JSON)
+        c.refused(
+            f"flags-{flags:#04x}", frames, "a flag bit other than bits 0 and 1", rid=9, codec=JSON
+        )
+    for label, body in (("two-items", b"[[1,2],{}]"), ("meta-not-a-map", b'[[1,2],{},"x"]')):
+        frames = [header(REQUEST, 9, codec=JSON, flags=FLAG_META, target=b"math.add"), body]
+        check = "meta flag: the REQUEST body is [args, kwargs, meta map]"
+        c.refused(f"request-meta-flag-{label}", frames, check, rid=9, codec=JSON, spec="3")
+    frames = [header(REPLY, 9, codec=JSON, flags=FLAG_META), b"3"]
+    c.refused(
+        "meta-flag-on-reply", frames, "meta flag on a type other than REQUEST", rid=9, codec=JSON
+    )
     for mtype, empty in ((PING, b""), (HELLO, b"{}"), (CANCEL, b"")):
         frames = [header(mtype, 10, codec=JSON, flags=1), empty]
         check = "batch flag on a type other than REQUEST and REPLY"
@@ -1307,6 +1357,14 @@ def worker_cases() -> Cases:
         return frames_of(Request(rid, target, args, {}, 10000, codec, batch))
 
     c.answered("request-add", call(1, "math.add", [1, 2]), answer(REPLY, 1, body=3), spec="3, 10.1")
+    traced = frames_of(Request(7, "math.add", [1, 2], {}, 10000, trace=TRACEPARENT))
+    c.answered(
+        "request-add-traced",
+        traced,
+        answer(REPLY, 7, body=3),
+        spec="3",
+        note="revision 1.1: a worker that announced 1.1 takes the meta flag and the trace",
+    )
     c.answered(
         "request-add-json",
         call(2, "math.add", [1, 2], JSON),
@@ -1446,9 +1504,10 @@ COMMON = [
 ]
 DECODE_HELP = [
     "Each case: decode 'frames'; the message must mean 'decoded': type name, id, codec name,",
-    "flags (1: batch), ttl_ms and target (REQUEST only; 0 and \"\" elsewhere), 'body' (absent",
-    "for PING, PONG and CANCEL, whose body frame is empty) and, for ERROR, HELLO, READY,",
-    "PROGRESS and DISCONNECT, 'fields': every field of SPEC section 7 with defaults applied.",
+    'flags (1: batch, 2: meta), ttl_ms, target and trace (REQUEST only; 0 and "" elsewhere),',
+    "'body' (absent for PING, PONG and CANCEL, whose body frame is empty) and, for ERROR,",
+    "HELLO, READY, PROGRESS and DISCONNECT, 'fields': every field of SPEC section 7 with",
+    "defaults applied.",
     'Body values are JSON, with tagged one-key objects: {"$bytes": hex}, {"$ndarray":',
     "{dtype, shape, values}} (complex items as [real, imag], datetime64/timedelta64 items as",
     'int64 counts) and {"$map": [[key, value], ...]} for maps whose keys are not all strings.',

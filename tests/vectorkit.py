@@ -32,6 +32,7 @@ import numpy as np
 
 from protocol import (
     FLAG_BATCH,
+    FLAG_META,
     Cancel,
     Codec,
     Disconnect,
@@ -116,12 +117,15 @@ def describe(msg: Message, body: Any = None) -> dict[str, Any]:
         "type": msg.TYPE.name,
         "id": msg.id,
         "codec": Codec(msg.codec).name,
-        "flags": FLAG_BATCH if getattr(msg, "batch", False) else 0,
+        "flags": (FLAG_BATCH if getattr(msg, "batch", False) else 0)
+        | (FLAG_META if getattr(msg, "trace", "") else 0),
         "ttl_ms": msg.ttl_ms if isinstance(msg, Request) else 0,
         "target": msg.target if isinstance(msg, Request) else "",
     }
     if isinstance(msg, Request):
-        meaning["body"] = to_json([msg.args, msg.kwargs])
+        meta = [{"traceparent": msg.trace}] if msg.trace else []
+        meaning["body"] = to_json([msg.args, msg.kwargs, *meta])
+        meaning["trace"] = msg.trace
     elif isinstance(msg, Reply):
         meaning["body"] = to_json(msg.result)
     elif msg.TYPE not in _EMPTY_BODY:
@@ -143,8 +147,10 @@ def message(meaning: dict[str, Any]) -> Message:
     codec = Codec[meaning["codec"]]
     batch = bool(meaning["flags"] & FLAG_BATCH)
     if mtype is MessageType.REQUEST:
-        args, kwargs = from_json(meaning["body"])
-        return Request(rid, meaning["target"], args, kwargs, meaning["ttl_ms"], codec, batch)
+        args, kwargs = from_json(meaning["body"])[:2]
+        return Request(
+            rid, meaning["target"], args, kwargs, meaning["ttl_ms"], codec, batch, meaning["trace"]
+        )
     if mtype is MessageType.REPLY:
         return Reply(rid, from_json(meaning["body"]), codec, batch)
     fields = {name: from_json(value) for name, value in meaning.get("fields", {}).items()}
