@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 from brokerkit import BrokeredMesh
+from hostilekit import raw_dealer
 from meshkit import Mesh
 
+import protocol
 from client import Client
+from protocol import Reply, Request
 from zmqio import JsonFormatter, add_log_fields
 
 TEST_ENV = {"PYTHONPATH": os.path.dirname(__file__)}
@@ -94,3 +97,27 @@ def test_every_command_offers_log_format(module: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "--log-format {text,json}" in out.stdout
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.process
+def test_the_handler_and_its_log_lines_see_the_caller_s_trace(mesh: Mesh) -> None:
+    w = mesh.start("--log-format", "json", service="testsvc:svc", env=TEST_ENV)
+    with raw_dealer(w.endpoint) as sock:
+        sock.send_multipart(
+            protocol.encode(Request(1, "t.trace", [], {}, 10_000, trace=TRACEPARENT))
+        )
+        sock.send_multipart(protocol.encode(Request(2, "t.trace", [], {}, 10_000)))
+        assert sock.poll(10_000)
+        first = protocol.decode(sock.recv_multipart())
+        assert sock.poll(10_000)
+        second = protocol.decode(sock.recv_multipart())
+    assert isinstance(first, Reply)
+    assert first.result == [TRACEPARENT, "0af7651916cd43dd8448eb211c80319c"]
+    assert isinstance(second, Reply)
+    assert second.result == ["", ""]  # no trace sent: none made up
+    lines = [json.loads(line) for line in w.output().splitlines() if line.strip()]
+    tracing = [line for line in lines if line["message"] == "tracing"]
+    assert [line.get("trace_id") for line in tracing] == ["0af7651916cd43dd8448eb211c80319c", None]

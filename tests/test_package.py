@@ -32,6 +32,8 @@ FACADE = {
     "Service": worker,
     "cancelled": worker,
     "progress": worker,
+    "trace_id": worker,
+    "traceparent": worker,
     # errors
     "ZeromeshError": protocol,
     "AuthenticationError": protocol,

@@ -94,3 +94,12 @@ def log(text: str) -> str:
     """Log ``text`` at warning level from inside the handler; return it."""
     logging.getLogger("testsvc").warning("handler says %s", text)
     return text
+
+
+@svc.handler
+def trace() -> list[str]:
+    """The running request's traceparent and trace id, as the handler sees them."""
+    from worker import trace_id, traceparent
+
+    logging.getLogger("testsvc").warning("tracing")
+    return [traceparent(), trace_id()]

@@ -14,7 +14,7 @@ A library package: it imports `protocol` and `zmqio` only, never `client`, `brok
 import logging
 
 from ._config import StartupError, WorkerConfig
-from ._context import cancelled, progress
+from ._context import cancelled, progress, trace_id, traceparent
 from ._server import Worker
 from ._service import Service
 
@@ -27,6 +27,8 @@ __all__ = [
     "Service",
     "cancelled",
     "progress",
+    "trace_id",
+    "traceparent",
     # running a worker in-process (the CLI does this for you)
     "StartupError",
     "Worker",

@@ -10,13 +10,16 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Protocol
 
-__all__ = ["RequestContext", "cancelled", "current", "progress"]
+__all__ = ["RequestContext", "cancelled", "current", "progress", "trace_id", "traceparent"]
 
 
 class RequestContext(Protocol):
     """The worker's side of a running request (implemented by the worker's job record)."""
 
     cancelled: bool
+
+    @property
+    def trace(self) -> str: ...
 
     def report_progress(self, done: float, total: float | None, note: str) -> None: ...
 
@@ -43,3 +46,19 @@ def cancelled() -> bool:
     """
     ctx = current.get()
     return ctx is not None and ctx.cancelled
+
+
+def traceparent() -> str:
+    """The W3C ``traceparent`` the caller sent with the running request, or "".
+
+    Pass it on (``Client.options(trace=traceparent())``) when the handler calls other
+    services, so their work shows in the same trace.
+    """
+    ctx = current.get()
+    return ctx.trace if ctx is not None else ""
+
+
+def trace_id() -> str:
+    """The 32-hex-digit trace id of the running request's ``traceparent``, or "" when the
+    caller sent none: for the handler's own logs and spans."""
+    return traceparent()[3:35]

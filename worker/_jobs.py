@@ -92,6 +92,11 @@ class Job:
     def key(self) -> tuple[Hashable, int]:
         return (self.peer, self.request.id)
 
+    @property
+    def trace(self) -> str:
+        """The caller's W3C traceparent ("" for none)."""
+        return self.request.trace
+
     def report_progress(self, done: float, total: float | None, note: str) -> None:
         """`worker.progress()` inside the handler: tell the caller, while it runs."""
         if self.state == RUNNING and self.report is not None:

@@ -81,7 +81,10 @@ def _request_log_fields() -> dict[str, Any] | None:
     if not isinstance(job, Job):
         return None
     req = job.request
-    return {"target": req.target, "request_id": req.id}
+    fields: dict[str, Any] = {"target": req.target, "request_id": req.id}
+    if req.trace:
+        fields["trace_id"] = req.trace[3:35]
+    return fields
 
 
 add_log_fields(_request_log_fields)

@@ -44,7 +44,7 @@ from protocol import (
     ZeromeshError,
     __version__,
 )
-from worker import Service, cancelled, progress
+from worker import Service, cancelled, progress, trace_id, traceparent
 
 __all__ = [
     # calling handlers
@@ -60,6 +60,8 @@ __all__ = [
     "Service",
     "cancelled",
     "progress",
+    "trace_id",
+    "traceparent",
     # errors: every one a ZeromeshError
     "ZeromeshError",
     "AuthenticationError",
