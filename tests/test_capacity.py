@@ -3,9 +3,10 @@
 A ``--concurrency 1`` worker of a service with a plain and an async handler announces
 capacity 101: 1 thread and 100 async slots, which it says apart, as a broker says the
 sums of its workers. A client that does not prefetch must still send it only one plain
-request at a time, while its async handlers run many at once. Real workers and brokers;
-`capsvc` handlers that wait for the test (``cap.hold``) or for each other
-(``cap.meet``), so nothing depends on timing.
+request at a time, while its async handlers run many at once; the gateway likewise runs
+one plain job at a time there. Real workers, brokers and gateways; `capsvc` handlers
+that wait for the test (``cap.hold``) or for each other (``cap.meet``), so nothing
+depends on timing.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import gatewaykit
 import pytest
 from brokerkit import ENV, SERVICE_B, BrokeredMesh, wait_for, workers_ready
+from gatewaykit import Gateways, finished
 from meshkit import Mesh
 
 from client import Client
@@ -24,6 +27,8 @@ from client import Client
 pytestmark = pytest.mark.process  # tier 2: starts real processes
 
 CAP = "capsvc:svc"
+
+gateways = gatewaykit.gateways
 
 
 def _hello(endpoint: str) -> dict:
@@ -104,3 +109,24 @@ def test_a_broker_announces_the_sums_of_its_workers(short_tmp: Path) -> None:
         assert row["async_handlers"] == {"cap": ["meet"]}
     finally:
         bmesh.close()
+
+
+def test_the_gateway_runs_one_plain_job_per_thread(
+    mesh: Mesh, gateways: Gateways, short_tmp: Path
+) -> None:
+    w = mesh.start(service=CAP, env=ENV)  # --concurrency 1
+    gw = gateways.start("--connect", w.endpoint, "--jobs-db", ":memory:")
+    gate = short_tmp / "open"
+    holds = [gw.submit("cap.hold", str(gate))["id"] for _ in range(3)]
+    gw.wait_job(holds[0], lambda v: v["status"] == "running")
+    # Async jobs are not held up by the plain ones waiting, and run side by side.
+    meets = [gw.submit("cap.meet", 3)["id"] for _ in range(3)]
+    for job_id in meets:
+        view = gw.wait_job(job_id, finished)
+        assert view["status"] == "done", view
+    # One thread: one plain job running, the others queued in the gateway.
+    for _ in range(5):
+        assert [gw.job(j)["status"] for j in holds] == ["running", "queued", "queued"]
+    gate.touch()
+    for job_id in holds:
+        assert gw.wait_job(job_id, finished)["result"] == w.pid
