@@ -104,6 +104,8 @@ class WorkerRecord:
     """What the broker knows about one connected worker."""
 
     __slots__ = (
+        "async_handlers",
+        "async_slots",
         "capacity",
         "credit",
         "draining",
@@ -119,6 +121,7 @@ class WorkerRecord:
         "served",
         "services",
         "targets",
+        "threads",
     )
 
     def __init__(self, wid: bytes, now: float) -> None:
@@ -129,6 +132,9 @@ class WorkerRecord:
         self.services: dict[str, list[str]] = {}
         self.targets: frozenset[str] = frozenset()
         self.capacity = 0
+        self.threads = 0  # 0: a 1.0 worker, which did not say
+        self.async_slots = 0
+        self.async_handlers: dict[str, list[str]] = {}
         self.credit = 0
         self.draining = False
         self.enlisted = False  # counted among who serves what
@@ -245,9 +251,16 @@ class Scheduler:
         name: str = "",
         host: str = "",
         pid: int = 0,
+        threads: int = 0,
+        async_slots: int = 0,
+        async_handlers: dict[str, list[str]] | None = None,
     ) -> None:
         """A worker said HELLO. A known worker saying it again starts a new credit count
-        at zero (its READY follows); the requests it holds stay in flight."""
+        at zero (its READY follows); the requests it holds stay in flight.
+
+        ``threads``, ``async_slots`` and ``async_handlers`` are what it runs at once of
+        each kind (protocol 1.1; a 1.0 worker leaves them out). Dispatch goes by credit
+        alone; they only add up into what the broker announces to clients."""
         now = self.clock()
         w = self.workers.get(wid)
         if w is None:
@@ -260,6 +273,11 @@ class Scheduler:
         w.services = {s: list(h) for s, h in services.items() if s != RESERVED_SERVICE}
         w.targets = frozenset(f"{s}.{h}" for s, hs in w.services.items() for h in hs)
         w.capacity = max(0, capacity)
+        w.threads = max(0, threads)
+        w.async_slots = max(0, async_slots)
+        w.async_handlers = {
+            s: list(h) for s, h in (async_handlers or {}).items() if s in w.services
+        }
         w.draining = False
         w.last_seen = now
         w.liveness = self.liveness * max(heartbeat, 0.01)
@@ -534,17 +552,29 @@ class Scheduler:
         return sum(w.capacity for w in self.workers.values() if not w.draining)
 
     @property
+    def threads(self) -> int:
+        """Plain requests the registered, non-draining workers run at once, all together.
+
+        A 1.0 worker (it did not say) counts with its whole capacity: it names no async
+        handler, so a client counts everything it sends there as plain."""
+        return sum(w.threads or w.capacity for w in self.workers.values() if not w.draining)
+
+    @property
+    def async_slots(self) -> int:
+        """``async`` requests the registered, non-draining workers run at once, together."""
+        return sum(w.async_slots for w in self.workers.values() if not w.draining)
+
+    @property
     def in_flight(self) -> int:
         return sum(len(w.in_flight) for w in self.workers.values())
 
     def services(self) -> dict[str, list[str]]:
         """Union of the services of the non-draining workers, with their handlers."""
-        out: dict[str, set[str]] = {}
-        for w in self.workers.values():
-            if not w.draining:
-                for s, hs in w.services.items():
-                    out.setdefault(s, set()).update(hs)
-        return {s: sorted(hs) for s, hs in sorted(out.items())}
+        return _union(w.services for w in self.workers.values() if not w.draining)
+
+    def async_handlers(self) -> dict[str, list[str]]:
+        """Union of the non-draining workers' ``async`` handlers, by service."""
+        return _union(w.async_handlers for w in self.workers.values() if not w.draining)
 
     def queue_depths(self) -> dict[str, int]:
         return {s: n for s, n in sorted(self._depth.items()) if n}
@@ -731,6 +761,15 @@ class Scheduler:
             f"no worker connected to the broker serves {target!r}; served: "
             f"{', '.join(served) or 'nothing'}"
         )
+
+
+def _union(maps: Iterable[dict[str, list[str]]]) -> dict[str, list[str]]:
+    """Service -> handler names, merged over ``maps``, sorted."""
+    out: dict[str, set[str]] = {}
+    for m in maps:
+        for s, hs in m.items():
+            out.setdefault(s, set()).update(hs)
+    return {s: sorted(hs) for s, hs in sorted(out.items())}
 
 
 def _pick(avail: OrderedDict[bytes, WorkerRecord], target: str) -> WorkerRecord | None:

@@ -138,7 +138,9 @@ class Broker(RouterServer):
         self._started = clock()
         self._clients: dict[bytes, float] = {}  # client -> last heard (those who said HELLO)
         self._draining = False
-        self._advertised: tuple[int, dict[str, list[str]]] = (0, {})
+        # What the last unasked HELLO said (capacity, threads, async slots, services,
+        # async handlers): nothing yet.
+        self._advertised: tuple[Any, ...] = (0, 0, 0, {}, {})
         self._advertised_gen = 0
         self._announce_at = 0.0
         self._hello_ids = 0
@@ -299,6 +301,10 @@ class Broker(RouterServer):
         return out
 
     def _hello(self, rid: int, codec: Codec) -> Hello:
+        """The broker's HELLO: to a client it looks like one worker as large as all of
+        its registered, non-draining workers together (0 of everything while draining)."""
+        sched = self.sched
+        draining = self._draining
         return Hello(
             rid,
             role="broker",
@@ -306,12 +312,15 @@ class Broker(RouterServer):
             version=protocol.__version__,
             host=socket.gethostname(),
             pid=os.getpid(),
-            services=self.sched.services(),
-            capacity=0 if self._draining else self.sched.capacity,
-            in_flight=self.sched.in_flight,
+            services=sched.services(),
+            capacity=0 if draining else sched.capacity,
+            in_flight=sched.in_flight,
             uptime=round(self._clock() - self._started, 3),
             heartbeat_ms=self.config.heartbeat_ms,
             codec=codec,
+            threads=0 if draining else sched.threads,
+            async_slots=0 if draining else sched.async_slots,
+            async_handlers=sched.async_handlers(),
         )
 
     def _maybe_announce(self) -> None:
@@ -323,7 +332,14 @@ class Broker(RouterServer):
         if now < self._announce_at:
             return  # at most one announcement per 50 ms; the ticker comes back
         self._advertised_gen = self.sched.generation
-        current = (self.sched.capacity, self.sched.services())
+        sched = self.sched
+        current = (
+            sched.capacity,
+            sched.threads,
+            sched.async_slots,
+            sched.services(),
+            sched.async_handlers(),
+        )
         if current == self._advertised:
             return
         self._advertised = current
@@ -375,15 +391,20 @@ class Broker(RouterServer):
                 name=msg.name,
                 host=msg.host,
                 pid=msg.pid,
+                threads=msg.threads,
+                async_slots=msg.async_slots,
+                async_handlers=msg.async_handlers,
             )
             log.info(
-                "worker %s %s: %s (host %s, pid %d, capacity %d)",
+                "worker %s %s: %s (host %s, pid %d, capacity %d: %d thread(s), %d async)",
                 msg.name or peer.hex(),
                 "re-registered" if known else "registered",
                 ", ".join(f"{s}.{{{','.join(h)}}}" for s, h in msg.services.items()),
                 msg.host,
                 msg.pid,
                 msg.capacity,
+                msg.threads,
+                msg.async_slots,
             )
             self._send_control(peer, protocol.encode(self._hello(msg.id, msg.codec)))
         elif type(msg) is Disconnect:

@@ -28,7 +28,7 @@ from protocol import (
 
 from ._async import AsyncClient
 from ._client import Client
-from ._dispatch import WorkerInfo
+from ._dispatch import Slots, WorkerInfo
 from ._endpoints import ENV_ENDPOINTS, resolve_endpoints
 from ._executor import Executor
 from ._options import Options
@@ -44,6 +44,7 @@ __all__ = [
     "Codec",
     "Executor",
     "Options",
+    "Slots",
     "WorkerInfo",
     # endpoint lists as users write them (ranges, $ZEROMESH_ENDPOINTS)
     "ENV_ENDPOINTS",

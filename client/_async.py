@@ -18,7 +18,7 @@ from protocol import DEFAULT_LIMITS, Codec, Limits, Progress, ZeromeshError
 from zmqio import ClientSecurity
 
 from ._core import Core
-from ._dispatch import Call, WorkerInfo
+from ._dispatch import Call, Slots, WorkerInfo
 from ._endpoints import resolve_endpoints
 from ._mapping import auto_chunksize, results_before_failure
 from ._options import Options, changed_options, check_settings, make_request, parse_codec
@@ -163,6 +163,11 @@ class AsyncClient(_AsyncCalls):
         """Requests the ready workers said they run at once, summed (0 while none is
         ready; see `Client.capacity`). Call it on the client's loop."""
         return self._core_started().capacity()
+
+    def slots(self) -> Slots:
+        """Requests the ready workers run at once, plain and async apart (see
+        `Client.slots`). Call it on the client's loop."""
+        return self._core_started().slots()
 
     async def workers(self, timeout: float = 2.0) -> list[WorkerInfo]:
         """Ask every endpoint who it is (see `Client.workers`)."""

@@ -16,7 +16,7 @@ from typing import Any
 from protocol import DEFAULT_LIMITS, Codec, Limits, Progress
 from zmqio import ClientSecurity
 
-from ._dispatch import WorkerInfo
+from ._dispatch import Slots, WorkerInfo
 from ._driver import Driver
 from ._endpoints import resolve_endpoints
 from ._mapping import run_map
@@ -99,8 +99,10 @@ class Client(_Calls):
         retries: default re-sends when a worker is lost while holding a request.
             Requests may therefore run more than once: at-least-once delivery.
         max_in_flight: unanswered requests held before `submit` blocks.
-        prefetch: requests queued at a worker beyond its capacity, so short calls
-            pipeline; 0 for long jobs (none waits behind a busy worker).
+        prefetch: requests queued at a worker beyond what it runs at once (its
+            threads for plain handlers, its async slots for async ones, each kind
+            apart), so short calls pipeline; 0 for long jobs (none waits behind a
+            busy worker).
         codec: "msgpack" (default) or "json".
         heartbeat: seconds between pings; a worker silent for 3 is lost.
         curve_secret: our certificate (``NAME.key_secret`` from ``zeromesh keygen``)
@@ -152,6 +154,14 @@ class Client(_Calls):
         """Requests the ready workers said they run at once, summed (0 while none is
         ready). Brokers count with the capacity they announce."""
         return self._io.capacity()
+
+    def slots(self) -> Slots:
+        """Requests the ready workers run at once, by kind, summed: ``threads`` (plain
+        handlers), ``async_slots`` (``async def`` handlers) and ``async_targets`` (the
+        handlers that are async); ``slots().for_target(name)`` is the one that bounds
+        calls to ``name``. A worker older than protocol 1.1 counts its whole capacity
+        as threads."""
+        return self._io.slots()
 
     def workers(self, timeout: float = 2.0) -> list[WorkerInfo]:
         """Ask every endpoint who it is: one dict per endpoint (state, services, pid...)."""

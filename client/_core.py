@@ -51,6 +51,7 @@ from ._dispatch import (
     SendCancel,
     SendHello,
     SendPing,
+    Slots,
     WakeAt,
     WorkerInfo,
 )
@@ -172,6 +173,10 @@ class Core:
     def capacity(self) -> int:
         """Total capacity of the ready workers (readable from any thread)."""
         return self.dispatcher.capacity()
+
+    def slots(self) -> Slots:
+        """What the ready workers run at once, plain and async apart (any thread)."""
+        return self.dispatcher.slots()
 
     def ask_info(self, on_done: Callable[[], None]) -> float:
         """Ask every endpoint for a fresh HELLO; ``on_done()`` once all have answered.

@@ -23,11 +23,15 @@ into the Dispatcher (the facades only record the outcome).
 
 Rules:
 
-* Calls queue per service, first in first out. The head goes to the READY peer that
-  serves its target with the fewest outstanding requests, if it holds fewer than its
-  capacity + ``prefetch``; among equals, round-robin. A broker serves every target
-  (it routes by itself). A worker that answered OVERLOADED gets nothing new for
-  `OVERLOAD_REST_S`.
+* Calls queue per service, first in first out; calls to handlers a peer named async
+  (HELLO ``async_handlers``) queue apart from the service's plain calls, so neither
+  kind waits behind the other. The head goes to the READY peer that serves its target
+  and holds the fewest outstanding requests of its kind, if that is fewer than the
+  peer runs at once + ``prefetch``: plain ones against its ``threads``, async ones
+  against its ``async_slots``. A 1.0 peer (it announced no ``threads``) has one bound
+  for both: all its outstanding requests against its ``capacity``. Among equals,
+  round-robin. A broker serves every target (it routes by itself). A worker that
+  answered OVERLOADED gets nothing new for `OVERLOAD_REST_S`.
 * Once every peer has said HELLO and none serves a call's target, the call fails
   `UnknownHandler` at once.
 * Each call has a deadline (its timeout from submit). When it passes: `Timeout` if a
@@ -89,6 +93,7 @@ __all__ = [
     "SendCancel",
     "SendHello",
     "SendPing",
+    "Slots",
     "WakeAt",
     "WorkerInfo",
     "next_id",
@@ -98,6 +103,26 @@ log = logging.getLogger("zeromesh.client")
 
 OVERLOAD_REST_S = 0.05
 """How long a worker that answered OVERLOADED gets nothing new."""
+
+_ASYNC_QUEUE = " async"
+"""Appended to a service's name, the key of its async calls' queue (no service name
+holds a space)."""
+
+
+class Slots(NamedTuple):
+    """What the ready peers run at once, all together (`Dispatcher.slots`)."""
+
+    threads: int
+    """Plain requests (a 1.0 peer's whole capacity counts here)."""
+    async_slots: int
+    """Requests to async handlers."""
+    async_targets: frozenset[str]
+    """The ``service.handler`` names some ready peer runs in its async slots."""
+
+    def for_target(self, target: str) -> int:
+        """Requests to ``target`` the ready peers run at once: the slots of its kind."""
+        return self.async_slots if target in self.async_targets else self.threads
+
 
 _CONNECTING, _READY, _DRAINING = CONNECTING, READY, DRAINING
 _ids = itertools.count(1)  # process-wide: ids never repeat across clients or retries
@@ -124,7 +149,7 @@ class Call:
         "id",
         "on_progress",
         "peer",
-        "service",
+        "queue",
         "target",
         "timeout",
     )
@@ -141,7 +166,9 @@ class Call:
     ) -> None:
         self.id = rid
         self.target = target
-        self.service = target.partition(".")[0]
+        self.queue = target.partition(".")[0]
+        """Its service: the queue it waits in (`Dispatcher.submit` gives async calls
+        their own)."""
         self.frames = frames
         self.timeout = timeout
         self.deadline = 0.0
@@ -166,6 +193,9 @@ class Peer:
     """
 
     __slots__ = (
+        "async_out",
+        "async_slots",
+        "async_targets",
         "capacity",
         "endpoint",
         "hello",
@@ -179,6 +209,7 @@ class Peer:
         "role",
         "state",
         "targets",
+        "threads",
     )
 
     def __init__(self, endpoint: str, link: Any = None) -> None:
@@ -186,9 +217,13 @@ class Peer:
         self.link = link
         self.state = _CONNECTING
         self.capacity = 0
+        self.threads = 0  # plain requests it runs at once; 0: a 1.0 peer, use capacity
+        self.async_slots = 0
         self.targets: frozenset[str] = frozenset()
+        self.async_targets: frozenset[str] = frozenset()  # its async handlers
         self.role = ""
         self.outstanding: set[int] = set()  # ids sent to it and not answered
+        self.async_out: set[int] = set()  # those of them that take an async slot
         self.last_seen = 0.0
         self.pinged_at = 0.0
         self.hello_at = 0.0  # when we last got a HELLO from it
@@ -267,6 +302,7 @@ class Dispatcher:
         self.calls: dict[int, Call] = {}
         self.closed = False
         self._queues: dict[str, deque[Call]] = {}
+        self._async_targets: frozenset[str] = frozenset()  # what any peer named async
         self._deadlines: list[tuple[float, int]] = []
         self._wake_at = 0.0  # the wake-up asked for and not yet come (0: none)
         self._all_busy = False  # the last _pick found servers, all at their limit
@@ -302,11 +338,10 @@ class Dispatcher:
         heapq.heappush(heap, (deadline, call.id))
         if not self._wake_at or deadline < self._wake_at:
             self._wake(deadline)
-        q = self._queues.get(call.service)
-        if q is None:
-            q = self._queues[call.service] = deque()
-        q.append(call)
-        self._dispatch(call.service)
+        if call.target in self._async_targets:
+            call.queue += _ASYNC_QUEUE
+        self._queue(call.queue).append(call)
+        self._dispatch(call.queue)
 
     def cancel(self, rid: int) -> bool:
         """The caller gave up on ``rid``: forget it, and tell its peer to drop it.
@@ -318,10 +353,10 @@ class Dispatcher:
             return False
         peer = call.peer
         if peer is None:
-            q = self._queues.get(call.service)
+            q = self._queues.get(call.queue)
             if q is not None and call in q:
                 q.remove(call)
-                self._dispatch(call.service)  # it may have held up the one behind it
+                self._dispatch(call.queue)  # it may have held up the one behind it
         elif rid in peer.outstanding:
             self.outbox.append(SendCancel(peer, rid))
         return True
@@ -345,6 +380,8 @@ class Dispatcher:
         Dispatches nothing: call `heard` once the batch of messages is handled.
         """
         peer.outstanding.discard(rid)
+        if peer.async_out:
+            peer.async_out.discard(rid)
         call = self.calls.pop(rid, None)
         if call is not None:
             call.complete(call, value, None)
@@ -355,7 +392,7 @@ class Dispatcher:
         Dispatches nothing: call `heard` once the batch of messages is handled.
         """
         rid = msg.id
-        peer.outstanding.discard(rid)
+        _release(peer, rid)
         call = self.calls.get(rid)
         if call is None:
             if rid == 0:
@@ -393,7 +430,7 @@ class Dispatcher:
         log.warning("malformed message from %s: %s", peer.endpoint, exc)
         call = self.calls.pop(exc.request_id, None) if exc.request_id else None
         if call is not None:
-            peer.outstanding.discard(call.id)
+            _release(peer, call.id)
             call.complete(call, None, exc)
 
     def progress(self, msg: Progress) -> None:
@@ -412,20 +449,28 @@ class Dispatcher:
         peer.hello = msg
         peer.hello_at = peer.last_seen = now
         peer.role = msg.role
-        peer.targets = frozenset(f"{s}.{h}" for s, hs in msg.services.items() for h in hs)
+        peer.targets = _targets(msg.services)
+        if peer.async_targets != (async_targets := _targets(msg.async_handlers)):
+            peer.async_targets = async_targets
+            self._refile()
         if msg.capacity <= 0:
             peer.state = _DRAINING
         else:
             peer.capacity = msg.capacity
+            peer.threads = msg.threads
+            peer.async_slots = msg.async_slots
             if peer.state is not _READY:
                 log.info(
-                    "%s %s ready: %s %s (pid %d), capacity %d",
+                    "%s %s ready: %s %s (pid %d), capacity %d (%s)",
                     "connected to" if first else "reconnected to",
                     peer.endpoint,
                     msg.role,
                     msg.name,
                     msg.pid,
                     msg.capacity,
+                    f"{msg.threads} thread(s), {msg.async_slots} async"
+                    if msg.threads
+                    else f"protocol {msg.protocol}",
                 )
                 peer.state = _READY
                 self._dispatch_all()
@@ -479,7 +524,7 @@ class Dispatcher:
                 keep.append(cmd)
         self.outbox[:] = keep
         for c in back:
-            peer.outstanding.discard(c.id)
+            _release(peer, c.id)
         peer.state = _CONNECTING
         self._lost(peer, "cannot send to it")
         for c in reversed(back):
@@ -567,6 +612,21 @@ class Dispatcher:
         """Total capacity of the READY peers (safe to read from any thread)."""
         return sum(p.capacity for p in self.peers if p.state is _READY)
 
+    def slots(self) -> Slots:
+        """What the READY peers run at once, of each kind, all together.
+
+        A 1.0 peer (no ``threads``) counts with its whole capacity as threads: it names
+        no async handler, so everything sent to it counts as plain.
+        """
+        threads = async_slots = 0
+        async_targets: set[str] = set()
+        for p in self.peers:
+            if p.state is _READY:
+                threads += p.threads or p.capacity
+                async_slots += p.async_slots
+                async_targets.update(p.async_targets)
+        return Slots(threads, async_slots, frozenset(async_targets))
+
     def queued(self) -> int:
         """Pending calls not held by any peer."""
         return sum(1 for c in self.calls.values() if c.peer is None)
@@ -605,6 +665,10 @@ class Dispatcher:
                     capacity=h.capacity,
                     in_flight=h.in_flight,
                     uptime=h.uptime,
+                    protocol=h.protocol,
+                    threads=h.threads,
+                    async_slots=h.async_slots,
+                    async_handlers=h.async_handlers,
                 )
             rows.append(row)
         return rows
@@ -631,6 +695,8 @@ class Dispatcher:
             q.popleft()
             call.peer = peer
             peer.outstanding.add(call.id)
+            if call.target in peer.async_targets and peer.threads:
+                peer.async_out.add(call.id)
             self.outbox.append(SendCall(peer, call))
 
     def _dispatch_all(self) -> None:
@@ -638,10 +704,12 @@ class Dispatcher:
             self._dispatch(service)
 
     def _pick(self, target: str) -> Peer | None:
-        """The READY peer with the fewest outstanding requests and room for one more."""
+        """The READY peer with the fewest outstanding requests of ``target``'s kind there
+        and room for one more (module docstring, "Rules")."""
         best: Peer | None = None
         best_load = 1 << 62
         self._all_busy = False
+        prefetch = self.prefetch
         peers = self.peers
         n = len(peers)
         start = self._rr
@@ -657,7 +725,15 @@ class Dispatcher:
                     continue
                 peer.resting_until = 0.0
             load = len(peer.outstanding)
-            if load < best_load and load < peer.capacity + self.prefetch:
+            if not peer.threads:  # a 1.0 peer: one bound for both kinds
+                limit = peer.capacity
+            elif target in peer.async_targets:
+                load = len(peer.async_out)
+                limit = peer.async_slots
+            else:
+                load -= len(peer.async_out)
+                limit = peer.threads
+            if load < best_load and load < limit + prefetch:
                 best, best_load = peer, load
             else:
                 self._all_busy = True
@@ -682,18 +758,41 @@ class Dispatcher:
         )
         return True
 
+    def _refile(self) -> None:
+        """A peer named other async handlers: move what waits into the queue of its kind.
+
+        Rare (a peer's first HELLO, a changed service), so it may take time in the
+        number of calls waiting.
+        """
+        self._async_targets = frozenset().union(*(p.async_targets for p in self.peers))
+        waiting = sorted(
+            (c for q in self._queues.values() for c in q if c.id in self.calls),
+            key=lambda c: c.id,  # submit order (a re-sent call's id is older still)
+        )
+        self._queues.clear()
+        for call in waiting:
+            call.queue = call.target.partition(".")[0]
+            if call.target in self._async_targets:
+                call.queue += _ASYNC_QUEUE
+            self._queue(call.queue).append(call)
+
+    def _queue(self, key: str) -> deque[Call]:
+        """The queue named ``key`` (made if need be)."""
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = deque()
+        return q
+
     def _requeue(self, call: Call) -> None:
         """Put ``call`` back at the head of its queue."""
-        q = self._queues.get(call.service)
-        if q is None:
-            q = self._queues[call.service] = deque()
-        q.appendleft(call)
+        self._queue(call.queue).appendleft(call)
 
     def _lost(self, peer: Peer, why: str) -> None:
         """``peer`` is gone: re-queue what it held, or fail it with WorkerLost."""
         calls = self.calls
         held = [calls[rid] for rid in peer.outstanding if rid in calls]
         peer.outstanding.clear()
+        peer.async_out.clear()
         if held:
             log.warning(
                 "worker at %s lost (%s) holding %d request(s): re-sending",
@@ -766,3 +865,14 @@ class Dispatcher:
             f"(not reachable: {down or 'none'}); is a worker running there? check with "
             f"`zeromesh ping --connect {endpoints}`"
         )
+
+
+def _release(peer: Peer, rid: int) -> None:
+    """``peer`` no longer holds ``rid``."""
+    peer.outstanding.discard(rid)
+    peer.async_out.discard(rid)
+
+
+def _targets(handlers: dict[str, list[str]]) -> frozenset[str]:
+    """``service.handler`` names of a HELLO's handler map."""
+    return frozenset(f"{s}.{h}" for s, hs in handlers.items() for h in hs)

@@ -48,7 +48,7 @@ from protocol import Limits, Progress, ZeromeshError
 from zmqio import ClientSecurity
 
 from ._core import Core
-from ._dispatch import Call, WorkerInfo
+from ._dispatch import Call, Slots, WorkerInfo
 from ._options import Options, make_request
 
 __all__ = ["Driver", "SyncLoop"]
@@ -332,6 +332,9 @@ class Driver:
 
     def capacity(self) -> int:
         return self.core.capacity()
+
+    def slots(self) -> Slots:
+        return self.core.slots()
 
     def workers(self, timeout: float) -> list[WorkerInfo]:
         answered = threading.Event()

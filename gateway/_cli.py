@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="jobs running at once (default 0: as many as the workers' advertised capacity)",
+        help="jobs running at once, of both kinds together (default 0: as many as the "
+        "workers run: their threads for plain handlers, their async slots for async ones)",
     )
     p.add_argument(
         "--max-queued-jobs",

@@ -92,7 +92,9 @@ class GatewayConfig:
     retries: int = 2
     """Re-sends of a request whose worker died (at-least-once; 0 for at-most-once calls)."""
     job_concurrency: int = 0
-    """Jobs running at once; 0 means the workers' advertised capacity."""
+    """Jobs running at once, of both kinds together; 0: no cap of its own. Either way,
+    jobs of plain handlers run at most as many at once as the workers' threads, jobs
+    of async handlers as their async slots."""
     max_queued_jobs: int = 10_000
     """Jobs waiting in the gateway's queue before ``POST /jobs`` answers 429."""
     max_pending_calls: int = 1_000
@@ -130,7 +132,7 @@ class GatewayConfig:
             (_positive(self.call_timeout), "--call-timeout must be > 0 seconds"),
             (_positive(self.job_timeout), "--job-timeout must be > 0 seconds"),
             (self.retries >= 0, "--retries must be >= 0"),
-            (self.job_concurrency >= 0, "--job-concurrency must be >= 0 (0: workers' capacity)"),
+            (self.job_concurrency >= 0, "--job-concurrency must be >= 0 (0: as the workers run)"),
             (self.max_queued_jobs >= 1, "--max-queued-jobs must be at least 1"),
             (self.max_pending_calls >= 1, "--max-pending must be at least 1"),
             (self.wait_for_workers >= 0, "--wait-for-workers must be >= 0 seconds"),

@@ -96,7 +96,8 @@ class Gateway:
         self.jobs = JobRunner(
             self.store,
             self._job_client,
-            slots=self._job_slots,
+            slots=self._job_client.slots,
+            limit=config.job_concurrency,
             timeout=config.job_timeout,
             retries=config.retries,
             max_result=config.max_result,
@@ -387,11 +388,6 @@ class Gateway:
         if self.tokens is None:
             return True
         return caller is not None and record.owner == caller
-
-    def _job_slots(self) -> int:
-        capacity = self._job_client.capacity()
-        limit = self.config.job_concurrency
-        return min(capacity, limit) if limit else capacity
 
     # --- health ----------------------------------------------------------------------------
 

@@ -362,21 +362,22 @@ class JobStore:
         )
         return self._get(job_id), cur.rowcount == 1
 
-    async def recover(self) -> list[str]:
-        """On start: every unfinished job back to queued, oldest first; return their ids.
+    async def recover(self) -> list[tuple[str, str]]:
+        """On start: every unfinished job back to queued, oldest first; return their ids
+        and targets.
 
         A job that was running when the last gateway stopped may have run (or may still
         be running) on a worker: it runs again (at-least-once).
         """
         return await self._run(self._recover)
 
-    def _recover(self) -> list[str]:
+    def _recover(self) -> list[tuple[str, str]]:
         db = self._conn()
         db.execute("UPDATE jobs SET status = ? WHERE status = ?", (QUEUED, RUNNING))
         rows = db.execute(
-            "SELECT id FROM jobs WHERE status = ? ORDER BY created, rowid", (QUEUED,)
+            "SELECT id, target FROM jobs WHERE status = ? ORDER BY created, rowid", (QUEUED,)
         ).fetchall()
-        return [r[0] for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
     async def purge(self, older_than: float) -> int:
         """Delete jobs finished before unix time ``older_than``; return how many."""

@@ -1,9 +1,13 @@
 """`JobRunner`: the gateway-side job queue, feeding workers no faster than they can run.
 
-Jobs wait here, in submission order, until the workers have a free slot; only then are
-they sent (through an `AsyncClient` with ``prefetch=0``, so no job waits behind another
-inside a worker's queue). So ``queued`` means "waiting in the gateway" and ``running``
-means "held by a worker". The database (`JobStore`) is the record; this class holds
+Jobs wait here, in submission order, until the workers have a free slot of the job's
+kind; only then are they sent (through an `AsyncClient` with ``prefetch=0``, so no job
+waits behind another inside a worker's queue). Jobs of plain handlers run at most as
+many at once as the workers have handler threads in all, jobs of ``async`` handlers as
+many as their async slots (`client.Slots`), and all together at most
+``--job-concurrency`` when set. So ``queued`` means "waiting in the gateway" and
+``running`` means "held by a worker". A job whose kind is full does not hold up a
+later job of the other kind. The database (`JobStore`) is the record; this class holds
 what only a live process can: the queue order, the tasks awaiting replies, and the
 latest progress of each running job.
 
@@ -14,6 +18,7 @@ running when the gateway stops runs again when it starts.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -23,7 +28,7 @@ from typing import Any
 
 import msgpack
 
-from client import AsyncClient
+from client import AsyncClient, Slots
 from protocol import NoWorkers, Overloaded, Progress, ZeromeshError
 
 from ._errors import RETRY_AFTER_OVERLOADED, ApiError, api_error
@@ -38,8 +43,9 @@ log = logging.getLogger("zeromesh.gateway")
 class JobRunner:
     """Queue, dispatch, progress and cancel of jobs; event-loop thread only.
 
-    ``slots()`` says how many jobs may run at once right now (the workers' free
-    capacity, or a fixed limit); `pump` is called whenever that may have changed.
+    ``slots()`` says what the workers run at once right now, of each kind; ``limit``
+    caps the jobs running at once of both kinds together (0: no cap of its own).
+    `pump` is called whenever that may have changed.
     """
 
     def __init__(
@@ -47,7 +53,8 @@ class JobRunner:
         store: JobStore,
         client: AsyncClient,
         *,
-        slots: Callable[[], int],
+        slots: Callable[[], Slots],
+        limit: int = 0,
         timeout: float,
         retries: int,
         max_result: int,
@@ -56,13 +63,19 @@ class JobRunner:
         self._store = store
         self._client = client
         self._slots = slots
+        self._limit = limit
         self._timeout = timeout
         self._retries = retries
         self._max_result = max_result
         self._max_queued = max_queued
         self._admitting = 0  # submits between the queue check and the queue
-        self._queue: OrderedDict[str, None] = OrderedDict()
+        # Waiting jobs: id -> (target, place in line); and by target, oldest first, so
+        # `pump` looks at one head per handler, not at every waiting job.
+        self._queue: dict[str, tuple[str, int]] = {}
+        self._lines: dict[str, OrderedDict[str, None]] = {}
+        self._places = itertools.count()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._async: set[str] = set()  # running jobs that hold an async slot
         self._progress: dict[str, dict[str, Any]] = {}
         self._stopping = False
         self._idle = asyncio.Event()
@@ -81,8 +94,8 @@ class JobRunner:
     async def recover(self) -> int:
         """Queue every job left unfinished by the last run; return how many."""
         ids = await self._store.recover()
-        for job_id in ids:
-            self._queue[job_id] = None
+        for job_id, target in ids:
+            self._enqueue(job_id, target)
         if ids:
             log.info("re-submitting %d unfinished job(s) from the last run", len(ids))
         self.pump()
@@ -112,7 +125,7 @@ class JobRunner:
             record = await self._store.create(target, payload, owner)
         finally:
             self._admitting -= 1
-        self._queue[record.id] = None
+        self._enqueue(record.id, target)
         self.pump()
         return record
 
@@ -126,7 +139,7 @@ class JobRunner:
         returns. Returns ``(record, changed)`` as `JobStore.cancel`."""
         record, changed = await self._store.cancel(job_id, self._progress.get(job_id))
         if changed:
-            self._queue.pop(job_id, None)
+            self._dequeue(job_id)
             task = self._running.get(job_id)
             if task is not None:
                 # Cancelling the task awaiting the call sends CANCEL to the worker.
@@ -135,15 +148,56 @@ class JobRunner:
         return record, changed
 
     def pump(self) -> None:
-        """Start queued jobs while there are free slots."""
-        if self._stopping:
+        """Start queued jobs, oldest first, while their kind has free slots."""
+        if self._stopping or not self._queue:
             return
-        free = self._slots() - len(self._running)
-        while free > 0 and self._queue:
-            job_id, _ = self._queue.popitem(last=False)
+        slots = self._slots()
+        async_free = slots.async_slots - len(self._async)
+        plain_free = slots.threads - (len(self._running) - len(self._async))
+        free = self._limit - len(self._running) if self._limit else 1 << 62
+        while free > 0 and (plain_free > 0 or async_free > 0):
+            oldest: tuple[int, str, bool] | None = None
+            for target, line in self._lines.items():
+                is_async = target in slots.async_targets
+                if (async_free if is_async else plain_free) <= 0:
+                    continue
+                job_id = next(iter(line))
+                place = self._queue[job_id][1]
+                if oldest is None or place < oldest[0]:
+                    oldest = (place, job_id, is_async)
+            if oldest is None:
+                return  # what waits is of a kind that is full
+            _, job_id, is_async = oldest
+            self._dequeue(job_id)
+            if is_async:
+                self._async.add(job_id)
+                async_free -= 1
+            else:
+                plain_free -= 1
             self._running[job_id] = asyncio.create_task(self._run(job_id))
             self._idle.clear()
             free -= 1
+
+    def _enqueue(self, job_id: str, target: str, first: bool = False) -> None:
+        """Put a job in line: last, or ``first`` (one put back: nothing of it ran)."""
+        self._queue[job_id] = (target, -1 if first else next(self._places))
+        line = self._lines.get(target)
+        if line is None:
+            line = self._lines[target] = OrderedDict()
+        line[job_id] = None
+        if first:
+            line.move_to_end(job_id, last=False)
+
+    def _dequeue(self, job_id: str) -> None:
+        """Take a job out of line (to start it, or cancelled); no-op if not there."""
+        found = self._queue.pop(job_id, None)
+        if found is None:
+            return
+        target = found[0]
+        line = self._lines[target]
+        del line[job_id]
+        if not line:
+            del self._lines[target]
 
     def pause(self) -> None:
         """Start no more jobs (on the way to `close`); queued ones stay queued."""
@@ -182,8 +236,7 @@ class JobRunner:
                 # Holding the slot a moment first keeps a refusing mesh from a hot loop.
                 await asyncio.sleep(RETRY_AFTER_OVERLOADED)
                 if await self._store.requeue(job_id):
-                    self._queue[job_id] = None
-                    self._queue.move_to_end(job_id, last=False)
+                    self._enqueue(job_id, target, first=True)
                     log.warning("job %s (%s) re-queued: %s", job_id, target, exc)
                 return
             except ZeromeshError as exc:
@@ -199,6 +252,7 @@ class JobRunner:
             await self._fail(job_id, "?", ApiError(500, "GatewayError", f"gateway error: {exc}"))
         finally:
             self._running.pop(job_id, None)
+            self._async.discard(job_id)
             self._progress.pop(job_id, None)
             if not self._running:
                 self._idle.set()

@@ -240,6 +240,34 @@ def test_graceful_disconnect_gets_no_new_work_but_replies_pass() -> None:
     assert s.queue_depths() == {"A": 1}
 
 
+def test_threads_and_async_slots_add_up_over_ready_workers() -> None:
+    s, _ = make()
+    s.register(
+        b"a",
+        services={"A": ["x", "y"]},
+        capacity=101,
+        heartbeat=1.0,
+        threads=1,
+        async_slots=100,
+        async_handlers={"A": ["y"]},
+    )
+    s.register(
+        b"b",
+        services={"A": ["x", "y"], "B": ["z"]},
+        capacity=6,
+        heartbeat=1.0,
+        threads=2,
+        async_slots=4,
+        async_handlers={"A": ["y"], "B": ["z"]},
+    )
+    hello(s, b"old", {"A": ["x"]}, capacity=3)  # a 1.0 worker: all of it counts as threads
+    assert (s.capacity, s.threads, s.async_slots) == (110, 6, 104)
+    assert s.async_handlers() == {"A": ["y"], "B": ["z"]}
+    s.disconnect(b"b")  # draining: no longer counted
+    assert (s.capacity, s.threads, s.async_slots) == (104, 4, 100)
+    assert s.async_handlers() == {"A": ["y"]}
+
+
 def test_cancel_and_client_disconnect_drop_queued_work() -> None:
     s, _ = make()
     hello(s, b"w", {"A": ["x"]})

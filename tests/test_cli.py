@@ -61,9 +61,14 @@ def test_call_and_ping(mesh: Mesh) -> None:
     assert out.returncode == 0, out.stderr
     assert f"pid={w.pid}" in out.stdout
     assert "math.add" in out.stdout
+    # One handler thread (--concurrency 1) and 100 async slots for math.wait, apart.
+    assert "capacity=101 threads=1 async_slots=100" in out.stdout
+    assert "math.wait (async)" in out.stdout
     rows = json.loads(run("zeromesh", "ping", "-c", w.endpoint, "--json").stdout)
     assert rows[0]["pid"] == w.pid
     assert rows[0]["services"]["math"]
+    assert (rows[0]["threads"], rows[0]["async_slots"]) == (1, 100)
+    assert rows[0]["async_handlers"] == {"math": ["wait"]}
 
 
 def test_call_errors_say_what_went_wrong(mesh: Mesh) -> None:

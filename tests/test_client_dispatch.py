@@ -127,12 +127,45 @@ class Rig:
         services: dict[str, list[str]] | None = None,
         capacity: int = 1,
         role: str = "worker",
+        *,
+        threads: int = 0,
+        async_slots: int = 0,
+        async_handlers: dict[str, list[str]] | None = None,
     ) -> None:
+        """``endpoint`` says HELLO: as a 1.0 peer (capacity only) unless ``threads``."""
         if services is None:
             services = {"A": ["x"]}
-        msg = Hello(role=role, services=services, capacity=capacity, name=endpoint)
+        msg = Hello(
+            role=role,
+            services=services,
+            capacity=capacity,
+            name=endpoint,
+            protocol="1.1" if threads else "1.0",
+            threads=threads,
+            async_slots=async_slots,
+            async_handlers=async_handlers or {},
+        )
         self.d.hello(self[endpoint], msg)
         self.d.heard(self[endpoint])
+
+    def hello_11(
+        self,
+        endpoint: str,
+        threads: int,
+        async_slots: int,
+        services: dict[str, list[str]] | None = None,
+        role: str = "worker",
+    ) -> None:
+        """A 1.1 peer serving A.x (plain) and A.y (async) unless told other services."""
+        self.hello(
+            endpoint,
+            services or {"A": ["x", "y"]},
+            threads + async_slots,
+            role,
+            threads=threads,
+            async_slots=async_slots,
+            async_handlers={"A": ["y"]},
+        )
 
     def reply(self, endpoint: str, rid: int, value: Any = "ok") -> None:
         self.d.reply(self[endpoint], rid, value)
@@ -204,6 +237,96 @@ def test_capacity_plus_prefetch_bounds_what_a_worker_holds() -> None:
     assert r.d.queued() == 2
     r.reply("w1", rids[0])
     assert sent(r.take()) == [("w1", rids[5])]
+
+
+def test_plain_calls_bounded_by_threads_async_ones_by_async_slots() -> None:
+    # A --concurrency 1 worker with async handlers announces capacity 101: a 1.0 client
+    # would send it 101 plain calls at once, of which 100 wait behind the one thread.
+    r = Rig("w1", prefetch=0)
+    r.hello_11("w1", threads=1, async_slots=100)
+    plain = [r.submit("A.x") for _ in range(4)]
+    waits = [r.submit("A.y") for _ in range(3)]
+    # The async calls do not queue behind the plain ones that wait for the thread.
+    assert sent(r.take()) == [("w1", plain[0]), *(("w1", rid) for rid in waits)]
+    r.reply("w1", waits[0])
+    assert sent(r.take()) == []  # an async slot freed: no plain call goes for it
+    r.reply("w1", plain[0])
+    assert sent(r.take()) == [("w1", plain[1])]
+
+
+def test_prefetch_adds_to_each_kind_apart() -> None:
+    r = Rig("w1", prefetch=2)
+    r.hello_11("w1", threads=1, async_slots=2)
+    plain = [r.submit("A.x") for _ in range(5)]
+    waits = [r.submit("A.y") for _ in range(6)]
+    assert sent(r.take()) == [("w1", rid) for rid in plain[:3] + waits[:4]]
+    r.error("w1", waits[0], ErrorCode.REMOTE)
+    assert sent(r.take()) == [("w1", waits[4])]
+    r.d.dropped(r["w1"])  # lost: what it held goes back, both kinds' counts start over
+    r.take()
+    assert r["w1"].async_out == set()
+    r.hello_11("w1", threads=1, async_slots=2)
+    again = sent(r.take())
+    assert len(again) == 3 + 4
+    assert {rid for _, rid in again} == set(plain[:3] + waits[1:5])
+
+
+def test_a_one_oh_peer_keeps_one_bound_for_both_kinds() -> None:
+    # No `threads` in its HELLO: everything it holds counts against its capacity.
+    r = Rig("old", prefetch=1)
+    r.hello("old", {"A": ["x", "y"]}, capacity=3)
+    rids = [r.submit(t) for t in ("A.x", "A.y", "A.x", "A.y", "A.x", "A.y")]
+    assert sent(r.take()) == [("old", rid) for rid in rids[:4]]
+    r.reply("old", rids[1])
+    assert sent(r.take()) == [("old", rids[4])]
+
+
+def test_a_one_oh_peer_beside_a_one_one_peer() -> None:
+    # The async handler is async at the new worker; at the old one it takes its capacity.
+    r = Rig("old", "new", prefetch=0)
+    r.hello("old", {"A": ["x", "y"]}, capacity=2)
+    r.hello_11("new", threads=1, async_slots=2)
+    r.take()
+    rids = [r.submit("A.y") for _ in range(5)]
+    order = sent(r.take())
+    assert sorted(ep for ep, _ in order) == ["new", "new", "old", "old"]
+    assert order[0][0] != order[1][0]  # round-robin among equally loaded peers
+    assert r.d.queued() == 1
+    x = r.submit("A.x")
+    assert sent(r.take()) == [("new", x)]  # the old one is full; new has its thread
+    assert r.d.calls[rids[4]].peer is None
+
+
+def test_calls_queued_before_hello_go_by_their_kind_once_it_comes() -> None:
+    r = Rig("w1", prefetch=0)
+    plain = [r.submit("A.x") for _ in range(3)]
+    waits = [r.submit("A.y") for _ in range(2)]
+    assert sent(r.take()) == []
+    r.hello_11("w1", threads=1, async_slots=5)
+    assert sent(r.take()) == [("w1", plain[0]), ("w1", waits[0]), ("w1", waits[1])]
+
+
+def test_a_broker_is_bounded_like_a_worker_by_what_it_announces() -> None:
+    r = Rig("br", prefetch=0)
+    r.hello_11("br", threads=2, async_slots=1, services={}, role="broker")
+    rids = [r.submit("A.x") for _ in range(3)] + [r.submit("A.y") for _ in range(2)]
+    assert sent(r.take()) == [("br", rid) for rid in (rids[0], rids[1], rids[3])]
+
+
+def test_slots_add_up_ready_peers_by_kind() -> None:
+    r = Rig("old", "new", "draining")
+    assert r.d.slots() == (0, 0, frozenset())
+    r.hello("old", {"A": ["x", "y"]}, capacity=3)
+    r.hello_11("new", threads=2, async_slots=10)
+    r.hello_11("draining", threads=4, async_slots=4)
+    r.hello("draining", {"A": ["x", "y"]}, capacity=0)
+    slots = r.d.slots()
+    assert slots == (3 + 2, 10, frozenset({"A.y"}))
+    assert (slots.for_target("A.x"), slots.for_target("A.y")) == (5, 10)
+    row = r.d.info_rows(since=0)[1]
+    assert (row["protocol"], row["threads"], row["async_slots"]) == ("1.1", 2, 10)
+    assert row["async_handlers"] == {"A": ["y"]}
+    assert r.d.info_rows(since=0)[0]["protocol"] == "1.0"
 
 
 def test_a_call_goes_only_to_a_worker_serving_its_handler() -> None:
@@ -609,10 +732,27 @@ def test_progress_reaches_the_pending_call_only() -> None:
 # --- random sequences of events: every call answered once, within its rules ----------------------
 
 SERVES = {
-    "w1": ("worker", {"A": ["x"]}),
+    "w1": ("worker", {"A": ["x", "y"]}),
     "w2": ("worker", {"A": ["x", "y"], "B": ["x"]}),
     "br": ("broker", {}),
 }
+ASYNC = {"w1": {}, "w2": {"A": ["y"]}, "br": {"A": ["y"]}}
+"""The async handlers each peer names: w1 speaks 1.0 (it names none, nor threads)."""
+
+
+def _bounds(peer: Peer, target: str, held: set[int], calls: dict[int, Call]) -> tuple[int, int]:
+    """(requests of ``target``'s kind ``peer`` holds, how many it runs at once), by the
+    rules of SPEC section 7.2, from what the test saw sent there."""
+    hello = peer.hello
+    assert hello is not None
+    if not hello.threads:
+        return len(held), hello.capacity
+    async_targets = {f"{s}.{h}" for s, hs in hello.async_handlers.items() for h in hs}
+    kind = target in async_targets
+    same = sum(1 for rid in held if (calls[rid].target in async_targets) is kind)
+    return same, hello.async_slots if kind else hello.threads
+
+
 TARGETS = ["A.x", "A.y", "B.x", "C.x"]
 PREFETCH = 1
 
@@ -685,8 +825,9 @@ class DispatcherMachine(RuleBasedStateMachine):
                     continue
                 assert peer.state is READY, f"{call} sent to {peer}"
                 assert peer.serves(call.target), f"{call} sent to {peer}, which does not serve it"
-                assert len(peer.outstanding) <= peer.capacity + d.prefetch
                 self._reconcile()
+                load, limit = _bounds(peer, call.target, self.held[ep], self.submitted)
+                assert load < limit + d.prefetch, f"{call} sent to {peer} at {load}/{limit}"
                 assert not any(call.id in h for e, h in self.held.items() if e != ep)
                 assert call.id not in self.completed
                 self.held[ep].add(call.id)
@@ -739,7 +880,19 @@ class DispatcherMachine(RuleBasedStateMachine):
     def _say_hello(self, ep: str, capacity: int) -> None:
         role, services = SERVES[ep]
         peer = self.r[ep]
-        self.r.d.hello(peer, Hello(role=role, services=services, capacity=capacity, name=ep))
+        if ASYNC[ep]:  # a 1.1 peer: as many threads as async slots
+            msg = Hello(
+                role=role,
+                services=services,
+                capacity=2 * capacity,
+                name=ep,
+                threads=capacity,
+                async_slots=capacity,
+                async_handlers=ASYNC[ep],
+            )
+        else:
+            msg = Hello(role=role, services=services, capacity=capacity, name=ep, protocol="1.0")
+        self.r.d.hello(peer, msg)
         self.r.d.heard(peer)
         self._run()
 
@@ -895,9 +1048,11 @@ class DispatcherMachine(RuleBasedStateMachine):
                 free = (
                     p.state is READY
                     and p.serves(head.target)
-                    and len(p.outstanding) < p.capacity + d.prefetch
                     and not (p.resting_until and now < p.resting_until)
                 )
+                if free:
+                    load, limit = _bounds(p, head.target, self.held[p.endpoint], self.submitted)
+                    free = load < limit + d.prefetch
                 assert not free, f"{head} waits while {p} could take it"
 
     @invariant()

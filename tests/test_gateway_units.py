@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from client import Slots
 from gateway import GatewayConfig
 from gateway._app import MAX_ARGUMENT_DEPTH, parse_call_body
 from gateway._config import parse_listen, parse_size
@@ -29,6 +30,7 @@ from gateway._render import (
     unpack_stored,
     wants_msgpack,
 )
+from gateway._runner import JobRunner
 from protocol import (
     BadArguments,
     Cancelled,
@@ -375,7 +377,7 @@ def test_store_recovers_unfinished_jobs_in_order(tmp_path: Path) -> None:
     ids = _store_test(first, path)
 
     async def second(store: JobStore, clock: _Clock) -> None:
-        assert await store.recover() == ids
+        assert await store.recover() == [(job_id, "demo.fib") for job_id in ids]
         record = await store.get(ids[1])
         assert record is not None
         assert (record.status, record.attempts) == ("queued", 1)
@@ -403,6 +405,88 @@ def test_store_refuses_a_second_user_and_junk(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(open_junk())
+
+
+# --- the job runner ---------------------------------------------------------------------------
+
+
+class _Mesh:
+    """Stands in for the job runner's client: each call waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, asyncio.Future[Any]] = {}  # job name -> its pending call
+
+    def options(self, **_: Any) -> _Mesh:
+        return self
+
+    async def call(self, target: str, name: str) -> str:
+        self.calls[name] = asyncio.get_running_loop().create_future()
+        return await self.calls[name]
+
+    async def started(self, *names: str) -> None:
+        """Wait until exactly ``names`` have been called (the runner starts a job on a
+        task, after a database write)."""
+        for _ in range(500):
+            if set(self.calls) == set(names):
+                return
+            await asyncio.sleep(0.01)
+        assert set(self.calls) == set(names)
+
+    def answer(self, name: str) -> None:
+        self.calls[name].set_result(name)
+
+
+def _runner(store: JobStore, mesh: _Mesh, slots: Slots, limit: int = 0) -> JobRunner:
+    return JobRunner(
+        store,
+        mesh,  # the AsyncClient's part a runner uses
+        slots=lambda: slots,
+        limit=limit,
+        timeout=10,
+        retries=0,
+        max_result=1 << 20,
+        max_queued=100,
+    )
+
+
+def test_job_runner_runs_each_kind_within_its_slots_oldest_first() -> None:
+    async def scenario(store: JobStore, clock: _Clock) -> None:
+        mesh = _Mesh()
+        runner = _runner(store, mesh, Slots(1, 2, frozenset({"s.io"})))
+        for name in ("p1", "p2", "a1", "a2", "a3", "p3"):
+            await runner.submit("s.io" if name.startswith("a") else "s.cpu", [name], {})
+        # One thread, two async slots: the plain jobs behind p1 do not hold up a1, a2.
+        await mesh.started("p1", "a1", "a2")
+        assert (runner.running, runner.queued) == (3, 3)
+        mesh.answer("a1")  # an async slot frees: the next async job, not a plain one
+        await mesh.started("p1", "a1", "a2", "a3")
+        mesh.answer("p1")
+        await mesh.started("p1", "a1", "a2", "a3", "p2")  # p2 before p3: oldest first
+        for name in ("a2", "a3", "p2"):
+            mesh.answer(name)
+        await mesh.started("p1", "a1", "a2", "a3", "p2", "p3")
+        mesh.answer("p3")
+        await runner.idle()
+        assert (runner.running, runner.queued) == (0, 0)
+
+    _store_test(scenario)
+
+
+def test_job_runner_limit_caps_both_kinds_together() -> None:
+    async def scenario(store: JobStore, clock: _Clock) -> None:
+        mesh = _Mesh()
+        runner = _runner(store, mesh, Slots(2, 2, frozenset({"s.io"})), limit=3)
+        for name in ("p1", "p2", "a1", "a2"):
+            await runner.submit("s.io" if name.startswith("a") else "s.cpu", [name], {})
+        await mesh.started("p1", "p2", "a1")  # a2's kind has room; --job-concurrency not
+        assert runner.queued == 1
+        mesh.answer("p1")
+        await mesh.started("p1", "p2", "a1", "a2")
+        for name in ("p2", "a1", "a2"):
+            mesh.answer(name)
+        await runner.idle()
+
+    _store_test(scenario)
 
 
 def test_gateway_is_a_client_of_the_mesh_only() -> None:

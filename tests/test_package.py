@@ -25,6 +25,7 @@ FACADE = {
     "Codec": client,
     "Executor": client,
     "Options": client,
+    "Slots": client,
     "WorkerInfo": client,
     "ENV_ENDPOINTS": client,
     "resolve_endpoints": client,

@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from protocol import ErrorCode, Request
 from worker import Service
-from worker._jobs import DONE, QUEUED, RUNNING, Job, JobTable, Refusal
+from worker._jobs import DONE, QUEUED, RUNNING, Capacity, Job, JobTable, Refusal
 
 svc = Service("t")
 
@@ -69,6 +69,19 @@ def test_admission_refusals(clock: Clock) -> None:
     t.draining = True
     assert t.admit(b"a", req(3)).code == ErrorCode.DRAINING  # type: ignore[union-attr]
     assert len(t) == 2
+
+
+def test_capacity_counts_threads_and_async_slots_apart() -> None:
+    both = Capacity.of(svc.handlers.values(), concurrency=1, max_async=100)
+    assert both == Capacity(1, 100, 101, {"t": ["later"]})
+    plain = Capacity.of([svc.handlers["work"]], concurrency=4, max_async=100)
+    assert plain == Capacity(4, 0, 4, {})  # no async handler: no async slots
+    # Only async handlers: the threads are still there, but run nothing a 1.0 client
+    # could send, so `capacity` leaves them out.
+    only_async = Capacity.of([svc.handlers["later"]], concurrency=2, max_async=7)
+    assert only_async == Capacity(2, 7, 7, {"t": ["later"]})
+    assert both.announced(draining=False) is both
+    assert both.announced(draining=True) == Capacity(0, 0, 0, {"t": ["later"]})
 
 
 def test_exactly_one_party_claims_each_step(clock: Clock) -> None:

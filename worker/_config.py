@@ -22,9 +22,12 @@ class WorkerConfig:
 
     binds: Sequence[str]
     concurrency: int = 1
-    """Sync handlers running at once (threads). CPU scale comes from more processes."""
+    """Sync handlers running at once (threads). CPU scale comes from more processes.
+    Announced in HELLO as ``threads``: a client keeps at most that many plain requests
+    (plus its prefetch) at this worker."""
     max_async: int = 100
-    """``async def`` handlers running at once on the loop (IO-bound work)."""
+    """``async def`` handlers running at once on the loop (IO-bound work). Announced in
+    HELLO as ``async_slots`` when a served handler is ``async def`` (else 0)."""
     drain_timeout: float = 10.0
     """Seconds to finish in-flight work after SIGTERM before giving up on it."""
     heartbeat_ms: int = 1000

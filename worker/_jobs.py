@@ -16,7 +16,7 @@ is injected), so its rules are tested with a fake clock (tests/test_worker_jobs.
   `abandon` answers everything still held when a drain runs out of time.
 
 The worker's shell sends the answers this table decides; handler threads take their
-next job with `next_sync`.
+next job with `next_sync`. `Capacity` is what the worker announces it runs at once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, NamedTuple
 
 from protocol import ErrorCode, Request
@@ -34,7 +34,7 @@ from protocol import ErrorCode, Request
 from ._fair_queue import FairQueue
 from ._service import Handler
 
-__all__ = ["DONE", "QUEUED", "RUNNING", "Job", "JobTable", "Refusal"]
+__all__ = ["DONE", "QUEUED", "RUNNING", "Capacity", "Job", "JobTable", "Refusal"]
 
 QUEUED, RUNNING, DONE = 0, 1, 2
 
@@ -44,6 +44,42 @@ class Refusal(NamedTuple):
 
     code: ErrorCode
     message: str
+
+
+class Capacity(NamedTuple):
+    """What a worker runs at once, as its HELLO announces it (SPEC section 7.2)."""
+
+    threads: int
+    """Plain (``def``) requests at once: ``--concurrency`` handler threads."""
+    async_slots: int
+    """``async def`` requests at once beside them: ``--max-async``, or 0 without any."""
+    capacity: int
+    """Both together, for 1.0 clients that read only this: ``threads`` (left out when
+    no plain handler is served) + ``async_slots``."""
+    async_handlers: dict[str, list[str]]
+    """Service name -> its ``async def`` handlers (the ones ``async_slots`` run)."""
+
+    @classmethod
+    def of(cls, handlers: Iterable[Handler], concurrency: int, max_async: int) -> Capacity:
+        """The capacity of a worker serving ``handlers`` with those settings."""
+        async_handlers: dict[str, list[str]] = {}
+        has_sync = False
+        for h in handlers:
+            if h.is_async:
+                async_handlers.setdefault(h.service, []).append(h.name)
+            else:
+                has_sync = True
+        async_slots = max_async if async_handlers else 0
+        return cls(
+            concurrency,
+            async_slots,
+            (concurrency if has_sync else 0) + async_slots,
+            {s: sorted(names) for s, names in sorted(async_handlers.items())},
+        )
+
+    def announced(self, draining: bool) -> Capacity:
+        """What to announce now: a draining worker takes nothing, of either kind."""
+        return self._replace(threads=0, async_slots=0, capacity=0) if draining else self
 
 
 Reporter = Callable[["Job", float, float | None, str], None]

@@ -66,7 +66,7 @@ from zmqio import (
 from . import _context
 from ._broker_link import BrokerLink
 from ._config import EXIT_DRAIN_TIMEOUT, EXIT_HARD_TIMEOUT, StartupError, WorkerConfig
-from ._jobs import DONE, QUEUED, RUNNING, Job, JobTable
+from ._jobs import DONE, QUEUED, RUNNING, Capacity, Job, JobTable
 from ._runners import run_async, run_sync
 from ._service import Handler, Service
 
@@ -120,11 +120,10 @@ class Worker(RouterServer):
             self._services[svc.name] = sorted(svc.handlers)
             for h in svc.handlers.values():
                 self._handlers[h.target] = h
-        has_async = any(h.is_async for h in self._handlers.values())
-        has_sync = any(not h.is_async for h in self._handlers.values())
-        self.capacity = (config.concurrency if has_sync else 0) + (
-            config.max_async if has_async else 0
-        )
+        self.slots = Capacity.of(self._handlers.values(), config.concurrency, config.max_async)
+        """Plain and async requests it runs at once (announced in HELLO)."""
+        self.capacity = self.slots.capacity
+        has_async = bool(self.slots.async_slots)
         # Inline mode: one sync handler at a time, run on the loop thread itself, with a
         # watchdog thread that stands in on the socket while a handler runs long. Two
         # runnable Python threads trade the GIL on every pyzmq call (each one releases
@@ -199,12 +198,13 @@ class Worker(RouterServer):
                 t.start()
                 self._threads.append(t)
         log.info(
-            "worker %s serving %s on %s (pid %d, capacity %d)",
+            "worker %s serving %s on %s (pid %d, %d thread(s), %d async slot(s))",
             self.name,
             ", ".join(f"{s}.{{{','.join(h)}}}" for s, h in self._services.items()),
             " ".join(self.endpoints),
             os.getpid(),
-            self.capacity,
+            self.slots.threads,
+            self.slots.async_slots,
         )
         if self.request_limit:
             log.info("recycling after %d requests (%s)", self.request_limit, self._limit_text())
@@ -352,6 +352,7 @@ class Worker(RouterServer):
 
     def hello(self, rid: int, codec: protocol.Codec) -> Hello:
         """This worker's HELLO (answer to a client, greeting to a broker)."""
+        slots = self.slots.announced(self.table.draining)
         return Hello(
             rid,
             role="worker",
@@ -360,11 +361,14 @@ class Worker(RouterServer):
             host=socket.gethostname(),
             pid=os.getpid(),
             services=self._services,
-            capacity=0 if self.table.draining else self.capacity,
+            capacity=slots.capacity,
             in_flight=len(self._jobs),
             uptime=round(time.monotonic() - self._started_at, 3),
             heartbeat_ms=self.config.heartbeat_ms,
             codec=codec,
+            threads=slots.threads,
+            async_slots=slots.async_slots,
+            async_handlers=slots.async_handlers,
         )
 
     def accept(self, peer: bytes, req: Request) -> None:

@@ -24,6 +24,7 @@ from client import (
     Client,
     Executor,
     Options,
+    Slots,
     WorkerInfo,
     resolve_endpoints,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "Codec",
     "Executor",
     "Options",
+    "Slots",
     "WorkerInfo",
     "ENV_ENDPOINTS",
     "resolve_endpoints",

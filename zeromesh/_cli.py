@@ -144,13 +144,22 @@ def _cmd_ping(args: argparse.Namespace) -> int:
                     f"{row['endpoint']}  UNREACHABLE (nothing answered within {args.timeout:g} s)"
                 )
                 continue
+            is_async = row["async_handlers"]
             handlers = ", ".join(
-                f"{svc}.{h}" for svc, hs in sorted(row["services"].items()) for h in hs
+                f"{svc}.{h}" + (" (async)" if h in is_async.get(svc, ()) else "")
+                for svc, hs in sorted(row["services"].items())
+                for h in hs
+            )
+            # A 1.0 peer says only its capacity; a 1.1 one also how it splits.
+            kinds = (
+                f" threads={row['threads']} async_slots={row['async_slots']}"
+                if row["threads"]
+                else ""
             )
             print(
                 f"{row['endpoint']}  {row['state'].upper()}  {row['role']} {row['name']} "
                 f"host={row['host']} pid={row['pid']} version={row['version']} "
-                f"capacity={row['capacity']} in_flight={row['in_flight']} "
+                f"capacity={row['capacity']}{kinds} in_flight={row['in_flight']} "
                 f"uptime={row['uptime']:.1f}s\n    handlers: {handlers or '(none)'}"
             )
     down = sum(1 for r in rows if r["state"] == "unreachable")
@@ -218,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ping",
         help="show who answers on each endpoint",
         description="Ask every endpoint for its hello: services, host, pid, version, "
-        "capacity, in-flight requests, uptime. Exits 1 if any endpoint does not answer.",
+        "capacity (threads for plain handlers, async slots for async ones), in-flight "
+        "requests, uptime. Exits 1 if any endpoint does not answer.",
     )
     _add_query_options(p)
     p.set_defaults(func=_cmd_ping)
