@@ -117,6 +117,7 @@ class WorkerRecord:
         "liveness",
         "name",
         "pid",
+        "protocol",
         "registered_at",
         "served",
         "services",
@@ -135,6 +136,8 @@ class WorkerRecord:
         self.threads = 0  # 0: a 1.0 worker, which did not say
         self.async_slots = 0
         self.async_handlers: dict[str, list[str]] = {}
+        self.protocol = "1.1"
+        """Its HELLO's protocol revision: a "1.0" worker is sent requests without meta."""
         self.credit = 0
         self.draining = False
         self.enlisted = False  # counted among who serves what
@@ -254,6 +257,7 @@ class Scheduler:
         threads: int = 0,
         async_slots: int = 0,
         async_handlers: dict[str, list[str]] | None = None,
+        protocol: str = "1.1",
     ) -> None:
         """A worker said HELLO. A known worker saying it again starts a new credit count
         at zero (its READY follows); the requests it holds stay in flight.
@@ -270,6 +274,7 @@ class Scheduler:
             self._delist(w)
             w.credit = 0
         w.name, w.host, w.pid = name, host, pid
+        w.protocol = protocol
         w.services = {s: list(h) for s, h in services.items() if s != RESERVED_SERVICE}
         w.targets = frozenset(f"{s}.{h}" for s, hs in w.services.items() for h in hs)
         w.capacity = max(0, capacity)

@@ -394,6 +394,7 @@ class Broker(RouterServer):
                 threads=msg.threads,
                 async_slots=msg.async_slots,
                 async_handlers=msg.async_handlers,
+                protocol=msg.protocol,
             )
             log.info(
                 "worker %s %s: %s (host %s, pid %d, capacity %d: %d thread(s), %d async)",
@@ -510,6 +511,13 @@ class Broker(RouterServer):
             return  # superseded: the worker was removed later in the same batch
         frames = job.payload
         header = frames[0]
+        if memoryview(header)[5] & protocol.FLAG_META:  # a zmq.Frame: through a view
+            w = self.sched.workers.get(wid)
+            if w is not None and w.protocol == "1.0":
+                # A 1.0 worker refuses the meta flag (SPEC 2): send it the request
+                # without the trace. Rare (a mesh mid-upgrade), so decoding is fine here.
+                frames = protocol.without_meta(frames, self.config.limits)
+                header = frames[0]
         if job.deadline:
             # The worker computes its deadline from ttl_ms on arrival: give it what is
             # left, not what the client first said (the request waited here).

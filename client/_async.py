@@ -100,10 +100,11 @@ class _AsyncCalls:
         retries: int | None = None,
         codec: Codec | str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        trace: str | None = None,
     ) -> _AsyncCalls:
         """A cheap view with other per-call settings (see `Client.options`)."""
         view = _AsyncCalls()
-        view._opts = changed_options(self._opts, timeout, retries, codec, on_progress)
+        view._opts = changed_options(self._opts, timeout, retries, codec, on_progress, trace)
         view._owner = self._owner
         return view
 
@@ -220,7 +221,7 @@ class AsyncClient(_AsyncCalls):
         (``call`` handles its own cancellation without a callback per request).
         """
         core = self._core_started()
-        rid, frames = make_request(target, args, kwargs, opts, batch, self._limits)
+        rid, frames, plain = make_request(target, args, kwargs, opts, batch, self._limits)
         while self._in_flight >= self.max_in_flight:
             # Full: wait in line. A counter and a queue of futures, not an
             # asyncio.Semaphore, whose release scans its waiters (O(n) per call
@@ -236,6 +237,7 @@ class AsyncClient(_AsyncCalls):
         self._in_flight += 1
         fut: asyncio.Future[Any] = core.loop.create_future()
         call = Call(target, frames, rid, opts.timeout, opts.retries, fut, self._complete)
+        call.plain_frames = plain
         call.on_progress = opts.on_progress
         fut._zm_id = rid  # type: ignore[attr-defined]
         if watch_cancel:

@@ -74,13 +74,16 @@ class _Calls:
         retries: int | None = None,
         codec: Codec | str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        trace: str | None = None,
     ) -> _Calls:
         """A cheap view of this client with other per-call settings.
 
-        ``client.options(timeout=0.5, retries=0).call("math.add", 1, 2)``
+        ``client.options(timeout=0.5, retries=0).call("math.add", 1, 2)``;
+        ``options(trace=traceparent)`` sends a W3C traceparent with each call (by
+        default, OpenTelemetry's current span's when OpenTelemetry is installed).
         """
         view = _Calls()
-        view._opts = changed_options(self._opts, timeout, retries, codec, on_progress)
+        view._opts = changed_options(self._opts, timeout, retries, codec, on_progress, trace)
         view._io = self._io
         return view
 

@@ -199,7 +199,7 @@ class Core:
         for i, cmd in enumerate(out, 1):  # commands added meanwhile are carried out too
             if type(cmd) is SendCall:
                 peer, call = cmd.peer, cmd.call
-                if call.peer is peer and not self._try_send(peer, call.frames):
+                if call.peer is peer and not self._try_send(peer, call.frames_for(peer)):
                     # Not connected after all (or its queue is full): the dispatcher
                     # takes back this send and the later ones to that peer.
                     del out[:i]

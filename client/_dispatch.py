@@ -149,6 +149,7 @@ class Call:
         "id",
         "on_progress",
         "peer",
+        "plain_frames",
         "queue",
         "target",
         "timeout",
@@ -177,6 +178,16 @@ class Call:
         self.complete = complete
         self.peer: Peer | None = None  # who holds it; None while queued
         self.on_progress: Callable[[Progress], None] | None = None
+        self.plain_frames: list[Any] | None = None
+        """The request without its trace (1.1 meta), for a peer that speaks 1.0; None
+        when ``frames`` carry no trace."""
+
+    def frames_for(self, peer: Peer) -> list[Any]:
+        """What to send ``peer``: a 1.0 peer refuses the meta flag (SPEC section 2)."""
+        plain = self.plain_frames
+        if plain is None or peer.hello is None or peer.hello.protocol != "1.0":
+            return self.frames
+        return plain
 
     def __repr__(self) -> str:
         return f"<Call {self.target} id={self.id} attempts={self.attempts}>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -11,7 +12,34 @@ from protocol import Codec, Limits, Progress, Request
 
 from ._dispatch import next_id
 
-__all__ = ["Options", "changed_options", "check_settings", "make_request", "parse_codec"]
+__all__ = [
+    "Options",
+    "changed_options",
+    "check_settings",
+    "current_traceparent",
+    "make_request",
+    "parse_codec",
+]
+
+_otel_propagate: Any = None
+_otel_trace: Any = None
+try:  # optional: with OpenTelemetry, calls carry the caller's current span
+    import opentelemetry.propagate as _otel_propagate
+    import opentelemetry.trace as _otel_trace
+except ImportError:  # pragma: no cover - depends on what is installed
+    pass
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+
+
+def current_traceparent() -> str:
+    """The W3C traceparent of OpenTelemetry's current span, or "" (no OpenTelemetry
+    installed, or no span being recorded)."""
+    if _otel_trace is None or not _otel_trace.get_current_span().get_span_context().is_valid:
+        return ""
+    carrier: dict[str, str] = {}
+    _otel_propagate.inject(carrier)
+    return carrier.get("traceparent", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,25 +56,43 @@ class Options:
     """Called with each PROGRESS message a running handler sends (``worker.progress``).
     For `Client` it runs on whichever thread is reading the sockets (a caller waiting
     for a result, or the IO thread): keep it quick, never block in it."""
+    trace: str | None = None
+    """The W3C ``traceparent`` sent with each request, for the handler
+    (``worker.trace_id()``), its logs and spans. None: OpenTelemetry's current span's,
+    if OpenTelemetry is installed and a span is recorded; "": none."""
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, not {self.timeout!r}")
+        if self.trace and not _TRACEPARENT.match(self.trace):
+            raise ValueError(
+                f"trace must be a W3C traceparent such as "
+                f"'00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', not {self.trace!r}"
+            )
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"retries must be an integer >= 0, not {self.retries!r}")
 
 
 def make_request(
     target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool, limits: Limits
-) -> tuple[int, list[Any]]:
+) -> tuple[int, list[Any], list[Any] | None]:
     """Encode a request in the caller's thread: bad targets and values fail here, and so
     does a request over ``limits`` (`ProtocolError`, code ``LIMIT_EXCEEDED``), before
-    anything is sent."""
+    anything is sent.
+
+    Returns (id, frames, plain frames): with a trace, the frames carry it (revision
+    1.1) and the plain frames are the same request without it, for a 1.0 peer.
+    """
     if not isinstance(target, str) or "." not in target:
         raise ValueError(f"call target {target!r} must be 'service.handler', e.g. 'math.add'")
     rid = next_id()
     ttl = min(int(opts.timeout * 1000), 2**32 - 1)
-    return rid, protocol.encode(Request(rid, target, args, kwargs, ttl, opts.codec, batch), limits)
+    trace = opts.trace if opts.trace is not None else current_traceparent()
+    request = Request(rid, target, args, kwargs, ttl, opts.codec, batch)
+    if not trace:
+        return rid, protocol.encode(request, limits), None
+    traced = protocol.encode(replace(request, trace=trace), limits)
+    return rid, traced, protocol.encode(request, limits)
 
 
 def changed_options(
@@ -55,9 +101,12 @@ def changed_options(
     retries: int | None,
     codec: Codec | str | None,
     on_progress: Callable[[Progress], None] | None,
+    trace: str | None = None,
 ) -> Options:
     """``opts`` with the settings that are not None replaced (validated)."""
     changes: dict[str, Any] = {}
+    if trace is not None:
+        changes["trace"] = trace
     if on_progress is not None:
         changes["on_progress"] = on_progress
     if timeout is not None:

@@ -21,6 +21,7 @@ from ._framing import (
     refusal,
     size_text,
     with_ttl,
+    without_meta,
 )
 from ._limits import DEFAULT_LIMITS, Limits
 from ._messages import (
@@ -111,6 +112,7 @@ __all__ = [
     "refusal",
     "size_text",
     "with_ttl",
+    "without_meta",
     # names both ends agree on
     "LIVENESS",
     "NAME_PATTERN",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ._limits import DEFAULT_LIMITS, Limits
@@ -49,6 +49,7 @@ __all__ = [
     "refusal",
     "size_text",
     "with_ttl",
+    "without_meta",
 ]
 
 SIGNATURE = b"ZM"
@@ -347,6 +348,19 @@ def with_ttl(header: Buffer, ttl_ms: int) -> bytes:
     patched = bytearray(header)
     _TTL.pack_into(patched, _TTL_OFFSET, min(max(1, ttl_ms), _MAX_TTL))
     return bytes(patched)
+
+
+def without_meta(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> list[Any]:
+    """A REQUEST's frames (envelope removed) made again without its meta (the trace),
+    for a peer that speaks revision 1.0 (SPEC section 2: it refuses the meta flag).
+
+    Raises:
+        ProtocolError: the frames are not a valid REQUEST.
+    """
+    msg = decode(frames, limits)
+    if type(msg) is not Request:
+        raise ProtocolError(f"without_meta takes a REQUEST, not a {type(msg).__name__}")
+    return encode(replace(msg, trace=""), limits)
 
 
 def header_type(frame: Buffer) -> MessageType | None:

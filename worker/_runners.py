@@ -28,9 +28,37 @@ __all__ = ["handler_error", "reply_frames", "run_async", "run_sync"]
 
 log = logging.getLogger("zeromesh.worker")
 
+_otel_propagate: Any = None
+_otel_trace: Any = None
+try:  # optional: with OpenTelemetry, a traced request runs in a child span
+    import opentelemetry.propagate as _otel_propagate
+    import opentelemetry.trace as _otel_trace
+except ImportError:  # pragma: no cover - depends on what is installed
+    pass
+
+
+def _span(job: Job) -> Any:
+    """A SERVER span named after the target, child of the caller's traceparent: the
+    handler's own spans and the calls it makes join the caller's trace."""
+    req = job.request
+    parent = _otel_propagate.extract({"traceparent": req.trace})
+    return _otel_trace.get_tracer("zeromesh.worker").start_as_current_span(
+        req.target,
+        context=parent,
+        kind=_otel_trace.SpanKind.SERVER,
+        attributes={"rpc.system": "zeromesh", "rpc.method": req.target, "zeromesh.id": req.id},
+    )
+
 
 def run_sync(job: Job, limits: Limits) -> list[Any]:
     """Run a plain function handler on this thread; the frames of its answer."""
+    if job.request.trace and _otel_trace is not None:
+        with _span(job):
+            return _run_sync(job, limits)
+    return _run_sync(job, limits)
+
+
+def _run_sync(job: Job, limits: Limits) -> list[Any]:
     req = job.request
     fn = job.handler.fn
     results: list[Any] = []
@@ -57,6 +85,13 @@ def run_sync(job: Job, limits: Limits) -> list[Any]:
 async def run_async(job: Job, limits: Limits) -> list[Any]:
     """Run an ``async def`` handler in this task; the frames of its answer. Cancelling
     the task (the client's CANCEL) answers ``CANCELLED``."""
+    if job.request.trace and _otel_trace is not None:
+        with _span(job):
+            return await _run_async(job, limits)
+    return await _run_async(job, limits)
+
+
+async def _run_async(job: Job, limits: Limits) -> list[Any]:
     req = job.request
     fn = job.handler.fn
     index = 0
@@ -102,6 +137,10 @@ def reply_frames(job: Job, result: Any, limits: Limits) -> list[Any]:
 def handler_error(job: Job, exc: BaseException, index: int, results: list[Any]) -> list[Any]:
     """The ERROR for an exception the handler raised (at batch item ``index``)."""
     req = job.request
+    if req.trace and _otel_trace is not None:
+        span = _otel_trace.get_current_span()
+        span.record_exception(exc)
+        span.set_status(_otel_trace.Status(_otel_trace.StatusCode.ERROR, str(exc)))
     args = req.args[index] if req.batch else req.args
     # A batch stops at the item that failed (SPEC 7.9): say which, and what came before.
     detail = {"index": index, "results": results} if req.batch else None
