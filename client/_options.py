@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,8 +27,6 @@ try:  # optional: with OpenTelemetry, calls carry the caller's current span
     import opentelemetry.trace as _otel_trace
 except ImportError:  # pragma: no cover - depends on what is installed
     pass
-
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 
 
 def current_traceparent() -> str:
@@ -64,7 +61,7 @@ class Options:
     def __post_init__(self) -> None:
         if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, not {self.timeout!r}")
-        if self.trace and not _TRACEPARENT.match(self.trace):
+        if self.trace and not protocol.is_traceparent(self.trace):
             raise ValueError(
                 f"trace must be a W3C traceparent such as "
                 f"'00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', not {self.trace!r}"

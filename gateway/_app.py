@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
-from protocol import DEFAULT_LIMITS, TARGET_PATTERN, ProtocolError, parse_json
+from protocol import DEFAULT_LIMITS, TARGET_PATTERN, ProtocolError, is_traceparent, parse_json
 
 from ._errors import ApiError
 from ._render import JSON_TYPE, wants_msgpack
@@ -268,6 +268,10 @@ class _Handler(RequestHandler):
             "(--max-body); send large data by reference",
         )
 
+    def traceparent(self) -> str:
+        """The caller's W3C ``traceparent`` header, passed on to the worker ("" if none)."""
+        return _traceparent_of(self.request.headers)
+
     def call_arguments(self) -> tuple[list[Any], dict[str, Any]]:
         return parse_call_body(self.body(), self.request.headers.get("Content-Type", ""))
 
@@ -318,6 +322,13 @@ class _Handler(RequestHandler):
         super().log_exception(typ, value, tb)
 
 
+def _traceparent_of(headers: Any) -> str:
+    """The request's W3C ``traceparent`` header, or "" (absent, or malformed: ignored,
+    as W3C Trace Context says, not refused)."""
+    value = headers.get("traceparent", "").strip().lower()
+    return value if is_traceparent(value) else ""
+
+
 class CallHandler(_Handler):
     """``POST /call/<service.handler>``: run it now, answer ``{"result": ...}``."""
 
@@ -330,7 +341,9 @@ class CallHandler(_Handler):
         args, kwargs = self.call_arguments()
         timeout = self.timeout_argument()
         try:
-            value = await self.gateway.call(target, args, kwargs, timeout, self._sent)
+            value = await self.gateway.call(
+                target, args, kwargs, timeout, self._sent, self.traceparent()
+            )
         except asyncio.CancelledError:
             if self._hung_up:
                 return  # the caller left; the worker was told to drop the request
@@ -355,7 +368,7 @@ class JobsHandler(_Handler):
         caller = self.caller
         check_target(target)
         args, kwargs = self.call_arguments()
-        record = await self.gateway.submit_job(target, args, kwargs, caller)
+        record = await self.gateway.submit_job(target, args, kwargs, caller, self.traceparent())
         url = f"/jobs/{record.id}"
         self.set_status(202)
         self.set_header("Location", url)

@@ -244,11 +244,13 @@ class Gateway:
         kwargs: dict[str, Any],
         timeout: float,
         on_sent: Callable[[asyncio.Future[Any]], None] | None = None,
+        trace: str = "",
     ) -> Any:
         """Run ``target`` on a worker and return its result.
 
         ``on_sent`` gets the reply's future once the request is on its way: cancelling
-        that future tells the worker to drop the request.
+        that future tells the worker to drop the request. ``trace``: the HTTP caller's
+        W3C traceparent, sent on with the request.
 
         Raises:
             ApiError: the HTTP answer for whatever went wrong (see `_errors`); 502
@@ -269,8 +271,8 @@ class Gateway:
                 await self._wait_for_workers(min(timeout, self.config.wait_for_workers))
                 timeout = max(timeout - (time.monotonic() - began), 0.001)
             view: Any = self._calls
-            if timeout != self.config.call_timeout:
-                view = self._calls.options(timeout=timeout)
+            if timeout != self.config.call_timeout or trace:
+                view = self._calls.options(timeout=timeout, trace=trace or None)
             reply = await view.submit(target, *args, **kwargs)
             if on_sent is not None:
                 on_sent(reply)
@@ -314,7 +316,12 @@ class Gateway:
     # --- jobs ------------------------------------------------------------------------------
 
     async def submit_job(
-        self, target: str, args: list[Any], kwargs: dict[str, Any], owner: str | None = None
+        self,
+        target: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        owner: str | None = None,
+        trace: str = "",
     ) -> JobRecord:
         """Record and queue a job belonging to ``owner`` (the caller's token name, None
         without tokens). Raises `ApiError` 404 when the workers are known and none
@@ -326,7 +333,7 @@ class Gateway:
                 "UnknownHandler",
                 f"no worker serves {target!r}; served: {', '.join(sorted(served)) or 'nothing'}",
             )
-        record = await self.jobs.submit(target, args, kwargs, owner)
+        record = await self.jobs.submit(target, args, kwargs, owner, trace)
         if owner is None:
             log.info("job %s (%s) queued", record.id, target)
         else:

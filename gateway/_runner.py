@@ -102,9 +102,15 @@ class JobRunner:
         return len(ids)
 
     async def submit(
-        self, target: str, args: list[Any], kwargs: dict[str, Any], owner: str | None = None
+        self,
+        target: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        owner: str | None = None,
+        trace: str = "",
     ) -> JobRecord:
-        """Record a new job belonging to ``owner`` (a token name, or None) and queue it.
+        """Record a new job belonging to ``owner`` (a token name, or None) and queue it;
+        ``trace`` (a W3C traceparent) goes with it to the worker, on every attempt.
 
         Raises:
             ApiError: 429 when `max_queued` jobs are already waiting.
@@ -119,7 +125,11 @@ class JobRunner:
                 f"{waiting} jobs are already queued (--max-queued-jobs); retry later",
                 retry_after=RETRY_AFTER_OVERLOADED,
             )
-        payload = msgpack.packb([args, kwargs], use_bin_type=True)
+        # [args, kwargs] or [args, kwargs, traceparent]: rows written before traces
+        # existed read the same.
+        payload = msgpack.packb(
+            [args, kwargs, trace] if trace else [args, kwargs], use_bin_type=True
+        )
         self._admitting += 1
         try:
             record = await self._store.create(target, payload, owner)
@@ -222,12 +232,13 @@ class JobRunner:
             if loaded is None:
                 return  # cancelled between the queue and here
             target, payload = loaded
-            args, kwargs = msgpack.unpackb(payload, raw=False)
+            args, kwargs, *rest = msgpack.unpackb(payload, raw=False)
             started = time.monotonic()
             calls = self._client.options(
                 timeout=self._timeout,
                 retries=self._retries,
                 on_progress=partial(self._on_progress, job_id),
+                trace=rest[0] if rest else None,
             )
             try:
                 value = await calls.call(target, *args, **kwargs)

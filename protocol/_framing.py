@@ -46,6 +46,7 @@ __all__ = [
     "SIGNATURE",
     "Header",
     "header_type",
+    "is_traceparent",
     "refusal",
     "size_text",
     "with_ttl",
@@ -536,13 +537,17 @@ def _new_request(
     return msg
 
 
+def is_traceparent(value: Any) -> bool:
+    """True if ``value`` is a W3C Trace Context ``traceparent`` this side can use:
+    ``VV-<32 hex trace id>-<16 hex parent id>-<2 hex flags>``, version not ``ff``."""
+    return type(value) is str and bool(_TRACEPARENT.match(value)) and not value.startswith("ff")
+
+
 def _traceparent(meta: dict[Any, Any]) -> str:
     """The W3C traceparent in a request's meta map, or "" when absent or malformed (a
     receiver ignores a traceparent it cannot parse, as W3C Trace Context says)."""
     value = meta.get("traceparent")
-    if type(value) is str and _TRACEPARENT.match(value) and not value.startswith("ff"):
-        return value
-    return ""
+    return str(value) if is_traceparent(value) else ""
 
 
 def _new_reply(rid: int, result: Any, codec: Codec, batch: bool) -> Reply:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import gatewaykit
 import pytest
 import zmq
 from brokerkit import BrokeredMesh
@@ -223,3 +224,24 @@ def test_a_broker_sends_a_1_0_worker_the_request_without_its_trace(short_tmp: An
         ctx.term()
         bm.close()
     assert got == [(0, "")]
+
+
+gateways = gatewaykit.gateways
+
+
+@pytest.mark.process
+def test_a_traceparent_header_at_the_gateway_reaches_the_handler(
+    mesh: Mesh, gateways: gatewaykit.Gateways
+) -> None:
+    w = mesh.start(service="testsvc:svc", env=TEST_ENV)
+    gw = gateways.start("--connect", w.endpoint, "--jobs-db", ":memory:")
+    body = {"args": [], "kwargs": {}}
+    traced = {"traceparent": TRACEPARENT}
+    r = gw.request("POST", "/call/t.trace", body, headers=traced)
+    assert (r.status, r.json) == (200, {"result": [TRACEPARENT, TRACE_ID]})
+    r = gw.request("POST", "/call/t.trace", body, headers={"traceparent": "not-a-trace"})
+    assert (r.status, r.json) == (200, {"result": ["", ""]})  # ignored, not refused
+    r = gw.request("POST", "/jobs/t.trace", body, headers=traced)
+    assert r.status == 202
+    view = gw.wait_job(r.json["id"], lambda v: v["status"] == "done")
+    assert view["result"] == [TRACEPARENT, TRACE_ID]
