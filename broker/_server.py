@@ -462,7 +462,7 @@ class Broker(RouterServer):
             if sched.finish(wid, client, header.id):
                 self._send([client, *frames])
         elif kind is _ERROR:
-            code = _error_code(frames, self.config.limits)
+            code = protocol.answer_code(frames, self.config.limits)
             if code == ErrorCode.DRAINING:
                 sched.refused(wid, client, header.id)
             elif sched.finish(wid, client, header.id):
@@ -630,12 +630,3 @@ class Broker(RouterServer):
             self.sched.counters["answered"],
             self.exit_code,
         )
-
-
-def _error_code(frames: Sequence[Any], limits: Limits) -> int:
-    """The code of a worker's ERROR (its body is small); PROTOCOL if unreadable."""
-    try:
-        msg = protocol.decode(frames, limits)
-    except ProtocolError:
-        return ErrorCode.PROTOCOL
-    return msg.code if isinstance(msg, Error) else ErrorCode.PROTOCOL

@@ -45,6 +45,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SIGNATURE",
     "Header",
+    "answer_code",
     "header_type",
     "is_traceparent",
     "refusal",
@@ -362,6 +363,19 @@ def without_meta(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> l
     if type(msg) is not Request:
         raise ProtocolError(f"without_meta takes a REQUEST, not a {type(msg).__name__}")
     return encode(replace(msg, trace=""), limits)
+
+
+def answer_code(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> int | None:
+    """What an answer's frames say of its request: None for a REPLY, else the ERROR's
+    code (its body is decoded: errors are small and rare), `PROTOCOL` if unreadable."""
+    kind = header_type(frames[0]) if frames else None
+    if kind is MessageType.REPLY:
+        return None
+    try:
+        msg = decode(frames, limits)
+    except ProtocolError:
+        return ErrorCode.PROTOCOL
+    return msg.code if type(msg) is Error else ErrorCode.PROTOCOL
 
 
 def header_type(frame: Buffer) -> MessageType | None:

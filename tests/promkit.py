@@ -106,3 +106,26 @@ class Prometheus:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+
+_METRICS_AT = re.compile(r"metrics at (http://[^\s\"]+)")
+
+
+def metrics_url(output: str) -> str:
+    """The ``metrics at http://...`` URL a process logged (``--metrics HOST:0``)."""
+    found = _METRICS_AT.search(output)
+    assert found, f"no 'metrics at' line in:\n{output}"
+    return found.group(1)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a ``/metrics`` page: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

@@ -15,6 +15,7 @@ from zmqio import (
     Security,
     add_log_level,
     add_max_peer_output,
+    add_metrics_option,
     add_server_security,
     setup_logging,
 )
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "is answered OVERLOADED (default: capacity + 1000)",
     )
     add_max_peer_output(p)
+    add_metrics_option(p)
     add_server_security(p)
     p.add_argument(
         "--broker-curve-server",
@@ -203,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             max_peer_output=int(args.max_peer_output * 2**20),
             security=security,
             broker_security=broker_security,
+            metrics=args.metrics or "",
         )
         worker = Worker(services, config)
         code = worker.run()

@@ -58,6 +58,9 @@ class WorkerConfig:
     beyond loopback without it."""
     broker_security: ClientSecurity | None = None
     """CURVE on the links to brokers: this worker's keys and the brokers' public key."""
+    metrics: str = ""
+    """``HOST:PORT`` to serve Prometheus metrics at (``/metrics``; port 0 picks one); ""
+    for none."""
 
     def __post_init__(self) -> None:
         if not self.binds and not self.brokers:

@@ -99,6 +99,7 @@ class Job:
         "deadline",
         "handler",
         "peer",
+        "ran",
         "report",
         "request",
         "started",
@@ -119,6 +120,8 @@ class Job:
         self.handler = handler
         self.deadline = now + request.ttl_ms / 1000 if request.ttl_ms else 0.0
         self.cancelled = False
+        self.ran = False
+        """Its handler was called (set by the runner): the job's time counts as handler time."""
         self.started = 0.0
         self.state = QUEUED
         self.task: Any = None

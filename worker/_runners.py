@@ -59,6 +59,7 @@ def run_sync(job: Job, limits: Limits) -> list[Any]:
 
 
 def _run_sync(job: Job, limits: Limits) -> list[Any]:
+    job.ran = True
     req = job.request
     fn = job.handler.fn
     results: list[Any] = []
@@ -92,6 +93,7 @@ async def run_async(job: Job, limits: Limits) -> list[Any]:
 
 
 async def _run_async(job: Job, limits: Limits) -> list[Any]:
+    job.ran = True
     req = job.request
     fn = job.handler.fn
     index = 0

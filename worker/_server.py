@@ -55,12 +55,18 @@ from protocol import (
 )
 from zmqio import (
     HANGUP_GRACE_S,
+    OTHER_TARGET,
+    CallStats,
     RouterServer,
     add_log_fields,
+    counter,
+    gauge,
     has_input,
+    outcome_name,
     receive_batch,
     recv_message,
     send_message,
+    serve_metrics,
 )
 
 from . import _context
@@ -95,6 +101,7 @@ _STAND_IN_AFTER_S = 0.05
 """Inline mode: how long a handler runs before the watchdog reads the socket for it
 (answers PING and HELLO, notes CANCEL, times out what waits)."""
 _STAND_IN_POLL_S = 0.025
+_REPLY_TYPE = int(protocol.MessageType.REPLY)  # the header's type byte of a REPLY
 _PEER_FORGET_S = 60.0
 
 
@@ -139,6 +146,10 @@ class Worker(RouterServer):
         )
         """Requests this process serves before it recycles itself (0: no limit)."""
         self.protocol_errors = 0
+        self.stats = CallStats()
+        """Requests answered, by target and outcome, and handler time (`metrics`)."""
+        self.drained_why = ""
+        self.metrics_url = ""
         self._threads: list[threading.Thread] = []
         self._async_running = 0
         self.max_pending = config.max_pending or self.capacity + 1000
@@ -178,6 +189,11 @@ class Worker(RouterServer):
         )
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+        if self.config.metrics:
+            try:
+                self.metrics_url = serve_metrics(self.config.metrics, self.metrics, log)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from exc
         if self.config.brokers:
             assert self._ctx is not None
             self._link = BrokerLink(self, self.config.brokers)
@@ -220,6 +236,47 @@ class Worker(RouterServer):
             self.table.close(len(self._threads))
         if self._link is not None:
             self._link.close(linger=2000)  # LINGER: let the replies to brokers leave
+
+    def metrics(self) -> list[Any]:
+        """The worker's Prometheus metric families, built from plain counters when
+        scraped (``--metrics``; any thread). Names and labels: README, Observability."""
+        table, slots = self.table, self.slots
+        running = [j for j in list(table.jobs.values()) if j.state == RUNNING]
+        busy_threads = sum(1 for j in running if not j.handler.is_async)
+        undeliverable = self._outbox.undeliverable if self._outbox is not None else 0
+        gauges = [
+            ("in_flight", "Requests held: running or waiting", len(table.jobs)),
+            (
+                "queued",
+                "Requests waiting in the worker for a slot",
+                len(table.waiting) + len(table.async_waiting),
+            ),
+            ("threads", "Handler threads for plain handlers (--concurrency)", slots.threads),
+            ("threads_busy", "Handler threads running a request", busy_threads),
+            ("async_slots", "async handlers run at once (--max-async)", slots.async_slots),
+            ("async_busy", "async handlers running", self._async_running),
+            ("clients", "Clients heard from in the last minute", len(self._peers)),
+        ]
+        counters = [
+            ("protocol_errors", "Malformed or unexpected messages received", self.protocol_errors),
+            ("forbidden", "Requests refused by their key's services list", self.forbidden),
+            ("undeliverable", "Answers whose client had left", undeliverable),
+        ]
+        families = list(
+            self.stats.families(
+                "zeromesh_worker_requests",
+                "Requests answered, by target and outcome (ok, or the error code's name)",
+                "Time handlers took, by target (requests that ran)",
+            )
+        )
+        families += [gauge(f"zeromesh_worker_{n}", text, v) for n, text, v in gauges]
+        families += [counter(f"zeromesh_worker_{n}", text, v) for n, text, v in counters]
+        who = {"name": self.name, "version": protocol.__version__}
+        families.append(gauge("zeromesh_worker_info", "1; the labels say who it is", 1, who))
+        if self.drained_why:
+            why = {"why": self.drained_why}
+            families.append(gauge("zeromesh_worker_draining", "1 while draining, and why", 1, why))
+        return families
 
     def _check_ipc_free(self, endpoint: str, path: str) -> None:
         """Refuse a path a live worker answers on; libzmq would silently take it over."""
@@ -426,6 +483,9 @@ class Worker(RouterServer):
         self._outbox.send([peer, *frames])
 
     def _send_error(self, peer: bytes, req: Request, code: ErrorCode, message: str) -> None:
+        """Refuse ``req`` before it became a job (unknown handler, draining, forbidden...)."""
+        target = req.target if req.target in self._handlers else OTHER_TARGET
+        self.stats.observe(target, outcome_name(code), None)
         self._send(peer, protocol.encode(Error(req.id, code, message, codec=req.codec)))
 
     # --- running handlers ----------------------------------------------------------------
@@ -679,6 +739,8 @@ class Worker(RouterServer):
         jobs = self._jobs
         finish = self.table.finish
         send = self._send
+        observe = self.stats.observe
+        now = time.monotonic()
         finished = 0
         while done:
             job, peer, frames = done.popleft()
@@ -686,12 +748,19 @@ class Worker(RouterServer):
                 if not finish(job):
                     continue  # answered already by the watchdog; drop the late result
                 finished += 1
+                # The outcome, and the handler's time if it ran (refusals count apart).
+                if frames[0][3] == _REPLY_TYPE:
+                    outcome = "ok"
+                else:
+                    outcome = outcome_name(protocol.answer_code(frames, self.config.limits))
+                observe(job.request.target, outcome, now - job.started if job.ran else None)
             send(peer, frames)
         if finished:
             self.requests_done += finished
             limit = self.request_limit
             if limit and self.requests_done >= limit and not self.table.draining:
-                self._begin_drain(f"served {self.requests_done} requests ({self._limit_text()})")
+                reason = f"served {self.requests_done} requests ({self._limit_text()})"
+                self._begin_drain(reason, "max_requests")
             if self.table.draining and not jobs:
                 self._wake()
         if self._link is not None:
@@ -712,10 +781,13 @@ class Worker(RouterServer):
 
     # --- drain and housekeeping ----------------------------------------------------------
 
-    def _begin_drain(self, reason: str) -> None:
+    def _begin_drain(self, reason: str, why: str = "") -> None:
+        """Stop taking work. ``why`` is the metrics label: ``max_requests``, ``max_rss``,
+        ``hard_timeout``; by default ``signal`` (SIGTERM, SIGINT) or ``stop``."""
         if self.table.draining:
             return
         self.table.draining = True
+        self.drained_why = why or ("signal" if reason in ("SIGTERM", "SIGINT") else "stop")
         log.info(
             "draining (%s): taking no new work, %d request(s) in flight, %d client(s) told",
             reason,
@@ -778,7 +850,8 @@ class Worker(RouterServer):
                 rss = _rss_mb()
                 if rss > cfg.max_rss_mb:
                     limit = cfg.max_rss_mb
-                    self._begin_drain(f"resident memory {rss:.0f} MB > --max-rss {limit:g}")
+                    reason = f"resident memory {rss:.0f} MB > --max-rss {limit:g}"
+                    self._begin_drain(reason, "max_rss")
             stale = [p for p, seen in self._peers.items() if now - seen > _PEER_FORGET_S]
             for peer in stale:
                 del self._peers[peer]
@@ -789,7 +862,7 @@ class Worker(RouterServer):
             if self.table.claim(job, RUNNING):
                 self._hard_timeout(job, self._answer_error)
                 if not self.table.draining:
-                    self._begin_drain("hard timeout")
+                    self._begin_drain("hard timeout", "hard_timeout")
 
     def _hard_timeout(self, job: Job, answer: Callable[[Job, ErrorCode, str], None]) -> None:
         """``job`` overran ``--hard-timeout`` (claimed RUNNING → DONE by the caller).

@@ -39,6 +39,7 @@ __all__ = [
     "CallStats",
     "StatsCollector",
     "add_metrics_option",
+    "counter",
     "gauge",
     "outcome_name",
     "serve_metrics",
@@ -101,16 +102,18 @@ class CallStats:
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.bounds = buckets
         self.targets: dict[str, _TargetStats] = {}
-        self._history: deque[tuple[float, list[int], int]] = deque(maxlen=12)
+        self._history: deque[tuple[float, list[int], int, int]] = deque(maxlen=64)
 
-    def observe(self, target: str, outcome: str, seconds: float) -> None:
-        """One call to ``target`` ended with ``outcome`` after ``seconds``."""
+    def observe(self, target: str, outcome: str, seconds: float | None) -> None:
+        """One call to ``target`` ended with ``outcome`` after ``seconds`` (None: it
+        never ran, e.g. refused: counted, left out of the latency histogram)."""
         stats = self.targets.get(target)
         if stats is None:
             stats = self.targets[target] = _TargetStats(len(self.bounds))
         stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
-        stats.buckets[bisect.bisect_left(self.bounds, seconds)] += 1
-        stats.total += seconds
+        if seconds is not None:
+            stats.buckets[bisect.bisect_left(self.bounds, seconds)] += 1
+            stats.total += seconds
 
     def count(self, target: str | None = None, outcome: str | None = None) -> int:
         """Calls so far (of ``target``, ending with ``outcome``; None: any)."""
@@ -123,14 +126,18 @@ class CallStats:
             if outcome is None or o == outcome
         )
 
-    def _totals(self) -> tuple[list[int], int]:
+    def _totals(self) -> tuple[list[int], int, int]:
+        """Over all targets: the latency buckets, calls, and calls that failed."""
         buckets = [0] * (len(self.bounds) + 1)
-        errors = 0
+        calls = errors = 0
         for s in list(self.targets.values()):
             for i, n in enumerate(s.buckets):
                 buckets[i] += n
-            errors += sum(n for o, n in s.outcomes.items() if o != "ok")
-        return buckets, errors
+            for o, n in list(s.outcomes.items()):
+                calls += n
+                if o != "ok":
+                    errors += n
+        return buckets, calls, errors
 
     def recent(self, now: float | None = None, window: float = 10.0) -> dict[str, Any]:
         """Calls/s, errors/s and p50/p99 latency (seconds, None without calls) over about
@@ -140,20 +147,19 @@ class CallStats:
         the window (``top`` asks once a second, so the window fills as it watches).
         """
         now = time.monotonic() if now is None else now
-        buckets, errors = self._totals()
+        buckets, calls, errors = self._totals()
         history = self._history
         while history and now - history[0][0] > window:
             history.popleft()
         base = history[0] if history else None
-        history.append((now, buckets, errors))
+        history.append((now, buckets, calls, errors))
         if base is None or now - base[0] <= 0:
             return {"calls_per_s": 0.0, "errors_per_s": 0.0, "p50": None, "p99": None}
         span = now - base[0]
         delta = [b - a for a, b in zip(base[1], buckets, strict=True)]
-        calls = sum(delta)
         return {
-            "calls_per_s": round(calls / span, 3),
-            "errors_per_s": round((errors - base[2]) / span, 3),
+            "calls_per_s": round((calls - base[2]) / span, 3),
+            "errors_per_s": round((errors - base[3]) / span, 3),
             "p50": self._quantile(delta, 0.5),
             "p99": self._quantile(delta, 0.99),
         }
@@ -219,6 +225,13 @@ def gauge(name: str, help: str, value: float, labels: dict[str, str] | None = No
     family = GaugeMetricFamily(name, help, labels=list(labels or {}))
     family.add_metric(list((labels or {}).values()), value)
     return family
+
+
+def counter(name: str, help: str, value: float) -> Metric:
+    """A one-sample counter family (``name`` without ``_total``; it is added)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    return CounterMetricFamily(name, help, value=value)
 
 
 def add_metrics_option(parser: Any) -> None:

@@ -1,0 +1,69 @@
+"""Prometheus metrics from real processes: counters move by exactly the calls made
+(``/metrics`` read before and after), and a real Prometheus server scrapes two
+workers, a broker and the gateway and computes rates and a latency quantile."""
+
+from __future__ import annotations
+
+import pytest
+from hostilekit import raw_dealer
+from meshkit import Mesh
+from promkit import metrics_url, scrape
+
+import protocol
+from client import Client, RemoteError
+from protocol import ErrorCode, Request
+
+pytestmark = pytest.mark.process
+
+Sample = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _requests(target: str, outcome: str) -> Sample:
+    return ("zeromesh_worker_requests_total", (("outcome", outcome), ("target", target)))
+
+
+def _delta(before: dict[Sample, float], after: dict[Sample, float], key: Sample) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_worker_counters_move_by_exactly_the_calls_made(mesh: Mesh) -> None:
+    w = mesh.start("--metrics", "127.0.0.1:0")
+    url = metrics_url(w.output())
+    before = scrape(url)
+    with Client([w.endpoint]) as c:
+        for i in range(5):
+            assert c.call("math.add", i, 1) == i + 1
+        for _ in range(2):
+            with pytest.raises(RemoteError):
+                c.call("math.fail", "on purpose")
+    with raw_dealer(w.endpoint) as sock:  # a Client would refuse it itself
+        sock.send_multipart(protocol.encode(Request(1, "math.nope", [], {})))
+        assert sock.poll(10_000)
+        answer = protocol.decode(sock.recv_multipart())
+        assert answer.code == ErrorCode.UNKNOWN_HANDLER
+    after = scrape(url)
+    assert _delta(before, after, _requests("math.add", "ok")) == 5
+    assert _delta(before, after, _requests("math.fail", "remote")) == 2
+    # A target nobody serves is not a label of its own (a client could make up many).
+    assert _delta(before, after, _requests("_other", "unknown_handler")) == 1
+    assert not [k for k in after if ("target", "math.nope") in k[1]]
+    count = ("zeromesh_worker_requests_duration_seconds_count", (("target", "math.add"),))
+    assert _delta(before, after, count) == 5
+    bucket = (
+        "zeromesh_worker_requests_duration_seconds_bucket",
+        (("le", "+Inf"), ("target", "math.add")),
+    )
+    assert _delta(before, after, bucket) == 5
+    assert after[("zeromesh_worker_threads", ())] == 1
+    assert after[("zeromesh_worker_in_flight", ())] == 0
+    assert after[("zeromesh_worker_clients", ())] >= 1
+    assert after[("process_resident_memory_bytes", ())] > 10e6  # the process collector
+    info = [k for k in after if k[0] == "zeromesh_worker_info"]
+    assert len(info) == 1
+    assert dict(info[0][1])["name"]
+
+
+def test_a_worker_refuses_a_bad_metrics_address(mesh: Mesh) -> None:
+    w = mesh.start("--metrics", "9100", wait=False)
+    assert w.proc.wait(30) == 2
+    assert "--metrics '9100': give HOST:PORT" in w.output()
