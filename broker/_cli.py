@@ -11,6 +11,7 @@ from zmqio import (
     Security,
     add_log_level,
     add_max_peer_output,
+    add_metrics_option,
     add_server_security,
     setup_logging,
 )
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for in-flight replies after SIGTERM (default 10)",
     )
     add_max_peer_output(p)
+    add_metrics_option(p)
     add_server_security(p)
     p.add_argument("--heartbeat-ms", type=int, default=1000, help="heartbeat interval (1000)")
     p.add_argument("--name", default="", help="name shown by zeromesh status (default host:pid)")
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
             max_peer_output=int(args.max_peer_output * 2**20),
             security=security,
+            metrics=args.metrics or "",
         )
         code = Broker(config).run()
     except StartupError as exc:

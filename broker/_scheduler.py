@@ -35,9 +35,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from protocol import LIVENESS, RESERVED_SERVICE, ErrorCode
+from protocol import LIVENESS, OTHER_NAME, RESERVED_SERVICE, ErrorCode
 
 __all__ = [
+    "OTHER_SERVICE",
+    "PER_SERVICE",
     "RESERVED_SERVICE",
     "Answer",
     "CancelAt",
@@ -49,6 +51,11 @@ __all__ = [
 
 QUEUED, IN_FLIGHT, DONE = 1, 2, 3
 
+PER_SERVICE = ("accepted", "dispatched", "requeued", "expired_in_queue", "overloaded")
+"""The counters kept per service as well (`Scheduler.by_service`)."""
+OTHER_SERVICE = OTHER_NAME
+"""The service label of requests for a service no worker ever served."""
+
 
 class Job:
     """One client request, from arrival at the broker until its answer leaves.
@@ -57,6 +64,7 @@ class Job:
     """
 
     __slots__ = (
+        "arrived",
         "client",
         "codec",
         "deadline",
@@ -88,6 +96,7 @@ class Job:
         self.payload = payload
         self.codec = codec
         self.seq = seq  # arrival order, for fairness between queues
+        self.arrived = 0.0  # clock time it reached the broker (set by `submit`)
         self.deliveries = 0
         self.state = QUEUED
         self.worker: bytes | None = None
@@ -241,6 +250,29 @@ class Scheduler:
             ),
             0,
         )
+        self.by_service: dict[str, dict[str, int]] = {}
+        """The `PER_SERVICE` counters by service (services some worker served, else
+        ``_other``: a client's made-up names must not become labels)."""
+
+    def _tally(self, name: str, job: Job) -> None:
+        """Count ``name`` in total and for ``job``'s service."""
+        self.counters[name] += 1
+        service = job.service if job.service in self._ever_served else OTHER_SERVICE
+        per = self.by_service.get(service)
+        if per is None:
+            per = self.by_service[service] = dict.fromkeys(PER_SERVICE, 0)
+        per[name] += 1
+
+    def oldest_waiting(self) -> dict[str, float]:
+        """Seconds the oldest queued request of each service has waited."""
+        now = self.clock()
+        ages = {}
+        for service, q in self._queues.items():
+            for job in q:
+                if job.state is QUEUED:
+                    ages[service] = now - job.arrived
+                    break
+        return ages
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -355,7 +387,7 @@ class Scheduler:
             elif job.deadline and job.deadline <= now:
                 self._expire(job, now)
             else:
-                self.counters["requeued"] += 1
+                self._tally("requeued", job)
                 self._requeue(job)
                 touched.add(job.service)
         w.in_flight.clear()
@@ -428,6 +460,7 @@ class Scheduler:
             codec,
             next(self._seq),
         )
+        job.arrived = now
         key = (client, rid)
         if self.draining:
             self._answer(job, ErrorCode.DRAINING, "the broker is shutting down; not started")
@@ -445,7 +478,7 @@ class Scheduler:
             self.counters["unknown"] += 1
             self._answer(job, ErrorCode.UNKNOWN_HANDLER, self._no_handler(target))
             return None
-        self.counters["accepted"] += 1
+        self._tally("accepted", job)
         q = self._queues.get(service)
         if not q or not self._depth.get(service):
             avail = self._avail.get(service)
@@ -457,7 +490,7 @@ class Scheduler:
                     return job
         depth = self._depth.get(service, 0)
         if depth >= self.max_queue:
-            self.counters["overloaded"] += 1
+            self._tally("overloaded", job)
             self._answer(
                 job,
                 ErrorCode.OVERLOADED,
@@ -626,7 +659,7 @@ class Scheduler:
         job.deliveries += 1
         w.in_flight[job.key] = job
         w.credit -= 1
-        self.counters["dispatched"] += 1
+        self._tally("dispatched", job)
         if w.credit <= 0:
             self._withdraw(w)
         else:
@@ -704,7 +737,7 @@ class Scheduler:
             q.popleft()
 
     def _expire(self, job: Job, now: float) -> None:
-        self.counters["expired_in_queue"] += 1
+        self._tally("expired_in_queue", job)
         ran = (
             f"; it had been sent to {job.deliveries} worker(s), lost before replying"
             if job.deliveries

@@ -55,9 +55,13 @@ from zmqio import (
     DEFAULT_PEER_OUTPUT,
     RouterServer,
     Security,
+    counter,
+    gauge,
     has_input,
+    labelled,
     receive_batch,
     send_message,
+    serve_metrics,
 )
 
 from ._scheduler import IN_FLIGHT, RESERVED_SERVICE, Answer, CancelAt, Dispatch, Scheduler
@@ -65,6 +69,17 @@ from ._scheduler import IN_FLIGHT, RESERVED_SERVICE, Answer, CancelAt, Dispatch,
 __all__ = ["EXIT_DRAIN_TIMEOUT", "Broker", "BrokerConfig", "StartupError"]
 
 log = logging.getLogger("zeromesh.broker")
+
+_TOTALS = [
+    ("answered", "Requests answered by a worker"),
+    ("refused", "Requests a draining worker refused (sent elsewhere)"),
+    ("worker_lost", "Requests given up after their workers were lost max-deliveries times"),
+    ("unknown", "Requests for a target no worker serves"),
+    ("cancelled", "Requests their client cancelled or left"),
+    ("late_replies", "Answers that came after their request was given up"),
+    ("workers_expired", "Workers dropped after missing their heartbeats"),
+]
+"""The scheduler's totals served as counters (``zeromesh_broker_<name>_total``)."""
 
 EXIT_DRAIN_TIMEOUT = 3
 """Exit status when requests were still in flight at the end of the drain timeout."""
@@ -99,6 +114,8 @@ class BrokerConfig:
     security: Security = field(default_factory=Security)
     """CURVE on the bound endpoints and the allowed keys (clients and workers alike);
     ``insecure`` to bind beyond loopback without it."""
+    metrics: str = ""
+    """``HOST:PORT`` to serve Prometheus metrics at (``/metrics``; port 0 picks one)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -163,6 +180,11 @@ class Broker(RouterServer):
         )
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+        if self.config.metrics:
+            try:
+                serve_metrics(self.config.metrics, self.metrics, log)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from exc
         log.info(
             "broker %s on %s (pid %d, max queue %d per service, heartbeat %d ms)",
             self.name,
@@ -280,6 +302,61 @@ class Broker(RouterServer):
             self._send([peer, *protocol.encode(msg)])
             return
         self._send([peer, *protocol.encode(Reply(header.id, self.status(), header.codec))])
+
+    def metrics(self) -> list[Any]:
+        """The broker's Prometheus metric families, built from the scheduler's plain
+        counters when scraped (``--metrics``; any thread)."""
+        sched = self.sched
+        workers = list(sched.workers.values())
+        states = {"ready": 0, "busy": 0, "draining": 0}
+        for w in workers:
+            states["draining" if w.draining else "ready" if w.credit > 0 else "busy"] += 1
+        by_service = sorted(sched.by_service.items())
+        families = [
+            labelled(
+                "counter",
+                "zeromesh_broker_requests",
+                "Client requests by service and event: accepted (queued), dispatched (sent "
+                "to a worker), requeued (its worker was lost), expired_in_queue, overloaded",
+                ["service", "event"],
+                (([s, e], n) for s, counts in by_service for e, n in counts.items()),
+            ),
+            labelled(
+                "gauge",
+                "zeromesh_broker_queue_depth",
+                "Requests waiting, by service",
+                ["service"],
+                (([s], n) for s, n in sched.queue_depths().items()),
+            ),
+            labelled(
+                "gauge",
+                "zeromesh_broker_queue_oldest_seconds",
+                "How long the oldest waiting request of each service has waited",
+                ["service"],
+                (([s], age) for s, age in sched.oldest_waiting().items()),
+            ),
+            labelled(
+                "gauge",
+                "zeromesh_broker_workers",
+                "Registered workers: ready (credit left), busy (none left), draining",
+                ["state"],
+                (([state], n) for state, n in states.items()),
+            ),
+        ]
+        families += [
+            counter(f"zeromesh_broker_{n}", text, sched.counters[n]) for n, text in _TOTALS
+        ]
+        credit = sum(w.credit for w in workers)
+        families += [
+            gauge("zeromesh_broker_credit", "Credit the workers granted, not used yet", credit),
+            gauge("zeromesh_broker_in_flight", "Requests at workers now", sched.in_flight),
+            gauge("zeromesh_broker_clients", "Clients heard from lately", len(self._clients)),
+            counter("zeromesh_broker_protocol_errors", "Malformed messages", self.protocol_errors),
+            counter("zeromesh_broker_forbidden", "Refused by a key's services", self.forbidden),
+        ]
+        who = {"name": self.name, "version": protocol.__version__}
+        families.append(gauge("zeromesh_broker_info", "1; the labels say who it is", 1, who))
+        return families
 
     def status(self) -> dict[str, Any]:
         """The scheduler's status plus who this broker is (the ``_broker.status`` reply)."""

@@ -47,6 +47,7 @@ from ._names import (
     LEAVING,
     LIVENESS,
     NAME_PATTERN,
+    OTHER_NAME,
     PROTOCOL_REVISION,
     READY,
     RESERVED_SERVICE,
@@ -120,6 +121,7 @@ __all__ = [
     # names both ends agree on
     "LIVENESS",
     "NAME_PATTERN",
+    "OTHER_NAME",
     "RESERVED_SERVICE",
     "TARGET_ATTRIBUTE",
     "TARGET_PATTERN",

@@ -16,6 +16,7 @@ __all__ = [
     "LEAVING",
     "LIVENESS",
     "NAME_PATTERN",
+    "OTHER_NAME",
     "PROTOCOL_REVISION",
     "READY",
     "RESERVED_SERVICE",
@@ -37,6 +38,11 @@ announced that revision (SPEC section 9). A HELLO without the field is from 1.0.
 
 LIVENESS = 3
 """Heartbeat intervals of silence after which a peer is taken for lost (SPEC 7.4)."""
+
+OTHER_NAME = "_other"
+"""Stands for any target or service name a peer sent that this side does not serve or
+know, in metrics labels and status: a client can make up endless names, so they never
+become labels of their own."""
 
 RESERVED_SERVICE = "_broker"
 """The service a broker answers itself (``_broker.status``); no worker may serve it."""

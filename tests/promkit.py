@@ -111,11 +111,16 @@ class Prometheus:
 _METRICS_AT = re.compile(r"metrics at (http://[^\s\"]+)")
 
 
-def metrics_url(output: str) -> str:
-    """The ``metrics at http://...`` URL a process logged (``--metrics HOST:0``)."""
-    found = _METRICS_AT.search(output)
-    assert found, f"no 'metrics at' line in:\n{output}"
-    return found.group(1)
+def metrics_url(proc: Any, timeout: float = 20) -> str:
+    """The ``metrics at http://...`` URL a process logged (``--metrics HOST:0``);
+    ``proc`` has ``output()`` (a kit's child process). Waits for the line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _METRICS_AT.search(proc.output())
+        if found:
+            return found.group(1)
+        assert time.monotonic() < deadline, f"no 'metrics at' line in:\n{proc.output()}"
+        time.sleep(0.02)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -4,7 +4,10 @@ workers, a broker and the gateway and computes rates and a latency quantile."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from brokerkit import BrokeredMesh
 from hostilekit import raw_dealer
 from meshkit import Mesh
 from promkit import metrics_url, scrape
@@ -28,7 +31,7 @@ def _delta(before: dict[Sample, float], after: dict[Sample, float], key: Sample)
 
 def test_worker_counters_move_by_exactly_the_calls_made(mesh: Mesh) -> None:
     w = mesh.start("--metrics", "127.0.0.1:0")
-    url = metrics_url(w.output())
+    url = metrics_url(w)
     before = scrape(url)
     with Client([w.endpoint]) as c:
         for i in range(5):
@@ -67,3 +70,25 @@ def test_a_worker_refuses_a_bad_metrics_address(mesh: Mesh) -> None:
     w = mesh.start("--metrics", "9100", wait=False)
     assert w.proc.wait(30) == 2
     assert "--metrics '9100': give HOST:PORT" in w.output()
+
+
+def test_broker_counters_by_service(short_tmp: Path) -> None:
+    bm = BrokeredMesh(short_tmp)
+    try:
+        b = bm.broker("--metrics", "127.0.0.1:0")
+        bm.worker(b)
+        url = metrics_url(b)
+        with Client([b.endpoint], timeout=20) as c:
+            pids = {c.call("bk.pid") for _ in range(4)}
+        after = scrape(url)
+    finally:
+        bm.close()
+    assert len(pids) == 1
+    for event in ("accepted", "dispatched"):
+        key = ("zeromesh_broker_requests_total", (("event", event), ("service", "bk")))
+        assert after[key] == 4, event
+    assert after[("zeromesh_broker_answered_total", ())] == 4
+    assert after[("zeromesh_broker_workers", (("state", "ready"),))] == 1
+    assert after[("zeromesh_broker_in_flight", ())] == 0
+    (info,) = [k for k in after if k[0] == "zeromesh_broker_info"]
+    assert dict(info[1])["version"] == protocol.__version__

@@ -29,6 +29,7 @@ from ._metrics import (
     add_metrics_option,
     counter,
     gauge,
+    labelled,
     outcome_name,
     serve_metrics,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "add_metrics_option",
     "counter",
     "gauge",
+    "labelled",
     "outcome_name",
     "serve_metrics",
     # logging

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from protocol import ErrorCode
+from protocol import OTHER_NAME, ErrorCode
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -41,6 +41,7 @@ __all__ = [
     "add_metrics_option",
     "counter",
     "gauge",
+    "labelled",
     "outcome_name",
     "serve_metrics",
 ]
@@ -68,7 +69,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 """Upper bounds (seconds) of the latency histograms: 100 µs (a tiny call on loopback)
 to a minute (a long job); +Inf beyond."""
 
-OTHER_TARGET = "_other"
+OTHER_TARGET = OTHER_NAME
 """The target label of calls to a target the process does not serve or know."""
 
 _OUTCOMES = {int(code): code.name.lower() for code in ErrorCode}
@@ -224,6 +225,20 @@ def gauge(name: str, help: str, value: float, labels: dict[str, str] | None = No
 
     family = GaugeMetricFamily(name, help, labels=list(labels or {}))
     family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def labelled(
+    kind: str, name: str, help: str, labels: list[str], samples: Iterable[tuple[list[str], float]]
+) -> Metric:
+    """A ``kind`` ("gauge" or "counter") family with one sample per (label values,
+    value) of ``samples``."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    family = family_type(name, help, labels=labels)
+    for values, value in samples:
+        family.add_metric(values, value)
     return family
 
 
