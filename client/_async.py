@@ -21,6 +21,7 @@ from ._core import Core
 from ._dispatch import Call, Slots, WorkerInfo
 from ._endpoints import resolve_endpoints
 from ._mapping import auto_chunksize, results_before_failure
+from ._metrics import metrics_for
 from ._options import Options, changed_options, check_settings, make_request, parse_codec
 
 __all__ = ["AsyncClient"]
@@ -129,6 +130,7 @@ class AsyncClient(_AsyncCalls):
         limits: Limits = DEFAULT_LIMITS,
         curve_secret: str | os.PathLike[str] | None = None,
         curve_server: str | bytes | os.PathLike[str] | Mapping[str, Any] | None = None,
+        metrics: bool = False,
     ) -> None:
         self._opts = Options(timeout, retries, parse_codec(codec))
         check_settings(max_in_flight, prefetch, heartbeat)
@@ -139,6 +141,7 @@ class AsyncClient(_AsyncCalls):
         self._heartbeat = heartbeat
         self._limits = limits
         self._security = ClientSecurity.from_settings(curve_secret, curve_server)
+        self._metrics = metrics_for(metrics)
         self._core: Core | None = None
         self._in_flight = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
@@ -159,6 +162,8 @@ class AsyncClient(_AsyncCalls):
         self._closed = True
         if self._core is not None:
             self._core.close()
+        if self._metrics is not None:
+            self._metrics.unregister()
 
     def capacity(self) -> int:
         """Requests the ready workers said they run at once, summed (0 while none is
@@ -197,6 +202,7 @@ class AsyncClient(_AsyncCalls):
                 limits=self._limits,
                 loop=loop,
                 security=self._security,
+                metrics=self._metrics,
             )
             core.start()
             self._core = core

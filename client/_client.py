@@ -20,6 +20,7 @@ from ._dispatch import Slots, WorkerInfo
 from ._driver import Driver
 from ._endpoints import resolve_endpoints
 from ._mapping import run_map
+from ._metrics import metrics_for
 from ._options import Options, changed_options, check_settings, parse_codec
 
 __all__ = ["Client", "Options"]
@@ -115,6 +116,9 @@ class Client(_Calls):
             Z85 text, or a mapping endpoint -> key (default ``$ZEROMESH_CURVE_SERVER``).
             Given, every connection runs CURVE; a refused key fails calls with
             `AuthenticationError`.
+        metrics: count this client's calls in prometheus-client's default registry
+            (``zeromesh_client_calls_total{target,outcome}``, their latency, retries,
+            in flight), for the program's own ``/metrics``. Off by default.
 
     Raises:
         ValueError: a bad setting or endpoint, a key file that cannot be read.
@@ -133,12 +137,16 @@ class Client(_Calls):
         limits: Limits = DEFAULT_LIMITS,
         curve_secret: str | os.PathLike[str] | None = None,
         curve_server: str | bytes | os.PathLike[str] | Mapping[str, Any] | None = None,
+        metrics: bool = False,
     ) -> None:
         self._opts = Options(timeout, retries, parse_codec(codec))
         check_settings(max_in_flight, prefetch, heartbeat)
         self.endpoints = resolve_endpoints(endpoints)
         security = ClientSecurity.from_settings(curve_secret, curve_server)
-        self._io = Driver(self.endpoints, max_in_flight, prefetch, heartbeat, limits, security)
+        self._metrics = metrics_for(metrics)
+        self._io = Driver(
+            self.endpoints, max_in_flight, prefetch, heartbeat, limits, security, self._metrics
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -152,6 +160,8 @@ class Client(_Calls):
     def close(self) -> None:
         """Fail unanswered requests, close sockets, stop the IO thread. Idempotent."""
         self._io.close()
+        if self._metrics is not None:
+            self._metrics.unregister()
 
     def capacity(self) -> int:
         """Requests the ready workers said they run at once, summed (0 while none is

@@ -55,6 +55,7 @@ from ._dispatch import (
     WakeAt,
     WorkerInfo,
 )
+from ._metrics import ClientMetrics
 
 __all__ = ["Core"]
 
@@ -78,8 +79,12 @@ class Core:
         limits: Limits,
         loop: asyncio.AbstractEventLoop | Any,
         security: ClientSecurity | None = None,
+        metrics: ClientMetrics | None = None,
     ) -> None:
         self.endpoints = endpoints
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.core = self
         self.security = security
         self.heartbeat = heartbeat
         self.limits = limits
@@ -157,6 +162,8 @@ class Core:
 
     def submit(self, call: Call) -> None:
         """Take ``call``: send it now if a worker has room, else queue it."""
+        if self.metrics is not None:
+            self.metrics.watch(call)
         self._submit(call)
         if self._out:
             self._run_outbox()

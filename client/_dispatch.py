@@ -319,6 +319,8 @@ class Dispatcher:
         self._all_busy = False  # the last _pick found servers, all at their limit
         self._rr = 0
         self._info_waiters: list[tuple[float, Callable[[], None]]] = []
+        self.retried = {"overloaded": 0, "worker_lost": 0}
+        """Calls sent again, by why: a full worker (OVERLOADED) or a lost one."""
 
     def add_peer(self, peer: Peer) -> Peer:
         """Take ``peer`` (CONNECTING) among those calls may go to."""
@@ -820,6 +822,7 @@ class Dispatcher:
         call.peer = None
         call.attempts -= 1
         if call.attempts > 0:
+            self.retried["overloaded" if error is Overloaded else "worker_lost"] += 1
             self._requeue(call)
             return
         self._finish(

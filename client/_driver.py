@@ -49,6 +49,7 @@ from zmqio import ClientSecurity
 
 from ._core import Core
 from ._dispatch import Call, Slots, WorkerInfo
+from ._metrics import ClientMetrics
 from ._options import Options, make_request
 
 __all__ = ["Driver", "SyncLoop"]
@@ -217,6 +218,7 @@ class Driver:
         heartbeat: float,
         limits: Limits,
         security: ClientSecurity | None = None,
+        metrics: ClientMetrics | None = None,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.lock = threading.Lock()
@@ -247,6 +249,7 @@ class Driver:
             limits=limits,
             loop=self.loop,
             security=security,
+            metrics=metrics,
         )
         try:
             with self.lock:

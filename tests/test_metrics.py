@@ -92,3 +92,31 @@ def test_broker_counters_by_service(short_tmp: Path) -> None:
     assert after[("zeromesh_broker_in_flight", ())] == 0
     (info,) = [k for k in after if k[0] == "zeromesh_broker_info"]
     assert dict(info[1])["version"] == protocol.__version__
+
+
+def test_a_client_with_metrics_counts_its_calls_in_the_default_registry(mesh: Mesh) -> None:
+    from prometheus_client import REGISTRY
+
+    w = mesh.start()
+
+    def sample(name: str, labels: dict[str, str]) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    ok = {"target": "math.add", "outcome": "ok"}
+    with Client([w.endpoint], metrics=True) as c:
+        for i in range(3):
+            c.call("math.add", i, i)
+        with pytest.raises(RemoteError):
+            c.call("math.fail")
+        assert sample("zeromesh_client_calls_total", ok) == 3
+        assert (
+            sample("zeromesh_client_calls_total", {"target": "math.fail", "outcome": "remote"}) == 1
+        )
+        assert sample("zeromesh_client_calls_duration_seconds_count", {"target": "math.add"}) == 3
+        assert sample("zeromesh_client_in_flight", {}) == 0
+        assert sample("zeromesh_client_retries_total", {"why": "worker_lost"}) == 0
+    # Closed: its collector left the registry (a new client starts from zero).
+    assert sample("zeromesh_client_calls_total", ok) == 0
+    with Client([w.endpoint]) as plain:
+        plain.call("math.add", 1, 1)
+    assert sample("zeromesh_client_calls_total", ok) == 0  # off by default
