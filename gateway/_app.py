@@ -57,6 +57,7 @@ def make_app(gateway: Gateway) -> Application:
             (r"/call/([^/]*)", CallHandler, init),
             (r"/jobs/([^/]*)", JobsHandler, init),
             (r"/healthz", HealthHandler, init),
+            (r"/metrics", MetricsHandler, init),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=init,
@@ -67,6 +68,10 @@ def make_app(gateway: Gateway) -> Application:
 
 def _log_request(handler: RequestHandler) -> None:
     status = handler.get_status()
+    gateway = getattr(handler, "gateway", None)
+    if gateway is not None:  # every answered request, whatever its route
+        route = _ROUTES.get(type(handler), "other")
+        gateway.http.observe(route, str(status), handler.request.request_time())
     level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
     if access_log.isEnabledFor(level):
         request = handler.request
@@ -409,6 +414,18 @@ class HealthHandler(_Handler):
         self.finish(_dumps(body))
 
 
+class MetricsHandler(_Handler):
+    """``GET /metrics``: Prometheus's text format (a token is needed when tokens are
+    on, as for every route but /healthz; Prometheus sends it with ``authorization``)."""
+
+    async def get(self) -> None:
+        self.check_token()
+        body, content_type = await self.gateway.metrics_text()
+        self.set_header("Content-Type", content_type)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(body)
+
+
 class NotFoundHandler(_Handler):
     """Any other path: a JSON 404 that says what exists."""
 
@@ -421,3 +438,12 @@ class NotFoundHandler(_Handler):
             f"no route {self.request.path}: use POST /call/<service.handler>, "
             "POST /jobs/<service.handler>, GET or DELETE /jobs/<id>, GET /healthz",
         )
+
+
+_ROUTES: dict[type, str] = {
+    CallHandler: "call",
+    JobsHandler: "jobs",
+    HealthHandler: "healthz",
+    MetricsHandler: "metrics",
+}
+"""The route label of each handler (anything else counts as ``other``)."""

@@ -23,7 +23,8 @@ from tornado.httpserver import HTTPServer
 
 import protocol
 from client import AsyncClient, ZeromeshError
-from protocol import StartupError
+from protocol import OTHER_NAME, StartupError
+from zmqio import CallStats, exposition, gauge, labelled, outcome_name
 
 from ._app import drain_limit, make_app
 from ._auth import TokenFile
@@ -102,7 +103,12 @@ class Gateway:
             retries=config.retries,
             max_result=config.max_result,
             max_queued=config.max_queued_jobs,
+            label=self._label,
         )
+        self.http = CallStats()
+        """HTTP requests by route and status, and how long they took (`metrics_text`)."""
+        self.calls = CallStats()
+        """The mesh calls ``/call`` made, by target and outcome."""
         self.port = config.port
         self._server: HTTPServer | None = None
         self._render_pool = ThreadPoolExecutor(2, thread_name_prefix="zeromesh-gateway-render")
@@ -265,6 +271,8 @@ class Gateway:
             )
         self._pending += 1
         self._idle.clear()
+        began_call = time.monotonic()
+        outcome = "ok"
         try:
             if self._calls.capacity() == 0:
                 began = time.monotonic()
@@ -278,6 +286,7 @@ class Gateway:
                 on_sent(reply)
             value = await reply
         except ZeromeshError as exc:
+            outcome = outcome_name(exc.code)
             error = api_error(exc)
             # The client's advice is for Python callers; say it in HTTP terms.
             error.message = error.message.replace(
@@ -288,9 +297,53 @@ class Gateway:
             self._pending -= 1
             if not self._pending:
                 self._idle.set()
+            self.calls.observe(self._label(target), outcome, time.monotonic() - began_call)
         # Before rendering: an oversized result is refused, not turned into JSON.
         check_result_size(value, self.config.max_result)
         return value
+
+    def _label(self, target: str) -> str:
+        """``target`` as a metrics label: itself if a worker serves it, else `OTHER_NAME`
+        (an HTTP caller can name any target; labels must stay few)."""
+        served = self._targets
+        return target if served is not None and target in served else OTHER_NAME
+
+    async def metrics_text(self) -> tuple[bytes, str]:
+        """``GET /metrics``: the gateway's metrics in Prometheus's text format."""
+        counts = await self.store.counts()
+        running = self.jobs.running
+        families = [
+            *self.http.families(
+                "zeromesh_gateway_http_requests",
+                "HTTP requests by route and status",
+                "HTTP request latency by route",
+                labels=("route", "status"),
+            ),
+            *self.calls.families(
+                "zeromesh_gateway_calls",
+                "Mesh calls made for POST /call, by target and outcome",
+                "Mesh call latency for POST /call, by target",
+            ),
+            *self.jobs.stats.families(
+                "zeromesh_gateway_job_runs",
+                "Job runs by target and outcome",
+                "Job run time (the mesh call) by target",
+            ),
+            labelled(
+                "gauge",
+                "zeromesh_gateway_jobs",
+                "Jobs in the database, by state",
+                ["state"],
+                (([state], n) for state, n in counts.items()),
+            ),
+            gauge("zeromesh_gateway_jobs_running_here", "Jobs this gateway runs now", running),
+            gauge(
+                "zeromesh_gateway_calls_in_progress",
+                "POST /call requests in progress",
+                self._pending,
+            ),
+        ]
+        return exposition(lambda: families)
 
     async def _wait_for_workers(self, seconds: float) -> None:
         try:

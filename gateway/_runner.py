@@ -30,6 +30,7 @@ import msgpack
 
 from client import AsyncClient, Slots
 from protocol import NoWorkers, Overloaded, Progress, ZeromeshError
+from zmqio import CallStats, outcome_name
 
 from ._errors import RETRY_AFTER_OVERLOADED, ApiError, api_error
 from ._jobs import DONE, FAILED, JobRecord, JobStore
@@ -59,8 +60,12 @@ class JobRunner:
         retries: int,
         max_result: int,
         max_queued: int,
+        label: Callable[[str], str] = str,
     ) -> None:
         self._store = store
+        self.stats = CallStats()
+        """Job runs by target (``label(target)``) and outcome, and their run time."""
+        self._label = label
         self._client = client
         self._slots = slots
         self._limit = limit
@@ -251,9 +256,13 @@ class JobRunner:
                     log.warning("job %s (%s) re-queued: %s", job_id, target, exc)
                 return
             except ZeromeshError as exc:
+                seconds = time.monotonic() - started
+                self.stats.observe(self._label(target), outcome_name(exc.code), seconds)
                 await self._fail(job_id, target, api_error(exc))
                 return
-            await self._done(job_id, target, value, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            self.stats.observe(self._label(target), "ok", seconds)
+            await self._done(job_id, target, value, seconds)
         except asyncio.CancelledError:
             # Cancelled by DELETE (already recorded) or by shutdown (stays running in
             # the database, so the next start re-submits it).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gatewaykit
 import pytest
 from brokerkit import BrokeredMesh
 from hostilekit import raw_dealer
@@ -120,3 +121,46 @@ def test_a_client_with_metrics_counts_its_calls_in_the_default_registry(mesh: Me
     with Client([w.endpoint]) as plain:
         plain.call("math.add", 1, 1)
     assert sample("zeromesh_client_calls_total", ok) == 0  # off by default
+
+
+gateways = gatewaykit.gateways
+
+
+def test_the_gateway_serves_its_metrics(mesh: Mesh, gateways: gatewaykit.Gateways) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    w = mesh.start()
+    gw = gateways.start("--connect", w.endpoint, "--jobs-db", ":memory:")
+
+    def samples() -> dict[Sample, float]:
+        r = gw.request("GET", "/metrics")
+        assert r.status == 200, r.body
+        assert r.headers["Content-Type"].startswith("text/plain")
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(r.body.decode())
+            for s in f.samples
+        }
+
+    before = samples()
+    for i in range(3):
+        assert gw.call("math.add", i, 1).json == {"result": i + 1}
+    assert gw.call("math.nope").status == 404  # refused at the gateway: made-up target
+    job = gw.submit("math.add", 2, 2)
+    gw.wait_job(job["id"], gatewaykit.finished)
+    after = samples()
+
+    def delta(key: Sample) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    http = "zeromesh_gateway_http_requests_total"
+    assert delta((http, (("route", "call"), ("status", "200")))) == 3
+    assert delta((http, (("route", "call"), ("status", "404")))) == 1
+    assert delta((http, (("route", "jobs"), ("status", "202")))) == 1
+    assert delta(("zeromesh_gateway_calls_total", (("outcome", "ok"), ("target", "math.add")))) == 3
+    assert (
+        delta(("zeromesh_gateway_job_runs_total", (("outcome", "ok"), ("target", "math.add")))) == 1
+    )
+    assert after[("zeromesh_gateway_jobs", (("state", "done"),))] == 1
+    assert not [k for k in after if ("target", "math.nope") in k[1]]
+    assert ("process_cpu_seconds_total", ()) in after

@@ -40,6 +40,7 @@ __all__ = [
     "StatsCollector",
     "add_metrics_option",
     "counter",
+    "exposition",
     "gauge",
     "labelled",
     "outcome_name",
@@ -181,13 +182,20 @@ class CallStats:
             seen += n
         return self.bounds[-1]
 
-    def families(self, prefix: str, help_calls: str, help_seconds: str) -> Iterator[Metric]:
-        """``<prefix>_total{target,outcome}`` and ``<prefix>_duration_seconds{target}``."""
+    def families(
+        self,
+        prefix: str,
+        help_calls: str,
+        help_seconds: str,
+        labels: tuple[str, str] = ("target", "outcome"),
+    ) -> Iterator[Metric]:
+        """``<prefix>_total{target,outcome}`` and ``<prefix>_duration_seconds{target}``
+        (``labels`` renames the two: the gateway counts HTTP routes and statuses)."""
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-        calls = CounterMetricFamily(prefix, help_calls, labels=["target", "outcome"])
+        calls = CounterMetricFamily(prefix, help_calls, labels=list(labels))
         seconds = HistogramMetricFamily(
-            f"{prefix}_duration_seconds", help_seconds, labels=["target"]
+            f"{prefix}_duration_seconds", help_seconds, labels=[labels[0]]
         )
         for target, s in sorted(self.targets.items()):
             for outcome, n in sorted(s.outcomes.items()):
@@ -258,6 +266,18 @@ def add_metrics_option(parser: Any) -> None:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: pick a free "
         "one and log it; default: off)",
     )
+
+
+def exposition(families: Callable[[], Iterable[Metric]]) -> tuple[bytes, str]:
+    """``families()`` and the standard process metrics in Prometheus's text format, and
+    its content type: for a process that serves ``/metrics`` itself (the gateway)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
+    from prometheus_client.exposition import generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    registry.register(StatsCollector(families))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 def serve_metrics(
