@@ -4,6 +4,8 @@ workers, a broker and the gateway and computes rates and a latency quantile."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gatewaykit
@@ -11,7 +13,7 @@ import pytest
 from brokerkit import BrokeredMesh
 from hostilekit import raw_dealer
 from meshkit import Mesh
-from promkit import metrics_url, scrape
+from promkit import Prometheus, metrics_url, prometheus_binary, scrape
 
 import protocol
 from client import Client, RemoteError
@@ -164,3 +166,71 @@ def test_the_gateway_serves_its_metrics(mesh: Mesh, gateways: gatewaykit.Gateway
     assert after[("zeromesh_gateway_jobs", (("state", "done"),))] == 1
     assert not [k for k in after if ("target", "math.nope") in k[1]]
     assert ("process_cpu_seconds_total", ()) in after
+
+
+def test_a_real_prometheus_scrapes_workers_broker_and_gateway(
+    mesh: Mesh, gateways: gatewaykit.Gateways, short_tmp: Path
+) -> None:
+    """Debian's Prometheus scrapes two workers, a broker and the gateway every second;
+    its query API must see exactly the calls made, their rate, and a latency quantile
+    where the handler's sleep puts it."""
+    prometheus_binary()
+    bm = BrokeredMesh(short_tmp)
+    prom: Prometheus | None = None
+    try:
+        b = bm.broker("--metrics", "127.0.0.1:0")
+        workers = [mesh.start("--broker", b.endpoint, "--metrics", "127.0.0.1:0") for _ in range(2)]
+        gw = gateways.start("--connect", b.endpoint, "--jobs-db", ":memory:")
+        hostport = lambda url: url.split("/")[2]  # noqa: E731
+        prom = Prometheus(
+            short_tmp,
+            {
+                "zeromesh-worker": [hostport(metrics_url(w)) for w in workers],
+                "zeromesh-broker": [hostport(metrics_url(b))],
+                "zeromesh-gateway": [f"127.0.0.1:{gw.port}"],
+            },
+        )
+        _wait(lambda: set(prom.targets_up().values()) == {"up"}, "every target up")
+        with Client([b.endpoint], timeout=30) as c:
+            futures = [c.submit("math.sleep", 0.02) for _ in range(40)]
+            assert all(f.result() == "slept 0.02" for f in futures)
+        for i in range(5):
+            assert gw.call("math.add", i, i).status == 200
+
+        def value(expr: str) -> float:
+            result = prom.query(expr)
+            return float(result[0]["value"][1]) if result else -1.0
+
+        ok = 'zeromesh_worker_requests_total{target="math.sleep",outcome="ok"}'
+        _wait(lambda: value(f"sum({ok})") == 40, "the 40 sleeps counted across both workers")
+        assert value(f"count({ok} > 0)") == 2  # both workers took some
+        _wait(
+            lambda: (
+                value('zeromesh_broker_requests_total{service="math",event="dispatched"}') == 45
+            ),
+            "the broker dispatched all 45",
+        )
+        _wait(
+            lambda: (
+                value('sum(zeromesh_gateway_http_requests_total{route="call",status="200"})') == 5
+            ),
+            "the gateway's 5 calls",
+        )
+        rate = value(f"sum(rate({ok}[1m]))")
+        assert rate > 0, "a rate over the last minute"
+        p50 = value(
+            "histogram_quantile(0.5, sum by (le) (rate("
+            'zeromesh_worker_requests_duration_seconds_bucket{target="math.sleep"}[1m])))'
+        )
+        assert 0.01 < p50 <= 0.05, p50  # 20 ms sleeps: the (10, 25] ms bucket
+    finally:
+        if prom is not None:
+            prom.close()
+        bm.close()
+
+
+def _wait(ok: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, f"Prometheus never saw {what}"
+        time.sleep(0.25)
