@@ -76,6 +76,10 @@ def render_conf(
     """Write the repository's supervisord.conf to ``dest`` with test ports and service."""
     text = CONF.read_text()
     text = _replace_once(text, ":55%(process_num)02d", f":{prefix}%(process_num)02d")
+    # Metrics ports (96NN, the broker's 9600) likewise, from a second free block.
+    metrics = free_prefix(20)
+    text = _replace_once(text, ":96%(process_num)02d", f":{metrics}%(process_num)02d")
+    text = _replace_once(text, "s:9600\n", f"s:{metrics}00\n")
     # The broker's port too (P00): a fixed 5500 collides with anything else on the host.
     text = _replace_once(
         text,

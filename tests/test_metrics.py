@@ -4,6 +4,9 @@ workers, a broker and the gateway and computes rates and a latency quantile."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +16,7 @@ import pytest
 from brokerkit import BrokeredMesh
 from hostilekit import raw_dealer
 from meshkit import Mesh
+from opskit import REPO
 from promkit import Prometheus, metrics_url, prometheus_binary, scrape
 
 import protocol
@@ -223,6 +227,12 @@ def test_a_real_prometheus_scrapes_workers_broker_and_gateway(
             'zeromesh_worker_requests_duration_seconds_bucket{target="math.sleep"}[1m])))'
         )
         assert 0.01 < p50 <= 0.05, p50  # 20 ms sleeps: the (10, 25] ms bucket
+        # Every query of the shipped Grafana dashboard runs, and those that need only
+        # the traffic above find data (errors, overload and queues may well be empty).
+        for title, expr in _dashboard_queries():
+            result = prom.query(expr.replace("$__rate_interval", "1m"))
+            if not any(word in title for word in ("Errors", "queue", "expired")):
+                assert result, f"dashboard panel {title!r}: no data for {expr}"
     finally:
         if prom is not None:
             prom.close()
@@ -234,3 +244,25 @@ def _wait(ok: Callable[[], bool], what: str, timeout: float = 30) -> None:
     while not ok():
         assert time.monotonic() < deadline, f"Prometheus never saw {what}"
         time.sleep(0.25)
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads((REPO / "deploy" / "grafana-zeromesh.json").read_text())
+    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+
+
+def test_the_shipped_prometheus_config_is_valid_and_scrapes_the_conf_s_ports() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("no `promtool` (it comes with Debian's prometheus, which .ci/run installs)")
+    config = REPO / "deploy" / "prometheus.yml"
+    checked = subprocess.run(
+        [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = config.read_text()
+    conf = (REPO / "supervisord.conf").read_text()
+    assert "--metrics %(ENV_ZEROMESH_HOST)s:96%(process_num)02d" in conf
+    assert '"127.0.0.1:9601"' in text
+    assert "s:9600" in conf
+    assert '"127.0.0.1:9600"' in text

@@ -15,10 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from opskit import Load, LoadReport, Supervisor, kill_processes_under, supervised
+from promkit import metrics_url, scrape
 
 from client import Client, Timeout
 
 pytestmark = pytest.mark.process
+
+
+class _LogFile:
+    """A supervised process's log, read the way the kits read a child's output."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def output(self) -> str:
+        return self.path.read_text(errors="replace") if self.path.exists() else ""
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])
@@ -40,6 +51,12 @@ def test_conf_starts_workers_status_running_and_call(short_tmp: Path, transport:
             assert {c.call("math.pid") for _ in range(40)} == set(sup.pids().values())
             arr = np.arange(12.0).reshape(4, 3)
             np.testing.assert_array_equal(c.call("math.mean", arr), arr.mean(axis=0))
+
+        # Each worker serves its metrics on a port of its own (96NN in the conf).
+        for n in (1, 2):
+            log = _LogFile(sup.run / f"worker-0{n}.log")
+            info = [k for k in scrape(metrics_url(log)) if k[0] == "zeromesh_worker_info"]
+            assert dict(info[0][1])["name"] == f"worker-0{n}"
 
         # The same mesh through the broker the conf runs: only the endpoint changes.
         with Client([f"ipc://{sup.conf.parent}/run/broker.sock"], timeout=20) as c:
