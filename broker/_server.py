@@ -59,6 +59,7 @@ from zmqio import (
     gauge,
     has_input,
     labelled,
+    process_usage,
     receive_batch,
     send_message,
     serve_metrics,
@@ -374,6 +375,7 @@ class Broker(RouterServer):
             "protocol_errors": self.protocol_errors,
             "dropped": self._outbox.undeliverable,
             "refused_unread": self._outbox.refused_unread,
+            **process_usage(),
         }
         return out
 

@@ -682,6 +682,7 @@ class Dispatcher:
                     threads=h.threads,
                     async_slots=h.async_slots,
                     async_handlers=h.async_handlers,
+                    stats=h.stats,
                 )
             rows.append(row)
         return rows

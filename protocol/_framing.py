@@ -665,6 +665,7 @@ _HELLO_CHECKS: tuple[_Check, ...] = (
     ("threads", *_INTEGER),
     ("async_slots", *_INTEGER),
     ("async_handlers", (), _is_services, "a dict of service names to lists of handler names"),
+    ("stats", (dict,), lambda v: isinstance(v, dict), "a dict"),
 )
 _READY_CHECKS: tuple[_Check, ...] = (("credit", (), _is_count, "an integer >= 0 (not a bool)"),)
 _PROGRESS_CHECKS: tuple[_Check, ...] = (
@@ -722,6 +723,7 @@ def _hello_body(m: Hello) -> dict[str, Any]:
         "threads": m.threads,
         "async_slots": m.async_slots,
         "async_handlers": m.async_handlers,
+        "stats": m.stats,
     }
 
 
@@ -754,6 +756,7 @@ def _decode_hello(rid: int, codec: Codec, b: dict[str, Any]) -> Hello:
         _field(b, "threads", _INT, 0),
         _field(b, "async_slots", _INT, 0),
         _handler_map(b, "async_handlers"),
+        _field(b, "stats", _MAP, {}),
     )
 
 

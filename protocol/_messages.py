@@ -187,6 +187,9 @@ class Hello:
     """``async def`` requests the sender runs at once, beside ``threads``."""
     async_handlers: dict[str, list[str]] = field(default_factory=dict)
     """The handlers of ``services`` that are ``async def`` (and take ``async_slots``)."""
+    stats: dict[str, Any] = field(default_factory=dict)
+    """A worker's running totals for monitors (``zeromesh top``, SPEC 7.2): requests
+    answered and failed, a latency histogram, memory and CPU. {} from a client."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,7 +169,7 @@ def wire_body(msg: Message) -> dict[str, Any]:
         if msg.detail is not None:
             out["detail"] = msg.detail
         return out
-    if isinstance(msg, Hello):  # 7.2: all fourteen keys
+    if isinstance(msg, Hello):  # 7.2: all fifteen keys
         return {
             "role": msg.role,
             "name": msg.name,
@@ -185,6 +185,7 @@ def wire_body(msg: Message) -> dict[str, Any]:
             "threads": msg.threads,
             "async_slots": msg.async_slots,
             "async_handlers": msg.async_handlers,
+            "stats": msg.stats,
         }
     if isinstance(msg, Ready):  # 7.3
         return {"credit": msg.credit}
@@ -313,6 +314,14 @@ HELLO_1_1 = Hello(
     threads=4,
     async_slots=1,
     async_handlers={"math": ["wait"]},
+    stats={
+        "calls": 12,
+        "errors": 1,
+        "bounds": [0.001, 0.01, 0.1],
+        "buckets": [3, 8, 1, 0],
+        "rss": 52428800,
+        "cpu": 1.25,
+    },
 )
 
 CLIENT_1_0_HELLO: dict[str, Any] = {
@@ -440,7 +449,7 @@ def message_cases() -> Cases:
         c.valid(f"pong-{n}", Pong(6, codec), spec="3, 7.4")
         c.valid(f"cancel-{n}", Cancel(12, codec), spec="3, 7.9")
         hello = dataclasses.replace(HELLO_1_1, codec=codec)
-        c.valid(f"hello-1.1-worker-{n}", hello, spec="7.2, 9", note="all fourteen keys")
+        c.valid(f"hello-1.1-worker-{n}", hello, spec="7.2, 9", note="all fifteen keys")
         c.valid(
             f"hello-1.0-client-{n}",
             dataclasses.replace(CLIENT_1_0_MEANING, codec=codec),

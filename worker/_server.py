@@ -63,6 +63,7 @@ from zmqio import (
     gauge,
     has_input,
     outcome_name,
+    process_usage,
     receive_batch,
     recv_message,
     send_message,
@@ -426,6 +427,7 @@ class Worker(RouterServer):
             threads=slots.threads,
             async_slots=slots.async_slots,
             async_handlers=slots.async_handlers,
+            stats={**self.stats.summary(), **process_usage()},
         )
 
     def accept(self, peer: bytes, req: Request) -> None:

@@ -32,6 +32,7 @@ from ._metrics import (
     gauge,
     labelled,
     outcome_name,
+    process_usage,
     serve_metrics,
 )
 from ._outbox import DEFAULT_PEER_OUTPUT, Outbox, add_max_peer_output
@@ -117,6 +118,7 @@ __all__ = [
     "gauge",
     "labelled",
     "outcome_name",
+    "process_usage",
     "serve_metrics",
     # logging
     "LOG_FIELDS",

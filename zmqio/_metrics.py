@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +45,7 @@ __all__ = [
     "gauge",
     "labelled",
     "outcome_name",
+    "process_usage",
     "serve_metrics",
 ]
 
@@ -127,6 +129,14 @@ class CallStats:
             for o, n in s.outcomes.items()
             if outcome is None or o == outcome
         )
+
+    def summary(self) -> dict[str, Any]:
+        """The running totals a worker's HELLO carries (``stats``, SPEC 7.2): ``calls``
+        answered, ``errors`` among them, and the latency histogram (``bounds`` in
+        seconds, ``buckets`` counts per bound plus one beyond the last). A monitor
+        takes two and divides the difference by the time between them."""
+        buckets, calls, errors = self._totals()
+        return {"calls": calls, "errors": errors, "bounds": list(self.bounds), "buckets": buckets}
 
     def _totals(self) -> tuple[list[int], int, int]:
         """Over all targets: the latency buckets, calls, and calls that failed."""
@@ -234,6 +244,17 @@ def gauge(name: str, help: str, value: float, labels: dict[str, str] | None = No
     family = GaugeMetricFamily(name, help, labels=list(labels or {}))
     family.add_metric(list((labels or {}).values()), value)
     return family
+
+
+def process_usage() -> dict[str, float]:
+    """This process's resident memory (``rss``, bytes) and CPU time so far (``cpu``,
+    seconds, all threads), for status answers (``zeromesh top``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        rss = 0
+    return {"rss": rss, "cpu": round(time.process_time(), 3)}
 
 
 def labelled(
