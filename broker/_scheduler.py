@@ -641,6 +641,7 @@ class Scheduler:
         return {
             "workers": workers,
             "queues": queues,
+            "oldest": {s: round(age, 3) for s, age in sorted(self.oldest_waiting().items())},
             "totals": {
                 "workers": len(workers),
                 "capacity": self.capacity,

@@ -25,6 +25,8 @@ from zmqio import (
     write_certificates,
 )
 
+from ._top import SORT_KEYS
+
 __all__ = ["main"]
 
 
@@ -177,6 +179,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return run_status(resolve_endpoints(args.connect), args.timeout, args.json, security)
 
 
+def _cmd_top(args: argparse.Namespace) -> int:
+    from client import resolve_endpoints
+
+    from ._top import run_top
+
+    security = ClientSecurity.from_settings(args.curve_secret, args.curve_server)
+    return run_top(
+        resolve_endpoints(args.connect),
+        interval=args.interval,
+        once=args.once,
+        sort=args.sort,
+        timeout=args.timeout,
+        security=security,
+        client_options=_curve(args),
+    )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -243,6 +262,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_query_options(p)
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "top",
+        help="a live view of workers and brokers: load, calls/s, latency, errors, memory",
+        description="Show every worker and broker, refreshed each --interval: host, pid, "
+        "state, services, in flight / capacity, calls/s, p50/p99 latency and errors/s "
+        "over the last 10 s, resident memory, uptime; and the brokers' queues. Reads "
+        "what the processes answer (HELLO, _broker.status): no Prometheus needed. "
+        "Saturated rows show yellow (75%) or red (full), errors red. Ctrl-C quits.",
+        epilog="examples:\n"
+        "  zeromesh top -c tcp://127.0.0.1:5501-5504\n"
+        "  zeromesh top -c tcp://b1:5600 --sort p99\n"
+        "  zeromesh top -c tcp://127.0.0.1:5501 --once   (one frame, for scripts)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_connect(p)
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between refreshes (default 1)"
+    )
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument(
+        "--sort",
+        choices=SORT_KEYS,
+        default="name",
+        help="row order: name (default), calls, p99, errors or load (busiest first)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds to wait for answers (default 2)"
+    )
+    add_client_security(p)
+    p.set_defaults(func=_cmd_top)
 
     p = sub.add_parser(
         "keygen",

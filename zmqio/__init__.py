@@ -33,6 +33,7 @@ from ._metrics import (
     labelled,
     outcome_name,
     process_usage,
+    quantile,
     serve_metrics,
 )
 from ._outbox import DEFAULT_PEER_OUTPUT, Outbox, add_max_peer_output
@@ -119,6 +120,7 @@ __all__ = [
     "labelled",
     "outcome_name",
     "process_usage",
+    "quantile",
     "serve_metrics",
     # logging
     "LOG_FIELDS",

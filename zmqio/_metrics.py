@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from protocol import OTHER_NAME, ErrorCode
@@ -46,6 +46,7 @@ __all__ = [
     "labelled",
     "outcome_name",
     "process_usage",
+    "quantile",
     "serve_metrics",
 ]
 
@@ -177,20 +178,7 @@ class CallStats:
         }
 
     def _quantile(self, counts: list[int], q: float) -> float | None:
-        """The ``q`` quantile of a histogram's counts, interpolated within its bucket
-        (as Prometheus's histogram_quantile does)."""
-        total = sum(counts)
-        if not total:
-            return None
-        rank = q * total
-        seen = 0
-        for i, n in enumerate(counts):
-            if seen + n >= rank and n:
-                lower = self.bounds[i - 1] if i else 0.0
-                upper = self.bounds[i] if i < len(self.bounds) else self.bounds[-1]
-                return lower + (upper - lower) * (rank - seen) / n
-            seen += n
-        return self.bounds[-1]
+        return quantile(self.bounds, counts, q)
 
     def families(
         self,
@@ -217,6 +205,25 @@ class CallStats:
             seconds.add_metric([target], cumulative, s.total)
         yield calls
         yield seconds
+
+
+def quantile(bounds: Sequence[float], counts: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile of a histogram: ``counts`` per upper bound in ``bounds`` plus
+    one beyond the last; interpolated within its bucket, as Prometheus's
+    histogram_quantile does (the last bound when it falls beyond). None: no counts."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(counts):
+        if seen + n >= rank and n:
+            if i >= len(bounds):
+                return bounds[-1]
+            lower = bounds[i - 1] if i else 0.0
+            return lower + (bounds[i] - lower) * (rank - seen) / n
+        seen += n
+    return bounds[-1]
 
 
 def _bound_text(bound: float) -> str:
