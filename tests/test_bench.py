@@ -23,6 +23,8 @@ def test_bench_tiny_runs_and_writes_json(tmp_path) -> None:
     assert "RTT p50" in proc.stdout
     rows = json.loads(out.read_text())
     assert len(rows) >= 6
+    scenarios = {row["scenario"].split(":")[0] for row in rows}
+    assert "metrics on vs off" in scenarios
     for row in rows:
         assert set(row) == {"scenario", "zeromesh", "baseline", "ratio", "target", "unit"}
         assert row["zeromesh"] > 0

@@ -21,7 +21,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -392,6 +394,7 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
         )
 
         rows.extend(_curve(kids, sizes, w1, log))
+        rows.append(_metrics_row(kids, sizes, w1, log))
 
         broker_row = _brokered(kids, sizes, w1, log)
         if broker_row is not None:
@@ -399,6 +402,53 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
     finally:
         kids.close()
     return rows
+
+
+def _metrics_row(kids: _Children, sizes: Sizes, plain: str, log: Callable[[str], None]) -> Row:
+    """Pipelined calls with every metric on (a worker serving --metrics, scraped each
+    second as Prometheus would, and ``Client(metrics=True)``) vs off (worker ``plain``,
+    a plain client). Workers count answers either way (HELLO stats feed zeromesh top):
+    the row shows what serving, scraping and client-side counting add."""
+    log("metrics on vs off")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metered = kids.worker("--metrics", f"127.0.0.1:{port}")
+    _ready([metered])
+    url = f"http://127.0.0.1:{port}/metrics"
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as r:
+                r.read()
+
+    t = threading.Thread(target=scraper, daemon=True)
+    t.start()
+    try:
+        with (
+            Client([metered], max_in_flight=WINDOW, metrics=True) as on,
+            Client([plain], max_in_flight=WINDOW) as off,
+        ):
+            on.call("bench.echo", 0)
+            off.call("bench.echo", 0)
+            n = sizes.pipelined_calls
+            ons, offs = _alternate(
+                sizes.rounds, lambda: _zm_submit_rate(on, n), lambda: _zm_submit_rate(off, n)
+            )
+    finally:
+        stop.set()
+        t.join(5)
+    rate_on, rate_off = _median(ons), _median(offs)
+    return Row(
+        f"metrics on vs off: Client.submit calls/s, {WINDOW} in flight",
+        rate_on,
+        rate_off,
+        rate_on / rate_off,
+        ">= 0.9x",
+        "calls/s",
+        rate_on >= 0.9 * rate_off,
+    )
 
 
 def _curve(kids: _Children, sizes: Sizes, plain: str, log: Callable[[str], None]) -> list[Row]:
