@@ -388,9 +388,15 @@ class Gateway:
             )
         record = await self.jobs.submit(target, args, kwargs, owner, trace)
         if owner is None:
-            log.info("job %s (%s) queued", record.id, target)
+            log.info("job %s (%s) queued", record.id, target, extra=_job_fields(target, trace))
         else:
-            log.info("job %s (%s) queued for %s", record.id, target, owner)
+            log.info(
+                "job %s (%s) queued for %s",
+                record.id,
+                target,
+                owner,
+                extra=_job_fields(target, trace),
+            )
         return record
 
     async def job(self, job_id: str, caller: str | None = None) -> dict[str, Any]:
@@ -547,3 +553,11 @@ def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _job_fields(target: str, trace: str) -> dict[str, str]:
+    """The JSON log fields of a line about a job (``--log-format json``)."""
+    fields = {"target": target}
+    if trace:
+        fields["trace_id"] = protocol.trace_id_of(trace)
+    return fields

@@ -286,13 +286,22 @@ class JobRunner:
             return
         blob = pack_stored(value)
         if await self._store.finish(job_id, DONE, result=blob, progress=self._progress.get(job_id)):
-            log.info("job %s (%s) done in %.2f s", job_id, target, seconds)
+            log.info(
+                "job %s (%s) done in %.2f s", job_id, target, seconds, extra={"target": target}
+            )
 
     async def _fail(self, job_id: str, target: str, error: ApiError) -> None:
         if await self._store.finish(
             job_id, FAILED, error=error.to_dict(debug=True), progress=self._progress.get(job_id)
         ):
-            log.info("job %s (%s) failed: %s: %s", job_id, target, error.type_name, error.message)
+            log.info(
+                "job %s (%s) failed: %s: %s",
+                job_id,
+                target,
+                error.type_name,
+                error.message,
+                extra={"target": target},
+            )
 
     def _on_progress(self, job_id: str, msg: Progress) -> None:
         if job_id in self._running:

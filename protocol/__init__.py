@@ -22,6 +22,7 @@ from ._framing import (
     is_traceparent,
     refusal,
     size_text,
+    trace_id_of,
     with_ttl,
     without_meta,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "answer_code",
     "header_type",
     "is_traceparent",
+    "trace_id_of",
     "parse_json",
     "refusal",
     "size_text",

@@ -48,6 +48,7 @@ __all__ = [
     "answer_code",
     "header_type",
     "is_traceparent",
+    "trace_id_of",
     "refusal",
     "size_text",
     "with_ttl",
@@ -555,6 +556,11 @@ def is_traceparent(value: Any) -> bool:
     """True if ``value`` is a W3C Trace Context ``traceparent`` this side can use:
     ``VV-<32 hex trace id>-<16 hex parent id>-<2 hex flags>``, version not ``ff``."""
     return type(value) is str and bool(_TRACEPARENT.match(value)) and not value.startswith("ff")
+
+
+def trace_id_of(traceparent: str) -> str:
+    """The 32-hex-digit trace id of a W3C ``traceparent`` ("" for "")."""
+    return traceparent[3:35]
 
 
 def _traceparent(meta: dict[Any, Any]) -> str:

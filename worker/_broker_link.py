@@ -157,6 +157,8 @@ class BrokerLink:
         # the operator asked for (none by default: no request waits behind a busy one).
         self.slots = worker.capacity + worker.config.broker_prefetch
         self.draining = False
+        self.silences = 0
+        """Times a broker missed its heartbeats (silent for LIVENESS intervals)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._hello_ids = itertools.count(1)
@@ -434,6 +436,7 @@ class BrokerLink:
             elif conn.state in (_READY, _LEAVING):
                 silent = now - conn.heard
                 if silent > LIVENESS * hb:
+                    self.silences += 1
                     log.warning(
                         "broker %s silent for %.1f s: taking back its credit, greeting again",
                         conn.endpoint,

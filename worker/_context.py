@@ -10,6 +10,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Protocol
 
+from protocol import trace_id_of
+
 __all__ = ["RequestContext", "cancelled", "current", "progress", "trace_id", "traceparent"]
 
 
@@ -61,4 +63,4 @@ def traceparent() -> str:
 def trace_id() -> str:
     """The 32-hex-digit trace id of the running request's ``traceparent``, or "" when the
     caller sent none: for the handler's own logs and spans."""
-    return traceparent()[3:35]
+    return trace_id_of(traceparent())

@@ -90,7 +90,7 @@ def _request_log_fields() -> dict[str, Any] | None:
     req = job.request
     fields: dict[str, Any] = {"target": req.target, "request_id": req.id}
     if req.trace:
-        fields["trace_id"] = req.trace[3:35]
+        fields["trace_id"] = protocol.trace_id_of(req.trace)
     return fields
 
 
@@ -262,6 +262,11 @@ class Worker(RouterServer):
             ("protocol_errors", "Malformed or unexpected messages received", self.protocol_errors),
             ("forbidden", "Requests refused by their key's services list", self.forbidden),
             ("undeliverable", "Answers whose client had left", undeliverable),
+            (
+                "broker_heartbeats_missed",
+                "Times a broker fell silent for 3 heartbeats (its credit taken back)",
+                self._link.silences if self._link is not None else 0,
+            ),
         ]
         families = list(
             self.stats.families(
