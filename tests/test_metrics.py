@@ -195,30 +195,37 @@ def test_a_real_prometheus_scrapes_workers_broker_and_gateway(
             },
         )
         _wait(lambda: set(prom.targets_up().values()) == {"up"}, "every target up")
-        with Client([b.endpoint], timeout=30) as c:
-            futures = [c.submit("math.sleep", 0.02) for _ in range(40)]
-            assert all(f.result() == "slept 0.02" for f in futures)
-        for i in range(5):
-            assert gw.call("math.add", i, i).status == 200
 
         def value(expr: str) -> float:
             result = prom.query(expr)
             return float(result[0]["value"][1]) if result else -1.0
 
         ok = 'zeromesh_worker_requests_total{target="math.sleep",outcome="ok"}'
-        _wait(lambda: value(f"sum({ok})") == 40, "the 40 sleeps counted across both workers")
+        with Client([b.endpoint], timeout=30) as c:
+            # First one call each way, scraped: rate() and increase() count from a
+            # series' second sample, so the series must exist before the traffic.
+            for w in workers:
+                with Client([w.endpoint]) as direct:
+                    assert direct.call("math.sleep", 0.02) == "slept 0.02"
+            assert gw.call("math.add", 0, 0).status == 200
+            _wait(lambda: value(f"count({ok})") == 2, "both workers' series")
+            calls_200 = 'zeromesh_gateway_http_requests_total{route="call",status="200"}'
+            _wait(lambda: value(f"sum({calls_200})") == 1, "the gateway's series")
+            futures = [c.submit("math.sleep", 0.02) for _ in range(40)]
+            assert all(f.result() == "slept 0.02" for f in futures)
+        for i in range(5):
+            assert gw.call("math.add", i, i).status == 200
+        _wait(lambda: value(f"sum({ok})") == 42, "the 42 sleeps counted across both workers")
         assert value(f"count({ok} > 0)") == 2  # both workers took some
         _wait(
             lambda: (
-                value('zeromesh_broker_requests_total{service="math",event="dispatched"}') == 45
+                value('zeromesh_broker_requests_total{service="math",event="dispatched"}') == 46
             ),
-            "the broker dispatched all 45",
+            "the broker dispatched all 46 (40 calls, the gateway's 6)",
         )
         _wait(
-            lambda: (
-                value('sum(zeromesh_gateway_http_requests_total{route="call",status="200"})') == 5
-            ),
-            "the gateway's 5 calls",
+            lambda: value(f"sum({calls_200})") == 6,
+            "the gateway's 6 calls",
         )
         rate = value(f"sum(rate({ok}[1m]))")
         assert rate > 0, "a rate over the last minute"
