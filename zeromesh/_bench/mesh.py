@@ -82,14 +82,15 @@ class Sizes:
     array_repeats: int
     map_items: int
     cpu_calls: int
+    memory_calls: int
 
     @classmethod
     def pick(cls, quick: bool, tiny: bool) -> Sizes:
         if tiny:
-            return cls(1, 200, 2_000, 4, 1, 20_000, 8)
+            return cls(1, 200, 2_000, 4, 1, 20_000, 8, 20_000)
         if quick:
-            return cls(3, 1_000, 10_000, 64, 2, 200_000, 40)
-        return cls(5, 4_000, 40_000, 64, 3, 1_000_000, 100)
+            return cls(3, 1_000, 10_000, 64, 2, 200_000, 40, 200_000)
+        return cls(5, 4_000, 40_000, 64, 3, 1_000_000, 100, 1_000_000)
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -396,9 +397,8 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
         rows.extend(_curve(kids, sizes, w1, log))
         rows.append(_metrics_row(kids, sizes, w1, log))
 
-        broker_row = _brokered(kids, sizes, w1, log)
-        if broker_row is not None:
-            rows.append(broker_row)
+        rows.extend(_brokered(kids, sizes, w1, log))
+        rows.extend(_memory(kids, sizes, log))
     finally:
         kids.close()
     return rows
@@ -531,54 +531,101 @@ def _curve(kids: _Children, sizes: Sizes, plain: str, log: Callable[[str], None]
     return rows
 
 
-def _brokered(kids: _Children, sizes: Sizes, direct: str, log: Callable[[str], None]) -> Row | None:
-    """Brokered pipelined calls/s vs direct (worker ``direct``), once a broker is installed."""
-    if shutil.which("zeromesh-broker") is None:
-        log("no zeromesh-broker installed: brokered row skipped")
-        return None
-    log("brokered pipelined calls")
-    bep = kids.endpoint()
-    kids.spawn("-m", "broker", "--bind", bep, "--log-level", "warning")
-    wep = kids.endpoint()
-    kids.spawn(
-        "-m",
-        "worker",
-        ECHO_SERVICE,
-        "--broker",
-        bep,
-        # Exact credit (the default) costs a worker-broker round trip per call; the
-        # throughput row measures the pipelined setting a throughput user would pick.
-        "--broker-prefetch",
-        "32",
-        "--bind",
-        wep,
-        "--log-level",
-        "warning",
-    )
-    _ready([bep, wep])
+def _brokered(kids: _Children, sizes: Sizes, direct: str, log: Callable[[str], None]) -> list[Row]:
+    """Brokered pipelined calls/s vs direct (worker ``direct``): with exact credit (the
+    default: no request waits behind a busy handler) and with ``--broker-prefetch 32``
+    (what a throughput user picks). A broker and a worker each, started from this
+    interpreter's installation (``python -m broker``), whatever is on PATH."""
+    rows = []
     n = sizes.pipelined_calls
-    with Client([bep], max_in_flight=WINDOW) as b, Client([direct], max_in_flight=WINDOW) as d:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                b.options(timeout=1).call("bench.echo", 0)
-                break
-            except Exception:  # the worker may not have registered with the broker yet
-                time.sleep(0.1)
-        d.call("bench.echo", 0)
-        brokered, direct_rates = _alternate(
-            sizes.rounds, lambda: _zm_submit_rate(b, n), lambda: _zm_submit_rate(d, n)
+    for prefetch, target in ((0, 0.3), (32, 0.7)):
+        log(f"brokered pipelined calls, --broker-prefetch {prefetch}")
+        bep = kids.endpoint()
+        kids.spawn("-m", "broker", "--bind", bep, "--log-level", "warning")
+        wep = kids.endpoint()
+        kids.spawn(
+            "-m", "worker", ECHO_SERVICE, "--broker", bep, "--broker-prefetch", str(prefetch),
+            "--bind", wep, "--log-level", "warning",
+        )  # fmt: skip
+        _ready([bep, wep])
+        with (
+            Client([bep], max_in_flight=WINDOW) as b,
+            Client([direct], max_in_flight=WINDOW) as d,
+        ):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    b.options(timeout=1).call("bench.echo", 0)
+                    break
+                except Exception:  # the worker may not have registered with the broker yet
+                    time.sleep(0.1)
+            d.call("bench.echo", 0)
+            brokered, direct_rates = _alternate(
+                sizes.rounds, lambda: _zm_submit_rate(b, n), lambda: _zm_submit_rate(d, n)
+            )
+        rate, direct_rate = _median(brokered), _median(direct_rates)
+        credit = "exact credit" if not prefetch else f"prefetch {prefetch}"
+        rows.append(
+            Row(
+                f"brokered ({credit}) calls/s vs direct",
+                rate,
+                direct_rate,
+                rate / direct_rate,
+                f">= {target}x",
+                "calls/s",
+                rate >= target * direct_rate,
+            )
         )
-    rate, direct_rate = _median(brokered), _median(direct_rates)
-    return Row(
-        "brokered (prefetch 32) calls/s vs direct",
-        rate,
-        direct_rate,
-        rate / direct_rate,
-        ">= 0.5x",
-        "calls/s",
-        rate >= 0.5 * direct_rate,
-    )
+    return rows
+
+
+def _rss_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _memory(kids: _Children, sizes: Sizes, log: Callable[[str], None]) -> list[Row]:
+    """Memory stays flat: a worker's RSS after many calls vs after its first thousands,
+    and this client's RSS with 1,000 calls in flight at the end of the run vs early on.
+    Reported in MiB; the ratio is end / start."""
+    log(f"memory over {sizes.memory_calls:,} calls")
+    ep = kids.endpoint()
+    worker = kids.spawn("-m", "worker", ECHO_SERVICE, "--bind", ep, "--log-level", "warning")
+    _ready([ep])
+    with Client([ep], max_in_flight=WINDOW) as c:
+        idle = _rss_mib(worker.pid)
+        _zm_submit_rate(c, 10_000)  # warm-up: first-use allocations, caches, pools
+        worker_start, client_start = _rss_mib(worker.pid), _rss_mib()
+        done = 0
+        while done < sizes.memory_calls:
+            batch = min(50_000, sizes.memory_calls - done)
+            _zm_submit_rate(c, batch)
+            done += batch
+        worker_end, client_end = _rss_mib(worker.pid), _rss_mib()
+    log(f"worker RSS idle {idle:.1f} MiB")
+    return [
+        Row(
+            f"worker RSS after {sizes.memory_calls:,} calls vs after 10k (MiB)",
+            worker_end,
+            worker_start,
+            worker_end / worker_start,
+            "<= 1.1x",
+            "MiB",
+            worker_end <= 1.1 * worker_start,
+        ),
+        Row(
+            f"client RSS, {WINDOW} in flight, after {sizes.memory_calls:,} calls vs 10k (MiB)",
+            client_end,
+            client_start,
+            client_end / client_start,
+            "<= 1.1x",
+            "MiB",
+            client_end <= 1.1 * client_start,
+        ),
+    ]
 
 
 # --- output ---------------------------------------------------------------------------------
