@@ -562,26 +562,30 @@ class Broker(RouterServer):
         sched = self.sched
         out = sched.outbox
         i = 0
-        while i < len(out):  # sending may add commands (a worker found gone)
-            cmd = out[i]
-            i += 1
-            if type(cmd) is Dispatch:
-                self._dispatch(cmd)
-            elif type(cmd) is Answer:
-                job = cmd.job
-                msg = Error(
-                    job.id,
-                    cmd.code,
-                    cmd.message,
-                    protocol.error_name(cmd.code),
-                    codec=Codec(job.codec),
-                )
-                self._send([job.client, *protocol.encode(msg)])
-            elif type(cmd) is CancelAt:
-                job = cmd.job
-                if job.state is IN_FLIGHT and job.worker == cmd.worker:
-                    self._send([cmd.worker, job.client, *protocol.encode(Cancel(job.id))])
-        out.clear()
+        try:
+            while i < len(out):  # sending may add commands (a worker found gone)
+                cmd = out[i]
+                i += 1
+                if type(cmd) is Dispatch:
+                    self._dispatch(cmd)
+                elif type(cmd) is Answer:
+                    job = cmd.job
+                    msg = Error(
+                        job.id,
+                        cmd.code,
+                        cmd.message,
+                        protocol.error_name(cmd.code),
+                        codec=Codec(job.codec),
+                    )
+                    self._send([job.client, *protocol.encode(msg)])
+                elif type(cmd) is CancelAt:
+                    job = cmd.job
+                    if job.state is IN_FLIGHT and job.worker == cmd.worker:
+                        self._send([cmd.worker, job.client, *protocol.encode(Cancel(job.id))])
+        finally:
+            # Whatever happens to one command, none is carried out twice: a command
+            # left in the outbox would be sent again on every pump.
+            del out[:i]
 
     def _dispatch(self, cmd: Dispatch) -> None:
         job = cmd.job
@@ -592,10 +596,17 @@ class Broker(RouterServer):
         header = frames[0]
         if memoryview(header)[5] & protocol.FLAG_META:  # a zmq.Frame: through a view
             w = self.sched.workers.get(wid)
-            if w is not None and w.protocol == "1.0":
+            if w is not None and not protocol.takes_meta(w.protocol):
                 # A 1.0 worker refuses the meta flag (SPEC 2): send it the request
                 # without the trace. Rare (a mesh mid-upgrade), so decoding is fine here.
-                frames = protocol.without_meta(frames, self.config.limits)
+                try:
+                    frames = protocol.without_meta(frames, self.config.limits)
+                except ProtocolError as exc:  # only the header was checked on arrival
+                    self._count_bad(job.client, f"bad request for a 1.0 worker: {exc}")
+                    answer = protocol.refusal(exc, header)
+                    if self.sched.finish(wid, job.client, job.id) and answer is not None:
+                        self._send([job.client, *protocol.encode(answer)])
+                    return
                 header = frames[0]
         if job.deadline:
             # The worker computes its deadline from ttl_ms on arrival: give it what is

@@ -80,6 +80,7 @@ from protocol import (
     UnknownHandler,
     WorkerLost,
     ZeromeshError,
+    takes_meta,
 )
 
 __all__ = [
@@ -185,7 +186,7 @@ class Call:
     def frames_for(self, peer: Peer) -> list[Any]:
         """What to send ``peer``: a 1.0 peer refuses the meta flag (SPEC section 2)."""
         plain = self.plain_frames
-        if plain is None or peer.hello is None or peer.hello.protocol != "1.0":
+        if plain is None or peer.hello is None or takes_meta(peer.hello.protocol):
             return self.frames
         return plain
 

@@ -22,6 +22,7 @@ from ._framing import (
     is_traceparent,
     refusal,
     size_text,
+    takes_meta,
     trace_id_of,
     with_ttl,
     without_meta,
@@ -119,6 +120,7 @@ __all__ = [
     "refusal",
     "size_text",
     "with_ttl",
+    "takes_meta",
     "without_meta",
     # names both ends agree on
     "LIVENESS",

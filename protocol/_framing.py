@@ -52,6 +52,7 @@ __all__ = [
     "refusal",
     "size_text",
     "with_ttl",
+    "takes_meta",
     "without_meta",
 ]
 
@@ -351,6 +352,12 @@ def with_ttl(header: Buffer, ttl_ms: int) -> bytes:
     patched = bytearray(header)
     _TTL.pack_into(patched, _TTL_OFFSET, min(max(1, ttl_ms), _MAX_TTL))
     return bytes(patched)
+
+
+def takes_meta(revision: str) -> bool:
+    """True if a peer that announced protocol ``revision`` in its HELLO takes the
+    REQUEST meta flag (1.1 and later; a 1.0 peer refuses it, SPEC section 2)."""
+    return revision != "1.0"
 
 
 def without_meta(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> list[Any]:

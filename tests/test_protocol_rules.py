@@ -135,3 +135,25 @@ def test_a_batch_stops_at_the_first_failed_item_and_says_which(mesh: Mesh) -> No
             assert err.detail["index"] == index
             assert err.detail["results"] == [3, 7][:index]  # none ran after the failed one
             assert err.type in ("BadArguments", "TypeError")
+
+
+def test_an_async_request_cancelled_before_it_started_gives_its_slot_back(mesh: Mesh) -> None:
+    """A REQUEST for an async handler and the client's DISCONNECT (or CANCEL) in the same
+    batch: the task is cancelled before its first step, and its slot must come back."""
+    w = mesh.start("--max-async", "2")
+    with raw_dealer(w.endpoint) as sock:
+        for rid in range(1, 4):
+            req = Request(rid, "math.wait", [0.5], {}, ttl_ms=10_000)
+            sock.send_multipart(protocol.encode(req))
+            if rid == 2:
+                sock.send_multipart(protocol.encode(protocol.Cancel(rid)))
+            else:
+                sock.send_multipart(protocol.encode(Disconnect(0, "gone", Codec.MSGPACK)))
+        time.sleep(0.2)
+    with raw_dealer(w.endpoint) as sock:
+        sock.send_multipart(protocol.encode(Request(9, "math.wait", [0.0], {}, ttl_ms=10_000)))
+        ((_, answer),) = _receive(sock, 1, timeout=5)
+        assert isinstance(answer, Reply), answer  # served at once: both slots free again
+        sock.send_multipart(protocol.encode(protocol.Hello(10, role="client")))
+        ((_, hello),) = _receive(sock, 1, timeout=5)
+    assert hello.in_flight == 0  # nothing left held

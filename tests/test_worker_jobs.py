@@ -350,3 +350,28 @@ class JobTableMachine(RuleBasedStateMachine):
 
 TestJobTableMachine = JobTableMachine.TestCase
 TestJobTableMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_a_finished_job_is_not_kept_alive_by_its_deadline(clock: Clock) -> None:
+    import gc
+    import weakref
+
+    class Payload:  # stands for a request's numpy arrays
+        pass
+
+    t = table(clock)
+    payload = Payload()
+    job = t.admit(b"a", Request(1, "t.work", [payload], {}, ttl_ms=60_000))
+    assert isinstance(job, Job)
+    t.enqueue(job)
+    assert t.waiting.pop() is job
+    assert t.claim(job, QUEUED)
+    assert t.claim(job, RUNNING)
+    t.finish(job)
+    alive = weakref.ref(payload)
+    del job, payload
+    gc.collect()
+    assert alive() is None  # the expiry heap holds a key, not the job
+    assert t.next_expiry() > 0  # its entry is still there, to be skipped when due
+    clock.now += 61
+    assert t.expire() == []

@@ -177,9 +177,11 @@ class JobTable:
         # another client's): the thread takes the next token.
         self._tokens: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._unannounced = 0
-        # Waiting jobs with a deadline, soonest first. Started jobs are left in and
-        # skipped when they come up; `_compact` drops them when they outnumber the rest.
-        self._expiries: list[tuple[float, int, Job]] = []
+        # Waiting jobs with a deadline, soonest first, by key (not the job: a finished
+        # job's arguments, arrays maybe, must not stay alive in here). Entries of jobs
+        # that started are skipped when they come up; `_compact` drops them when they
+        # outnumber the rest.
+        self._expiries: list[tuple[float, int, tuple[Hashable, int]]] = []
         self._order = itertools.count()
 
     def __len__(self) -> int:
@@ -216,7 +218,7 @@ class JobTable:
                 self._unannounced += 1
         if job.deadline and refused is not job:
             heap = self._expiries
-            heapq.heappush(heap, (job.deadline, next(self._order), job))
+            heapq.heappush(heap, (job.deadline, next(self._order), job.key))
             if len(heap) > 64 and len(heap) > 2 * (len(self.waiting) + len(self.async_waiting)):
                 self._compact()
         if refused is not None and self.claim(refused, QUEUED):
@@ -237,7 +239,10 @@ class JobTable:
         heap = self._expiries
         out = []
         while heap and heap[0][0] <= now:
-            job = heapq.heappop(heap)[2]
+            deadline, _, key = heapq.heappop(heap)
+            job = self.jobs.get(key)
+            if job is None or job.deadline != deadline:
+                continue  # finished, or a later request that reused the id
             if job.state != QUEUED or not self.refuse_unstarted(job):
                 continue  # started, or answered otherwise
             if job.handler.is_async:
@@ -260,7 +265,10 @@ class JobTable:
 
     def _compact(self) -> None:
         """Rebuild the expiry heap from the jobs still waiting (amortised O(1) a job)."""
-        live = [e for e in self._expiries if e[2].state == QUEUED]
+        jobs = self.jobs
+        live = [
+            e for e in self._expiries if (j := jobs.get(e[2])) is not None and j.state == QUEUED
+        ]
         heapq.heapify(live)
         self._expiries = live
 
@@ -342,8 +350,11 @@ class JobTable:
             return None  # already answered: nothing to cancel
         job.cancelled = True
         if job.task is not None:
+            # Not started yet (its task had no turn): answer it now, the task returns
+            # at once; started: cancelling the task ends the handler with CANCELLED.
+            started = not self.refuse_unstarted(job)
             job.task.cancel()
-            return None
+            return None if started else job
         if job.handler.is_async and self.refuse_unstarted(job):
             self.async_waiting.remove(peer, job)
             return job
@@ -356,6 +367,9 @@ class JobTable:
         for job in [j for j in self.jobs.values() if j.peer == peer]:
             job.cancelled = True
             if job.task is not None:
+                if self.refuse_unstarted(job):  # its task had no turn yet: drop it
+                    self.jobs.pop(job.key, None)
+                    dropped += 1
                 job.task.cancel()
             elif self.refuse_unstarted(job):
                 if job.handler.is_async:

@@ -700,25 +700,29 @@ class Worker(RouterServer):
         self._async_running += 1
         assert self._loop is not None
         job.task = self._loop.create_task(self._call_async(job))
+        # The slot is given back when the task ends, however it ends: a task cancelled
+        # before its first step (a CANCEL or DISCONNECT in the same batch) never runs
+        # a line of _call_async.
+        job.task.add_done_callback(self._async_done)
+
+    def _async_done(self, task: asyncio.Task[None]) -> None:
+        self._async_running -= 1
+        waiting = self.table.async_waiting
+        if waiting and not self.table.draining:
+            self._start_async(waiting.pop())  # type: ignore[arg-type]
 
     async def _call_async(self, job: Job) -> None:
-        try:
-            if not self.table.claim(job, QUEUED):
-                return
-            frames = self._refusal(job)
-            if frames is None:
-                _context.current.set(job)  # this task's own context
-                frames = await run_async(job, self.config.limits)
-                if not self.table.claim(job, RUNNING):
-                    return  # answered by the drain meanwhile
-            else:
-                job.state = DONE
-            self._post(job, frames, final=True)
-        finally:
-            self._async_running -= 1
-            waiting = self.table.async_waiting
-            if waiting and not self.table.draining:
-                self._start_async(waiting.pop())  # type: ignore[arg-type]
+        if not self.table.claim(job, QUEUED):
+            return  # answered before it started (cancelled, expired, the drain)
+        frames = self._refusal(job)
+        if frames is None:
+            _context.current.set(job)  # this task's own context
+            frames = await run_async(job, self.config.limits)
+            if not self.table.claim(job, RUNNING):
+                return  # answered by the drain meanwhile
+        else:
+            job.state = DONE
+        self._post(job, frames, final=True)
 
     def _answer_error(self, job: Job, code: ErrorCode, message: str) -> None:
         req = job.request
