@@ -144,7 +144,7 @@ def test_waiting_jobs_are_answered_timeout_at_their_deadline(clock: Clock) -> No
     assert short.state == DONE
     refusal = t.expired(short, clock.now)
     assert refusal.code == ErrorCode.TIMEOUT
-    assert "expired after waiting 0.250 s in the worker's queue (ttl 200 ms)" in refusal.message
+    assert "expired after waiting 0.250 s in the worker (ttl 200 ms)" in refusal.message
     assert t.next_expiry() == pytest.approx(100.3)
     clock.now = 101.0
     assert t.expire() == [lazy]

@@ -34,7 +34,16 @@ from protocol import ErrorCode, Request
 from ._fair_queue import FairQueue
 from ._service import Handler
 
-__all__ = ["DONE", "QUEUED", "RUNNING", "Capacity", "Job", "JobTable", "Refusal"]
+__all__ = [
+    "DONE",
+    "QUEUED",
+    "RUNNING",
+    "Capacity",
+    "Job",
+    "JobTable",
+    "Refusal",
+    "expired_refusal",
+]
 
 QUEUED, RUNNING, DONE = 0, 1, 2
 
@@ -142,6 +151,16 @@ class Job:
             self.report(self, done, total, note)
 
 
+def expired_refusal(target: str, waited: float, ttl_ms: int) -> Refusal:
+    """The TIMEOUT for a request that waited ``waited`` seconds, past its ttl, and never
+    ran (the one wording, whether it waited in the queue or behind an inline handler)."""
+    return Refusal(
+        ErrorCode.TIMEOUT,
+        f"{target} expired after waiting {waited:.3f} s in the worker (ttl {ttl_ms} ms); "
+        "it did not run",
+    )
+
+
 class JobTable:
     """Jobs by (peer, request id), the queues they wait in, and who may answer them.
 
@@ -189,8 +208,10 @@ class JobTable:
 
     # --- arrival -------------------------------------------------------------------------
 
-    def admit(self, peer: Hashable, req: Request) -> Job | Refusal:
-        """A new `Job` for ``req`` (held from now on), or why it is refused at once."""
+    def admit(self, peer: Hashable, req: Request, arrived: float = 0.0) -> Job | Refusal:
+        """A new `Job` for ``req`` (held from now on), or why it is refused at once.
+        ``arrived``: when it was read off the socket, if earlier than now (its deadline
+        counts from then, SPEC section 2)."""
         if self.draining:
             return Refusal(ErrorCode.DRAINING, f"worker {self.name} is draining")
         handler = self.handlers.get(req.target)
@@ -203,7 +224,7 @@ class JobTable:
         key = (peer, req.id)
         if key in self.jobs:
             return Refusal(ErrorCode.PROTOCOL, f"request id {req.id} is already in flight")
-        job = self.jobs[key] = Job(peer, req, handler, self.clock(), self.reporter)
+        job = self.jobs[key] = Job(peer, req, handler, arrived or self.clock(), self.reporter)
         return job
 
     def enqueue(self, job: Job) -> Job | None:
@@ -256,12 +277,7 @@ class JobTable:
     def expired(self, job: Job, now: float) -> Refusal:
         """The TIMEOUT for ``job``, whose deadline passed before it started."""
         req = job.request
-        waited = now - (job.deadline - req.ttl_ms / 1000)
-        return Refusal(
-            ErrorCode.TIMEOUT,
-            f"{req.target} expired after waiting {waited:.3f} s in the worker's queue "
-            f"(ttl {req.ttl_ms} ms); it did not run",
-        )
+        return expired_refusal(req.target, now - (job.deadline - req.ttl_ms / 1000), req.ttl_ms)
 
     def _compact(self) -> None:
         """Rebuild the expiry heap from the jobs still waiting (amortised O(1) a job)."""

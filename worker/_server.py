@@ -73,7 +73,7 @@ from zmqio import (
 from . import _context
 from ._broker_link import BrokerLink
 from ._config import EXIT_DRAIN_TIMEOUT, EXIT_HARD_TIMEOUT, StartupError, WorkerConfig
-from ._jobs import DONE, QUEUED, RUNNING, Capacity, Job, JobTable
+from ._jobs import DONE, QUEUED, RUNNING, Capacity, Job, JobTable, expired_refusal
 from ._runners import run_async, run_sync
 from ._service import Handler, Service
 
@@ -165,6 +165,7 @@ class Worker(RouterServer):
         # the watchdog answered TIMEOUT at their deadline; the loop skips them.
         self._stolen_deadlines: list[tuple[float, list[zmq.Frame], protocol.Header]] = []
         self._stolen_answered: set[int] = set()
+        self._stolen_arrivals: dict[int, float] = {}
         self._stolen: deque[list[zmq.Frame]] = deque()  # received by the watchdog
         self._closing = False
         self._done: deque[tuple[Job | None, Any, list[Any]]] = deque()
@@ -341,7 +342,7 @@ class Worker(RouterServer):
                 self.table.wake()
         self._flush_done()
 
-    def _on_message(self, frames: list[zmq.Frame]) -> None:
+    def _on_message(self, frames: list[zmq.Frame], arrived: float = 0.0) -> None:
         peer = frames[0].bytes
         self._peers[peer] = time.monotonic()
         try:
@@ -355,7 +356,7 @@ class Worker(RouterServer):
                 if why is not None:
                     self._send_error(peer, msg, ErrorCode.FORBIDDEN, why)
                     return
-            self.accept(peer, msg)
+            self.accept(peer, msg, arrived)
         elif type(msg) is Ping:
             self._send(peer, protocol.encode(Pong(msg.id, msg.codec)))
         elif type(msg) is Hello:
@@ -435,12 +436,12 @@ class Worker(RouterServer):
             stats={**self.stats.summary(), **process_usage()},
         )
 
-    def accept(self, peer: bytes, req: Request) -> None:
+    def accept(self, peer: bytes, req: Request, arrived: float = 0.0) -> None:
         """Take a request from ``peer`` (a direct client, or a `Via` from a broker link):
         queue it to run, or answer why not."""
         if type(peer) is bytes and self._outbox.not_reading(peer):
             return
-        job = self.table.admit(peer, req)
+        job = self.table.admit(peer, req, arrived)
         if type(job) is not Job:
             self._send_error(peer, req, *job)  # type: ignore[misc]
             return
@@ -534,8 +535,10 @@ class Worker(RouterServer):
                 if self._stolen_answered and id(frames) in self._stolen_answered:
                     self._stolen_answered.discard(id(frames))
                     continue  # expired while it waited: the watchdog answered it
-                self._on_message(frames)
+                # Its deadline counts from when the watchdog read it, not from now.
+                self._on_message(frames, self._stolen_arrivals.pop(id(frames), 0.0))
             self._stolen_deadlines.clear()
+            self._stolen_arrivals.clear()
 
     def _watchdog_main(self) -> None:
         """Inline mode: while a handler runs long, answer PING and HELLO, note CANCEL.
@@ -580,6 +583,7 @@ class Worker(RouterServer):
             if kind is protocol.MessageType.REQUEST and header.ttl_ms:
                 deadline = time.monotonic() + header.ttl_ms / 1000
                 self._stolen_deadlines.append((deadline, frames, header))
+                self._stolen_arrivals[id(frames)] = deadline - header.ttl_ms / 1000
                 self._stolen.append(frames)
             elif kind is protocol.MessageType.PING:
                 self._send_now(peer, protocol.encode(Pong(header.id, header.codec)))
@@ -606,9 +610,12 @@ class Worker(RouterServer):
         """Inline mode, watchdog (holding the socket lock, the loop inside a handler):
         answer TIMEOUT to what waits past its deadline, admitted or still stolen."""
         now = time.monotonic()
+        timeout = outcome_name(ErrorCode.TIMEOUT)
         for job in self.table.expire():
             self._answer_now(job, *self.table.expired(job, now))
-            self.table.finish(job)
+            if self.table.finish(job):
+                self.requests_done += 1
+                self.stats.observe(job.request.target, timeout, None)
         if not self._stolen_deadlines:
             return
         waiting = []
@@ -617,13 +624,10 @@ class Worker(RouterServer):
                 waiting.append((deadline, frames, header))
                 continue
             self._stolen_answered.add(id(frames))
-            msg = Error(
-                header.id,
-                ErrorCode.TIMEOUT,
-                f"{header.target} expired after waiting {header.ttl_ms / 1000:.3f} s behind "
-                f"a running handler (ttl {header.ttl_ms} ms); it did not run",
-                codec=header.codec,
-            )
+            target = header.target if header.target in self._handlers else OTHER_TARGET
+            self.stats.observe(target, timeout, None)
+            code, text = expired_refusal(header.target, header.ttl_ms / 1000, header.ttl_ms)
+            msg = Error(header.id, code, text, codec=header.codec)
             self._send_now(frames[0].bytes, protocol.encode(msg))
         self._stolen_deadlines = waiting
 
