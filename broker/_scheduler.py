@@ -264,15 +264,21 @@ class Scheduler:
         per[name] += 1
 
     def oldest_waiting(self) -> dict[str, float]:
-        """Seconds the oldest queued request of each service has waited."""
+        """Seconds the oldest queued request of each service has waited. Safe from a
+        metrics scrape's thread: it iterates copies (each taken in one C call)."""
         now = self.clock()
         ages = {}
-        for service, q in self._queues.items():
-            for job in q:
+        for service, q in list(self._queues.items()):
+            for job in list(q):
                 if job.state is QUEUED:
                     ages[service] = now - job.arrived
                     break
         return ages
+
+    def service_label(self, service: str) -> str:
+        """``service`` as a metrics label: itself if some worker served it, else
+        `OTHER_SERVICE` (clients may ask for made-up ones while the broker starts)."""
+        return service if service in self._ever_served else OTHER_SERVICE
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -604,7 +610,7 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(w.in_flight) for w in self.workers.values())
+        return sum(len(w.in_flight) for w in list(self.workers.values()))
 
     def services(self) -> dict[str, list[str]]:
         """Union of the services of the non-draining workers, with their handlers."""

@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -327,14 +327,14 @@ class Broker(RouterServer):
                 "zeromesh_broker_queue_depth",
                 "Requests waiting, by service",
                 ["service"],
-                (([s], n) for s, n in sched.queue_depths().items()),
+                _by_label(sched.queue_depths(), sched.service_label, sum),
             ),
             labelled(
                 "gauge",
                 "zeromesh_broker_queue_oldest_seconds",
                 "How long the oldest waiting request of each service has waited",
                 ["service"],
-                (([s], age) for s, age in sched.oldest_waiting().items()),
+                _by_label(sched.oldest_waiting(), sched.service_label, max),
             ),
             labelled(
                 "gauge",
@@ -720,3 +720,16 @@ class Broker(RouterServer):
             self.sched.counters["answered"],
             self.exit_code,
         )
+
+
+def _by_label(
+    values: Mapping[str, float],
+    label: Callable[[str], str],
+    combine: Callable[[list[float]], float],
+) -> list[tuple[list[str], float]]:
+    """``values`` by service, as samples of bounded labels: services folded into one
+    label (``_other``) are combined (summed, or the largest)."""
+    grouped: dict[str, list[float]] = {}
+    for service, value in values.items():
+        grouped.setdefault(label(service), []).append(value)
+    return [([name], combine(vs)) for name, vs in sorted(grouped.items())]

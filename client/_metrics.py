@@ -9,7 +9,9 @@ costs a closure and a clock read per call.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from protocol import ZeromeshError
@@ -23,13 +25,14 @@ __all__ = ["ClientMetrics"]
 
 
 class ClientMetrics:
-    """What one client counts, and its collector in the default registry."""
+    """What one client counts. Every client with metrics in the process reports through
+    one collector in the default registry (`_report`), summed: two collectors would
+    repeat the same metric names, which Prometheus refuses."""
 
     def __init__(self) -> None:
         self.stats = CallStats()
         self.core: Core | None = None
         """The client's core, once it exists (an AsyncClient makes it on first use)."""
-        self._collector: StatsCollector | None = None
 
     def watch(self, call: Call) -> None:
         """Count ``call`` when it completes (the core's thread; called at submit)."""
@@ -49,44 +52,58 @@ class ClientMetrics:
 
         call.complete = counted
 
-    def families(self) -> list[Any]:
-        families = list(
-            self.stats.families(
-                "zeromesh_client_calls",
-                "Calls answered, by target and outcome (ok, or the error's code name)",
-                "Time from submit to answer, retries included, by target",
-            )
-        )
-        core = self.core
-        if core is not None:
-            retried = dict(core.dispatcher.retried)
-            families.append(
-                labelled(
-                    "counter",
-                    "zeromesh_client_retries",
-                    "Calls sent again: a worker was full (overloaded) or lost (worker_lost)",
-                    ["why"],
-                    (([why], n) for why, n in retried.items()),
-                )
-            )
-            pending = len(core.calls)
-            families.append(gauge("zeromesh_client_in_flight", "Calls not answered yet", pending))
-        return families
-
     def register(self) -> ClientMetrics:
-        """Add this client's collector to prometheus-client's default registry."""
-        from prometheus_client import REGISTRY
+        """Report this client's counts (in prometheus-client's default registry)."""
+        global _collector
+        with _lock:
+            _clients.add(self)
+            if _collector is None:
+                from prometheus_client import REGISTRY
 
-        self._collector = StatsCollector(self.families)
-        REGISTRY.register(self._collector)
+                _collector = StatsCollector(_report)
+                REGISTRY.register(_collector)
         return self
 
     def unregister(self) -> None:
-        from prometheus_client import REGISTRY
+        """Stop reporting this client (it closed): its counts leave the sums."""
+        with _lock:
+            _clients.discard(self)
 
-        if self._collector is not None:
-            REGISTRY.unregister(self._collector)
-            self._collector = None
+
+_lock = threading.Lock()
+_clients: weakref.WeakSet[ClientMetrics] = weakref.WeakSet()
+_collector: StatsCollector | None = None
+
+
+def _report() -> list[Any]:
+    """The families of every client with metrics in this process, summed."""
+    with _lock:
+        clients = list(_clients)
+    stats = CallStats()
+    retried: dict[str, int] = {"overloaded": 0, "worker_lost": 0}
+    in_flight = 0
+    for m in clients:
+        stats.add(m.stats)
+        core = m.core
+        if core is not None:
+            for why, n in list(core.dispatcher.retried.items()):
+                retried[why] = retried.get(why, 0) + n
+            in_flight += len(core.calls)
+    return [
+        *stats.families(
+            "zeromesh_client_calls",
+            "Calls answered, by target and outcome (ok, or the error's code name)",
+            "Time from submit to answer, retries included, by target",
+        ),
+        labelled(
+            "counter",
+            "zeromesh_client_retries",
+            "Calls sent again: a worker was full (overloaded) or lost (worker_lost)",
+            ["why"],
+            (([why], n) for why, n in retried.items()),
+        ),
+        gauge("zeromesh_client_in_flight", "Calls not answered yet", in_flight),
+    ]
 
 
 def metrics_for(enabled: bool) -> ClientMetrics | None:

@@ -273,3 +273,17 @@ def test_the_shipped_prometheus_config_is_valid_and_scrapes_the_conf_s_ports() -
     assert '"127.0.0.1:9601"' in text
     assert "s:9600" in conf
     assert '"127.0.0.1:9600"' in text
+
+
+def test_two_clients_with_metrics_are_summed_in_one_family(mesh: Mesh) -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    w = mesh.start()
+    with Client([w.endpoint], metrics=True) as a, Client([w.endpoint], metrics=True) as b:
+        a.call("math.add", 1, 1)
+        b.call("math.add", 2, 2)
+        b.call("math.add", 3, 3)
+        text = generate_latest(REGISTRY).decode()
+        assert text.count("# TYPE zeromesh_client_calls_total counter") == 1
+        ok = {"target": "math.add", "outcome": "ok"}
+        assert REGISTRY.get_sample_value("zeromesh_client_calls_total", ok) == 3

@@ -120,6 +120,18 @@ class CallStats:
             stats.buckets[bisect.bisect_left(self.bounds, seconds)] += 1
             stats.total += seconds
 
+    def add(self, other: CallStats) -> None:
+        """Add ``other``'s counts to these (to report several together)."""
+        for target, theirs in list(other.targets.items()):
+            ours = self.targets.get(target)
+            if ours is None:
+                ours = self.targets[target] = _TargetStats(len(self.bounds))
+            for outcome, n in list(theirs.outcomes.items()):
+                ours.outcomes[outcome] = ours.outcomes.get(outcome, 0) + n
+            for i, n in enumerate(theirs.buckets):
+                ours.buckets[i] += n
+            ours.total += theirs.total
+
     def count(self, target: str | None = None, outcome: str | None = None) -> int:
         """Calls so far (of ``target``, ending with ``outcome``; None: any)."""
         rows = self.targets.values() if target is None else [self.targets.get(target)]
