@@ -192,3 +192,31 @@ def test_the_gatekeeper_checks_each_message_s_key_against_the_list(tmp_path: Pat
     finally:
         gate.stop()
         ctx.destroy(linger=0)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        ("metadata\n", 'metadata\nServices = "math"\n'),  # unindented
+        ("metadata\n", 'metadata\n    Services = "math"\n'),  # another case
+        ("metadata\n", 'metadata\n    service = "math"\n'),  # singular
+        ("curve\n", 'curve\n    services = "math"\n'),  # outside metadata
+        ("metadata\n", 'metadata\n    services = "math"\n    services = "demo"\n'),  # twice
+    ],
+)
+def test_a_near_miss_services_line_fails_closed(tmp_path: Path, line: tuple[str, str]) -> None:
+    write_certificates(tmp_path, "k")
+    path = tmp_path / "k.key"
+    path.write_text(path.read_text().replace(*line, 1))
+    with pytest.raises(ValueError, match="services"):
+        certificate_services(path)
+
+
+def test_one_key_in_two_files_with_different_services_is_refused(tmp_path: Path) -> None:
+    write_certificates(tmp_path, "web", ["math"])
+    text = (tmp_path / "web.key").read_text()
+    (tmp_path / "copy.key").write_text(text.replace('services = "math"', 'services = "math,demo"'))
+    with pytest.raises(ValueError, match="same key with different services"):
+        load_allowed(tmp_path)
+    (tmp_path / "copy.key").write_text(text)  # the same grant twice is harmless
+    assert len(load_allowed(tmp_path)) == 1

@@ -129,3 +129,16 @@ def test_top_once_shows_live_workers_and_a_broker(mesh: Mesh, short_tmp: Path) -
     assert rates, text
     assert max(rates) > 0, text  # calls/s under the traffic
     assert re.search(r"\d+\.\dms", text), text  # a latency figure
+
+
+def test_a_restarted_worker_starts_its_rates_over() -> None:
+    top = Top()
+    top.update([_worker("tcp://w:01", 500, 5, [100, 400, 0, 0])], {}, now=0.0)
+    restarted = _worker("tcp://w:01", 20, 0, [20, 0, 0, 0])
+    restarted["pid"] = 8
+    top.update([restarted], {}, now=1.0)
+    (row,) = top.rows()
+    assert row.calls_per_s is None  # not (20 - 500) / 1
+    top.update([{**restarted, "stats": {**restarted["stats"], "calls": 70}}], {}, now=2.0)
+    (row,) = top.rows()
+    assert row.calls_per_s == 50.0

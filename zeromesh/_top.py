@@ -59,6 +59,7 @@ class _Totals:
     calls: int
     errors: int
     buckets: list[int] = field(default_factory=list)
+    pid: int = 0
 
 
 class Top:
@@ -163,6 +164,13 @@ class Top:
 
     def _rates(self, key: str, sample: _Totals, row: Row) -> None:
         history = self._history.setdefault(key, deque())
+        if history and (
+            sample.calls < history[-1].calls
+            or sample.errors < history[-1].errors
+            or row.pid != history[-1].pid
+        ):
+            history.clear()  # a new process on that endpoint (restarted): start over
+        sample.pid = row.pid
         while history and sample.when - history[0].when > self.window:
             history.popleft()
         history.append(sample)

@@ -84,6 +84,10 @@ def add_log_level(parser: argparse.ArgumentParser, default: str, help: str) -> N
 def setup_logging(level: str, fmt: str = "text") -> None:
     """Log to stderr (supervisord keeps it) at ``level``, as text lines naming logger
     and pid, or as JSON objects (``fmt="json"``)."""
+    if fmt not in _FORMATS:  # from $ZEROMESH_LOG_FORMAT: argparse checks only flags
+        raise SystemExit(
+            f"error: log format {fmt!r} (${ENV_LOG_FORMAT}?): use one of {', '.join(_FORMATS)}"
+        )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -153,24 +153,42 @@ def certificate_services(path: str | os.PathLike[str]) -> frozenset[str] | None:
     """The services a public certificate limits its key to, or None (no limit).
 
     Read from the certificate's ``metadata`` section, ``services = "math,demo"``, as
-    `zmq.auth.create_certificates` (``metadata=``) and czmq write it; quotes optional.
-    An empty list allows nothing: a typo must not open everything.
+    `zeromesh keygen --services` and czmq write it; quotes optional. It fails closed:
+    an empty list allows nothing, and a line that looks like a services limit but is
+    not one exactly (another case, ``service``, outside ``metadata``, unindented) is
+    an error rather than no limit, since a typo must not open everything.
 
     Raises:
         OSError: the file cannot be read.
-        ValueError: the list names something that is not a service name.
+        ValueError: the list names something that is not a service name, or a
+            services line is misplaced or misspelt.
     """
     section = ""
-    for raw in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+    found: frozenset[str] | None = None
+    for number, raw in enumerate(
+        Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1
+    ):
         line = raw.split("#", 1)[0].rstrip()
         if not line:
             continue
-        if not line[0].isspace():
+        name, eq, value = line.strip().partition("=")
+        key = name.strip()
+        looks_like = key.lower().rstrip("s") == SERVICES_METADATA.rstrip("s")
+        if not line[0].isspace() and not eq:
             section = line.strip()
             continue
-        name, eq, value = line.strip().partition("=")
-        if section != "metadata" or not eq or name.strip() != SERVICES_METADATA:
+        if looks_like and (
+            key != SERVICES_METADATA or section != "metadata" or not line[0].isspace() or not eq
+        ):
+            raise ValueError(
+                f"{os.fspath(path)}, line {number}: {line.strip()!r} looks like a services "
+                f"limit but is not one: write it indented under 'metadata' as "
+                f"'    {SERVICES_METADATA} = \"math,demo\"'"
+            )
+        if section != "metadata" or key != SERVICES_METADATA:
             continue
+        if found is not None:
+            raise ValueError(f"{os.fspath(path)}, line {number}: a second {SERVICES_METADATA} line")
         names = [n.strip() for n in value.strip().strip("\"'").split(",") if n.strip()]
         bad = [n for n in names if not NAME_PATTERN.match(n)]
         if bad:
@@ -179,8 +197,8 @@ def certificate_services(path: str | os.PathLike[str]) -> frozenset[str] | None:
                 "which are not service names (give them comma-separated, e.g. "
                 "'services = \"math,demo\"')"
             )
-        return frozenset(names)
-    return None
+        found = frozenset(names)
+    return found
 
 
 class Grant(NamedTuple):
@@ -203,7 +221,16 @@ def load_allowed(directory: str | os.PathLike[str]) -> dict[str, Grant]:
         public, _ = zmq.auth.load_certificate(path)
         if not public:
             raise ValueError(f"{path}: no public-key in it")
-        grants[public.decode("ascii")] = Grant(path.stem, certificate_services(path))
+        key = public.decode("ascii")
+        grant = Grant(path.stem, certificate_services(path))
+        earlier = grants.get(key)
+        if earlier is not None and earlier.services != grant.services:
+            # Which one wins would depend on file names: refuse, say which two.
+            raise ValueError(
+                f"{path} and {earlier.name}.key hold the same key with different services: "
+                "keep one of them"
+            )
+        grants[key] = grant
     return grants
 
 

@@ -146,8 +146,10 @@ class RouterServer:
         return installed
 
     def reload(self) -> None:
-        """SIGHUP: re-read the allowed client keys (``--curve-allow DIR``). Connected
-        peers stay connected; new handshakes meet the new list. Loop thread only."""
+        """SIGHUP: re-read the allowed client keys (``--curve-allow DIR``). New
+        handshakes meet the new list, and so do the requests of peers connected before
+        (a removed key's next request is FORBIDDEN; the connection itself stays until
+        it closes). Loop thread only."""
         gate = self._gatekeeper
         if gate is None:
             self._log.info("SIGHUP: nothing to reload (no --curve-allow directory)")
