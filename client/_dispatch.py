@@ -354,8 +354,13 @@ class Dispatcher:
             self._wake(deadline)
         if call.target in self._async_targets:
             call.queue += _ASYNC_QUEUE
-        self._queue(call.queue).append(call)
-        self._dispatch(call.queue)
+        q = self._queue(call.queue)
+        q.append(call)
+        if len(q) == 1:
+            # Else the calls ahead of it wait for an event that frees a peer (an answer,
+            # a HELLO, a rest's end), and that event dispatches this queue: a pick now
+            # would fail again, at a cost that grows with the peers.
+            self._dispatch(call.queue)
 
     def cancel(self, rid: int) -> bool:
         """The caller gave up on ``rid``: forget it, and tell its peer to drop it.
@@ -700,10 +705,13 @@ class Dispatcher:
                 continue
             peer = self._pick(call.target)
             if peer is None:
-                # Nobody ready serves it: maybe nobody can, or everybody refused our key
-                # (then it fails, and the next one gets its turn); else it waits at the
-                # head of its queue.
-                if not self._refused_by_all(call) and (self._all_busy or not self._unknown(call)):
+                # Servers of it are all busy: it waits at the head of its queue (the
+                # common case, so checked first). Else maybe nobody can serve it, or
+                # everybody refused our key: then it fails, and the next one gets its
+                # turn.
+                if self._all_busy:
+                    return
+                if not self._refused_by_all(call) and not self._unknown(call):
                     return
                 q.popleft()
                 continue

@@ -167,21 +167,61 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         log.exception("client callback %r failed", fn)
 
 
+_PENDING = cf._base.PENDING
+_RUNNING = cf._base.RUNNING
 _FINISHED = cf._base.FINISHED
-_DONE_STATES = frozenset((cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, _FINISHED))
+_CANCELLED = cf._base.CANCELLED
+_CANCELLED_STATES = frozenset((_CANCELLED, cf._base.CANCELLED_AND_NOTIFIED))
+_DONE_STATES = _CANCELLED_STATES | {_FINISHED}
+_condition_made = threading.Lock()  # one Condition per future, however many threads ask
+_ANNOUNCE = object()
+"""In `Driver._finished`: the future is settled already, only its waiters need telling."""
 
 
 class _Future(cf.Future):
-    """A future that reads the sockets while its caller waits, and cancels remotely."""
+    """A future that reads the sockets while its caller waits, and cancels remotely.
+
+    Cheap to make: the stock `concurrent.futures.Future` builds a ``Condition`` (an
+    RLock and a dozen bound methods) for every call, which measured as the largest
+    single cost of a small pipelined call. Most futures never need one: their caller
+    reads the reply itself (`Driver.wait`), and ``done``/a finished ``result`` only read
+    ``_state``. So the Condition is made on first use (``__getattr__``): by
+    `concurrent.futures.wait`, ``as_completed``, a done-callback, or a thread that
+    blocks in ``result`` while another reads.
+
+    How that stays correct: a future's state moves only under the driver's lock (`Driver`
+    finishes futures in `Driver._take_done`, ``cancel`` here takes the lock), and the
+    finisher writes the state *before* it looks for a Condition, while everyone who
+    waits makes the Condition *before* reading the state. So either the waiter sees the
+    final state, or the finisher sees the Condition and notifies through it (`_announce`).
+    """
 
     _zm_driver: Driver
     _zm_id: int
 
-    # ``done`` and a finished ``result`` without taking the future's lock: the state
-    # only ever moves forward, and reading one attribute is atomic. The stock methods
-    # take a Condition each time, which is a measurable share of a small call.
+    def __init__(self, driver: Driver, rid: int) -> None:  # no super(): no Condition yet
+        self._state = _PENDING
+        self._result = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[cf.Future[Any]], object]] = []
+        self._zm_driver = driver
+        self._zm_id = rid
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "_condition":
+            raise AttributeError(name)
+        with _condition_made:
+            cond = self.__dict__.get("_condition")
+            if cond is None:
+                cond = self.__dict__["_condition"] = threading.Condition()
+        return cond
+
     def done(self) -> bool:
         return self._state in _DONE_STATES
+
+    def cancelled(self) -> bool:
+        return self._state in _CANCELLED_STATES
 
     def result(self, timeout: float | None = None) -> Any:
         if self._state == _FINISHED and self._exception is None:
@@ -195,16 +235,58 @@ class _Future(cf.Future):
             self._zm_driver.wait(self.done, timeout, lambda: self._follow(timeout))
         return super().exception(timeout=0 if self.done() else timeout)
 
+    def cancel(self) -> bool:
+        with self._zm_driver.lock:  # the state moves under the driver's lock only
+            if self._state in (_RUNNING, _FINISHED):
+                return False
+            if self._state in _CANCELLED_STATES:
+                return True
+            self._state = _CANCELLED
+        self._announce()
+        self._zm_driver.cancel(self._zm_id)
+        return True
+
+    def set_result(self, result: Any) -> None:
+        self._settle(result, None)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._settle(None, exception)
+
+    def _settle(self, result: Any, exc: BaseException | None) -> None:
+        """The stock setters' contract (InvalidStateError once done), on our locking."""
+        with self._zm_driver.lock:
+            if not self._finish(result, exc):
+                raise cf.InvalidStateError(f"{self._state}: {self!r}")
+        self._announce()
+
+    def _finish(self, result: Any, exc: BaseException | None) -> bool:
+        """Under the driver's lock: the outcome, unless cancelled. Then `_announce`."""
+        if self._state is not _PENDING:
+            return False
+        self._result = result
+        self._exception = exc
+        self._state = _FINISHED
+        return True
+
+    def _announce(self) -> None:
+        """After the state moved (without the driver's lock): wake whoever waits."""
+        cond = self.__dict__.get("_condition")
+        if cond is not None:
+            with cond:
+                if self._state is _FINISHED:
+                    for waiter in self._waiters:
+                        if self._exception is None:
+                            waiter.add_result(self)
+                        else:
+                            waiter.add_exception(self)
+                cond.notify_all()
+        if self._done_callbacks:
+            self._invoke_callbacks()
+
     def _follow(self, timeout: float | None) -> None:
         """Another thread reads the sockets: wait until it (or the IO thread) resolves us."""
         with contextlib.suppress(cf.TimeoutError, cf.CancelledError):
             cf.Future.exception(self, timeout)
-
-    def cancel(self) -> bool:
-        cancelled = super().cancel()
-        if cancelled:
-            self._zm_driver.cancel(self._zm_id)
-        return cancelled
 
 
 class Driver:
@@ -238,7 +320,7 @@ class Driver:
         self._last_drive = 0.0
         self._poll_until = math.inf  # when the leader's current poll ends
         self._park_until = math.inf  # when the parked IO thread wakes by itself
-        self._finished: list[tuple[Call, Any, BaseException | None]] = []
+        self._finished: list[tuple[_Future, Any, BaseException | None]] = []
         self._progress: list[tuple[Callable[[Progress], None], Progress]] = []
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.loop = SyncLoop(self._timer_added)
@@ -281,9 +363,7 @@ class Driver:
         if self._closing:
             raise ZeromeshError("the client is closed; create a new Client")
         rid, frames, plain = make_request(target, args, kwargs, opts, batch, self.core.limits)
-        fut = _Future()
-        fut._zm_driver = self
-        fut._zm_id = rid
+        fut = _Future(self, rid)
         call = Call(target, frames, rid, opts.timeout, opts.retries, fut, self._complete)
         call.plain_frames = plain
         if opts.on_progress is not None:
@@ -533,8 +613,16 @@ class Driver:
     # --- completions (resolved outside the lock) ----------------------------------------------
 
     def _complete(self, call: Call, value: Any, exc: BaseException | None) -> None:
+        """Under the lock: ``call`` is answered. Its future takes the outcome now (a
+        waiting caller's ``done()`` turns true); who must be told is told by
+        `_resolve`, outside the lock. Progress reported before the answer is delivered
+        first, so the outcome waits for `_resolve` while any is pending."""
         self._release_slot()
-        self._finished.append((call, value, exc))
+        fut: _Future = call.future
+        if self._progress:
+            self._finished.append((fut, value, exc))
+        elif fut._finish(value, exc) and (fut._done_callbacks or "_condition" in fut.__dict__):
+            self._finished.append((fut, _ANNOUNCE, None))
 
     def _defer_progress(self, fn: Callable[[Progress], None]) -> Callable[[Progress], None]:
         return lambda msg: self._progress.append((fn, msg))
@@ -548,6 +636,7 @@ class Driver:
         return done
 
     def _resolve(self, done: tuple[list[Any], list[Any]] | None) -> None:
+        """Outside the lock: run progress callbacks, then settle and announce futures."""
         if done is None:
             return
         finished, progress = done
@@ -556,14 +645,11 @@ class Driver:
                 fn(msg)
             except Exception:
                 log.exception("on_progress callback failed")
-        for call, value, exc in finished:
-            fut = call.future
-            if fut.cancelled():
-                continue
-            try:
-                if exc is None:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(exc)
-            except cf.InvalidStateError:  # cancelled meanwhile
-                pass
+        lock = self.lock
+        for fut, value, exc in finished:
+            if value is not _ANNOUNCE:
+                with lock:
+                    settled = fut._finish(value, exc)
+                if not settled:
+                    continue  # cancelled meanwhile
+            fut._announce()

@@ -56,6 +56,47 @@ def test_futures_resolve_when_nobody_waits_on_them(mesh: Mesh) -> None:
     assert done == {2 * i for i in range(50)}
 
 
+def test_every_way_of_waiting_wakes_on_futures_made_without_a_condition(mesh: Mesh) -> None:
+    # Client futures make their Condition only when someone waits on it: threads that
+    # block in result() while another reads, concurrent.futures.wait, as_completed and
+    # callbacks added at any moment must all still see every outcome, and a cancel
+    # racing the replies must leave each future either cancelled or finished.
+    w = mesh.start()
+    with Client([w.endpoint], max_in_flight=4000) as c:
+        for _ in range(5):
+            _wait_every_way(c)
+
+
+def _wait_every_way(c: Client) -> None:
+    futs = [c.submit("math.add", i, 1) for i in range(400)]
+    results: dict[int, int] = {}
+    called: list[cf.Future[int]] = []
+    cancelled = [futs[i].cancel() for i in range(1, 400, 40)]
+
+    def block(first: int) -> None:
+        for i in range(first, len(futs), 4):
+            if not futs[i].cancelled():
+                results[i] = futs[i].result(timeout=10)
+
+    threads = [threading.Thread(target=block, args=(k,), daemon=True) for k in range(4)]
+    for t in threads:
+        t.start()
+    with_callback = futs[::7]
+    for f in with_callback:
+        f.add_done_callback(called.append)
+    # (wait() takes a cancel for done only once an executor notified it: leave those out)
+    _, pending = cf.wait([f for f in futs if not f.cancelled()], timeout=10)
+    assert not pending
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive(), "a thread blocked in result() was never woken"
+    for i, f in enumerate(futs):
+        assert f.done()
+        assert f.cancelled() or results[i] == i + 1
+    assert sum(cancelled) == sum(f.cancelled() for f in futs)
+    until(lambda: len(called) == len(with_callback), "every done-callback ran")
+
+
 def test_done_callback_may_call_the_client_again(mesh: Mesh) -> None:
     # Callbacks run after the driver's lock is released: a nested submit must not hang.
     w = mesh.start()
