@@ -23,13 +23,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
 
 import protocol
 from protocol import (
+    Bundle,
     Cancel,
     Disconnect,
     Error,
@@ -107,6 +108,7 @@ class Core:
                 version=protocol.__version__,
                 host=socket.gethostname(),
                 pid=os.getpid(),
+                bundle=True,
             )
         )
         self._ping_frames = protocol.encode(Ping(0))
@@ -203,17 +205,22 @@ class Core:
 
     def _run_outbox(self) -> None:
         out = self._out
-        for i, cmd in enumerate(out, 1):  # commands added meanwhile are carried out too
+        i = 0
+        while i < len(out):  # commands added meanwhile are carried out too
+            cmd = out[i]
+            i += 1
             if type(cmd) is SendCall:
                 peer, call = cmd.peer, cmd.call
-                if call.peer is peer and not self._try_send(peer, call.frames_for(peer)):
-                    # Not connected after all (or its queue is full): the dispatcher
-                    # takes back this send and the later ones to that peer.
-                    del out[:i]
-                    self.dispatcher.unsent(peer, call)
-                    self._run_outbox()
+                if call.peer is not peer:
+                    continue  # taken back since: its peer was found gone
+                if i < len(out) and type(out[i]) is SendCall and _takes_bundles(peer):
+                    sent = self._send_coalesced(out, i - 1, peer)
+                    if sent < 0:
+                        return
+                    i = sent
+                elif not self._try_send(peer, call.frames_for(peer)):
+                    self._take_back(out, i - 1, peer, call)
                     return
-                # (call.peer is not peer: taken back since, its peer found gone)
             elif type(cmd) is WakeAt:
                 self._arm_timer(cmd.when)
             elif type(cmd) is SendHello:
@@ -225,6 +232,40 @@ class Core:
             elif type(cmd) is SendBye:
                 self._try_send(cmd.peer, protocol.encode(Disconnect(0, "client closing")))
         out.clear()
+
+    def _send_coalesced(self, out: list[Any], first: int, peer: Peer) -> int:
+        """Send the requests to ``peer`` that stand together in the outbox from
+        ``first`` on, small ones joined into BUNDLEs (SPEC 7.10): they are ready now,
+        so sending them together makes none of them wait.
+
+        Returns the index after the last command carried out, or -1 if a send failed
+        (the outbox was then handed to `_take_back`).
+        """
+        calls: list[Call] = []
+        end = first
+        while end < len(out):
+            cmd = out[end]
+            if type(cmd) is not SendCall or cmd.peer is not peer:
+                break
+            if cmd.call.peer is peer:  # (else taken back since)
+                calls.append(cmd.call)
+            end += 1
+        done = 0
+        for frames, count in protocol.coalesce([c.frames_for(peer) for c in calls], self.limits):
+            if not self._try_send(peer, frames):
+                failed = calls[done]
+                self._take_back(out, out.index(SendCall(peer, failed), first), peer, failed)
+                return -1
+            done += count
+        return end
+
+    def _take_back(self, out: list[Any], at: int, peer: Peer, call: Call) -> None:
+        """The send of ``out[at]`` (``call``) failed: ``peer`` is not connected after all
+        (or its queue is full). The dispatcher takes back that send and the later ones
+        to that peer; then the rest of the outbox is carried out."""
+        del out[: at + 1]
+        self.dispatcher.unsent(peer, call)
+        self._run_outbox()
 
     def _try_send(self, peer: Peer, frames: list[Any]) -> bool:
         try:
@@ -247,14 +288,17 @@ class Core:
         if self._out:
             self._run_outbox()
 
-    def _on_frames(self, peer: Peer, frames: list[zmq.Frame]) -> None:
+    def _on_frames(self, peer: Peer, frames: Sequence[Any]) -> None:
         try:
             msg = protocol.decode(frames, self.limits)
         except ProtocolError as exc:
             self.dispatcher.bad_message(peer, exc)
             return
         # `type(msg) is X` each time, not once in a local: mypy narrows only this way.
-        if type(msg) is Reply:
+        if type(msg) is Bundle:
+            for inner in msg.messages:  # each as if it had come alone (SPEC 7.10)
+                self._on_frames(peer, inner)
+        elif type(msg) is Reply:
             self._reply(peer, msg.id, msg.result)
         elif type(msg) is Error:
             self.dispatcher.error(peer, msg)
@@ -317,3 +361,9 @@ class Core:
         self.dispatcher.tick()
         self._run_outbox()
         self._ticker = self.loop.call_later(self.heartbeat, self._tick)
+
+
+def _takes_bundles(peer: Peer) -> bool:
+    """Whether ``peer`` said in its HELLO that it takes BUNDLE messages (revision 1.2)."""
+    hello = peer.hello
+    return hello is not None and hello.bundle

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import protocol
-from protocol import Codec, Limits, Progress, Request
+from protocol import Codec, Limits, Progress, encode_request
 
 from ._dispatch import next_id
 
@@ -85,11 +85,11 @@ def make_request(
     rid = next_id()
     ttl = min(int(opts.timeout * 1000), 2**32 - 1)
     trace = opts.trace if opts.trace is not None else current_traceparent()
-    request = Request(rid, target, args, kwargs, ttl, opts.codec, batch)
+    codec = opts.codec
+    plain = encode_request(rid, target, args, kwargs, ttl, codec, batch, "", limits)
     if not trace:
-        return rid, protocol.encode(request, limits), None
-    traced = protocol.encode(replace(request, trace=trace), limits)
-    return rid, traced, protocol.encode(request, limits)
+        return rid, plain, None
+    return rid, encode_request(rid, target, args, kwargs, ttl, codec, batch, trace, limits), plain
 
 
 def changed_options(

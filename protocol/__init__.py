@@ -15,9 +15,12 @@ from ._framing import (
     SIGNATURE,
     Header,
     answer_code,
+    bundle,
+    coalesce,
     decode,
     decode_header,
     encode,
+    encode_request,
     header_type,
     is_traceparent,
     refusal,
@@ -27,8 +30,9 @@ from ._framing import (
     with_ttl,
     without_meta,
 )
-from ._limits import DEFAULT_LIMITS, Limits
+from ._limits import BUNDLE_BYTES, DEFAULT_LIMITS, Limits
 from ._messages import (
+    Bundle,
     Cancel,
     Disconnect,
     Error,
@@ -84,6 +88,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # messages
+    "Bundle",
     "Cancel",
     "Disconnect",
     "Error",
@@ -98,6 +103,7 @@ __all__ = [
     "Request",
     # framing
     "Codec",
+    "BUNDLE_BYTES",
     "DEFAULT_LIMITS",
     "FLAG_BATCH",
     "FLAG_META",
@@ -112,7 +118,10 @@ __all__ = [
     "decode",
     "decode_header",
     "encode",
+    "encode_request",
     "answer_code",
+    "bundle",
+    "coalesce",
     "header_type",
     "is_traceparent",
     "trace_id_of",

@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ._limits import DEFAULT_LIMITS, Limits
+from ._limits import BUNDLE_BYTES, DEFAULT_LIMITS, Limits
 from ._messages import (
+    Bundle,
     Cancel,
     Disconnect,
     Error,
@@ -46,6 +47,9 @@ __all__ = [
     "SIGNATURE",
     "Header",
     "answer_code",
+    "bundle",
+    "coalesce",
+    "encode_request",
     "header_type",
     "is_traceparent",
     "trace_id_of",
@@ -86,9 +90,12 @@ _MSGPACK = Codec.MSGPACK
 _JSON = Codec.JSON
 _REQUEST = MessageType.REQUEST
 _REPLY = MessageType.REPLY
+_BUNDLE = MessageType.BUNDLE
 _EMPTY_BODY = (MessageType.PING, MessageType.PONG, MessageType.CANCEL)
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
+_BUNDLE_HEADER = _pack_header(SIGNATURE, PROTOCOL_VERSION, _BUNDLE, _MSGPACK, 0, 0, 0, 0)
+_BUNDLE_TYPE_BYTE = _BUNDLE_HEADER[3:4]  # (a message is a BUNDLE if its header has it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,30 +133,18 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
     # `type(msg) is X` (not `cls is X`): the same identity test, and the type checker
     # narrows msg on it.
     if type(msg) is Request:
-        args = msg.args
-        kwargs = msg.kwargs
-        batch = msg.batch
-        if (
-            batch
-            or type(kwargs) is not dict
-            or (type(args) is not list and type(args) is not tuple)
-        ):
-            _check_request(msg)
-        elif kwargs:
-            for key in kwargs:
-                if type(key) is not str:
-                    _check_request(msg)  # a str subclass is fine; anything else raises
-                    break
-        if msg.trace:
-            body, oob = encode_value([args, kwargs, {"traceparent": msg.trace}], codec)
-            flags = FLAG_META
-        else:
-            body, oob = encode_value([args, kwargs], codec)
-        target = _target_bytes(msg.target)
-        ttl = msg.ttl_ms
-        if batch:
-            flags |= FLAG_BATCH
-    elif type(msg) is Reply:
+        return encode_request(
+            msg.id,
+            msg.target,
+            msg.args,
+            msg.kwargs,
+            msg.ttl_ms,
+            codec,
+            msg.batch,
+            msg.trace,
+            limits,
+        )
+    if type(msg) is Reply:
         if msg.batch:
             flags = FLAG_BATCH
             if not isinstance(msg.result, list | tuple):
@@ -160,25 +155,77 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
         target = _EMPTY
     elif cls is Ping or cls is Pong or cls is Cancel:
         body, oob, target = _EMPTY, [], _EMPTY
+    elif type(msg) is Bundle:
+        if codec is not _MSGPACK or msg.id:
+            raise ProtocolError("a BUNDLE has id 0 and is MessagePack (SPEC 7.10)")
+        return bundle(msg.messages, limits)
     else:
         body, oob = encode_value(_BODY_ENCODERS[cls](msg), codec)
         target = _EMPTY
-    rid = msg.id
-    try:
-        if not 0 <= rid <= _MAX_ID:
-            raise ProtocolError(f"request id {rid} out of range 0..2**64-1")
-        if not 0 <= ttl <= _MAX_TTL:
-            raise ProtocolError(f"ttl_ms {ttl} out of range 0..{_MAX_TTL}")
-        header = _pack_header(
-            SIGNATURE, PROTOCOL_VERSION, cls.TYPE, codec, flags, rid, ttl, len(target)
-        )
-    except (struct.error, TypeError) as exc:
-        raise ProtocolError(f"request id and ttl_ms must be integers: {exc}") from exc
+    header = _header(cls.TYPE, codec, flags, msg.id, ttl, len(target))
     if target:
         header += target
     if len(body) > limits.max_body_bytes or oob:
         _check_size(cls, body, oob, limits)
     return [header, body, *oob]
+
+
+def encode_request(
+    rid: int,
+    target: str,
+    args: list[Any] | tuple[Any, ...],
+    kwargs: dict[str, Any],
+    ttl_ms: int = 0,
+    codec: Codec = _MSGPACK,
+    batch: bool = False,
+    trace: str = "",
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[Buffer]:
+    """``encode(Request(rid, target, ...))`` without building the `Request`: the
+    client's hot path (a frozen dataclass costs more to make than the header to pack).
+    Refuses what `encode` refuses, in the same words.
+    """
+    if codec is not _MSGPACK and codec is not _JSON:
+        codec = _codec(codec)
+    if batch or type(kwargs) is not dict or (type(args) is not list and type(args) is not tuple):
+        _check_request(args, kwargs, batch)
+    elif kwargs:
+        for key in kwargs:
+            if type(key) is not str:
+                _check_request(args, kwargs, batch)  # a str subclass is fine; else raises
+                break
+    if trace:
+        body, oob = encode_value([args, kwargs, {"traceparent": trace}], codec)
+        flags = FLAG_META | FLAG_BATCH if batch else FLAG_META
+    else:
+        body, oob = encode_value([args, kwargs], codec)
+        flags = FLAG_BATCH if batch else 0
+    raw = _TARGETS.get(target) if type(target) is str else None
+    if raw is None:
+        raw = _target_bytes(target)
+        if len(_TARGETS) < _MAX_CACHED_TARGETS:
+            _TARGETS[target] = raw
+    header = _header(_REQUEST, codec, flags, rid, ttl_ms, len(raw))
+    if len(body) > limits.max_body_bytes or oob:
+        _check_size(Request, body, oob, limits)
+    return [header + raw, body, *oob]
+
+
+def _header(mtype: MessageType, codec: Codec, flags: int, rid: int, ttl: int, tlen: int) -> bytes:
+    """The 20 fixed bytes of a header (SPEC 2), the id and ttl checked for range."""
+    try:
+        if not 0 <= rid <= _MAX_ID:
+            raise ProtocolError(f"request id {rid} out of range 0..2**64-1")
+        if not 0 <= ttl <= _MAX_TTL:
+            raise ProtocolError(f"ttl_ms {ttl} out of range 0..{_MAX_TTL}")
+        return _pack_header(SIGNATURE, PROTOCOL_VERSION, mtype, codec, flags, rid, ttl, tlen)
+    except (struct.error, TypeError) as exc:
+        raise ProtocolError(f"request id and ttl_ms must be integers: {exc}") from exc
+
+
+_TARGETS: dict[str, bytes] = {}
+"""Target names already checked, as UTF-8 (a client calls few names, many times)."""
+_MAX_CACHED_TARGETS = 4096
 
 
 def _check_size(cls: type, body: bytes, oob: list[Buffer], limits: Limits) -> None:
@@ -211,6 +258,85 @@ def _check_size(cls: type, body: bytes, oob: list[Buffer], limits: Limits) -> No
 _WHAT: dict[type, str] = {Request: "request", Reply: "result", Error: "error", Progress: "progress"}
 
 
+def bundle(messages: Sequence[Sequence[Buffer]], limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
+    """The frames of one BUNDLE carrying ``messages``, each the ``[header, body]``
+    frames of an encoded message without out-of-band frames (SPEC 7.10).
+
+    Raises:
+        ProtocolError: no messages, one with out-of-band frames or itself a BUNDLE, or
+            a body over ``limits`` (code ``LIMIT_EXCEEDED``; send them one by one).
+    """
+    if not messages:
+        raise ProtocolError("a BUNDLE holds at least one message")
+    flat: list[bytes] = []
+    for frames in messages:
+        if len(frames) != 2:
+            raise ProtocolError(
+                f"a bundled message has exactly a header and a body, not {len(frames)} frames "
+                "(send messages with out-of-band frames on their own)"
+            )
+        header, body = frames
+        if type(header) is not bytes:
+            header = bytes(_byte_view(header))
+        if header[3:4] == _BUNDLE_TYPE_BYTE and header[:3] == _BUNDLE_HEADER[:3]:
+            raise ProtocolError("a BUNDLE cannot hold another BUNDLE")
+        flat.append(header)
+        flat.append(body if type(body) is bytes else bytes(_byte_view(body)))
+    body, _ = encode_value(flat, _MSGPACK)
+    if len(body) > limits.max_body_bytes:
+        raise ProtocolError(
+            f"bundle body of {size_text(len(body))} is over the {size_text(limits.max_body_bytes)} "
+            "body limit: send fewer messages in it",
+            ErrorCode.LIMIT_EXCEEDED,
+        )
+    return [_BUNDLE_HEADER, body]
+
+
+def coalesce(
+    messages: Sequence[list[Buffer]], limits: Limits = DEFAULT_LIMITS
+) -> list[tuple[list[Buffer], int]]:
+    """``messages`` (each its encoded frames), in order, with each run of small ones
+    joined into one BUNDLE: what a sender whose peer takes bundles sends instead.
+
+    Small: a header and a body only (no out-of-band frames), up to `BUNDLE_BYTES` per
+    bundle; a larger message goes alone. Returns ``(frames, count)`` pairs: the frames
+    of one message to send and how many of ``messages`` it carries.
+    """
+    out: list[tuple[list[Buffer], int]] = []
+    run: list[list[Buffer]] = []
+    size = 0
+    for frames in messages:
+        n = len(frames[0]) + len(frames[1]) if len(frames) == 2 else BUNDLE_BYTES + 1
+        if run and size + n > BUNDLE_BYTES:
+            out.append(_run(run, limits))
+            run, size = [], 0
+        if n > BUNDLE_BYTES:
+            out.append((frames, 1))
+            continue
+        run.append(frames)
+        size += n
+    if run:
+        out.append(_run(run, limits))
+    return out
+
+
+def _run(run: list[list[Buffer]], limits: Limits) -> tuple[list[Buffer], int]:
+    return (run[0] if len(run) == 1 else bundle(run, limits)), len(run)
+
+
+def _decode_bundle(value: Any) -> Bundle:
+    if type(value) is not list or not value or len(value) % 2:
+        raise ProtocolError("BUNDLE body must be an array of header, body, header, body ...")
+    for frame in value:
+        if type(frame) is not bytes:
+            raise ProtocolError("BUNDLE body items must be binary (MessagePack bin)")
+    headers = value[0::2]
+    for header in headers:
+        if header[3:4] == _BUNDLE_TYPE_BYTE and header[:3] == _BUNDLE_HEADER[:3]:
+            raise ProtocolError("a BUNDLE cannot hold another BUNDLE")
+    return Bundle(tuple(zip(headers, value[1::2], strict=True)))
+
+
 def size_text(n: int) -> str:
     """``n`` bytes for people: "900 MiB", "1.5 GiB", "312 bytes"."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -229,19 +355,19 @@ def _codec(codec: Any) -> Codec:
 _SEQUENCE_TYPES = frozenset((list, tuple))
 
 
-def _check_request(msg: Request) -> None:
+def _check_request(args: Any, kwargs: Any, batch: bool) -> None:
     """Refuse a request body `decode` would refuse (SPEC section 3)."""
-    if not isinstance(msg.args, list | tuple):
-        raise ProtocolError(f"request args must be a list or tuple, not {type(msg.args).__name__}")
-    if not isinstance(msg.kwargs, dict):
-        raise ProtocolError(f"request kwargs must be a dict, not {type(msg.kwargs).__name__}")
-    for key in msg.kwargs:
+    if not isinstance(args, list | tuple):
+        raise ProtocolError(f"request args must be a list or tuple, not {type(args).__name__}")
+    if not isinstance(kwargs, dict):
+        raise ProtocolError(f"request kwargs must be a dict, not {type(kwargs).__name__}")
+    for key in kwargs:
         if not isinstance(key, str):
             raise ProtocolError(f"request kwargs keys must be strings, not {key!r}")
     # The common case in C (a map chunk holds a thousand items); the loop finds the
     # culprit, and lets list and tuple subclasses (namedtuples) through.
-    if msg.batch and not set(map(type, msg.args)) <= _SEQUENCE_TYPES:
-        for i, item in enumerate(msg.args):
+    if batch and not set(map(type, args)) <= _SEQUENCE_TYPES:
+        for i, item in enumerate(args):
             if not isinstance(item, list | tuple):
                 raise ProtocolError(
                     "batch request args must be a list of argument lists (lists or "
@@ -403,8 +529,17 @@ def header_type(frame: Buffer) -> MessageType | None:
 
 
 # Answers are never answered: two peers answering each other's bad answers with
-# ERRORs would bounce them forever (SPEC section 6).
-_ANSWERS = frozenset((MessageType.ERROR, MessageType.REPLY, MessageType.PONG, MessageType.PROGRESS))
+# ERRORs would bounce them forever (SPEC section 6). Nor is a BUNDLE that failed to
+# decode: it may have held answers.
+_ANSWERS = frozenset(
+    (
+        MessageType.ERROR,
+        MessageType.REPLY,
+        MessageType.PONG,
+        MessageType.PROGRESS,
+        MessageType.BUNDLE,
+    )
+)
 
 
 def refusal(exc: ProtocolError, header: Buffer | None) -> Error | None:
@@ -500,6 +635,10 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
             if batch and type(result) is not list:
                 raise ProtocolError("batch reply body must be a list of results")
             return _new_reply(rid, result, codec, batch == FLAG_BATCH)
+        if mt is _BUNDLE:
+            if codec is not _MSGPACK or oob:
+                raise ProtocolError("a BUNDLE is MessagePack, with no out-of-band frames")
+            return _decode_bundle(decode_value(body, codec, oob, limits, size))
         if mt in _EMPTY_BODY:
             if size or oob:
                 raise ProtocolError(f"{mt.name} carries no body")
@@ -609,6 +748,7 @@ _STR = (str,)
 _INT = (int,)
 _NUMBER = (int, float)
 _MAP = (dict,)
+_BOOL = (bool,)
 
 
 # --- what the encoder checks in map bodies: what the decoders above accept -------------
@@ -679,6 +819,7 @@ _HELLO_CHECKS: tuple[_Check, ...] = (
     ("async_slots", *_INTEGER),
     ("async_handlers", (), _is_services, "a dict of service names to lists of handler names"),
     ("stats", (dict,), lambda v: isinstance(v, dict), "a dict"),
+    ("bundle", (bool,), lambda v: False, "a bool"),
 )
 _READY_CHECKS: tuple[_Check, ...] = (("credit", (), _is_count, "an integer >= 0 (not a bool)"),)
 _PROGRESS_CHECKS: tuple[_Check, ...] = (
@@ -737,6 +878,7 @@ def _hello_body(m: Hello) -> dict[str, Any]:
         "async_slots": m.async_slots,
         "async_handlers": m.async_handlers,
         "stats": m.stats,
+        "bundle": m.bundle,
     }
 
 
@@ -770,6 +912,7 @@ def _decode_hello(rid: int, codec: Codec, b: dict[str, Any]) -> Hello:
         _field(b, "async_slots", _INT, 0),
         _handler_map(b, "async_handlers"),
         _field(b, "stats", _MAP, {}),
+        _field(b, "bundle", _BOOL, False),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Limits"]
+__all__ = ["BUNDLE_BYTES", "Limits"]
 
 _MiB = 1024 * 1024
 
@@ -54,3 +54,9 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+BUNDLE_BYTES = 256 * 1024
+"""The most the reference client and worker put in one BUNDLE (SPEC 7.10), headers and
+bodies together. Bundles pay off for small messages (one ZeroMQ send and receive
+instead of many); a large one goes alone, so it never waits while a bundle is built,
+and no bundle comes near a receiver's ``max_body_bytes``."""

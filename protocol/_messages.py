@@ -15,6 +15,7 @@ from ._values import Codec
 from .errors import ErrorCode, ZeromeshError, error_from_wire, error_name
 
 __all__ = [
+    "Bundle",
     "Cancel",
     "Disconnect",
     "Error",
@@ -43,6 +44,7 @@ class MessageType(IntEnum):
     PROGRESS = 8
     DISCONNECT = 9
     CANCEL = 10
+    BUNDLE = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,8 @@ class Hello:
     stats: dict[str, Any] = field(default_factory=dict)
     """A worker's running totals for monitors (``zeromesh top``, SPEC 7.2): requests
     answered and failed, a latency histogram, memory and CPU. {} from a client."""
+    bundle: bool = False
+    """The sender takes `Bundle` messages on this connection (revision 1.2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,4 +240,23 @@ class Cancel:
     codec: Codec = Codec.MSGPACK
 
 
-Message = Request | Reply | Error | Ping | Pong | Hello | Ready | Progress | Disconnect | Cancel
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """Several whole messages sent as one (revision 1.2, SPEC 7.10).
+
+    Each of ``messages`` is the ``(header, body)`` frames of a message without
+    out-of-band frames. The receiver handles them in order, exactly as if each had
+    arrived alone on this connection: a bundle only saves the per-message cost of
+    ZeroMQ and of the receive loop when many small messages are ready at once. Sent
+    only to a peer whose HELLO said ``bundle``; id 0, MessagePack, no flags.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.BUNDLE
+    messages: tuple[tuple[bytes, bytes], ...]
+    id: int = 0
+    codec: Codec = Codec.MSGPACK
+
+
+Message = (
+    Request | Reply | Error | Ping | Pong | Hello | Ready | Progress | Disconnect | Cancel | Bundle
+)

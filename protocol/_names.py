@@ -31,7 +31,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
 TARGET_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\.[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
 """A request's target, ``service.handler``, each part a `NAME_PATTERN`."""
 
-PROTOCOL_REVISION = "1.1"
+PROTOCOL_REVISION = "1.2"
 """The protocol revision this package speaks, announced in HELLO (``protocol``). The
 header's version byte stays 1: a revision only adds what a peer is sent once it has
 announced that revision (SPEC section 9). A HELLO without the field is from 1.0."""

@@ -32,6 +32,7 @@ from vectorkit import describe
 
 from protocol import (
     FLAG_META,
+    Bundle,
     Cancel,
     Codec,
     Disconnect,
@@ -88,6 +89,7 @@ READY = MessageType.READY
 PROGRESS = MessageType.PROGRESS
 DISCONNECT = MessageType.DISCONNECT
 CANCEL = MessageType.CANCEL
+BUNDLE = MessageType.BUNDLE
 PROTOCOL = ErrorCode.PROTOCOL
 VERSION = ErrorCode.UNSUPPORTED_VERSION
 LIMIT = ErrorCode.LIMIT_EXCEEDED
@@ -169,7 +171,7 @@ def wire_body(msg: Message) -> dict[str, Any]:
         if msg.detail is not None:
             out["detail"] = msg.detail
         return out
-    if isinstance(msg, Hello):  # 7.2: all fifteen keys
+    if isinstance(msg, Hello):  # 7.2: all sixteen keys
         return {
             "role": msg.role,
             "name": msg.name,
@@ -186,6 +188,7 @@ def wire_body(msg: Message) -> dict[str, Any]:
             "async_slots": msg.async_slots,
             "async_handlers": msg.async_handlers,
             "stats": msg.stats,
+            "bundle": msg.bundle,
         }
     if isinstance(msg, Ready):  # 7.3
         return {"credit": msg.credit}
@@ -449,7 +452,7 @@ def message_cases() -> Cases:
         c.valid(f"pong-{n}", Pong(6, codec), spec="3, 7.4")
         c.valid(f"cancel-{n}", Cancel(12, codec), spec="3, 7.9")
         hello = dataclasses.replace(HELLO_1_1, codec=codec)
-        c.valid(f"hello-1.1-worker-{n}", hello, spec="7.2, 9", note="all fifteen keys")
+        c.valid(f"hello-1.1-worker-{n}", hello, spec="7.2, 9", note="all sixteen keys")
         c.valid(
             f"hello-1.0-client-{n}",
             dataclasses.replace(CLIENT_1_0_MEANING, codec=codec),
@@ -485,6 +488,28 @@ def message_cases() -> Cases:
     c.valid("error-10-spec-example", spec_example, spec="10.4")
     c.valid("ping-id-0", Ping(0), spec="7.4", note="the Python client's heartbeat uses id 0")
     c.valid("hello-client-defaults", Hello(0), spec="7.2")
+    c.valid(
+        "hello-client-bundle",
+        Hello(0, role="client", version="0.1.0", bundle=True),
+        spec="7.2, 7.10",
+        note="revision 1.2: this client takes BUNDLEs",
+    )
+    requests = [
+        tuple(frames_of(Request(31, "math.add", [1, 2], {}, 10000))),
+        tuple(frames_of(Request(32, "math.add", [3, 4], {}, 10000, JSON))),
+    ]
+    c.valid(
+        "bundle-requests",
+        Bundle(tuple(requests)),  # type: ignore[arg-type]
+        spec="7.10",
+        note="two REQUESTs in one message; each keeps its own header (the second is JSON)",
+    )
+    answers = [
+        tuple(frames_of(Reply(31, 3))),
+        tuple(frames_of(Error(32, ErrorCode.TIMEOUT, "deadline passed in the queue"))),
+        tuple(frames_of(Progress(33, 1, 2, ""))),
+    ]
+    c.valid("bundle-answers", Bundle(tuple(answers)), spec="7.10")  # type: ignore[arg-type]
     c.valid(
         "reply-integer-keys-msgpack",
         Reply(7, {1: "a", -2: "b", "c": 3}),
@@ -1061,6 +1086,28 @@ def _body_checks(c: Cases) -> None:
         ),
     ):
         c.refused(name, [header(mtype, 27, codec=JSON), text], check, rid=27, codec=JSON, spec="3")
+    _bundle_checks(c)
+
+
+def _bundle_checks(c: Cases) -> None:
+    """SPEC 7.10's rules for a BUNDLE's own frames (its messages are checked one by one
+    when handled, as if each had come alone)."""
+    add = frames_of(Request(40, "math.add", [1, 2], {}))
+    shape = "BUNDLE body: a non-empty array of bin, header then body, in pairs"
+    for name, value in (
+        ("bundle-body-empty-array", []),
+        ("bundle-body-odd-items", [add[0]]),
+        ("bundle-body-map", {"a": add[0]}),
+        ("bundle-body-string-item", [add[0], "x"]),
+    ):
+        c.refused(name, [header(BUNDLE), mp(value)], shape, spec="7.10")
+    check = "a BUNDLE is MessagePack with no out-of-band frames"
+    c.refused("bundle-json", [header(BUNDLE, codec=JSON), b"[]"], check, codec=JSON, spec="7.10")
+    frames = [header(BUNDLE), mp(add), b"\x00"]
+    c.refused("bundle-with-out-of-band-frame", frames, check, spec="7.10")
+    inner = [header(BUNDLE), mp(add)]
+    frames = [header(BUNDLE), mp(inner)]
+    c.refused("bundle-in-a-bundle", frames, "a BUNDLE holds no BUNDLE", spec="7.10")
 
 
 def _value_checks(c: Cases) -> None:
@@ -1398,6 +1445,35 @@ def worker_cases() -> Cases:
     c.answered("hello", frames_of(Hello(9, version="0.1.0")), hello, spec="7.2")
     hello = answer(HELLO, 10, JSON, role="worker")
     c.answered("hello-json", frames_of(Hello(10, codec=JSON)), hello, spec="7.2")
+    c.answered(
+        "bundle-one-request",
+        frames_of(Bundle((tuple(call(41, "math.add", [2, 3])),))),  # type: ignore[arg-type]
+        answer(REPLY, 41, body=5),
+        spec="7.10",
+        note="handled as if it had come alone; answered plainly (this peer said no bundle)",
+    )
+    bad = (header(REQUEST, 42, target=b"math.add"), mp([1, 2, 3]))
+    c.answered(
+        "bundle-malformed-request",
+        frames_of(Bundle((bad,))),
+        answer(ERROR, 42, code=PROTOCOL),
+        spec="6, 7.10",
+        note="a bad message in a bundle is answered by its own id, as if it had come alone",
+    )
+    c.answered(
+        "bundle-reply",
+        frames_of(Bundle((tuple(frames_of(Reply(43, 1))),))),  # type: ignore[arg-type]
+        None,
+        spec="6, 7.10",
+        note="an answer in a bundle is never answered",
+    )
+    c.answered(
+        "bundle-malformed",
+        [header(BUNDLE), mp([b"ZM"])],
+        None,
+        spec="6, 7.10",
+        note="a BUNDLE that does not decode is never answered: it may have held answers",
+    )
     frames = request(11, mp([1, 2, 3]))
     c.answered("malformed-request-body", frames, answer(ERROR, 11, code=PROTOCOL), spec="3, 6")
     c.answered(

@@ -23,6 +23,7 @@ from gatewaykit import Gateways, finished
 from meshkit import Mesh
 
 from client import Client
+from protocol import PROTOCOL_REVISION
 
 pytestmark = pytest.mark.process  # tier 2: starts real processes
 
@@ -55,7 +56,7 @@ def test_a_worker_announces_threads_and_async_slots(mesh: Mesh) -> None:
     w = mesh.start("--concurrency", "1", "--max-async", "7", service=CAP, env=ENV)
     with Client([w.endpoint]) as c:
         (row,) = c.workers()
-        assert row["protocol"] == "1.1"
+        assert row["protocol"] == PROTOCOL_REVISION
         assert (row["capacity"], row["threads"], row["async_slots"]) == (8, 1, 7)
         assert row["async_handlers"] == {"cap": ["meet"]}
         assert c.slots() == (1, 7, frozenset({"cap.meet"}))
@@ -104,7 +105,7 @@ def test_a_broker_announces_the_sums_of_its_workers(short_tmp: Path) -> None:
         bmesh.worker(b, service=SERVICE_B, args=("--concurrency", "2"))  # plain only
         wait_for(b, workers_ready(2), bmesh, what="2 workers")
         row = _hello(b.endpoint)
-        assert (row["role"], row["protocol"]) == ("broker", "1.1")
+        assert (row["role"], row["protocol"]) == ("broker", PROTOCOL_REVISION)
         assert (row["capacity"], row["threads"], row["async_slots"]) == (1 + 7 + 2, 3, 7)
         assert row["async_handlers"] == {"cap": ["meet"]}
     finally:

@@ -20,6 +20,7 @@ from protocol import (
     PROTOCOL_VERSION,
     SIGNATURE,
     BadArguments,
+    Bundle,
     Cancel,
     Cancelled,
     Codec,
@@ -123,7 +124,14 @@ def messages(codec: Codec) -> list[Any]:
         Disconnect(0, "draining", codec),
         Disconnect(codec=codec),
         Cancel(12, codec),
+        Hello(13, bundle=True, codec=codec),
+        *([_bundle()] if codec is Codec.MSGPACK else []),  # MessagePack only (SPEC 7.10)
     ]
+
+
+def _bundle() -> Bundle:
+    inner = [Request(14, "math.add", [1, 2]), Reply(15, "x"), Error(16, ErrorCode.TIMEOUT, "t")]
+    return Bundle(tuple((h, b) for h, b in (protocol.encode(m) for m in inner)))
 
 
 def test_every_message_type_is_covered() -> None:
@@ -271,7 +279,12 @@ def test_target_empty_too_long_or_not_utf8() -> None:
 
 
 @pytest.mark.parametrize(
-    "mtype", [t for t in MessageType if t not in (MessageType.REQUEST, MessageType.REPLY)]
+    "mtype",
+    [
+        t
+        for t in MessageType
+        if t not in (MessageType.REQUEST, MessageType.REPLY, MessageType.BUNDLE)  # (BUNDLE:
+    ],  # MessagePack only, tests/test_bundle.py)
 )
 def test_batch_flag_only_on_request_and_reply(mtype: MessageType) -> None:
     msg = next(m for m in messages(Codec.JSON) if m.TYPE is mtype)

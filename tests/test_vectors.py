@@ -122,7 +122,10 @@ def test_the_vectors_ship_with_the_protocol_package() -> None:
 def test_vectors_cover_every_message_type_codec_dtype_and_error_code() -> None:
     decoded = [p.values[0]["decoded"] for p in DECODE]
     assert {(d["type"], d["codec"]) for d in decoded} == {
-        (t.name, c.name) for t in MessageType for c in Codec
+        (t.name, c.name)
+        for t in MessageType
+        for c in Codec
+        if not (t is MessageType.BUNDLE and c is not Codec.MSGPACK)  # MessagePack only
     }
     errors = {d["fields"]["code"] for d in decoded if d["type"] == "ERROR"}
     assert {int(code) for code in ErrorCode} <= errors

@@ -33,6 +33,7 @@ import numpy as np
 from protocol import (
     FLAG_BATCH,
     FLAG_META,
+    Bundle,
     Cancel,
     Codec,
     Disconnect,
@@ -128,6 +129,8 @@ def describe(msg: Message, body: Any = None) -> dict[str, Any]:
         meaning["trace"] = msg.trace
     elif isinstance(msg, Reply):
         meaning["body"] = to_json(msg.result)
+    elif isinstance(msg, Bundle):  # its body: header, body, header, body ... as bin
+        meaning["body"] = to_json([frame for pair in msg.messages for frame in pair])
     elif msg.TYPE not in _EMPTY_BODY:
         if not isinstance(body, dict):
             raise TypeError(f"a {msg.TYPE.name} meaning needs its body map")
@@ -153,6 +156,9 @@ def message(meaning: dict[str, Any]) -> Message:
         )
     if mtype is MessageType.REPLY:
         return Reply(rid, from_json(meaning["body"]), codec, batch)
+    if mtype is MessageType.BUNDLE:
+        flat = from_json(meaning["body"])
+        return Bundle(tuple(zip(flat[0::2], flat[1::2], strict=True)), rid, codec)
     fields = {name: from_json(value) for name, value in meaning.get("fields", {}).items()}
     return _CLASSES[mtype](id=rid, codec=codec, **fields)
 

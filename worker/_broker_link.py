@@ -79,7 +79,7 @@ class WorkerPort(Protocol):
     def accept(self, peer: Any, req: Request) -> None: ...
     def cancel(self, peer: Any, rid: int) -> None: ...
     def pump(self) -> None: ...
-    def hello(self, rid: int, codec: Codec) -> Hello: ...
+    def hello(self, rid: int, codec: Codec, bundle: bool = True) -> Hello: ...
     def malformed(
         self, peer: Any, frames: list[zmq.Frame], exc: ProtocolError, who: str
     ) -> None: ...
@@ -422,7 +422,10 @@ class BrokerLink:
         if self.draining or conn.state is not _GREETING:
             return None
         conn.hello_id = next(self._hello_ids)
-        return [_EMPTY, *protocol.encode(self.worker.hello(conn.hello_id, Codec.MSGPACK))]
+        return [
+            _EMPTY,
+            *protocol.encode(self.worker.hello(conn.hello_id, Codec.MSGPACK, bundle=False)),
+        ]
 
     # --- time ----------------------------------------------------------------------------------
 

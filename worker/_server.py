@@ -42,6 +42,7 @@ import zmq
 import protocol
 from protocol import (
     LIVENESS,
+    Bundle,
     Cancel,
     Disconnect,
     Error,
@@ -166,11 +167,13 @@ class Worker(RouterServer):
         self._stolen_deadlines: list[tuple[float, list[zmq.Frame], protocol.Header]] = []
         self._stolen_answered: set[int] = set()
         self._stolen_arrivals: dict[int, float] = {}
+        self._stolen_auth: dict[int, zmq.Frame] = {}  # a bundled message's BUNDLE frame
         self._stolen: deque[list[zmq.Frame]] = deque()  # received by the watchdog
         self._closing = False
         self._done: deque[tuple[Job | None, Any, list[Any]]] = deque()
         self._done_wake = False
         self._peers: dict[bytes, float] = {}
+        self._bundlers: set[bytes] = set()  # clients whose HELLO said they take BUNDLEs
         self._started_at = time.monotonic()
         self._link: BrokerLink | None = None
 
@@ -342,7 +345,14 @@ class Worker(RouterServer):
                 self.table.wake()
         self._flush_done()
 
-    def _on_message(self, frames: list[zmq.Frame], arrived: float = 0.0) -> None:
+    def _on_message(
+        self, frames: list[Any], arrived: float = 0.0, auth: zmq.Frame | None = None
+    ) -> None:
+        """Handle one message from a client: ``[envelope, header, body, *oob]``.
+
+        ``auth``: the frame whose ZAP User-Id speaks for the message (a bundled
+        message's own frames are bytes: its BUNDLE's frame does).
+        """
         peer = frames[0].bytes
         self._peers[peer] = time.monotonic()
         try:
@@ -350,9 +360,13 @@ class Worker(RouterServer):
         except ProtocolError as exc:
             self.malformed(peer, frames[1:], exc, f"client {peer.hex()}")
             return
-        if type(msg) is Request:
+        if type(msg) is Bundle:
+            auth = frames[1] if auth is None else auth
+            for header, body in msg.messages:  # each as if it had come alone (SPEC 7.10)
+                self._on_message([frames[0], header, body], arrived, auth)
+        elif type(msg) is Request:
             if self._gatekeeper is not None:
-                why = self._forbidden(frames[1], msg.target)
+                why = self._forbidden(frames[1] if auth is None else auth, msg.target)
                 if why is not None:
                     self._send_error(peer, msg, ErrorCode.FORBIDDEN, why)
                     return
@@ -360,11 +374,15 @@ class Worker(RouterServer):
         elif type(msg) is Ping:
             self._send(peer, protocol.encode(Pong(msg.id, msg.codec)))
         elif type(msg) is Hello:
+            if msg.bundle:
+                self._bundlers.add(peer)
+            else:
+                self._bundlers.discard(peer)
             self._send(peer, protocol.encode(self.hello(msg.id, msg.codec)))
         elif type(msg) is Cancel:
             self.cancel(peer, msg.id)
         elif type(msg) is Disconnect:
-            self._peers.pop(peer, None)
+            self._forget_peer(peer)
             dropped = self.table.forget_peer(peer)
             if dropped:
                 log.info(
@@ -413,9 +431,14 @@ class Worker(RouterServer):
 
     def _forget_peer(self, peer: bytes) -> None:
         self._peers.pop(peer, None)
+        self._bundlers.discard(peer)
 
-    def hello(self, rid: int, codec: protocol.Codec) -> Hello:
-        """This worker's HELLO (answer to a client, greeting to a broker)."""
+    def hello(self, rid: int, codec: protocol.Codec, bundle: bool = True) -> Hello:
+        """This worker's HELLO (answer to a client, greeting to a broker).
+
+        ``bundle``: whether the peer may send it BUNDLEs (a client may; the broker
+        link does not take them apart, so it says no).
+        """
         slots = self.slots.announced(self.table.draining)
         return Hello(
             rid,
@@ -434,6 +457,7 @@ class Worker(RouterServer):
             async_slots=slots.async_slots,
             async_handlers=slots.async_handlers,
             stats={**self.stats.summary(), **process_usage()},
+            bundle=bundle,
         )
 
     def accept(self, peer: bytes, req: Request, arrived: float = 0.0) -> None:
@@ -536,9 +560,12 @@ class Worker(RouterServer):
                     self._stolen_answered.discard(id(frames))
                     continue  # expired while it waited: the watchdog answered it
                 # Its deadline counts from when the watchdog read it, not from now.
-                self._on_message(frames, self._stolen_arrivals.pop(id(frames), 0.0))
+                key = id(frames)
+                arrived = self._stolen_arrivals.pop(key, 0.0)
+                self._on_message(frames, arrived, self._stolen_auth.pop(key, None))
             self._stolen_deadlines.clear()
             self._stolen_arrivals.clear()
+            self._stolen_auth.clear()
 
     def _watchdog_main(self) -> None:
         """Inline mode: while a handler runs long, answer PING and HELLO, note CANCEL.
@@ -571,40 +598,65 @@ class Worker(RouterServer):
                 frames = recv_message(sock)
             except zmq.Again:
                 break
-            try:
-                header = protocol.decode_header(frames[1]) if len(frames) > 1 else None
-            except ProtocolError:
-                header = None
-            if header is None:
-                self._stolen.append(frames)  # the loop answers it, as it would have
-                continue
-            kind = header.type
-            peer = frames[0].bytes
-            if kind is protocol.MessageType.REQUEST and header.ttl_ms:
-                deadline = time.monotonic() + header.ttl_ms / 1000
-                self._stolen_deadlines.append((deadline, frames, header))
-                self._stolen_arrivals[id(frames)] = deadline - header.ttl_ms / 1000
-                self._stolen.append(frames)
-            elif kind is protocol.MessageType.PING:
-                self._send_now(peer, protocol.encode(Pong(header.id, header.codec)))
-            elif kind is protocol.MessageType.HELLO:
-                self._send_now(peer, protocol.encode(self.hello(header.id, header.codec)))
-            elif kind is protocol.MessageType.CANCEL and (peer, header.id) == (
-                job.peer,
-                job.request.id,
-            ):
-                job.cancelled = True
-            elif kind is protocol.MessageType.DISCONNECT and peer == job.peer:
-                job.cancelled = True  # the running one; the loop drops the waiting ones
-                self._stolen.append(frames)
-            else:
-                self._stolen.append(frames)
+            self._stand_in_one(job, frames)
         self._expire_standing_in()
         if self._link is not None:
             self._link.stand_in()  # the brokers need heartbeats too
         limit = self.config.hard_timeout
         if limit and job in self.table.overdue(limit) and self.table.claim(job, RUNNING):
             self._hard_exit(job)
+
+    def _stand_in_one(self, job: Job, frames: list[Any]) -> None:
+        """Watchdog: answer what cannot wait for the loop (PING, HELLO), note a CANCEL of
+        the running job, keep the rest for the loop with its arrival time."""
+        try:
+            header = protocol.decode_header(frames[1]) if len(frames) > 1 else None
+        except ProtocolError:
+            header = None
+        if header is None:
+            self._stolen.append(frames)  # the loop answers it, as it would have
+            return
+        kind = header.type
+        peer = frames[0].bytes
+        if kind is protocol.MessageType.REQUEST and header.ttl_ms:
+            deadline = time.monotonic() + header.ttl_ms / 1000
+            self._stolen_deadlines.append((deadline, frames, header))
+            self._stolen_arrivals[id(frames)] = deadline - header.ttl_ms / 1000
+            self._stolen.append(frames)
+        elif kind is protocol.MessageType.PING:
+            self._send_now(peer, protocol.encode(Pong(header.id, header.codec)))
+        elif kind is protocol.MessageType.HELLO:
+            with contextlib.suppress(ProtocolError):
+                if protocol.decode(frames[1:], self.config.limits).bundle:  # type: ignore[union-attr]
+                    self._bundlers.add(peer)
+            self._send_now(peer, protocol.encode(self.hello(header.id, header.codec)))
+        elif kind is protocol.MessageType.CANCEL and (peer, header.id) == (
+            job.peer,
+            job.request.id,
+        ):
+            job.cancelled = True
+        elif kind is protocol.MessageType.DISCONNECT and peer == job.peer:
+            job.cancelled = True  # the running one; the loop drops the waiting ones
+            self._stolen.append(frames)
+        elif kind is protocol.MessageType.BUNDLE:
+            self._steal_bundle(job, frames)
+        else:
+            self._stolen.append(frames)
+
+    def _steal_bundle(self, job: Job, frames: list[zmq.Frame]) -> None:
+        """Watchdog: a BUNDLE came while a handler runs. Its messages are taken apart and
+        each treated as if it had come alone (a PING in it is answered, a request in
+        it keeps its deadline); one that does not decode is left for the loop."""
+        try:
+            msg = protocol.decode(frames[1:], self.config.limits)
+        except ProtocolError:
+            self._stolen.append(frames)  # the loop counts and logs it
+            return
+        assert type(msg) is Bundle
+        for header, body in msg.messages:
+            inner = [frames[0], header, body]
+            self._stolen_auth[id(inner)] = frames[1]
+            self._stand_in_one(job, inner)
 
     def _expire_standing_in(self) -> None:
         """Inline mode, watchdog (holding the socket lock, the loop inside a handler):
@@ -757,6 +809,8 @@ class Worker(RouterServer):
         observe = self.stats.observe
         now = time.monotonic()
         finished = 0
+        bundlers = self._bundlers
+        held: dict[bytes, list[list[Any]]] = {}  # answers to bundle, by client
         while done:
             job, peer, frames = done.popleft()
             if job is not None:
@@ -769,7 +823,13 @@ class Worker(RouterServer):
                 else:
                     outcome = outcome_name(protocol.answer_code(frames, self.config.limits))
                 observe(job.request.target, outcome, now - job.started if job.ran else None)
-            send(peer, frames)
+            if peer in bundlers:  # (only bytes are: a broker's clients never are)
+                held.setdefault(peer, []).append(frames)
+            else:
+                send(peer, frames)
+        for peer, answers in held.items():
+            for frames, _ in protocol.coalesce(answers, self.config.limits):
+                send(peer, frames)
         if finished:
             self.requests_done += finished
             limit = self.request_limit
@@ -869,7 +929,7 @@ class Worker(RouterServer):
                     self._begin_drain(reason, "max_rss")
             stale = [p for p, seen in self._peers.items() if now - seen > _PEER_FORGET_S]
             for peer in stale:
-                del self._peers[peer]
+                self._forget_peer(peer)
 
     def _check_hard_timeout(self) -> None:
         """Threaded mode, on the loop: answer an overrunning handler's client and drain."""

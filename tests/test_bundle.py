@@ -1,0 +1,276 @@
+"""BUNDLE (SPEC 7.10): several small messages sent as one, only to a peer that said so.
+
+The protocol half runs in the fast tier. The rest drives real sockets: a worker that
+answers a bundling client in bundles and everyone else one by one, a client that
+bundles the requests a batch of answers released, and a CURVE worker that holds each
+bundled request to the key its BUNDLE came with.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+import zmq.auth
+from hostilekit import raw_dealer
+from hypothesis import given
+from hypothesis import strategies as st
+from meshkit import Mesh
+from securekit import HERE, SERVICE, keygen, wait_serving
+
+import protocol
+from client import Client
+from protocol import (
+    BUNDLE_BYTES,
+    Bundle,
+    Codec,
+    Error,
+    ErrorCode,
+    Hello,
+    MessageType,
+    Ping,
+    ProtocolError,
+    Reply,
+    Request,
+)
+
+# --- the protocol (fast tier) ------------------------------------------------------------
+
+
+def _request(rid: int, size: int = 1) -> list[Any]:
+    return protocol.encode(Request(rid, "math.add", [b"x" * size, 1]))
+
+
+def _flat(messages: list[list[Any]]) -> list[tuple[bytes, ...]]:
+    """Messages as they arrive: each BUNDLE taken apart, in order."""
+    out: list[tuple[bytes, ...]] = []
+    for frames in messages:
+        msg = protocol.decode(frames)
+        if type(msg) is Bundle:
+            out.extend(msg.messages)
+        else:
+            out.append(tuple(bytes(memoryview(f)) for f in frames))
+    return out
+
+
+@given(st.lists(st.sampled_from([1, 100, 40_000, 300_000, -1]), max_size=40))
+def test_coalesce_keeps_every_message_and_its_order(sizes: list[int]) -> None:
+    # -1: a message with an out-of-band frame (an array), which never goes in a bundle
+    messages = [
+        protocol.encode(Request(i + 1, "math.add", [protocol_array()]))
+        if size < 0
+        else _request(i + 1, size)
+        for i, size in enumerate(sizes)
+    ]
+    sent = protocol.coalesce(messages)
+    assert sum(count for _, count in sent) == len(messages)
+    want = [tuple(bytes(memoryview(f)) for f in m) for m in messages]
+    assert _flat([frames for frames, _ in sent]) == want
+    for frames, count in sent:
+        if count > 1:
+            assert protocol.header_type(frames[0]) is MessageType.BUNDLE
+            assert len(frames) == 2
+            assert len(frames[1]) <= BUNDLE_BYTES + 16 * count
+        else:  # alone: exactly as encoded, never wrapped
+            assert protocol.header_type(frames[0]) is not MessageType.BUNDLE
+
+
+def protocol_array() -> Any:
+    return np.arange(4.0)
+
+
+def test_a_lone_small_message_is_not_wrapped() -> None:
+    one = _request(1)
+    assert protocol.coalesce([one]) == [(one, 1)]
+
+
+def test_bundle_refuses_what_it_cannot_carry() -> None:
+    with pytest.raises(ProtocolError, match="at least one"):
+        protocol.bundle([])
+    with pytest.raises(ProtocolError, match="out-of-band"):
+        protocol.bundle([protocol.encode(Request(1, "m.f", [protocol_array()]))])
+    inner = protocol.bundle([_request(1)])
+    with pytest.raises(ProtocolError, match="another BUNDLE"):
+        protocol.bundle([inner])
+    with pytest.raises(ProtocolError, match="MessagePack"):
+        protocol.encode(Bundle(((b"", b""),), codec=Codec.JSON))
+    with pytest.raises(ProtocolError, match=r"limit"):
+        protocol.bundle([_request(1, 2000)], protocol.Limits(max_body_bytes=1000))
+
+
+def test_a_bundle_has_no_flags_and_id_0() -> None:
+    header, body = protocol.bundle([_request(1)])
+    flagged = bytearray(header)
+    flagged[5] = 0x01  # the batch flag
+    with pytest.raises(ProtocolError, match="flags"):
+        protocol.decode([bytes(flagged), body])
+    with pytest.raises(ProtocolError, match="id 0"):
+        protocol.encode(Bundle(((header, body),), id=7))
+
+
+def test_the_bundle_hello_key_round_trips_and_defaults_to_false() -> None:
+    for codec in Codec:
+        assert protocol.decode(protocol.encode(Hello(1, bundle=True, codec=codec))).bundle
+        hello = protocol.decode([protocol.encode(Hello(1))[0], b"\x80"])
+        assert type(hello) is Hello
+        assert hello.bundle is False
+    with pytest.raises(ProtocolError, match="bool"):
+        protocol.encode(Hello(1, bundle=1))  # type: ignore[arg-type]
+
+
+# --- a real worker ------------------------------------------------------------------------
+
+
+def _read_all(sock: zmq.Socket[bytes], want: int, timeout: float = 10) -> list[list[bytes]]:
+    """Messages from ``sock`` until ``want`` answers arrived (bundles counted by content)."""
+    got: list[list[bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(_flat(got)) < want:
+        left = deadline - time.monotonic()
+        if left <= 0 or not sock.poll(int(left * 1000)):
+            pytest.fail(f"{len(_flat(got))} of {want} answers in {timeout} s")
+        got.append(sock.recv_multipart())
+    return got
+
+
+def _answers(got: list[list[bytes]]) -> dict[int, Any]:
+    out = {}
+    for header, body in _flat(got):
+        msg = protocol.decode([header, body])
+        out[msg.id] = msg
+    return out
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("mode", ["inline", "threads"])
+def test_a_worker_answers_a_bundle_in_bundles_only_to_a_client_that_takes_them(
+    mesh: Mesh, mode: str
+) -> None:
+    args = ["--concurrency", "1" if mode == "inline" else "4"]
+    w = mesh.start(*args)
+    requests = [protocol.encode(Request(i, "math.add", [i, 1], {}, 10_000)) for i in range(1, 301)]
+    bad = [protocol.encode(Request(999, "math.add", [1], {}, 10_000))[0], b"\x93\x01\x02\x03"]
+    for takes in (True, False):
+        with raw_dealer(w.endpoint, rcvhwm=0) as sock:
+            sock.send_multipart(protocol.encode(Hello(1, bundle=takes)))
+            hello = protocol.decode(_read_all(sock, 1)[0])
+            assert type(hello) is Hello
+            assert hello.bundle
+            for start in range(0, 300, 100):
+                sock.send_multipart(protocol.bundle([*requests[start : start + 100], bad]))
+            got = _read_all(sock, 303)
+            answers = _answers(got)
+            assert {i: answers[i].result for i in range(1, 301)} == {
+                i: i + 1 for i in range(1, 301)
+            }
+            assert type(answers[999]) is Error
+            assert answers[999].code == ErrorCode.PROTOCOL
+            bundled = [f for f in got if protocol.header_type(f[0]) is MessageType.BUNDLE]
+            if takes:
+                assert bundled, "300 quick answers to one client, and not one BUNDLE"
+            else:
+                assert not bundled, "a BUNDLE to a client whose HELLO did not ask for them"
+    assert w.proc.poll() is None
+
+
+@pytest.mark.process
+def test_a_client_bundles_the_requests_a_batch_of_answers_released(short_tmp: Path) -> None:
+    # This test is the worker: a ROUTER that says HELLO with 2 threads and bundle, holds
+    # the requests it gets, then answers them all at once. The calls queued behind the
+    # first two must come in BUNDLEs, and every caller gets its own result.
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    seen: list[str] = []  # the type of each message that came, in order
+    try:
+        with Client([f"tcp://127.0.0.1:{port}"], prefetch=0, timeout=20) as c:
+            futures: list[Any] = []
+            held: list[tuple[bytes, Request]] = []
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and sum(f.done() for f in futures) < 60:
+                if not futures and seen.count("HELLO"):
+                    futures = [c.submit("math.add", i, 1) for i in range(60)]
+                if not router.poll(50):
+                    for peer, req in held:  # answer everything held, together
+                        router.send_multipart(
+                            [peer, *protocol.encode(Reply(req.id, req.args[0] + 1))]
+                        )
+                    held.clear()
+                    continue
+                peer, *frames = router.recv_multipart()
+                msg = protocol.decode(frames)
+                seen.append(msg.TYPE.name)
+                inner = msg.messages if type(msg) is Bundle else [tuple(frames)]
+                for header, body in inner:
+                    one = protocol.decode([header, body])
+                    if type(one) is Hello:
+                        hello = Hello(
+                            one.id,
+                            role="worker",
+                            services={"math": ["add"]},
+                            capacity=2,
+                            threads=2,
+                            bundle=True,
+                        )
+                        router.send_multipart([peer, *protocol.encode(hello)])
+                    elif type(one) is Request:
+                        held.append((peer, one))
+                    elif type(one) is Ping:
+                        router.send_multipart([peer, *protocol.encode(protocol.Pong(one.id))])
+            assert [f.result(timeout=1) for f in futures] == [i + 1 for i in range(60)]
+    finally:
+        router.close()
+        ctx.term()
+    assert "BUNDLE" in seen, f"no request came in a BUNDLE: {seen}"
+
+
+@pytest.mark.process
+def test_a_bundled_request_is_held_to_the_key_its_bundle_came_with(mesh: Mesh) -> None:
+    keys = mesh.tmp / "keys"
+    server_pub, server_secret = keygen(keys / "server")
+    report_pub, report_secret = keygen(keys / "report", "--services", "math")
+    allowed = mesh.tmp / "allowed"
+    allowed.mkdir()
+    shutil.copy(report_pub, allowed)
+    env = {"PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])}
+    w = mesh.start(
+        "examples.mathsvc:svc",
+        "examples.demosvc:svc",
+        "--curve-secret",
+        str(server_secret),
+        "--curve-allow",
+        str(allowed),
+        service=SERVICE,
+        env=env,
+        wait=False,
+    )
+    wait_serving(w.endpoint, curve_secret=report_secret, curve_server=server_pub)
+    public, secret = zmq.auth.load_certificate(report_secret)
+    server_key, _ = zmq.auth.load_certificate(server_pub)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_key
+    try:
+        sock.connect(w.endpoint)
+        calls = [
+            protocol.encode(Request(1, "math.add", [1, 2], {}, 10_000)),
+            protocol.encode(Request(2, "demo.fib", [10], {}, 10_000)),
+        ]
+        sock.send_multipart(protocol.bundle(calls))
+        answers = _answers(_read_all(sock, 2))
+    finally:
+        sock.close()
+        ctx.term()
+    assert type(answers[1]) is Reply
+    assert answers[1].result == 3
+    assert type(answers[2]) is Error
+    assert answers[2].code == ErrorCode.FORBIDDEN
+    assert "may not call service 'demo'" in answers[2].message
