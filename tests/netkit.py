@@ -4,8 +4,9 @@
 zmcN joined by a veth pair, gives them 10.213.X.1/30 and 10.213.X.2/30, and removes
 them, with every process left in them, when the test ends, whatever happens.
 `named_host` is one namespace with a hosts file the test writes (names that resolve
-to several addresses). Each skips, saying why, only where namespaces cannot be
-created.
+to several addresses). `star_hosts` is a client and N hosts whose links have delay and
+loss (`tests/linkemu.py`). Each skips, saying why, only where namespaces (or TUN
+interfaces) cannot be created.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["Hosts", "NamedHost", "Probe", "named_host", "two_hosts"]
+__all__ = ["Hosts", "NamedHost", "Probe", "Star", "named_host", "star_hosts", "two_hosts"]
 
 
 @dataclass(frozen=True)
@@ -206,3 +207,80 @@ class Probe:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+# --- hosts behind links with delay and loss ----------------------------------------------------
+
+
+@dataclass
+class Star:
+    """A client namespace and host namespaces, all joined through `tests/linkemu.py`.
+
+    ``client_addr`` and each of ``hosts`` (namespace, address) share one /24. `set_link`
+    gives a host's link a delay (seconds, each way) and a loss probability.
+    """
+
+    client_ns: str
+    client_addr: str
+    hosts: list[tuple[str, str]]
+    emulator: subprocess.Popen[str]
+
+    def set_link(self, address: str, delay: float = 0.0, loss: float = 0.0) -> None:
+        assert self.emulator.stdin is not None
+        assert self.emulator.stdout is not None
+        self.emulator.stdin.write(json.dumps({"host": address, "delay": delay, "loss": loss}))
+        self.emulator.stdin.write("\n")
+        self.emulator.stdin.flush()
+        assert self.emulator.stdout.readline().strip() == "ok"
+
+    @staticmethod
+    def prefix(ns: str) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", ns)
+
+
+def star_hosts(count: int) -> Iterator[Star]:
+    """`Star` with ``count`` hosts, removed with every process in them afterwards.
+    Skips, saying why, where namespaces or TUN interfaces cannot be made."""
+    if shutil.which("ip") is None:
+        pytest.skip("no `ip` command (iproute2): cannot create network namespaces")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("no /dev/net/tun: cannot emulate links between namespaces")
+    tag = f"{os.getpid() % 100000}{random.randint(0, 99):02d}"
+    net = f"10.214.{random.randint(0, 255)}"
+    client = (f"zmk{tag}", f"zt{tag}c", f"{net}.1")
+    hosts = [(f"zmh{tag}{k}", f"zt{tag}{k}", f"{net}.{11 + k}") for k in range(count)]
+    created: list[str] = []
+    emulator: subprocess.Popen[str] | None = None
+    try:
+        for ns, _, _ in [client, *hosts]:
+            r = _ip("netns", "add", ns)
+            if r.returncode != 0:
+                pytest.skip(f"network namespaces are not permitted here: {r.stderr.strip()}")
+            created.append(ns)
+        spec = json.dumps([list(client), *map(list, hosts)])
+        emulator = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("linkemu.py")), spec],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert emulator.stdout is not None
+        line = emulator.stdout.readline().strip()
+        if line != "ready":
+            pytest.skip(f"cannot emulate links over TUN here (linkemu.py said {line!r})")
+        yield Star(client[0], client[2], [(ns, addr) for ns, _, addr in hosts], emulator)
+    finally:
+        if emulator is not None:
+            for pipe in (emulator.stdin, emulator.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()  # stdin closed: it exits, and its interfaces go
+            try:
+                emulator.wait(10)
+            except subprocess.TimeoutExpired:
+                emulator.kill()
+                emulator.wait(10)
+        for ns in created:
+            _remove_namespace(ns)
+        leftover = set(_ip("netns", "list").stdout.split()) & set(created)
+        assert not leftover, f"namespaces left behind: {leftover}"
