@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from protocol import DEFAULT_LIMITS, Codec, Limits, Progress, ZeromeshError
-from zmqio import ClientSecurity
+from zmqio import DEFAULT_RESOLVE_INTERVAL, ClientSecurity
 
 from ._core import Core
 from ._dispatch import Call, Slots, WorkerInfo
@@ -111,7 +111,8 @@ class _AsyncCalls:
 
 
 class AsyncClient(_AsyncCalls):
-    """asyncio client of a zeromesh mesh; same arguments as `Client`.
+    """asyncio client of a zeromesh mesh; same arguments as `Client` (host names in
+    endpoints included: they are looked up on a background thread, never on the loop).
 
     ``async with AsyncClient([...]) as ac: await ac.call("math.add", 1, 2)``.
     Use it from one event loop only (tornado's IOLoop is an asyncio loop).
@@ -131,9 +132,11 @@ class AsyncClient(_AsyncCalls):
         curve_secret: str | os.PathLike[str] | None = None,
         curve_server: str | bytes | os.PathLike[str] | Mapping[str, Any] | None = None,
         metrics: bool = False,
+        resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
     ) -> None:
         self._opts = Options(timeout, retries, parse_codec(codec))
-        check_settings(max_in_flight, prefetch, heartbeat)
+        check_settings(max_in_flight, prefetch, heartbeat, resolve_interval)
+        self._resolve_interval = resolve_interval
         self.endpoints = resolve_endpoints(endpoints)
         self.max_in_flight = max_in_flight
         self._owner = self
@@ -203,6 +206,7 @@ class AsyncClient(_AsyncCalls):
                 loop=loop,
                 security=self._security,
                 metrics=self._metrics,
+                resolve_interval=self._resolve_interval,
             )
             core.start()
             self._core = core

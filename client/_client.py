@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from protocol import DEFAULT_LIMITS, Codec, Limits, Progress
-from zmqio import ClientSecurity
+from zmqio import DEFAULT_RESOLVE_INTERVAL, ClientSecurity
 
 from ._dispatch import Slots, WorkerInfo
 from ._driver import Driver
@@ -119,6 +119,11 @@ class Client(_Calls):
         metrics: count this client's calls in prometheus-client's default registry
             (``zeromesh_client_calls_total{target,outcome}``, their latency, retries,
             in flight), for the program's own ``/metrics``. Off by default.
+        resolve_interval: seconds between lookups of a host name in an endpoint
+            (``tcp://workers.internal:5555``). The client connects to every address
+            the name resolves to, joins new ones and drains vanished ones; lookups run
+            on a background thread, never in a call. 0 looks each name up once.
+            Literal addresses and ``ipc://`` are used as written.
 
     Raises:
         ValueError: a bad setting or endpoint, a key file that cannot be read.
@@ -138,14 +143,22 @@ class Client(_Calls):
         curve_secret: str | os.PathLike[str] | None = None,
         curve_server: str | bytes | os.PathLike[str] | Mapping[str, Any] | None = None,
         metrics: bool = False,
+        resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
     ) -> None:
         self._opts = Options(timeout, retries, parse_codec(codec))
-        check_settings(max_in_flight, prefetch, heartbeat)
+        check_settings(max_in_flight, prefetch, heartbeat, resolve_interval)
         self.endpoints = resolve_endpoints(endpoints)
         security = ClientSecurity.from_settings(curve_secret, curve_server)
         self._metrics = metrics_for(metrics)
         self._io = Driver(
-            self.endpoints, max_in_flight, prefetch, heartbeat, limits, security, self._metrics
+            self.endpoints,
+            max_in_flight,
+            prefetch,
+            heartbeat,
+            limits,
+            security,
+            self._metrics,
+            resolve_interval=resolve_interval,
         )
 
     def __enter__(self) -> Client:

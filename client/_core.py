@@ -13,6 +13,11 @@ timers (the heartbeat tick, the wake-up it asks for), and carries out its comman
 sends, and the loop timer. Liveness comes from three sources: the socket monitor (a
 killed worker's connection closes at once), application PING/PONG (a frozen worker, or
 a stuck loop, stops answering), and the worker's own DISCONNECT on drain.
+
+An endpoint whose host is a name (``tcp://workers.internal:5555``) stands for every
+address the name resolves to: a `zmqio.NameWatch` looks it up off the loop and
+again every ``resolve_interval``; each address is a peer of its own, joined when it
+appears and retired (drained) when it vanishes (`_join`, `_leave`, `_reap`).
 """
 
 from __future__ import annotations
@@ -41,7 +46,15 @@ from protocol import (
     ProtocolError,
     Reply,
 )
-from zmqio import BindError, ClientSecurity, Dialer, receive_batch
+from zmqio import (
+    DEFAULT_RESOLVE_INTERVAL,
+    BindError,
+    ClientSecurity,
+    Dialer,
+    NameTable,
+    NameWatch,
+    receive_batch,
+)
 
 from ._dispatch import (
     Call,
@@ -63,6 +76,7 @@ __all__ = ["Core"]
 log = logging.getLogger("zeromesh.client")
 
 _BATCH = 1024  # replies read per wake-up before other callbacks get a turn
+_REAP_S = 0.1  # how often retiring peers (their address left DNS) are checked for idle
 
 
 class Core:
@@ -81,8 +95,10 @@ class Core:
         loop: asyncio.AbstractEventLoop | Any,
         security: ClientSecurity | None = None,
         metrics: ClientMetrics | None = None,
+        resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
     ) -> None:
         self.endpoints = endpoints
+        self.resolve_interval = resolve_interval
         self.metrics = metrics
         if metrics is not None:
             metrics.core = self
@@ -112,48 +128,82 @@ class Core:
             )
         )
         self._ping_frames = protocol.encode(Ping(0))
+        self._names: NameWatch | None = None
+        self._by_address: dict[str, Peer] = {}  # peers from host names, retiring ones too
+        self._reaper: Any = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect to every endpoint (workers are greeted as their handshakes complete).
 
+        Endpoints with a host name are looked up off the loop; their addresses are
+        connected to as the answers come in (`_join`).
+
         Raises:
             ValueError: an endpoint is malformed or cannot be connected to.
         """
-        for endpoint in self.endpoints:
-            peer = Peer(endpoint)
-            dialer = Dialer(
-                self._ctx,
-                endpoint,
-                self.loop,
-                limits=self.limits,
-                heartbeat_ms=int(self.heartbeat * 1000),
-                on_input=functools.partial(self._on_readable, peer),
-                on_connected=functools.partial(self._on_handshake, peer),
-                on_disconnected=functools.partial(self._on_dropped, peer),
-                on_refused=functools.partial(self._on_refused, peer),
-                security=self.security,
-            )
+        table = NameTable(self.endpoints, interval=self.resolve_interval, clock=time.monotonic)
+        for endpoint in table.fixed:
             try:
-                dialer.open()
-            except BindError as exc:
+                self._connect(endpoint)
+            except ValueError:
                 self.close()
-                raise ValueError(str(exc)) from exc
-            peer.link = dialer
-            self._dialers.append(dialer)
-            self.dispatcher.add_peer(peer)
-            self._greet(peer)
+                raise
+        if table.names:
+            self.dispatcher.set_unresolved(table.unresolved())
+            self._names = NameWatch(
+                table,
+                self.loop,
+                log=log,
+                on_join=self._join,
+                on_leave=self._leave,
+                on_change=self._names_changed,
+            )
+            self._names.start()
         self._tick()
+
+    def _connect(self, endpoint: str, name: str = "") -> Peer:
+        """A peer for ``endpoint``, its socket dialling (``name``: the endpoint as written,
+        when ``endpoint`` is an address its host name resolved to).
+
+        Raises:
+            ValueError: the endpoint is malformed or cannot be connected to.
+        """
+        peer = Peer(endpoint)
+        dialer = Dialer(
+            self._ctx,
+            endpoint,
+            self.loop,
+            limits=self.limits,
+            heartbeat_ms=int(self.heartbeat * 1000),
+            on_input=functools.partial(self._on_readable, peer),
+            on_connected=functools.partial(self._on_handshake, peer),
+            on_disconnected=functools.partial(self._on_dropped, peer),
+            on_refused=functools.partial(self._on_refused, peer),
+            security=self.security,
+            name=name,
+        )
+        try:
+            dialer.open()
+        except BindError as exc:
+            raise ValueError(str(exc)) from exc
+        peer.link = dialer
+        self._dialers.append(dialer)
+        self.dispatcher.add_peer(peer)
+        self._greet(peer)
+        return peer
 
     def close(self) -> None:
         """Fail what is still pending, close every socket. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        for handle in (self._timer, self._ticker):
+        for handle in (self._timer, self._ticker, self._reaper):
             if handle is not None:
                 handle.cancel()
+        if self._names is not None:
+            self._names.close()
         self.dispatcher.close()
         self._run_outbox()
         for dialer in self._dialers:
@@ -361,6 +411,57 @@ class Core:
         self.dispatcher.tick()
         self._run_outbox()
         self._ticker = self.loop.call_later(self.heartbeat, self._tick)
+
+    # --- endpoints from DNS -------------------------------------------------------------------
+
+    def _join(self, address: str, name: str) -> None:
+        """``name``'s host now resolves to ``address`` too: connect to it (or take back
+        the retiring peer still there)."""
+        if self._closed:
+            return
+        peer = self._by_address.get(address)
+        if peer is not None:
+            self.dispatcher.add_peer(peer)
+        else:
+            self._by_address[address] = self._connect(address, name)
+        self._run_outbox()
+
+    def _leave(self, address: str) -> None:
+        """``address`` left DNS: nothing new goes there; close it once it holds nothing."""
+        peer = self._by_address.get(address)
+        if peer is None or self._closed:
+            return
+        if self.dispatcher.retire_peer(peer):
+            self._disconnect(peer)
+        elif self._reaper is None:
+            self._reaper = self.loop.call_later(_REAP_S, self._reap)
+        self._run_outbox()
+
+    def _reap(self) -> None:
+        """While peers retire: close those that hold nothing any more (checked off the
+        reply path, every `_REAP_S`)."""
+        self._reaper = None
+        if self._closed:
+            return
+        for peer in self.dispatcher.idle_retired():
+            self._disconnect(peer)
+        if self.dispatcher.retiring:
+            self._reaper = self.loop.call_later(_REAP_S, self._reap)
+
+    def _disconnect(self, peer: Peer) -> None:
+        """Close a retired peer's socket; it is forgotten."""
+        if self._by_address.get(peer.endpoint) is peer:
+            del self._by_address[peer.endpoint]
+        dialer = peer.link
+        if dialer in self._dialers:
+            self._dialers.remove(dialer)
+        dialer.close()
+        log.info("closed the connection to %s (it left DNS)", peer.endpoint)
+
+    def _names_changed(self) -> None:
+        if self._names is not None:
+            self.dispatcher.set_unresolved(self._names.table.unresolved())
+        self._run_outbox()
 
 
 def _takes_bundles(peer: Peer) -> bool:

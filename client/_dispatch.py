@@ -50,6 +50,12 @@ Rules:
 * Every heartbeat (`tick`): HELLO to connecting and draining peers (a fresh worker on
   a draining worker's endpoint answers READY), PING to peers quiet for most of an
   interval, and a peer silent for `LIVENESS` intervals is lost.
+* Peers come and go with DNS (`add_peer`, `retire_peer`): a retired peer (its address
+  left the name it came from) leaves `peers` at once, so nothing new goes to it; what
+  it holds is answered there, or re-sent by the lost-peer rules if its connection
+  dies. It waits in `retiring` until `idle_retired` hands it back to the shell to
+  close. While a name has no address yet (`set_unresolved`), calls never fail
+  `UnknownHandler` (its workers may serve them) and `NoWorkers` says why.
 
 Not thread-safe: one loop drives it.
 """
@@ -322,11 +328,65 @@ class Dispatcher:
         self._info_waiters: list[tuple[float, Callable[[], None]]] = []
         self.retried = {"overloaded": 0, "worker_lost": 0}
         """Calls sent again, by why: a full worker (OVERLOADED) or a lost one."""
+        self.retiring: list[Peer] = []
+        """Peers whose address left DNS, still holding calls (`retire_peer`)."""
+        self.unresolved: dict[str, str] = {}
+        """Endpoints whose host name stands for no address yet: why ("" while its first
+        lookup runs). Set by the shell (`set_unresolved`)."""
 
     def add_peer(self, peer: Peer) -> Peer:
-        """Take ``peer`` (CONNECTING) among those calls may go to."""
-        self.peers.append(peer)
+        """Take ``peer`` (CONNECTING) among those calls may go to; a retiring peer (its
+        address came back) is taken back as it is."""
+        back = peer in self.retiring
+        if back:
+            self.retiring.remove(peer)
+            log.info("%s is back in DNS: sending it work again", peer.endpoint)
+        if peer not in self.peers:
+            self.peers.append(peer)
+        if back:
+            self._dispatch_all()  # it may be READY already: what waits may go to it
         return peer
+
+    def retire_peer(self, peer: Peer) -> bool:
+        """``peer``'s address left DNS: send it nothing new from now on.
+
+        What it holds is answered there, or, only if its connection dies, re-sent by
+        the lost-peer rules. Returns True if it holds nothing (the shell closes it now);
+        else it waits in `retiring` until `idle_retired` returns it.
+        """
+        if peer in self.peers:
+            self.peers.remove(peer)
+        held = self._held(peer)
+        if not held:
+            if peer in self.retiring:
+                self.retiring.remove(peer)
+            return True
+        if peer not in self.retiring:
+            self.retiring.append(peer)
+        log.info(
+            "%s left DNS: sending it nothing new; %d request(s) it holds finish there",
+            peer.endpoint,
+            held,
+        )
+        return False
+
+    def idle_retired(self) -> list[Peer]:
+        """Retiring peers that hold no pending call any more: forgotten here, for the
+        shell to close."""
+        idle = [p for p in self.retiring if not self._held(p)]
+        if idle:
+            self.retiring = [p for p in self.retiring if p not in idle]
+        return idle
+
+    def set_unresolved(self, unresolved: dict[str, str]) -> None:
+        """The endpoints whose host name stands for no address yet, with why (`unresolved`)."""
+        self.unresolved = dict(unresolved)
+        self._answer_info_waiters()
+
+    def _held(self, peer: Peer) -> int:
+        """Pending calls ``peer`` holds (a cancelled one may still be in its outstanding)."""
+        calls = self.calls
+        return sum(1 for rid in peer.outstanding if rid in calls)
 
     # --- calls -------------------------------------------------------------------------------
 
@@ -387,7 +447,7 @@ class Dispatcher:
         self.closed = True
         for call in list(self.calls.values()):
             self._finish(call, None, ZeromeshError("the client was closed before a reply came"))
-        for peer in self.peers:
+        for peer in self.peers + self.retiring:
             if peer.state is not _CONNECTING:
                 self.outbox.append(SendBye(peer))
 
@@ -493,6 +553,13 @@ class Dispatcher:
                 )
                 peer.state = _READY
                 self._dispatch_all()
+        self._answer_info_waiters()
+
+    def _answer_info_waiters(self) -> None:
+        """``on_done()`` of each `ask_info` every peer has answered since (and no name is
+        still in its first lookup)."""
+        if not self._info_waiters or "" in self.unresolved.values():
+            return
         waiters, self._info_waiters = self._info_waiters, []
         for since, on_done in waiters:
             if all(p.hello_at > since for p in self.peers):
@@ -663,8 +730,12 @@ class Dispatcher:
         return since
 
     def info_rows(self, since: float) -> list[WorkerInfo]:
-        """One row per peer: what it said in a HELLO later than ``since``."""
-        rows = []
+        """One row per peer: what it said in a HELLO later than ``since``; and one per
+        endpoint whose host name stands for no address yet (``unresolved``: why)."""
+        rows = [
+            WorkerInfo(endpoint=name, state="unreachable", unresolved=why or "not looked up yet")
+            for name, why in self.unresolved.items()
+        ]
         for peer in self.peers:
             row = WorkerInfo(endpoint=peer.endpoint)
             h = peer.hello
@@ -767,7 +838,7 @@ class Dispatcher:
     def _unknown(self, call: Call) -> bool:
         """Fail ``call`` if every peer has said what it serves and none serves it."""
         peers = self.peers
-        if not peers or any(p.hello is None for p in peers):
+        if not peers or self.unresolved or any(p.hello is None for p in peers):
             return False
         if any(p.serves(call.target) for p in peers):
             return False
@@ -883,11 +954,15 @@ class Dispatcher:
         if refusals:
             return AuthenticationError(f"{call.target}: {refusals}")
         down = ", ".join(p.endpoint for p in self.peers if p.state is not _READY)
-        endpoints = ",".join(p.endpoint for p in self.peers)
+        endpoints = ",".join([*self.unresolved, *(p.endpoint for p in self.peers)])
+        names = "".join(
+            f"; {name} has no address yet ({why or 'its lookup is still running'})"
+            for name, why in self.unresolved.items()
+        )
         return NoWorkers(
             f"{call.target}: no worker answered within {call.timeout:g} s "
-            f"(not reachable: {down or 'none'}); is a worker running there? check with "
-            f"`zeromesh ping --connect {endpoints}`"
+            f"(not reachable: {down or 'none'}{names}); is a worker running there? check "
+            f"with `zeromesh ping --connect {endpoints}`"
         )
 
 

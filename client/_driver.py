@@ -45,7 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol import Limits, Progress, ZeromeshError
-from zmqio import ClientSecurity
+from zmqio import DEFAULT_RESOLVE_INTERVAL, ClientSecurity
 
 from ._core import Core
 from ._dispatch import Call, Slots, WorkerInfo
@@ -301,6 +301,7 @@ class Driver:
         limits: Limits,
         security: ClientSecurity | None = None,
         metrics: ClientMetrics | None = None,
+        resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.lock = threading.Lock()
@@ -332,6 +333,7 @@ class Driver:
             loop=self.loop,
             security=security,
             metrics=metrics,
+            resolve_interval=resolve_interval,
         )
         try:
             with self.lock:

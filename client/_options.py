@@ -115,7 +115,9 @@ def changed_options(
     return replace(opts, **changes)
 
 
-def check_settings(max_in_flight: int, prefetch: int, heartbeat: float) -> None:
+def check_settings(
+    max_in_flight: int, prefetch: int, heartbeat: float, resolve_interval: float = 30.0
+) -> None:
     """Validate the constructor settings shared by `Client` and `AsyncClient`."""
     if not isinstance(max_in_flight, int) or max_in_flight < 1:
         raise ValueError(f"max_in_flight must be an integer >= 1, not {max_in_flight!r}")
@@ -123,6 +125,11 @@ def check_settings(max_in_flight: int, prefetch: int, heartbeat: float) -> None:
         raise ValueError(f"prefetch must be an integer >= 0, not {prefetch!r}")
     if not heartbeat >= 0.05:
         raise ValueError(f"heartbeat must be at least 0.05 seconds, not {heartbeat!r}")
+    if not resolve_interval >= 0:
+        raise ValueError(
+            f"resolve_interval must be >= 0 seconds (0: look host names up once), not "
+            f"{resolve_interval!r}"
+        )
 
 
 def parse_codec(codec: Codec | str) -> Codec:

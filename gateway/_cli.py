@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from protocol import StartupError
-from zmqio import add_client_security, add_log_level, setup_logging
+from zmqio import add_client_security, add_log_level, add_resolve_interval, setup_logging
 
 from ._config import MEMORY, GatewayConfig, default_jobs_db, parse_listen, parse_size
 from ._gateway import Gateway
@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="calls in progress before POST /call answers 429 (default 1000)",
     )
+    add_resolve_interval(p, "--connect endpoint")
     p.add_argument(
         "--wait-for-workers",
         type=_duration,
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             max_queued_jobs=args.max_queued_jobs,
             max_pending_calls=args.max_pending,
             wait_for_workers=args.wait_for_workers,
+            resolve_interval=args.resolve_interval,
             drain_timeout=args.drain_timeout,
             debug=args.debug,
             token_file=args.token_file,

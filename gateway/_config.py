@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zmqio import exposed_endpoints
+from zmqio import DEFAULT_RESOLVE_INTERVAL, exposed_endpoints
 
 __all__ = ["MEMORY", "GatewayConfig", "default_jobs_db", "parse_listen", "parse_size"]
 
@@ -99,6 +99,9 @@ class GatewayConfig:
     """Jobs waiting in the gateway's queue before ``POST /jobs`` answers 429."""
     max_pending_calls: int = 1_000
     """``POST /call`` requests in progress before more are answered 429."""
+    resolve_interval: float = DEFAULT_RESOLVE_INTERVAL
+    """Seconds between lookups of a host name in ``connect``: every address it resolves
+    to is joined, vanished ones are drained (0: look up once; see `client.Client`)."""
     wait_for_workers: float = 5.0
     """Seconds a call waits for some worker to be ready before answering 503."""
     curve_secret: str | None = None
@@ -136,6 +139,7 @@ class GatewayConfig:
             (self.max_queued_jobs >= 1, "--max-queued-jobs must be at least 1"),
             (self.max_pending_calls >= 1, "--max-pending must be at least 1"),
             (self.wait_for_workers >= 0, "--wait-for-workers must be >= 0 seconds"),
+            (self.resolve_interval >= 0, "--resolve-interval must be >= 0 (0: look up once)"),
             (self.drain_timeout >= 0, "--drain-timeout must be >= 0 seconds"),
             (bool(self.jobs_db), "--jobs-db must not be empty (use :memory: for no file)"),
             (

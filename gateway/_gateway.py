@@ -81,6 +81,7 @@ class Gateway:
             max_in_flight=config.max_pending_calls,
             curve_secret=config.curve_secret,
             curve_server=config.curve_server,
+            resolve_interval=config.resolve_interval,
         )
         # prefetch=0: a job goes to a worker only when it has a free slot, so "running"
         # means a worker holds it and no job waits behind another inside a worker.
@@ -91,6 +92,7 @@ class Gateway:
             prefetch=0,
             curve_secret=config.curve_secret,
             curve_server=config.curve_server,
+            resolve_interval=config.resolve_interval,
         )
         self.endpoints = self._calls.endpoints
         self.store = JobStore(config.jobs_db)

@@ -17,4 +17,4 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "zeromesh"))
 from meshkit import mesh, short_tmp  # noqa: E402, F401
 
 # Two hosts on one machine, for the tests that need a real network (tests/netkit.py).
-from netkit import two_hosts  # noqa: E402, F401
+from netkit import named_host, two_hosts  # noqa: E402, F401

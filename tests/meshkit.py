@@ -46,14 +46,20 @@ class ChildProcess:
     """
 
     def __init__(
-        self, argv: list[str], log: Path, env: dict[str, str] | None = None, endpoint: str = ""
+        self,
+        argv: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        endpoint: str = "",
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.argv = argv
         self.log = log
         self.endpoint = endpoint
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, *argv],
+                # prefix: e.g. `ip netns exec NS`, which execs python in its place
+                [*prefix, sys.executable, *argv],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

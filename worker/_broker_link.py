@@ -22,6 +22,13 @@ worker never holds more than its capacity: a request that finds no free slot (an
 broker took it first) is refused at once with DRAINING, which the broker puts back at
 the head of its queue without counting a delivery, and that broker's credit drops to
 zero until the next READY. With one broker the accounting is exact: no refusals.
+
+A ``--broker`` endpoint with a host name (``tcp://brokers.internal:5600``) stands for
+every address the name resolves to, looked up off the loop and again every
+``resolve_interval`` (`zmqio.NameWatch`): a new address gets a link of its own; a
+vanished one is drained like a worker leaving that broker alone (DISCONNECT: no more
+credit, replies still go), and closed with a second DISCONNECT ("gone") once the
+worker holds nothing that came through it, or its connection dropped.
 """
 
 from __future__ import annotations
@@ -59,10 +66,20 @@ from protocol import (
     Ready,
     Request,
 )
-from zmqio import BindError, Dialer, Outbox, receive_batch, recv_message, send_message
+from zmqio import (
+    BindError,
+    Dialer,
+    NameTable,
+    NameWatch,
+    Outbox,
+    receive_batch,
+    recv_message,
+    send_message,
+)
 
 if TYPE_CHECKING:
     from ._config import WorkerConfig
+    from ._jobs import JobTable
 
 
 class WorkerPort(Protocol):
@@ -71,6 +88,7 @@ class WorkerPort(Protocol):
     name: str
     config: WorkerConfig
     capacity: int
+    table: JobTable
 
     @property
     def held(self) -> int: ...
@@ -117,16 +135,22 @@ class _Conn:
         "granted",
         "heard",
         "hello_id",
+        "index",
+        "name",
         "outbox",
         "pinged",
         "prefix",
         "refused",
+        "retiring",
         "state",
         "stolen",
     )
 
-    def __init__(self, endpoint: str, index: int) -> None:
+    def __init__(self, endpoint: str, index: int, name: str = "") -> None:
         self.endpoint = endpoint
+        self.name = name  # the --broker endpoint with a host name it came from, if any
+        self.index = index
+        self.retiring = False  # its address left DNS: no more credit, closed once idle
         # Starts with 0x00 and is 7 bytes long: libzmq's own routing ids are 5 bytes,
         # and one a peer chooses may not start with 0x00, so no direct peer looks like it.
         self.prefix = b"\x00zmbrk" + bytes([index % 256])
@@ -151,7 +175,12 @@ class BrokerLink:
 
     def __init__(self, worker: WorkerPort, endpoints: Sequence[str]) -> None:
         self.worker = worker
-        self.conns = [_Conn(ep, i) for i, ep in enumerate(endpoints)]
+        self.names = NameTable(
+            endpoints, interval=worker.config.resolve_interval, clock=time.monotonic
+        )
+        self.conns = [_Conn(ep, i) for i, ep in enumerate(self.names.fixed)]
+        self._watch: NameWatch | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self.heartbeat = worker.config.heartbeat_ms / 1000
         # Requests the worker takes from brokers at once: its capacity, plus the prefetch
         # the operator asked for (none by default: no request waits behind a busy one).
@@ -176,31 +205,48 @@ class BrokerLink:
         """
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        cfg = self.worker.config
+        self._ctx = ctx
         for conn in self.conns:
-            # IMMEDIATE (the Dialer's): a reply for a broker that is gone is dropped, not
-            # kept for a restarted broker that never heard of its request.
-            conn.dialer = dialer = Dialer(
-                ctx,
-                conn.endpoint,
-                loop,
-                limits=cfg.limits,
-                heartbeat_ms=cfg.heartbeat_ms,
-                on_input=functools.partial(self._pump, conn),
-                on_connected=functools.partial(self._on_connected, conn),
-                on_disconnected=functools.partial(self._on_disconnected, conn),
-                on_refused=functools.partial(self._on_refused, conn),
-                security=cfg.broker_security,
+            self._open(conn)
+        if self.names.names:
+            self._watch = NameWatch(
+                self.names, loop, log=log, on_join=self._join, on_leave=self._leave
             )
-            try:
-                dialer.open()
-            except BindError as exc:
-                raise ValueError(f"broker: {exc}") from exc
-            conn.outbox = Outbox(
-                dialer.sock, loop, max_bytes=cfg.max_peer_output, log=log, peer_kind="broker"
-            )
-            log.info("connecting to broker %s", conn.endpoint)
+            self._watch.start()
         self._ticker = loop.call_later(self.heartbeat, self._tick)
+
+    def _open(self, conn: _Conn) -> None:
+        """Dial ``conn``'s broker (registration follows the handshake).
+
+        Raises:
+            ValueError: the endpoint is malformed.
+        """
+        assert self._ctx is not None
+        assert self._loop is not None
+        cfg = self.worker.config
+        # IMMEDIATE (the Dialer's): a reply for a broker that is gone is dropped, not
+        # kept for a restarted broker that never heard of its request.
+        conn.dialer = dialer = Dialer(
+            self._ctx,
+            conn.endpoint,
+            self._loop,
+            limits=cfg.limits,
+            heartbeat_ms=cfg.heartbeat_ms,
+            on_input=functools.partial(self._pump, conn),
+            on_connected=functools.partial(self._on_connected, conn),
+            on_disconnected=functools.partial(self._on_disconnected, conn),
+            on_refused=functools.partial(self._on_refused, conn),
+            security=cfg.broker_security,
+            name=conn.name,
+        )
+        try:
+            dialer.open()
+        except BindError as exc:
+            raise ValueError(f"broker: {exc}") from exc
+        conn.outbox = Outbox(
+            dialer.sock, self._loop, max_bytes=cfg.max_peer_output, log=log, peer_kind="broker"
+        )
+        log.info("connecting to broker %s%s", conn.endpoint, f" ({conn.name})" if conn.name else "")
 
     def close(self, linger: int = 2000) -> None:
         """Say goodbye and close every link. Idempotent.
@@ -212,6 +258,8 @@ class BrokerLink:
         if self._ticker is not None and on_loop:
             self._ticker.cancel()
             self._ticker = None
+        if self._watch is not None and on_loop:
+            self._watch.close()
         gone = [_EMPTY, *protocol.encode(Disconnect(0, "worker closed"))]
         bye = [_EMPTY, *protocol.encode(Disconnect(0, f"worker {self.worker.name} stopping"))]
         for conn in self.conns:
@@ -412,7 +460,7 @@ class BrokerLink:
 
     def _greet(self, conn: _Conn) -> None:
         """Say HELLO (register); the broker's HELLO answer makes the link READY."""
-        if self.draining or conn.dialer is None:
+        if self.draining or conn.dialer is None or conn.retiring:
             return
         conn.state = _GREETING
         conn.granted = 0
@@ -434,7 +482,9 @@ class BrokerLink:
         now = time.monotonic()
         hb = self.heartbeat
         for conn in self.conns:
-            if conn.state is _GREETING:
+            if conn.retiring:
+                self._tick_retiring(conn, now)
+            elif conn.state is _GREETING:
                 self._greet(conn)
             elif conn.state in (_READY, _LEAVING):
                 silent = now - conn.heard
@@ -455,6 +505,74 @@ class BrokerLink:
         self.grant()
         assert self._loop is not None
         self._ticker = self._loop.call_later(hb, self._tick)
+
+    # --- brokers from DNS -------------------------------------------------------------------
+
+    def _join(self, address: str, name: str) -> None:
+        """``name``'s host now resolves to ``address`` too: take work from that broker
+        (or again from a retiring link still there)."""
+        if self.draining:
+            return
+        for conn in self.conns:
+            if conn.endpoint == address:
+                if conn.retiring:
+                    conn.retiring = False
+                    log.info("broker %s is back in DNS (%s): registering again", address, name)
+                    if conn.state is not _CONNECTING:
+                        self._greet(conn)  # a HELLO ends the drain the broker was told of
+                return
+        used = {c.index for c in self.conns}
+        index = next((i for i in range(256) if i not in used), len(self.conns))
+        conn = _Conn(address, index, name)
+        self._open(conn)
+        # A new list, not an append: the inline watchdog may be iterating the old one.
+        self.conns = [*self.conns, conn]
+
+    def _leave(self, address: str) -> None:
+        """``address`` left DNS: tell that broker to send nothing new (DISCONNECT, as a
+        draining worker does); what it sent is answered; closed once idle (`_tick`)."""
+        for conn in self.conns:
+            if conn.endpoint == address and not conn.retiring:
+                conn.retiring = True
+                log.info("broker %s left DNS (%s): taking no more work from it", address, conn.name)
+                if conn.state in (_GREETING, _READY) and not self.draining:
+                    bye = protocol.encode(
+                        Disconnect(0, f"worker {self.worker.name}: this broker left DNS")
+                    )
+                    self._send(conn, [_EMPTY, *bye])
+                if conn.state is not _CONNECTING:
+                    conn.state = _LEAVING
+                conn.granted = 0
+
+    def _tick_retiring(self, conn: _Conn, now: float) -> None:
+        """A retiring link: close it once nothing that came through it is held (or it is
+        gone or silent); until then keep it alive so the replies reach the broker."""
+        silent = now - conn.heard > LIVENESS * self.heartbeat
+        if conn.state is _CONNECTING or silent or not self._holds(conn):
+            self._close_conn(conn)
+            return
+        conn.pinged = now
+        self._send(conn, [_EMPTY, *protocol.encode(Ping(0))])
+
+    def _holds(self, conn: _Conn) -> int:
+        """Requests the worker holds that came through ``conn``."""
+        return sum(
+            1
+            for job in list(self.worker.table.jobs.values())
+            if type(job.peer) is Via and job.peer.conn is conn
+        )
+
+    def _close_conn(self, conn: _Conn) -> None:
+        """Say "gone" (DISCONNECT twice: the broker forgets this worker at once) and close."""
+        sock = conn.sock
+        if conn.state is not _CONNECTING and sock is not None and not sock.closed:
+            gone = [_EMPTY, *protocol.encode(Disconnect(0, "worker left this broker"))]
+            with contextlib.suppress(zmq.ZMQError):
+                send_message(sock, gone)
+        if conn.dialer is not None:
+            conn.dialer.close(500)  # LINGER: let the goodbye leave
+        self.conns = [c for c in self.conns if c is not conn]
+        log.info("closed the link to broker %s (it left DNS)", conn.endpoint)
 
     def stand_in(self) -> None:
         """Inline mode, watchdog thread, socket lock held, loop busy in a handler: keep

@@ -16,6 +16,7 @@ from zmqio import (
     add_log_level,
     add_max_peer_output,
     add_metrics_option,
+    add_resolve_interval,
     add_server_security,
     setup_logging,
 )
@@ -71,9 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker",
         action="append",
         metavar="ENDPOINT",
-        help="connect out to this broker and take work from it, repeatable; with --bind "
+        help="connect out to this broker and take work from it, repeatable; a host name "
+        "joins every broker address it resolves to (see --resolve-interval); with --bind "
         "too, the worker serves both at once",
     )
+    add_resolve_interval(p, "--broker endpoint")
     p.add_argument(
         "--broker-prefetch",
         type=int,
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             hard_timeout=args.hard_timeout,
             brokers=args.broker or (),
             broker_prefetch=args.broker_prefetch,
+            resolve_interval=args.resolve_interval,
             max_pending=args.max_pending,
             max_peer_output=int(args.max_peer_output * 2**20),
             security=security,

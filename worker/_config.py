@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from protocol import DEFAULT_LIMITS, Limits, StartupError
-from zmqio import DEFAULT_PEER_OUTPUT, ClientSecurity, Security
+from zmqio import DEFAULT_PEER_OUTPUT, DEFAULT_RESOLVE_INTERVAL, ClientSecurity, Security
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "WorkerConfig"]
 
@@ -44,7 +44,12 @@ class WorkerConfig:
     """A sync handler running longer gets a Timeout reply; the worker exits 70 (0: off)."""
     limits: Limits = field(default=DEFAULT_LIMITS)
     brokers: Sequence[str] = ()
-    """Brokers to connect out to and take work from (worker/_broker_link.py)."""
+    """Brokers to connect out to and take work from (worker/_broker_link.py). A host
+    name stands for every address it resolves to (`resolve_interval`)."""
+    resolve_interval: float = DEFAULT_RESOLVE_INTERVAL
+    """Seconds between lookups of a host name in ``brokers``: the worker joins every
+    broker address the name resolves to and drains those that vanish (0: look up
+    once)."""
     broker_prefetch: int = 0
     """Credit offered to brokers beyond capacity (0: exact; short calls pipeline with more)."""
     max_pending: int = 0
@@ -86,6 +91,7 @@ class WorkerConfig:
             (self.max_rss_mb >= 0, "--max-rss must be >= 0"),
             (self.hard_timeout >= 0, "--hard-timeout must be >= 0"),
             (self.broker_prefetch >= 0, "--broker-prefetch must be >= 0"),
+            (self.resolve_interval >= 0, "--resolve-interval must be >= 0 (0: look up once)"),
             (self.max_pending >= 0, "--max-pending must be >= 0"),
             (self.max_peer_output >= 1, "--max-peer-output must be at least 1 byte"),
         ]

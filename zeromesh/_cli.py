@@ -21,6 +21,7 @@ from zmqio import (
     ClientSecurity,
     add_client_security,
     add_log_level,
+    add_resolve_interval,
     setup_logging,
     write_certificates,
 )
@@ -141,6 +142,9 @@ def _cmd_ping(args: argparse.Namespace) -> int:
             if row["state"] == "unreachable" and row.get("refused"):
                 print(f"{row['endpoint']}  REFUSED: {row['refused']}")
                 continue
+            if row["state"] == "unreachable" and row.get("unresolved"):
+                print(f"{row['endpoint']}  UNRESOLVED: {row['unresolved']}")
+                continue
             if row["state"] == "unreachable":
                 print(
                     f"{row['endpoint']}  UNREACHABLE (nothing answered within {args.timeout:g} s)"
@@ -192,7 +196,7 @@ def _cmd_top(args: argparse.Namespace) -> int:
         sort=args.sort,
         timeout=args.timeout,
         security=security,
-        client_options=_curve(args),
+        client_options={**_curve(args), "resolve_interval": args.resolve_interval},
     )
 
 
@@ -291,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=2.0, help="seconds to wait for answers (default 2)"
     )
+    add_resolve_interval(p, "--connect endpoint")
     add_client_security(p)
     p.set_defaults(func=_cmd_top)
 

@@ -17,6 +17,9 @@ whole messages; below it, pyzmq.
   (``--metrics HOST:PORT``) as families built at scrape time.
 * `add_log_level`, `setup_logging`, `add_log_fields`: the commands' shared
   ``--log-level`` and ``--log-format`` (text or JSON lines with request fields).
+* `NameTable`, `NameWatch`, `add_resolve_interval`: endpoints whose host name stands
+  for many addresses (round-robin DNS, a headless service, /etc/hosts): every address
+  joined, looked up again every ``--resolve-interval``, vanished ones drained.
 """
 
 from ._frames import has_input, receive_batch, recv_message, send_message
@@ -36,7 +39,9 @@ from ._metrics import (
     quantile,
     serve_metrics,
 )
+from ._names import DEFAULT_RESOLVE_INTERVAL, NameTable, NameUpdate, lookup_target
 from ._outbox import DEFAULT_PEER_OUTPUT, Outbox, add_max_peer_output
+from ._resolver import Lookup, NameWatch, add_resolve_interval, lookup_ipv4
 from ._security import (
     ALLOW_ANY,
     ENV_CURVE_ALLOW,
@@ -122,6 +127,15 @@ __all__ = [
     "process_usage",
     "quantile",
     "serve_metrics",
+    # host names in endpoints
+    "DEFAULT_RESOLVE_INTERVAL",
+    "Lookup",
+    "NameTable",
+    "NameUpdate",
+    "NameWatch",
+    "add_resolve_interval",
+    "lookup_ipv4",
+    "lookup_target",
     # logging
     "LOG_FIELDS",
     "JsonFormatter",

@@ -289,7 +289,9 @@ class Dialer:
     when the connection dropped, while the old socket can still be read (take the
     replies that arrived before it closed); ``on_refused(reason)`` when a handshake
     failed (our key refused, a wrong server key, CURVE on one side only), with a
-    sentence that says what to fix. ``security`` dials with CURVE. The owner reads
+    sentence that says what to fix. ``security`` dials with CURVE, with the server key
+    given for ``name`` (the endpoint as the user wrote it, when ``endpoint`` is one of
+    the addresses its host name resolved to; default ``endpoint``). The owner reads
     `sock` afresh each time: it changes on every redial. Loop thread only.
 
     IMMEDIATE: a send raises ``zmq.Again`` while no peer is connected, instead of
@@ -309,8 +311,10 @@ class Dialer:
         on_disconnected: Callable[[], None],
         on_refused: Callable[[str], None] | None = None,
         security: ClientSecurity | None = None,
+        name: str = "",
     ) -> None:
         self.endpoint = endpoint
+        self.name = name or endpoint
         self.sock: zmq.Socket[Any] = None  # type: ignore[assignment]  # set by open()
         self.redials = 0
         self._ctx = ctx
@@ -322,7 +326,7 @@ class Dialer:
         self._on_disconnected = on_disconnected
         self._on_refused = on_refused
         self._security = security
-        self._curve = security.for_endpoint(endpoint) if security is not None else None
+        self._curve = security.for_endpoint(self.name) if security is not None else None
         self._key_file = security.key_file if security is not None else ""
         self._monitor: zmq.Socket[Any] | None = None
         self._shook_hands = False
@@ -347,7 +351,7 @@ class Dialer:
         sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
         _common(sock, self._limits, self._heartbeat_ms, LIVENESS * self._heartbeat_ms)
-        secure_client(sock, self.endpoint, self._security)
+        secure_client(sock, self.name, self._security)
         monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         try:
             sock.connect(self.endpoint)
