@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 import protocol
-from protocol import Error, ErrorCode, Limits, ProtocolError, Reply
+from protocol import Error, ErrorCode, Limits, ProtocolError
 
 from ._jobs import Job
 
@@ -118,7 +118,7 @@ def reply_frames(job: Job, result: Any, limits: Limits) -> list[Any]:
     """The REPLY carrying ``result``, or the ERROR that says why it cannot be sent."""
     req = job.request
     try:
-        return protocol.encode(Reply(req.id, result, req.codec, req.batch), limits)
+        return protocol.encode_reply(req.id, result, req.codec, req.batch, limits)
     except ProtocolError as exc:
         if exc.code == ErrorCode.LIMIT_EXCEEDED:
             log.warning("%s (id %d): not sent: %s", req.target, req.id, exc)
