@@ -231,7 +231,7 @@ class AsyncClient(_AsyncCalls):
         (``call`` handles its own cancellation without a callback per request).
         """
         core = self._core_started()
-        rid, frames, plain = make_request(target, args, kwargs, opts, batch, self._limits)
+        rid, frames = make_request(target, args, kwargs, opts, batch, self._limits)
         while self._in_flight >= self.max_in_flight:
             # Full: wait in line. A counter and a queue of futures, not an
             # asyncio.Semaphore, whose release scans its waiters (O(n) per call
@@ -247,7 +247,6 @@ class AsyncClient(_AsyncCalls):
         self._in_flight += 1
         fut: asyncio.Future[Any] = core.loop.create_future()
         call = Call(target, frames, rid, opts.timeout, opts.retries, fut, self._complete)
-        call.plain_frames = plain
         call.on_progress = opts.on_progress
         fut._zm_id = rid  # type: ignore[attr-defined]
         if watch_cancel:

@@ -268,7 +268,7 @@ class Core:
                     if sent < 0:
                         return
                     i = sent
-                elif not self._try_send(peer, call.frames_for(peer)):
+                elif not self._try_send(peer, call.frames_for(peer, self.limits)):
                     self._take_back(out, i - 1, peer, call)
                     return
             elif type(cmd) is WakeAt:
@@ -301,7 +301,9 @@ class Core:
                 calls.append(cmd.call)
             end += 1
         done = 0
-        for frames, count in protocol.coalesce([c.frames_for(peer) for c in calls], self.limits):
+        for frames, count in protocol.coalesce(
+            [c.frames_for(peer, self.limits) for c in calls], self.limits
+        ):
             if not self._try_send(peer, frames):
                 failed = calls[done]
                 self._take_back(out, out.index(SendCall(peer, failed), first), peer, failed)

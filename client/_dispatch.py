@@ -71,13 +71,16 @@ from typing import Any, NamedTuple
 
 from protocol import (
     CONNECTING,
+    DEFAULT_LIMITS,
     DRAINING,
+    FLAG_META,
     LIVENESS,
     READY,
     AuthenticationError,
     Error,
     ErrorCode,
     Hello,
+    Limits,
     NoWorkers,
     Overloaded,
     Progress,
@@ -87,6 +90,7 @@ from protocol import (
     WorkerLost,
     ZeromeshError,
     takes_meta,
+    without_meta,
 )
 
 __all__ = [
@@ -186,15 +190,19 @@ class Call:
         self.peer: Peer | None = None  # who holds it; None while queued
         self.on_progress: Callable[[Progress], None] | None = None
         self.plain_frames: list[Any] | None = None
-        """The request without its trace (1.1 meta), for a peer that speaks 1.0; None
-        when ``frames`` carry no trace."""
+        """``frames`` without their trace (1.1 meta), made on first need: for a peer
+        that speaks 1.0."""
 
-    def frames_for(self, peer: Peer) -> list[Any]:
-        """What to send ``peer``: a 1.0 peer refuses the meta flag (SPEC section 2)."""
-        plain = self.plain_frames
-        if plain is None or peer.hello is None or takes_meta(peer.hello.protocol):
-            return self.frames
-        return plain
+    def frames_for(self, peer: Peer, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
+        """What to send ``peer``: a 1.0 peer refuses the meta flag (SPEC section 2).
+        ``limits``: the client's, which the frames were made under."""
+        frames = self.frames
+        hello = peer.hello
+        if hello is None or takes_meta(hello.protocol) or not frames[0][5] & FLAG_META:
+            return frames
+        if self.plain_frames is None:
+            self.plain_frames = without_meta(frames, limits)
+        return self.plain_frames
 
     def __repr__(self) -> str:
         return f"<Call {self.target} id={self.id} attempts={self.attempts}>"

@@ -364,10 +364,9 @@ class Driver:
         """
         if self._closing:
             raise ZeromeshError("the client is closed; create a new Client")
-        rid, frames, plain = make_request(target, args, kwargs, opts, batch, self.core.limits)
+        rid, frames = make_request(target, args, kwargs, opts, batch, self.core.limits)
         fut = _Future(self, rid)
         call = Call(target, frames, rid, opts.timeout, opts.retries, fut, self._complete)
-        call.plain_frames = plain
         if opts.on_progress is not None:
             call.on_progress = self._defer_progress(opts.on_progress)
         lock = self.lock

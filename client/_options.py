@@ -72,24 +72,20 @@ class Options:
 
 def make_request(
     target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool, limits: Limits
-) -> tuple[int, list[Any], list[Any] | None]:
+) -> tuple[int, list[Any]]:
     """Encode a request in the caller's thread: bad targets and values fail here, and so
     does a request over ``limits`` (`ProtocolError`, code ``LIMIT_EXCEEDED``), before
     anything is sent.
 
-    Returns (id, frames, plain frames): with a trace, the frames carry it (revision
-    1.1) and the plain frames are the same request without it, for a 1.0 peer.
+    Returns (id, frames). With a trace the frames carry it (revision 1.1); a 1.0 peer
+    gets them without it (`Call.frames_for`).
     """
     if not isinstance(target, str) or "." not in target:
         raise ValueError(f"call target {target!r} must be 'service.handler', e.g. 'math.add'")
     rid = next_id()
     ttl = min(int(opts.timeout * 1000), 2**32 - 1)
     trace = opts.trace if opts.trace is not None else current_traceparent()
-    codec = opts.codec
-    plain = encode_request(rid, target, args, kwargs, ttl, codec, batch, "", limits)
-    if not trace:
-        return rid, plain, None
-    return rid, encode_request(rid, target, args, kwargs, ttl, codec, batch, trace, limits), plain
+    return rid, encode_request(rid, target, args, kwargs, ttl, opts.codec, batch, trace, limits)
 
 
 def changed_options(

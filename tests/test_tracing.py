@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import protocol
 from client import Client
+from client._dispatch import Call, Peer
 from client._options import Options, current_traceparent, make_request
 from protocol import DEFAULT_LIMITS, FLAG_META, Hello, Reply
 from worker import Service, Worker, WorkerConfig, trace_id, traceparent
@@ -44,18 +45,22 @@ def test_a_trace_option_must_be_a_traceparent() -> None:
         Options(trace="0af7651916cd43dd")
 
 
-def test_a_traced_request_keeps_a_plain_copy_for_1_0_peers() -> None:
-    _, frames, plain = make_request(
-        "t.x", [1], {}, Options(trace=TRACEPARENT), False, DEFAULT_LIMITS
-    )
+def test_a_traced_request_goes_to_a_1_0_peer_without_its_trace() -> None:
+    rid, frames = make_request("t.x", [1], {}, Options(trace=TRACEPARENT), False, DEFAULT_LIMITS)
     assert frames[0][5] & FLAG_META
     assert protocol.decode(frames).trace == TRACEPARENT
-    assert plain is not None
+    call = Call("t.x", frames, rid, 30.0, 0, None, lambda *_: None)
+    old, new = Peer("tcp://old:1"), Peer("tcp://new:1")
+    old.hello = Hello(role="worker", protocol="1.0")
+    new.hello = Hello(role="worker")
+    assert call.frames_for(new) is frames
+    plain = call.frames_for(old)
     assert not plain[0][5] & FLAG_META
     assert protocol.decode(plain).trace == ""
-    _, frames, plain = make_request("t.x", [1], {}, Options(), False, DEFAULT_LIMITS)
-    assert plain is None
-    assert not frames[0][5] & FLAG_META
+    assert protocol.decode(plain).args == [1]
+    assert call.frames_for(old) is plain  # made once
+    _, untraced = make_request("t.x", [1], {}, Options(), False, DEFAULT_LIMITS)
+    assert not untraced[0][5] & FLAG_META
 
 
 def test_without_a_trace_option_a_call_carries_the_current_span() -> None:
@@ -64,9 +69,9 @@ def test_without_a_trace_option_a_call_carries_the_current_span() -> None:
         ctx = span.get_span_context()
         expected = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
         assert current_traceparent() == expected
-        _, frames, _ = make_request("t.x", [], {}, Options(), False, DEFAULT_LIMITS)
+        _, frames = make_request("t.x", [], {}, Options(), False, DEFAULT_LIMITS)
         assert protocol.decode(frames).trace == expected
-        _, frames, _ = make_request("t.x", [], {}, Options(trace=""), False, DEFAULT_LIMITS)
+        _, frames = make_request("t.x", [], {}, Options(trace=""), False, DEFAULT_LIMITS)
         assert protocol.decode(frames).trace == ""  # "" turns it off
 
 
