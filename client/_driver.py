@@ -224,11 +224,14 @@ class _Future(cf.Future):
         return self._state in _CANCELLED_STATES
 
     def result(self, timeout: float | None = None) -> Any:
-        if self._state == _FINISHED and self._exception is None:
-            return self._result
-        if not self.done():
-            self._zm_driver.wait(self.done, timeout, lambda: self._follow(timeout))
-        return super().result(timeout=0 if self.done() else timeout)
+        if self._state is not _FINISHED:
+            if not self.done():
+                self._zm_driver.wait(self.done, timeout, lambda: self._follow(timeout))
+            if self._state is not _FINISHED:  # cancelled, or not done in time
+                return super().result(timeout=0 if self.done() else timeout)
+        if self._exception is not None:
+            raise self._exception
+        return self._result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done():
