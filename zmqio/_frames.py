@@ -93,6 +93,11 @@ def receive_batch(
             frames = recv_message(sock)
             n += 1
             handle(frames)
+            if n == 1 and (sock.closed or not _get(sock, _EVENTS) & _POLLIN):
+                # A lone message, the common case of a quiet peer: asking EVENTS costs
+                # less than the zmq.Again a second receive would raise (an exception
+                # object built in Python), and re-arms the descriptor just the same.
+                break
     except zmq.Again:
         pass
     return n
