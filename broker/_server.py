@@ -36,6 +36,7 @@ import zmq
 import protocol
 from protocol import (
     DEFAULT_LIMITS,
+    Bundle,
     Cancel,
     Codec,
     Disconnect,
@@ -155,6 +156,8 @@ class Broker(RouterServer):
         self._clock = clock
         self._started = clock()
         self._clients: dict[bytes, float] = {}  # client -> last heard (those who said HELLO)
+        self._bundlers: set[bytes] = set()  # clients whose HELLO said they take BUNDLEs
+        self._held: dict[bytes, list[list[Any]]] = {}  # answers to bundle, this pump
         self._draining = False
         # What the last unasked HELLO said (capacity, threads, async slots, services,
         # async handlers): nothing yet.
@@ -205,6 +208,8 @@ class Broker(RouterServer):
         assert sock is not None
         if receive_batch(sock, self._on_message, _BATCH) == _BATCH:
             self._schedule_pump()  # more may wait: let timers and signals run first
+        if self._held:
+            self._send_held()
         self._run_outbox()
         self._maybe_announce()
         if has_input(sock):  # sending may have consumed the FD's edge
@@ -225,7 +230,10 @@ class Broker(RouterServer):
 
     # --- clients ------------------------------------------------------------------------------
 
-    def _on_client(self, peer: bytes, frames: list[zmq.Frame]) -> None:
+    def _on_client(self, peer: bytes, frames: list[Any], auth: zmq.Frame | None = None) -> None:
+        """``[peer, header, body, *oob]`` from a client. ``auth``: the frame whose ZAP
+        User-Id speaks for it (a bundled message's own frames are bytes: its BUNDLE's
+        frame does)."""
         limits = self.config.limits
         clients = self._clients
         if peer in clients:
@@ -250,7 +258,7 @@ class Broker(RouterServer):
                 self._bad(peer, too_many, frames[1])
                 return
             if self._gatekeeper is not None:
-                why = self._forbidden(frames[1], header.target)
+                why = self._forbidden(frames[1] if auth is None else auth, header.target)
                 if why is not None:
                     refused = Error(header.id, ErrorCode.FORBIDDEN, why, codec=header.codec)
                     self._send([peer, *protocol.encode(refused)])
@@ -266,16 +274,66 @@ class Broker(RouterServer):
             self._send([peer, *protocol.encode(Pong(header.id, header.codec))])
         elif kind is MessageType.HELLO:
             self._clients[peer] = self._clock()
+            self._note_bundles(peer, frames)
             self._send([peer, *protocol.encode(self._hello(header.id, header.codec))])
+        elif kind is MessageType.BUNDLE:
+            self._unbundle(peer, frames, auth)
         elif kind is MessageType.CANCEL:
             self.sched.cancel(peer, header.id)
         elif kind is MessageType.DISCONNECT:
-            self._clients.pop(peer, None)
+            self._forget_client(peer)
             self.sched.forget_client(peer)
         else:
             # Never answer an answer (ERROR, REPLY, PONG...): two peers doing that would
             # bounce errors forever. Count it and move on.
             self._count_bad(peer, f"a client sent a {kind.name}, which a broker does not take")
+
+    def _note_bundles(self, peer: bytes, frames: list[Any]) -> None:
+        """A client's HELLO: remember whether it takes BUNDLEs (SPEC 7.10)."""
+        try:
+            hello = protocol.decode(frames[1:], self.config.limits)
+        except ProtocolError:
+            hello = None
+        if type(hello) is Hello and hello.bundle:
+            self._bundlers.add(peer)
+        else:
+            self._bundlers.discard(peer)
+
+    def _unbundle(self, peer: bytes, frames: list[Any], auth: zmq.Frame | None) -> None:
+        """A client's BUNDLE: each message in it as if it had come alone (SPEC 7.10)."""
+        try:
+            msg = protocol.decode(frames[1:], self.config.limits)
+        except ProtocolError as exc:
+            self._bad(peer, exc, frames[1])  # (never answered: it may have held answers)
+            return
+        assert type(msg) is Bundle
+        auth = frames[1] if auth is None else auth
+        for header, body in msg.messages:
+            self._on_client(peer, [frames[0], header, body], auth)
+
+    def _to_client(self, client: bytes, frames: list[Any]) -> None:
+        """A worker's answer for ``client``: now, or with the others for it this pump
+        if it takes BUNDLEs (sent by `_send_held`)."""
+        if client in self._bundlers:
+            held = self._held.get(client)
+            if held is None:
+                self._held[client] = [frames]
+            else:
+                held.append(frames)
+        else:
+            self._send([client, *frames])
+
+    def _send_held(self) -> None:
+        """The answers held this pump, small ones bundled per client (SPEC 7.10)."""
+        held, self._held = self._held, {}
+        limits = self.config.limits
+        for client, answers in held.items():
+            for frames, _ in protocol.coalesce(answers, limits):
+                self._send([client, *frames])
+
+    def _forget_client(self, peer: bytes) -> None:
+        self._clients.pop(peer, None)
+        self._bundlers.discard(peer)
 
     def _late_from_unknown_worker(self, peer: bytes, frames: list[zmq.Frame]) -> bool:
         """``[peer, client, header…]`` from a worker we do not know (it was expired, or
@@ -400,6 +458,7 @@ class Broker(RouterServer):
             threads=0 if draining else sched.threads,
             async_slots=0 if draining else sched.async_slots,
             async_handlers=sched.async_handlers(),
+            bundle=True,  # a client may bundle (to a worker's link this means nothing)
         )
 
     def _maybe_announce(self) -> None:
@@ -539,17 +598,17 @@ class Broker(RouterServer):
         kind = header.type
         if kind is _REPLY:
             if sched.finish(wid, client, header.id):
-                self._send([client, *frames])
+                self._to_client(client, frames)
         elif kind is _ERROR:
             code = protocol.answer_code(frames, self.config.limits)
             if code == ErrorCode.DRAINING:
                 sched.refused(wid, client, header.id)
             elif sched.finish(wid, client, header.id):
-                self._send([client, *frames])
+                self._to_client(client, frames)
         elif kind is _PROGRESS:
             if sched.holds(wid, client, header.id):
                 sched.heard(wid)
-                self._send([client, *frames])
+                self._to_client(client, frames)
         else:
             self._count_bad(wid, f"a worker sent a {kind.name} about a request")
 
@@ -635,7 +694,7 @@ class Broker(RouterServer):
 
     def _peer_gone(self, peer: bytes) -> None:
         """A send found ``peer`` gone (EHOSTUNREACH): forget it."""
-        self._clients.pop(peer, None)
+        self._forget_client(peer)
         if peer in self.sched.workers:
             self.sched.remove(peer, "unreachable")  # its commands run with the next outbox
 
@@ -674,7 +733,7 @@ class Broker(RouterServer):
             self._run_outbox()
             self._maybe_announce()
             for client in [c for c, seen in self._clients.items() if now - seen > _CLIENT_FORGET_S]:
-                del self._clients[client]
+                self._forget_client(client)
             if self._draining and not self.sched.in_flight:
                 self._wake()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import zmq
 import zmq.auth
+from brokerkit import BrokeredMesh, wait_for, workers_ready
 from hostilekit import raw_dealer
 from hypothesis import given
 from hypothesis import strategies as st
@@ -274,3 +276,43 @@ def test_a_bundled_request_is_held_to_the_key_its_bundle_came_with(mesh: Mesh) -
     assert type(answers[2]) is Error
     assert answers[2].code == ErrorCode.FORBIDDEN
     assert "may not call service 'demo'" in answers[2].message
+
+
+@pytest.fixture
+def bmesh(short_tmp: Path) -> Iterator[BrokeredMesh]:
+    m = BrokeredMesh(short_tmp)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.mark.process
+def test_a_broker_takes_a_clients_bundles_and_answers_in_bundles_if_asked(
+    bmesh: BrokeredMesh,
+) -> None:
+    b = bmesh.broker()
+    bmesh.worker(b, args=("--concurrency", "4", "--broker-prefetch", "64"))
+    wait_for(b, workers_ready(1), bmesh)
+    requests = [protocol.encode(Request(i, "bk.echo", [i], {}, 10_000)) for i in range(1, 201)]
+    for takes in (True, False):
+        with raw_dealer(b.endpoint, rcvhwm=0) as sock:
+            sock.send_multipart(protocol.encode(Hello(1, bundle=takes)))
+            hello = protocol.decode(_read_all(sock, 1)[0])
+            assert type(hello) is Hello
+            assert hello.role == "broker"
+            assert hello.bundle
+            sock.send_multipart(protocol.bundle(requests[:100]))
+            sock.send_multipart(protocol.bundle(requests[100:]))
+            got = _read_all(sock, 200)
+            answers = _answers(got)
+            assert {i: answers[i].result for i in range(1, 201)} == {i: i for i in range(1, 201)}
+            bundled = [f for f in got if protocol.header_type(f[0]) is MessageType.BUNDLE]
+            if takes:
+                assert bundled, "200 quick answers to one client, and not one BUNDLE"
+            else:
+                assert not bundled, "a BUNDLE to a client whose HELLO did not ask for them"
+    # And the client library through the broker: it bundles, and every call is answered.
+    with Client([b.endpoint], timeout=20) as c:
+        futures = [c.submit("bk.echo", i) for i in range(2000)]
+        assert [f.result() for f in futures] == list(range(2000))
