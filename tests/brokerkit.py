@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +128,13 @@ def workers_ready(n: int) -> Callable[[dict[str, Any]], bool]:
     return lambda st: (
         sum(1 for w in st["workers"] if w["state"] == "ready" and w["credit"] > 0) == n
     )
+
+
+@pytest.fixture
+def bmesh(short_tmp: Path) -> Iterator[BrokeredMesh]:
+    """Start brokers and workers with `BrokeredMesh.broker`/`.worker`; all die at the end."""
+    m = BrokeredMesh(short_tmp)
+    try:
+        yield m
+    finally:
+        m.close()

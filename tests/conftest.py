@@ -14,6 +14,8 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "zeromesh"))
 
 # Fixtures that start real worker processes (see tests/meshkit.py).
+# Brokers and their workers (see tests/brokerkit.py).
+from brokerkit import bmesh  # noqa: E402, F401
 from meshkit import mesh, short_tmp  # noqa: E402, F401
 
 # Two hosts on one machine, for the tests that need a real network (tests/netkit.py).

@@ -7,8 +7,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,16 +19,6 @@ from protocol import Error, ErrorCode, Hello, Reply, Request
 from zeromesh._cli import main as zeromesh
 
 pytestmark = pytest.mark.process
-
-
-@pytest.fixture
-def bmesh(short_tmp: Path) -> Iterator[BrokeredMesh]:
-    """Start brokers and workers with `BrokeredMesh.broker`/`.worker`; all die at the end."""
-    m = BrokeredMesh(short_tmp)
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 def held_by(st: dict, pid: int | None = None) -> list[dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -276,15 +275,6 @@ def test_a_bundled_request_is_held_to_the_key_its_bundle_came_with(mesh: Mesh) -
     assert type(answers[2]) is Error
     assert answers[2].code == ErrorCode.FORBIDDEN
     assert "may not call service 'demo'" in answers[2].message
-
-
-@pytest.fixture
-def bmesh(short_tmp: Path) -> Iterator[BrokeredMesh]:
-    m = BrokeredMesh(short_tmp)
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 @pytest.mark.process

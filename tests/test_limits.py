@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +28,6 @@ pytestmark = pytest.mark.process  # tier 2: starts real processes
 TEST_ENV = {"PYTHONPATH": os.path.dirname(__file__)}
 OVER_DEFAULT = DEFAULT_LIMITS.max_message_bytes + 1
 """A frame one byte over the default limit: every socket must drop it."""
-
-
-@pytest.fixture
-def bmesh(short_tmp: Path) -> Iterator[BrokeredMesh]:
-    m = BrokeredMesh(short_tmp)
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 def float_array(mib: int) -> np.ndarray:
