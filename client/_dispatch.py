@@ -58,10 +58,10 @@ Peers that said the same in their HELLO (role, handlers, async handlers, protoco
 share a `_Profile`; the READY peers of the profiles that serve a target sit in one
 `_Pool`, in buckets by how many requests of that target's kind each holds, so a pick
 reads the first peer of the lowest bucket and a request sent or answered moves its
-peer one bucket. Timers are heaps: one of per-peer due times for the heartbeat (a
-tick looks at the peers due, and a peer heard from since its entry was pushed is
-pushed again for later, not pinged), one of rests. What changes the index (a HELLO,
-a state change, a rest) goes through `Dispatcher._set_state`, `_leave` and `_join`.
+peer one bucket. Rests end from a heap, not a scan of the peers. What changes the
+index (a HELLO, a state change, a rest) goes through `Dispatcher._set_state`,
+`_leave` and `_join`. The heartbeat (`tick`) still looks at every peer: each is due
+every heartbeat, for a PING or for a look at when it was last heard.
 
 Not thread-safe: one loop drives it (`capacity` may be read from any thread).
 """
@@ -142,9 +142,6 @@ _PLAIN, _ASYNC, _ALL, _OUT = 0, 1, 2, 3
 """What bounds a request at a peer: its plain requests against ``threads``, its async
 ones against ``async_slots``, or (a 1.0 peer) all of them against ``capacity``. (`_OUT`:
 none, the peer leaves a pool.)"""
-_EARLY = 1e-6
-"""Heartbeat entries fall due this much early: a tick compares ``now - last_seen`` with
-the interval, and rounding must never make an entry pop one tick late."""
 _MAX_TARGETS = 4096
 """Targets whose pool is remembered; past it the table starts over (a client calling
 many made-up names through a broker must not grow it without bound)."""
@@ -247,7 +244,6 @@ class Peer:
         "state",
         "targets",
         "threads",
-        "watch",
     )
 
     def __init__(self, endpoint: str, link: Any = None) -> None:
@@ -269,10 +265,9 @@ class Peer:
         self.resting_until = 0.0  # it answered OVERLOADED: nothing new for it until then
         self.refused = ""  # why its last handshake failed (CURVE), until one succeeds
         # The Dispatcher's index (module docstring, "What it costs"):
-        self.seq = 0  # its place in Dispatcher.peers (greetings and new pools go in that order)
+        self.seq = 0  # its place in Dispatcher.peers (a new pool takes peers in that order)
         self.profile: _Profile | None = None  # what its last HELLO said it serves
         self.pools: list[tuple[_Pool, int]] | None = None  # while READY: its profile's
-        self.watch = 0  # its live entry in the heartbeat heap (0: none, CONNECTING)
 
     def serves(self, target: str) -> bool:
         return self.role == "broker" or target in self.targets
@@ -457,8 +452,6 @@ class Dispatcher:
         self._unnamed = 0  # peers that have not said HELLO yet
         self._capacity = 0  # of the READY peers, kept as they change: read by any thread
         self._rests: list[tuple[float, int, Peer]] = []  # (until, entry, peer)
-        self._greet: dict[Peer, None] = {}  # CONNECTING and DRAINING peers: HELLO each tick
-        self._watch: list[tuple[float, int, Peer]] = []  # (due, entry, peer): the heartbeat
         self._entries = itertools.count(1)
 
     def add_peer(self, peer: Peer) -> Peer:
@@ -466,7 +459,6 @@ class Dispatcher:
         self.peers.append(peer)
         peer.seq = len(self.peers)
         self._unnamed += 1
-        self._greet[peer] = None
         return peer
 
     # --- calls -------------------------------------------------------------------------------
@@ -720,23 +712,18 @@ class Dispatcher:
     def tick(self) -> None:
         """Every heartbeat: greet, ping quiet peers, lose silent ones, dispatch.
 
-        Looks only at the peers whose entry in the heartbeat heap is due, and at those
-        it greets (CONNECTING and DRAINING): a peer heard from since its entry was
-        pushed gets a later one, nothing else.
+        A scan of every peer: each one is due every heartbeat anyway (a quiet one for
+        a PING, a busy one for a look at when it was heard), and a look costs less
+        here than a heap's push and pop would (`bench/cores.py`).
         """
         if self.closed:
             return
         now = self.clock()
         hb = self.heartbeat
         out = self.outbox
-        watch = self._watch
-        lost: set[Peer] = set()
-        while watch:
-            due, entry, peer = watch[0]
-            if due > now:
-                break
-            if entry != peer.watch:
-                heapq.heappop(watch)  # superseded, or the peer is CONNECTING
+        for peer in self.peers:
+            if peer.state is _CONNECTING:
+                out.append(SendHello(peer))
                 continue
             quiet = now - peer.last_seen
             if quiet > LIVENESS * hb:
@@ -746,20 +733,14 @@ class Dispatcher:
                     LIVENESS,
                     quiet,
                 )
-                heapq.heappop(watch)
-                lost.add(peer)
                 self._lost(peer, f"silent for {quiet:.1f} s")
-                continue
-            if peer.state is _READY and quiet > hb * 0.9 and now - peer.pinged_at > hb * 0.9:
+            elif peer.state is _DRAINING:
+                # HELLO, not PING: if a fresh worker replaced the draining one on this
+                # endpoint and we missed the disconnect, its answer makes it READY again.
+                out.append(SendHello(peer))
+            elif quiet > hb * 0.9 and now - peer.pinged_at > hb * 0.9:
                 peer.pinged_at = now
                 out.append(SendPing(peer))
-            # Not before the next tick: this one has looked at it.
-            heapq.heapreplace(watch, (max(self._due(peer), now + _EARLY), entry, peer))
-        # HELLO, not PING, to a draining peer: if a fresh worker replaced it on its
-        # endpoint and we missed the disconnect, its answer makes it READY again.
-        for peer in sorted(self._greet, key=_by_seq):
-            if peer not in lost:
-                out.append(SendHello(peer))
         self._dispatch_all()
 
     def on_timer(self) -> None:
@@ -1032,21 +1013,12 @@ class Dispatcher:
             pool.update(peer, kind)
 
     def _set_state(self, peer: Peer, state: str) -> None:
-        """Every change of a peer's state goes through here: its pools, greetings and
-        heartbeat entry follow."""
-        if peer.state is state:
-            return
+        """Every change of a peer's state goes through here: its pools follow."""
         peer.state = state
         if state is _READY:
             self._join(peer)
-            self._greet.pop(peer, None)
         else:
             self._leave(peer)
-            self._greet[peer] = None
-        if state is _CONNECTING:
-            peer.watch = 0  # its entry goes stale; greeting it is the work now
-        else:
-            self._arm(peer)
 
     def _join(self, peer: Peer) -> None:
         """Put a READY ``peer`` in its profile's pools (if it is not in them)."""
@@ -1070,25 +1042,6 @@ class Dispatcher:
         for pool, _ in pools:
             pool.ready -= 1
             pool.update(peer, _OUT)
-
-    def _arm(self, peer: Peer) -> None:
-        """Push ``peer``'s heartbeat entry (the one before it goes stale)."""
-        entry = peer.watch = next(self._entries)
-        heapq.heappush(self._watch, (self._due(peer), entry, peer))
-
-    def _due(self, peer: Peer) -> float:
-        """When `tick` must look at ``peer`` next: when it is due a PING (READY) or to be
-        lost, as far as its ``last_seen`` says now (it only ever moves later: a peer
-        heard from meanwhile is looked at, and its entry pushed back, for nothing)."""
-        hb = self.heartbeat
-        seen = peer.last_seen
-        due = seen + LIVENESS * hb
-        if peer.state is _READY:
-            pinged = peer.pinged_at
-            ping = (seen if seen > pinged else pinged) + hb * 0.9
-            if ping < due:
-                due = ping
-        return due - _EARLY
 
     def _profile(self, peer: Peer) -> None:
         """File ``peer`` (out of its pools) under the profile its HELLO says."""
