@@ -19,8 +19,9 @@ Rows:
 * client, tick: one `Dispatcher.tick` over those peers, all heard from just now (busy)
   and all quiet for a heartbeat (idle: every one is pinged).
 * broker, idle: a second of `Scheduler.tick` every 50 ms (the shell's ticker) with
-  10 / 1,000 / 5,000 registered workers, each heard once a second (its PING), in ms
-  of CPU per second of clock: the share of a core the scheduler's heartbeat work takes.
+  10 / 1,000 / 5,000 registered workers, each heard once a second (`heard`, for its
+  PING), in ms of CPU per second of clock: the share of a core the scheduler's
+  heartbeat work takes (not the shell's: decoding and answering the PINGs).
 * broker, dispatch: `submit` + `finish` + `ready(1)` per request over those workers.
 """
 
@@ -166,8 +167,9 @@ def broker_rig(n: int) -> tuple[Scheduler, FakeClock, list[bytes]]:
 
 
 def broker_idle(n: int, seconds: int) -> float:
-    """ms of `tick` per second of clock: ticks every 50 ms, each worker heard once a
-    second (its PING, spread over the second as real pings are)."""
+    """ms of the scheduler's heartbeat work per second of clock: `heard` for each
+    worker's PING (once a second, spread over it as real pings are) and a `tick`
+    every 50 ms."""
     s, clock, wids = broker_rig(n)
     ticks = 20
     per_tick = [wids[i::ticks] for i in range(ticks)]
@@ -175,9 +177,9 @@ def broker_idle(n: int, seconds: int) -> float:
     for _ in range(seconds):
         for group in per_tick:
             clock.now += 1.0 / ticks
+            t = time.process_time()
             for w in group:
                 s.heard(w)
-            t = time.process_time()
             s.tick()
             total += time.process_time() - t
             assert len(s.workers) == n, "a worker that was heard expired"

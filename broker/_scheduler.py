@@ -24,6 +24,12 @@ Rules (protocol/SPEC.md, section 12, says the same for other implementations):
 * A queue holding ``max_queue`` requests answers the next one OVERLOADED at once.
 * Every request accepted gets exactly one answer: the worker's reply (forwarded once;
   later replies for it are dropped and counted as late) or one `Answer` from here.
+
+What it costs: the shell ticks twenty times a heartbeat, and each worker is heard
+about once a heartbeat (its PING). The workers stand in order of when they were last
+heard (one queue per liveness, as their heartbeats may differ): hearing from one
+moves it to the end, and `tick` looks at the front of each queue only, so it costs
+the workers that expire, not the number of workers (issue 18).
 """
 
 from __future__ import annotations
@@ -233,6 +239,9 @@ class Scheduler:
         self._ever_served: set[str] = set()
         self._deadlines: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
+        # By liveness: the workers, least lately heard first (module docstring, "What
+        # it costs").
+        self._silence: dict[float, OrderedDict[bytes, WorkerRecord]] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "accepted",
@@ -310,6 +319,7 @@ class Scheduler:
         else:
             self._withdraw(w)
             self._delist(w)
+            self._unwatch(w)
             w.credit = 0
         w.name, w.host, w.pid = name, host, pid
         w.protocol = protocol
@@ -323,7 +333,11 @@ class Scheduler:
         }
         w.draining = False
         w.last_seen = now
-        w.liveness = self.liveness * max(heartbeat, 0.01)
+        w.liveness = liveness = self.liveness * max(heartbeat, 0.01)
+        queue = self._silence.get(liveness)
+        if queue is None:
+            queue = self._silence[liveness] = OrderedDict()
+        queue[wid] = w  # (at the end: heard just now)
         self._ever_served.update(w.services)
         self._enlist(w)
 
@@ -332,7 +346,7 @@ class Scheduler:
         w = self.workers.get(wid)
         if w is None:
             return False
-        w.last_seen = self.clock()
+        self._heard(w)
         if credit <= 0 or w.draining:
             return True
         was = w.credit
@@ -350,7 +364,7 @@ class Scheduler:
         w = self.workers.get(wid)
         if w is None:
             return False
-        w.last_seen = self.clock()
+        self._heard(w)
         return True
 
     def disconnect(self, wid: bytes) -> None:
@@ -358,7 +372,7 @@ class Scheduler:
         w = self.workers.get(wid)
         if w is None or w.draining:
             return
-        w.last_seen = self.clock()
+        self._heard(w)
         self._withdraw(w)
         self._delist(w)
         w.draining = True
@@ -375,6 +389,7 @@ class Scheduler:
             return set()
         self._withdraw(w)
         self._delist(w)
+        self._unwatch(w)
         now = self.clock()
         touched: set[str] = set()
         # Put back in reverse so the oldest ends up at the head of its queue.
@@ -410,7 +425,7 @@ class Scheduler:
         if w is None:
             self.counters["late_replies"] += 1
             return False
-        w.last_seen = self.clock()
+        self._heard(w)
         job = w.in_flight.pop((client, rid), None)
         if job is None:
             self.counters["late_replies"] += 1
@@ -437,7 +452,7 @@ class Scheduler:
         if w is None:
             self.counters["late_replies"] += 1
             return
-        w.last_seen = self.clock()
+        self._heard(w)
         self._withdraw(w)
         w.credit = 0
         job = w.in_flight.pop((client, rid), None)
@@ -543,13 +558,22 @@ class Scheduler:
     # --- time ----------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Expire silent workers and queued requests whose time is up."""
+        """Expire silent workers and queued requests whose time is up.
+
+        Looks at the least lately heard worker of each liveness, and past it only at
+        those that expire.
+        """
         now = self.clock()
         touched: set[str] = set()
         # Remove every silent worker before dispatching: none of them may be given work.
-        for w in [w for w in self.workers.values() if now - w.last_seen > w.liveness]:
-            self.counters["workers_expired"] += 1
-            touched |= self._remove(w.id, f"silent for {now - w.last_seen:.1f} s")
+        for liveness, queue in list(self._silence.items()):
+            while queue:
+                w = next(iter(queue.values()))
+                silent = now - w.last_seen
+                if silent <= liveness:
+                    break
+                self.counters["workers_expired"] += 1
+                touched |= self._remove(w.id, f"silent for {silent:.1f} s")
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             _, _, job = heapq.heappop(heap)
@@ -561,7 +585,10 @@ class Scheduler:
 
     def next_wakeup(self) -> float | None:
         """When `tick` next has something to do (a clock reading), None if never."""
-        times = [w.last_seen + w.liveness for w in self.workers.values()]
+        times = [
+            next(iter(queue.values())).last_seen + liveness
+            for liveness, queue in self._silence.items()
+        ]
         heap = self._deadlines
         while heap and heap[0][2].state is not QUEUED:
             heapq.heappop(heap)  # dispatched or answered meanwhile
@@ -659,6 +686,18 @@ class Scheduler:
         }
 
     # --- internals --------------------------------------------------------------------------------
+
+    def _heard(self, w: WorkerRecord) -> None:
+        """``w`` is alive now: to the end of its queue (module docstring)."""
+        w.last_seen = self.clock()
+        self._silence[w.liveness].move_to_end(w.id)
+
+    def _unwatch(self, w: WorkerRecord) -> None:
+        """Take ``w`` out of its queue (it leaves, or its liveness changes)."""
+        queue = self._silence[w.liveness]
+        del queue[w.id]
+        if not queue:
+            del self._silence[w.liveness]
 
     def _send(self, w: WorkerRecord, job: Job) -> None:
         job.state = IN_FLIGHT

@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,9 @@ class Broker(RouterServer):
         self.protocol_errors = 0
         self._clock = clock
         self._started = clock()
-        self._clients: dict[bytes, float] = {}  # client -> last heard (those who said HELLO)
+        # client -> last heard (those who said HELLO), the least lately heard first: the
+        # ticker forgets from the front, whatever the number of clients.
+        self._clients: OrderedDict[bytes, float] = OrderedDict()
         self._draining = False
         # What the last unasked HELLO said (capacity, threads, async slots, services,
         # async handlers): nothing yet.
@@ -230,6 +233,7 @@ class Broker(RouterServer):
         clients = self._clients
         if peer in clients:
             clients[peer] = self._clock()
+            clients.move_to_end(peer)
         try:
             header = protocol.decode_header(frames[1], limits)
         except ProtocolError as exc:
@@ -673,8 +677,9 @@ class Broker(RouterServer):
                 )
             self._run_outbox()
             self._maybe_announce()
-            for client in [c for c, seen in self._clients.items() if now - seen > _CLIENT_FORGET_S]:
-                del self._clients[client]
+            clients = self._clients
+            while clients and now - next(iter(clients.values())) > _CLIENT_FORGET_S:
+                clients.popitem(last=False)
             if self._draining and not self.sched.in_flight:
                 self._wake()
 
