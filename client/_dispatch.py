@@ -58,10 +58,12 @@ Peers that said the same in their HELLO (role, handlers, async handlers, protoco
 share a `_Profile`; the READY peers of the profiles that serve a target sit in one
 `_Pool`, in buckets by how many requests of that target's kind each holds, so a pick
 reads the first peer of the lowest bucket and a request sent or answered moves its
-peer one bucket. Rests end from a heap, not a scan of the peers. What changes the
-index (a HELLO, a state change, a rest) goes through `Dispatcher._set_state`,
-`_leave` and `_join`. The heartbeat (`tick`) still looks at every peer: each is due
-every heartbeat, for a PING or for a look at when it was last heard.
+peer one bucket. Rests end from a heap, not a scan of the peers. The READY and
+DRAINING peers stand in order of when they were last heard (what proves a peer alive
+moves it to the end), so a heartbeat (`tick`) looks at the quiet ones at the front,
+due a PING or lost, and stops at the first heard lately; it greets the CONNECTING
+and DRAINING ones from a set of their own. What changes the index (a HELLO, a state
+change, a rest) goes through `Dispatcher._set_state`, `_leave` and `_join`.
 
 Not thread-safe: one loop drives it (`capacity` may be read from any thread).
 """
@@ -452,6 +454,9 @@ class Dispatcher:
         self._unnamed = 0  # peers that have not said HELLO yet
         self._capacity = 0  # of the READY peers, kept as they change: read by any thread
         self._rests: list[tuple[float, int, Peer]] = []  # (until, entry, peer)
+        self._heard: OrderedDict[Peer, None] = OrderedDict()  # not CONNECTING; least
+        # lately heard first (module docstring, "What it costs")
+        self._greet: dict[Peer, None] = {}  # CONNECTING and DRAINING: a HELLO each tick
         self._entries = itertools.count(1)
 
     def add_peer(self, peer: Peer) -> Peer:
@@ -459,6 +464,7 @@ class Dispatcher:
         self.peers.append(peer)
         peer.seq = len(self.peers)
         self._unnamed += 1
+        self._greet[peer] = None
         return peer
 
     # --- calls -------------------------------------------------------------------------------
@@ -606,7 +612,8 @@ class Dispatcher:
         if first:
             self._unnamed -= 1
         peer.hello = msg
-        peer.hello_at = peer.last_seen = now
+        self._stamp(peer)
+        peer.hello_at = now
         targets = _targets(msg.services)
         async_targets = _targets(msg.async_handlers)
         ready = msg.capacity > 0
@@ -655,11 +662,12 @@ class Dispatcher:
     def disconnect(self, peer: Peer, reason: str) -> None:
         """``peer`` drains: it gets nothing new; its answers to what it holds still count."""
         log.info("%s is draining (%s): sending it nothing new", peer.endpoint, reason)
+        self._stamp(peer)  # (it spoke: alive now)
         self._set_state(peer, _DRAINING)
 
     def heard(self, peer: Peer) -> None:
         """A batch of messages from ``peer`` was handled: it lives; send what it freed."""
-        peer.last_seen = self.clock()
+        self._stamp(peer)
         self._dispatch_all()
 
     def handshake(self, peer: Peer) -> None:
@@ -712,35 +720,39 @@ class Dispatcher:
     def tick(self) -> None:
         """Every heartbeat: greet, ping quiet peers, lose silent ones, dispatch.
 
-        A scan of every peer: each one is due every heartbeat anyway (a quiet one for
-        a PING, a busy one for a look at when it was heard), and a look costs less
-        here than a heap's push and pop would (`bench/cores.py`).
+        Looks at the peers quiet for most of an interval (the front of the order of
+        the heard) and those it greets, not at the peers heard from lately.
         """
         if self.closed:
             return
         now = self.clock()
         hb = self.heartbeat
         out = self.outbox
-        for peer in self.peers:
-            if peer.state is _CONNECTING:
-                out.append(SendHello(peer))
-                continue
+        gone: list[tuple[Peer, float]] = []
+        for peer in self._heard:  # least lately heard first
             quiet = now - peer.last_seen
+            if quiet <= hb * 0.9:
+                break  # it and all behind it were heard lately
             if quiet > LIVENESS * hb:
-                log.warning(
-                    "worker at %s missed %d heartbeats (silent %.1f s): treating it as lost",
-                    peer.endpoint,
-                    LIVENESS,
-                    quiet,
-                )
-                self._lost(peer, f"silent for {quiet:.1f} s")
-            elif peer.state is _DRAINING:
-                # HELLO, not PING: if a fresh worker replaced the draining one on this
-                # endpoint and we missed the disconnect, its answer makes it READY again.
-                out.append(SendHello(peer))
-            elif quiet > hb * 0.9 and now - peer.pinged_at > hb * 0.9:
+                gone.append((peer, quiet))
+            elif peer.state is _READY and now - peer.pinged_at > hb * 0.9:
                 peer.pinged_at = now
                 out.append(SendPing(peer))
+        for peer, quiet in gone:
+            log.warning(
+                "worker at %s missed %d heartbeats (silent %.1f s): treating it as lost",
+                peer.endpoint,
+                LIVENESS,
+                quiet,
+            )
+            self._lost(peer, f"silent for {quiet:.1f} s")
+        # HELLO, not PING, to a draining peer too: if a fresh worker replaced it on its
+        # endpoint and we missed the disconnect, its answer makes it READY again. (Not
+        # yet to one lost just now.)
+        lost_now = {peer for peer, _ in gone}
+        for peer in sorted(self._greet, key=_by_seq):
+            if peer not in lost_now:
+                out.append(SendHello(peer))
         self._dispatch_all()
 
     def on_timer(self) -> None:
@@ -1013,12 +1025,28 @@ class Dispatcher:
             pool.update(peer, kind)
 
     def _set_state(self, peer: Peer, state: str) -> None:
-        """Every change of a peer's state goes through here: its pools follow."""
+        """Every change of a peer's state goes through here: its pools, the order of
+        the heard and the greetings follow."""
+        old = peer.state
+        if old is state:
+            return
         peer.state = state
         if state is _READY:
             self._join(peer)
+            self._greet.pop(peer, None)
         else:
             self._leave(peer)
+            self._greet[peer] = None
+        if state is _CONNECTING:
+            del self._heard[peer]
+        elif old is _CONNECTING:
+            self._heard[peer] = None  # at the end: HELLO and DISCONNECT stamp it first
+
+    def _stamp(self, peer: Peer) -> None:
+        """``peer`` is alive now: to the end of the order of the heard."""
+        peer.last_seen = self.clock()
+        if peer.state is not _CONNECTING:
+            self._heard.move_to_end(peer)
 
     def _join(self, peer: Peer) -> None:
         """Put a READY ``peer`` in its profile's pools (if it is not in them)."""

@@ -1057,12 +1057,27 @@ class DispatcherMachine(RuleBasedStateMachine):
                 assert not free, f"{head} waits while {p} could take it"
 
     @invariant()
+    def the_heartbeat_order_agrees_with_the_peers(self) -> None:
+        if self.rig is not None:
+            _check_heartbeat_order(self.r.d)
+
+    @invariant()
     def retries_never_exceed_attempts(self) -> None:
         if self.rig is None:
             return
         for rid, call in self.r.d.calls.items():
             assert call.attempts >= 1
             assert self.deliveries[rid] <= self.retries[rid] + 1
+
+
+def _check_heartbeat_order(d: Dispatcher) -> None:
+    """The peers a tick looks at: all but the CONNECTING ones, least lately heard first;
+    the ones it greets: the CONNECTING and DRAINING ones."""
+    order = list(d._heard)
+    assert set(order) == {p for p in d.peers if p.state is not CONNECTING}
+    seen = [p.last_seen for p in order]
+    assert seen == sorted(seen)
+    assert set(d._greet) == {p for p in d.peers if p.state is not READY}
 
 
 TestDispatcherMachine = DispatcherMachine.TestCase
@@ -1411,6 +1426,7 @@ class PickMachine(RuleBasedStateMachine):
             assert {p: b for b, q in pool.buckets.items() for p in q} == want
             assert pool.low == (min(want.values()) if want else -1)
         assert d.capacity() == sum(p.capacity for p in d.peers if p.state is READY)
+        _check_heartbeat_order(d)
 
     @invariant()
     def no_free_peer_beside_a_waiting_call(self) -> None:
