@@ -22,6 +22,9 @@ Rows:
   10 / 1,000 / 5,000 registered workers, each heard once a second (`heard`, for its
   PING), in ms of CPU per second of clock: the share of a core the scheduler's
   heartbeat work takes (not the shell's: decoding and answering the PINGs).
+* broker, joining: `register` + `ready` per worker, and what the broker's HELLO
+  answer to it says (capacity, threads, async slots, in flight, services, async
+  handlers of all the serving workers), µs per worker as 10 / 1,000 / 5,000 join.
 * broker, dispatch: `submit` + `finish` + `ready(1)` per request over those workers.
 """
 
@@ -186,6 +189,20 @@ def broker_idle(n: int, seconds: int) -> float:
     return total / seconds * 1e3
 
 
+def broker_join(n: int) -> float:
+    """µs per worker joining: `register`, `ready`, and what the broker's HELLO answer to
+    it says (the totals and unions of every serving worker)."""
+    clock = FakeClock()
+    s = Scheduler(clock=clock, grace=0.0)
+    start = time.process_time()
+    for i in range(n):
+        w = b"w%05d" % i
+        s.register(w, services={"bench": ["echo", "wait"]}, capacity=10, heartbeat=1.0)
+        s.ready(w, 10)
+        (s.capacity, s.threads, s.async_slots, s.in_flight, s.services(), s.async_handlers())
+    return (time.process_time() - start) / n * 1e6
+
+
 def broker_dispatch(n: int, requests: int) -> float:
     """µs per request: submit (sent at once: credit is free), finish, READY 1."""
     s, _, _ = broker_rig(n)
@@ -226,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in (10, 1000, 5000):
         ms = _best(lambda n=n: broker_idle(n, seconds), repeat)
         print(f"  {n:>5} workers {ms:8.3f} ms/s  ({ms / 10:.3f}% of a core)")
+    print("broker (Scheduler), workers joining: µs per worker (register, ready, HELLO's totals)")
+    base = 0.0
+    for n in (10, 1000, 5000):
+        us = _best(lambda n=n: broker_join(n), repeat)
+        base = base or us
+        print(f"  {n:>5} workers {us:7.2f} µs   {us / base:5.2f}x of 10 workers")
     print("broker (Scheduler), dispatch: µs per request (submit + finish + ready)")
     base = 0.0
     for n in (10, 1000, 5000):

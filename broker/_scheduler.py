@@ -29,7 +29,10 @@ What it costs: the shell ticks twenty times a heartbeat, and each worker is hear
 about once a heartbeat (its PING). The workers stand in order of when they were last
 heard (one queue per liveness, as their heartbeats may differ): hearing from one
 moves it to the end, and `tick` looks at the front of each queue only, so it costs
-the workers that expire, not the number of workers (issue 18).
+the workers that expire, not the number of workers (issue 18). What the broker's
+HELLO says of its workers together (capacity, threads, async slots, in flight,
+services) is kept up to date as they join, drain and leave, not added up per HELLO:
+1,000 workers joining had cost a million steps.
 """
 
 from __future__ import annotations
@@ -233,9 +236,16 @@ class Scheduler:
         self._depth: dict[str, int] = {}  # live (QUEUED) jobs per queue
         # Per service: the workers with credit, least recently given work first.
         self._avail: dict[str, OrderedDict[bytes, WorkerRecord]] = {}
-        # How many live, non-draining workers serve each service and each target.
+        # How many live, non-draining workers serve each service and each target; what
+        # they offer all together (`_offer`: kept as workers come and go, so a HELLO,
+        # which says it, costs the same with 10 workers or 5,000).
         self._providers: dict[str, int] = {}
         self._target_count: dict[str, int] = {}
+        self._handlers: dict[tuple[str, str], int] = {}  # (service, handler)
+        self._async_services: dict[str, int] = {}
+        self._async_handlers: dict[tuple[str, str], int] = {}
+        self._capacity = self._threads = self._async_slots = 0
+        self._in_flight = 0  # requests at workers, all together
         self._ever_served: set[str] = set()
         self._deadlines: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
@@ -411,6 +421,7 @@ class Scheduler:
                 self._tally("requeued", job)
                 self._requeue(job)
                 touched.add(job.service)
+        self._in_flight -= len(w.in_flight)
         w.in_flight.clear()
         touched.update(w.services)
         return touched
@@ -430,6 +441,7 @@ class Scheduler:
         if job is None:
             self.counters["late_replies"] += 1
             return False
+        self._in_flight -= 1
         job.state = DONE
         job.worker = None
         del self.jobs[job.key]
@@ -459,6 +471,7 @@ class Scheduler:
         if job is None:
             self.counters["late_replies"] += 1
             return
+        self._in_flight -= 1
         self.counters["refused"] += 1
         job.deliveries -= 1
         job.worker = None
@@ -613,6 +626,7 @@ class Scheduler:
                 if job.state is IN_FLIGHT:
                     self.counters["worker_lost"] += 1
                     self._answer(job, ErrorCode.WORKER_LOST, f"{job.target}: {why}")
+            self._in_flight -= len(w.in_flight)
             w.in_flight.clear()
 
     # --- reading the state ----------------------------------------------------------------------
@@ -620,7 +634,7 @@ class Scheduler:
     @property
     def capacity(self) -> int:
         """Requests the registered, non-draining workers run at once, all together."""
-        return sum(w.capacity for w in self.workers.values() if not w.draining)
+        return self._capacity
 
     @property
     def threads(self) -> int:
@@ -628,24 +642,25 @@ class Scheduler:
 
         A 1.0 worker (it did not say) counts with its whole capacity: it names no async
         handler, so a client counts everything it sends there as plain."""
-        return sum(w.threads or w.capacity for w in self.workers.values() if not w.draining)
+        return self._threads
 
     @property
     def async_slots(self) -> int:
         """``async`` requests the registered, non-draining workers run at once, together."""
-        return sum(w.async_slots for w in self.workers.values() if not w.draining)
+        return self._async_slots
 
     @property
     def in_flight(self) -> int:
-        return sum(len(w.in_flight) for w in list(self.workers.values()))
+        """Requests at workers now (safe to read from any thread)."""
+        return self._in_flight
 
     def services(self) -> dict[str, list[str]]:
         """Union of the services of the non-draining workers, with their handlers."""
-        return _union(w.services for w in self.workers.values() if not w.draining)
+        return _grouped(self._providers, self._handlers)
 
     def async_handlers(self) -> dict[str, list[str]]:
         """Union of the non-draining workers' ``async`` handlers, by service."""
-        return _union(w.async_handlers for w in self.workers.values() if not w.draining)
+        return _grouped(self._async_services, self._async_handlers)
 
     def queue_depths(self) -> dict[str, int]:
         return {s: n for s, n in sorted(self._depth.items()) if n}
@@ -704,6 +719,7 @@ class Scheduler:
         job.worker = w.id
         job.deliveries += 1
         w.in_flight[job.key] = job
+        self._in_flight += 1
         w.credit -= 1
         self._tally("dispatched", job)
         if w.credit <= 0:
@@ -812,20 +828,31 @@ class Scheduler:
         if w.enlisted or w.draining:
             return
         w.enlisted = True
-        self.generation += 1
-        for s in w.services:
-            self._providers[s] = self._providers.get(s, 0) + 1
-        for t in w.targets:
-            self._target_count[t] = self._target_count.get(t, 0) + 1
+        self._offer(w, 1)
 
     def _delist(self, w: WorkerRecord) -> None:
         if not w.enlisted:
             return
         w.enlisted = False
+        self._offer(w, -1)
+
+    def _offer(self, w: WorkerRecord, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) what ``w`` offers: the counts of who
+        serves what, and the totals a HELLO announces."""
         self.generation += 1
-        for counts, keys in ((self._providers, w.services), (self._target_count, w.targets)):
+        self._capacity += sign * w.capacity
+        self._threads += sign * (w.threads or w.capacity)  # (the `threads` rule)
+        self._async_slots += sign * w.async_slots
+        counted: tuple[tuple[dict[Any, int], Iterable[Any]], ...] = (
+            (self._providers, w.services),
+            (self._target_count, w.targets),
+            (self._handlers, _pairs(w.services)),
+            (self._async_services, w.async_handlers),
+            (self._async_handlers, _pairs(w.async_handlers)),
+        )
+        for counts, keys in counted:
             for k in keys:
-                n = counts[k] - 1
+                n = counts.get(k, 0) + sign
                 if n:
                     counts[k] = n
                 else:
@@ -847,12 +874,18 @@ class Scheduler:
         )
 
 
-def _union(maps: Iterable[dict[str, list[str]]]) -> dict[str, list[str]]:
-    """Service -> handler names, merged over ``maps``, sorted."""
-    out: dict[str, set[str]] = {}
-    for m in maps:
-        for s, hs in m.items():
-            out.setdefault(s, set()).update(hs)
+def _pairs(handlers: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(service, handler) of each handler in a service -> handler names map."""
+    return [(s, h) for s, hs in handlers.items() for h in hs]
+
+
+def _grouped(
+    services: dict[str, int], handlers: dict[tuple[str, str], int]
+) -> dict[str, list[str]]:
+    """Service -> sorted handler names, from the counts of services and of handlers."""
+    out: dict[str, set[str]] = {s: set() for s in services}
+    for s, h in handlers:
+        out.setdefault(s, set()).add(h)
     return {s: sorted(hs) for s, hs in sorted(out.items())}
 
 

@@ -381,9 +381,24 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert isinstance(cmd, CancelAt)
                 assert cmd.job.key in self.held[cmd.worker]
 
-    @rule(w=st.sampled_from(sorted(WORKERS)), heartbeat=st.sampled_from([1.0, 1.0, 0.5]))
-    def register(self, w: bytes, heartbeat: float) -> None:
-        self.s.register(w, services=WORKERS[w], capacity=2, heartbeat=heartbeat)
+    @rule(
+        w=st.sampled_from(sorted(WORKERS)),
+        heartbeat=st.sampled_from([1.0, 1.0, 0.5]),
+        threads=st.sampled_from([0, 1, 2]),
+        async_slots=st.sampled_from([0, 3]),
+    )
+    def register(self, w: bytes, heartbeat: float, threads: int, async_slots: int) -> None:
+        services = WORKERS[w]
+        first = next(iter(services))
+        self.s.register(
+            w,
+            services=services,
+            capacity=2,
+            heartbeat=heartbeat,
+            threads=threads,
+            async_slots=async_slots,
+            async_handlers={first: services[first][:1]} if async_slots else {},
+        )
         self.granted[w] = 0
         self._collect()
 
@@ -505,6 +520,21 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert queued == sum(s.queue_depths().values())
         in_flight = sum(1 for j in s.jobs.values() if j.state == IN_FLIGHT)
         assert in_flight == s.in_flight
+
+    @invariant()
+    def totals_are_those_of_the_serving_workers(self) -> None:
+        s = self.s
+        serving = [w for w in s.workers.values() if not w.draining]
+        assert s.capacity == sum(w.capacity for w in serving)
+        assert s.threads == sum(w.threads or w.capacity for w in serving)
+        assert s.async_slots == sum(w.async_slots for w in serving)
+        assert s.in_flight == sum(len(w.in_flight) for w in s.workers.values())
+        for got, field in ((s.services(), "services"), (s.async_handlers(), "async_handlers")):
+            want: dict[str, set[str]] = {}
+            for w in serving:
+                for service, handlers in getattr(w, field).items():
+                    want.setdefault(service, set()).update(handlers)
+            assert got == {k: sorted(v) for k, v in sorted(want.items())}
 
     @invariant()
     def workers_stand_in_the_order_they_were_heard(self) -> None:
@@ -643,3 +673,22 @@ def test_next_wakeup_is_the_earliest_silence_as_heard_now() -> None:
     assert s.next_wakeup() == start + 5.0
     s.remove(b"b", "gone")
     assert s.next_wakeup() is None
+
+
+def test_in_flight_follows_every_way_a_request_leaves_a_worker() -> None:
+    s, _ = make(max_deliveries=5)
+    for w in (b"w1", b"w2", b"w3"):
+        hello(s, w, {"A": ["x"]}, capacity=4)
+        s.ready(w, 4)
+    for rid in range(1, 10):
+        s.submit(C, rid, "A.x", 0, None)
+    held = {c.job.id: c.worker for c in take(s) if isinstance(c, Dispatch)}
+    assert s.in_flight == 9
+    assert s.finish(held[1], C, 1)
+    assert s.in_flight == 8
+    s.refused(held[2], C, 2)  # back to the queue, and out again to a worker with credit
+    assert s.in_flight == sum(1 for j in s.jobs.values() if j.state is IN_FLIGHT)
+    s.remove(b"w3", "killed")
+    assert s.in_flight == sum(1 for j in s.jobs.values() if j.state is IN_FLIGHT)
+    s.abandon("bye")
+    assert s.in_flight == 0
