@@ -1280,8 +1280,16 @@ service, brokers, and two that never say HELLO."""
 MESH_TARGETS = ["A.x", "A.y", "B.x", "C.x"]
 
 
-def _mesh_hello(r: Rig, ep: str, scale: int = 1) -> None:
-    _, role, services, capacity, threads, slots, handlers = next(m for m in MESH if m[0] == ep)
+def _is_async(hello: Hello, target: str) -> bool:
+    """Whether ``hello`` names ``target`` an async handler."""
+    return any(f"{s}.{h}" == target for s, hs in hello.async_handlers.items() for h in hs)
+
+
+def _mesh_hello(r: Rig, ep: str, scale: int = 1, like: str = "") -> None:
+    """``ep`` says HELLO as its row of `MESH` says (or ``like``'s row: it changed what
+    it serves), its bounds times ``scale``."""
+    spec = next(m for m in MESH if m[0] == (like or ep))
+    _, role, services, capacity, threads, slots, handlers = spec
     threads, slots, capacity = threads * scale, slots * scale, capacity * scale
     msg = Hello(
         role=role,
@@ -1305,7 +1313,6 @@ class PickMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.r = Rig(*(m[0] for m in MESH), prefetch=1)
-        self.targets: dict[int, str] = {}
         for ep, *_ in MESH[:-2]:
             _mesh_hello(self.r, ep)
         self.r.take()
@@ -1314,8 +1321,11 @@ class PickMachine(RuleBasedStateMachine):
         """What each peer holds now, by request id."""
         return {ep: len(p.outstanding) for ep, p in self.r.peers.items()}
 
-    def _free(self, peer: Peer, target: str, held: set[int]) -> int | None:
-        """``peer``'s load of ``target``'s kind if it may take it now, else None."""
+    def _free(self, peer: Peer, target: str, held: dict[int, bool]) -> int | None:
+        """``peer``'s load of ``target``'s kind if it may take it now, else None.
+
+        ``held``: the requests it holds, each with whether it was sent to an async slot
+        (what the kind of a request is when the peer's HELLO changes it meanwhile)."""
         d = self.r.d
         now = self.r.clock.now
         if peer.state is not READY or not peer.serves(target):
@@ -1327,16 +1337,20 @@ class PickMachine(RuleBasedStateMachine):
         if not hello.threads:
             load, bound = len(held), hello.capacity
         else:
-            a = {f"{s}.{h}" for s, hs in hello.async_handlers.items() for h in hs}
-            kind = target in a
-            load = sum(1 for rid in held if (self.targets[rid] in a) is kind)
+            kind = _is_async(hello, target)
+            load = sum(1 for was_async in held.values() if was_async is kind)
             bound = hello.async_slots if kind else hello.threads
         return load if load < bound + d.prefetch else None
+
+    @staticmethod
+    def _holds(peer: Peer) -> dict[int, bool]:
+        """What ``peer`` holds, each with whether it went to an async slot."""
+        return {rid: rid in peer.async_out for rid in peer.outstanding}
 
     def _checked(self, act: Any) -> None:
         """Run ``act`` (it may only send), checking each send against the reference."""
         r = self.r
-        held = {ep: set(p.outstanding) for ep, p in r.peers.items()}
+        held = {ep: self._holds(p) for ep, p in r.peers.items()}
         act()
         for cmd in r.d.outbox:
             if type(cmd) is not SendCall:
@@ -1350,7 +1364,9 @@ class PickMachine(RuleBasedStateMachine):
             chosen = loads.get(peer.endpoint)
             assert chosen is not None, f"{call} sent to {peer}, which may not take it"
             assert chosen == min(loads.values()), (call, peer, chosen, min(loads.values()))
-            held[peer.endpoint].add(call.id)
+            hello = peer.hello
+            assert hello is not None
+            held[peer.endpoint][call.id] = bool(hello.threads) and _is_async(hello, call.target)
         r.take()
 
     @rule(name=st.sampled_from(MESH_TARGETS), n=st.integers(1, 40))
@@ -1358,7 +1374,6 @@ class PickMachine(RuleBasedStateMachine):
         def act() -> None:
             for _ in range(n):
                 call = self.r.call(name, timeout=1000.0, retries=3)
-                self.targets[call.id] = name
                 self.r.d.submit(call)
 
         self._checked(act)
@@ -1382,14 +1397,20 @@ class PickMachine(RuleBasedStateMachine):
         ep = pairs[0][0]
         self._checked(lambda: r.d.heard(r[ep]))
 
-    @rule(data=st.data(), what=st.sampled_from(["dropped", "disconnect", "hello", "bigger"]))
+    @rule(
+        data=st.data(),
+        what=st.sampled_from(["dropped", "disconnect", "hello", "bigger", "changed"]),
+    )
     def peer_changes(self, data: st.DataObject, what: str) -> None:
         r = self.r
-        ep = data.draw(st.sampled_from([m[0] for m in MESH[:-2]]))
+        names = [m[0] for m in MESH[:-2]]
+        ep = data.draw(st.sampled_from(names))
         if what == "dropped":
             r.d.dropped(r[ep])
         elif what == "disconnect":
             r.d.disconnect(r[ep], "draining")
+        elif what == "changed":  # it serves what another kind of peer does (a new profile)
+            _mesh_hello(r, ep, like=data.draw(st.sampled_from(names)))
         else:
             _mesh_hello(r, ep, 2 if what == "bigger" else 1)
         r.take()
@@ -1436,7 +1457,7 @@ class PickMachine(RuleBasedStateMachine):
             if head is None:
                 continue
             for p in r.peers.values():
-                assert self._free(p, head.target, set(p.outstanding)) is None, (head, p)
+                assert self._free(p, head.target, self._holds(p)) is None, (head, p)
 
 
 TestPickMachine = PickMachine.TestCase
