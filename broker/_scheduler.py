@@ -240,7 +240,6 @@ class Scheduler:
         # they offer all together (`_offer`: kept as workers come and go, so a HELLO,
         # which says it, costs the same with 10 workers or 5,000).
         self._providers: dict[str, int] = {}
-        self._target_count: dict[str, int] = {}
         self._handlers: dict[tuple[str, str], int] = {}  # (service, handler)
         self._async_services: dict[str, int] = {}
         self._async_handlers: dict[tuple[str, str], int] = {}
@@ -504,7 +503,7 @@ class Scheduler:
             return None
         service = job.service
         if self._providers.get(service):
-            if not self._target_count.get(target):
+            if not self._handlers.get((service, target.partition(".")[2])):
                 self.counters["unknown"] += 1
                 self._answer(job, ErrorCode.UNKNOWN_HANDLER, self._no_handler(target))
                 return None
@@ -845,7 +844,6 @@ class Scheduler:
         self._async_slots += sign * w.async_slots
         counted: tuple[tuple[dict[Any, int], Iterable[Any]], ...] = (
             (self._providers, w.services),
-            (self._target_count, w.targets),
             (self._handlers, _pairs(w.services)),
             (self._async_services, w.async_handlers),
             (self._async_handlers, _pairs(w.async_handlers)),
@@ -867,7 +865,7 @@ class Scheduler:
                 avail.pop(wid, None)
 
     def _no_handler(self, target: str) -> str:
-        served = sorted(self._target_count)
+        served = sorted(f"{s}.{h}" for s, h in self._handlers)
         return (
             f"no worker connected to the broker serves {target!r}; served: "
             f"{', '.join(served) or 'nothing'}"
