@@ -24,6 +24,15 @@ Rules (protocol/SPEC.md, section 12, says the same for other implementations):
 * A queue holding ``max_queue`` requests answers the next one OVERLOADED at once.
 * Every request accepted gets exactly one answer: the worker's reply (forwarded once;
   later replies for it are dropped and counted as late) or one `Answer` from here.
+
+What it costs: the shell ticks twenty times a heartbeat, and each worker is heard
+about once a heartbeat (its PING). The workers stand in order of when they were last
+heard (one queue per liveness, as their heartbeats may differ): hearing from one
+moves it to the end, and `tick` looks at the front of each queue only, so it costs
+the workers that expire, not the number of workers (issue 18). What the broker's
+HELLO says of its workers together (capacity, threads, async slots, in flight,
+services) is kept up to date as they join, drain and leave, not added up per HELLO:
+1,000 workers joining had cost a million steps.
 """
 
 from __future__ import annotations
@@ -227,12 +236,21 @@ class Scheduler:
         self._depth: dict[str, int] = {}  # live (QUEUED) jobs per queue
         # Per service: the workers with credit, least recently given work first.
         self._avail: dict[str, OrderedDict[bytes, WorkerRecord]] = {}
-        # How many live, non-draining workers serve each service and each target.
+        # How many live, non-draining workers serve each service and each target; what
+        # they offer all together (`_offer`: kept as workers come and go, so a HELLO,
+        # which says it, costs the same with 10 workers or 5,000).
         self._providers: dict[str, int] = {}
-        self._target_count: dict[str, int] = {}
+        self._handlers: dict[tuple[str, str], int] = {}  # (service, handler)
+        self._async_services: dict[str, int] = {}
+        self._async_handlers: dict[tuple[str, str], int] = {}
+        self._capacity = self._threads = self._async_slots = 0
+        self._in_flight = 0  # requests at workers, all together
         self._ever_served: set[str] = set()
         self._deadlines: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
+        # By liveness: the workers, least lately heard first (module docstring, "What
+        # it costs").
+        self._silence: dict[float, OrderedDict[bytes, WorkerRecord]] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "accepted",
@@ -310,6 +328,7 @@ class Scheduler:
         else:
             self._withdraw(w)
             self._delist(w)
+            self._unwatch(w)
             w.credit = 0
         w.name, w.host, w.pid = name, host, pid
         w.protocol = protocol
@@ -323,7 +342,11 @@ class Scheduler:
         }
         w.draining = False
         w.last_seen = now
-        w.liveness = self.liveness * max(heartbeat, 0.01)
+        w.liveness = liveness = self.liveness * max(heartbeat, 0.01)
+        queue = self._silence.get(liveness)
+        if queue is None:
+            queue = self._silence[liveness] = OrderedDict()
+        queue[wid] = w  # (at the end: heard just now)
         self._ever_served.update(w.services)
         self._enlist(w)
 
@@ -332,7 +355,7 @@ class Scheduler:
         w = self.workers.get(wid)
         if w is None:
             return False
-        w.last_seen = self.clock()
+        self._heard(w)
         if credit <= 0 or w.draining:
             return True
         was = w.credit
@@ -350,7 +373,7 @@ class Scheduler:
         w = self.workers.get(wid)
         if w is None:
             return False
-        w.last_seen = self.clock()
+        self._heard(w)
         return True
 
     def disconnect(self, wid: bytes) -> None:
@@ -358,7 +381,7 @@ class Scheduler:
         w = self.workers.get(wid)
         if w is None or w.draining:
             return
-        w.last_seen = self.clock()
+        self._heard(w)
         self._withdraw(w)
         self._delist(w)
         w.draining = True
@@ -375,6 +398,7 @@ class Scheduler:
             return set()
         self._withdraw(w)
         self._delist(w)
+        self._unwatch(w)
         now = self.clock()
         touched: set[str] = set()
         # Put back in reverse so the oldest ends up at the head of its queue.
@@ -396,6 +420,7 @@ class Scheduler:
                 self._tally("requeued", job)
                 self._requeue(job)
                 touched.add(job.service)
+        self._in_flight -= len(w.in_flight)
         w.in_flight.clear()
         touched.update(w.services)
         return touched
@@ -410,11 +435,12 @@ class Scheduler:
         if w is None:
             self.counters["late_replies"] += 1
             return False
-        w.last_seen = self.clock()
+        self._heard(w)
         job = w.in_flight.pop((client, rid), None)
         if job is None:
             self.counters["late_replies"] += 1
             return False
+        self._in_flight -= 1
         job.state = DONE
         job.worker = None
         del self.jobs[job.key]
@@ -437,13 +463,14 @@ class Scheduler:
         if w is None:
             self.counters["late_replies"] += 1
             return
-        w.last_seen = self.clock()
+        self._heard(w)
         self._withdraw(w)
         w.credit = 0
         job = w.in_flight.pop((client, rid), None)
         if job is None:
             self.counters["late_replies"] += 1
             return
+        self._in_flight -= 1
         self.counters["refused"] += 1
         job.deliveries -= 1
         job.worker = None
@@ -476,7 +503,7 @@ class Scheduler:
             return None
         service = job.service
         if self._providers.get(service):
-            if not self._target_count.get(target):
+            if not self._handlers.get((service, target.partition(".")[2])):
                 self.counters["unknown"] += 1
                 self._answer(job, ErrorCode.UNKNOWN_HANDLER, self._no_handler(target))
                 return None
@@ -543,13 +570,22 @@ class Scheduler:
     # --- time ----------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Expire silent workers and queued requests whose time is up."""
+        """Expire silent workers and queued requests whose time is up.
+
+        Looks at the least lately heard worker of each liveness, and past it only at
+        those that expire.
+        """
         now = self.clock()
         touched: set[str] = set()
         # Remove every silent worker before dispatching: none of them may be given work.
-        for w in [w for w in self.workers.values() if now - w.last_seen > w.liveness]:
-            self.counters["workers_expired"] += 1
-            touched |= self._remove(w.id, f"silent for {now - w.last_seen:.1f} s")
+        for liveness, queue in list(self._silence.items()):
+            while queue:
+                w = next(iter(queue.values()))
+                silent = now - w.last_seen
+                if silent <= liveness:
+                    break
+                self.counters["workers_expired"] += 1
+                touched |= self._remove(w.id, f"silent for {silent:.1f} s")
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             _, _, job = heapq.heappop(heap)
@@ -561,7 +597,10 @@ class Scheduler:
 
     def next_wakeup(self) -> float | None:
         """When `tick` next has something to do (a clock reading), None if never."""
-        times = [w.last_seen + w.liveness for w in self.workers.values()]
+        times = [
+            next(iter(queue.values())).last_seen + liveness
+            for liveness, queue in self._silence.items()
+        ]
         heap = self._deadlines
         while heap and heap[0][2].state is not QUEUED:
             heapq.heappop(heap)  # dispatched or answered meanwhile
@@ -586,6 +625,7 @@ class Scheduler:
                 if job.state is IN_FLIGHT:
                     self.counters["worker_lost"] += 1
                     self._answer(job, ErrorCode.WORKER_LOST, f"{job.target}: {why}")
+            self._in_flight -= len(w.in_flight)
             w.in_flight.clear()
 
     # --- reading the state ----------------------------------------------------------------------
@@ -593,7 +633,7 @@ class Scheduler:
     @property
     def capacity(self) -> int:
         """Requests the registered, non-draining workers run at once, all together."""
-        return sum(w.capacity for w in self.workers.values() if not w.draining)
+        return self._capacity
 
     @property
     def threads(self) -> int:
@@ -601,24 +641,25 @@ class Scheduler:
 
         A 1.0 worker (it did not say) counts with its whole capacity: it names no async
         handler, so a client counts everything it sends there as plain."""
-        return sum(w.threads or w.capacity for w in self.workers.values() if not w.draining)
+        return self._threads
 
     @property
     def async_slots(self) -> int:
         """``async`` requests the registered, non-draining workers run at once, together."""
-        return sum(w.async_slots for w in self.workers.values() if not w.draining)
+        return self._async_slots
 
     @property
     def in_flight(self) -> int:
-        return sum(len(w.in_flight) for w in list(self.workers.values()))
+        """Requests at workers now (safe to read from any thread)."""
+        return self._in_flight
 
     def services(self) -> dict[str, list[str]]:
         """Union of the services of the non-draining workers, with their handlers."""
-        return _union(w.services for w in self.workers.values() if not w.draining)
+        return _grouped(self._providers, self._handlers)
 
     def async_handlers(self) -> dict[str, list[str]]:
         """Union of the non-draining workers' ``async`` handlers, by service."""
-        return _union(w.async_handlers for w in self.workers.values() if not w.draining)
+        return _grouped(self._async_services, self._async_handlers)
 
     def queue_depths(self) -> dict[str, int]:
         return {s: n for s, n in sorted(self._depth.items()) if n}
@@ -660,11 +701,24 @@ class Scheduler:
 
     # --- internals --------------------------------------------------------------------------------
 
+    def _heard(self, w: WorkerRecord) -> None:
+        """``w`` is alive now: to the end of its queue (module docstring)."""
+        w.last_seen = self.clock()
+        self._silence[w.liveness].move_to_end(w.id)
+
+    def _unwatch(self, w: WorkerRecord) -> None:
+        """Take ``w`` out of its queue (it leaves, or its liveness changes)."""
+        queue = self._silence[w.liveness]
+        del queue[w.id]
+        if not queue:
+            del self._silence[w.liveness]
+
     def _send(self, w: WorkerRecord, job: Job) -> None:
         job.state = IN_FLIGHT
         job.worker = w.id
         job.deliveries += 1
         w.in_flight[job.key] = job
+        self._in_flight += 1
         w.credit -= 1
         self._tally("dispatched", job)
         if w.credit <= 0:
@@ -773,20 +827,30 @@ class Scheduler:
         if w.enlisted or w.draining:
             return
         w.enlisted = True
-        self.generation += 1
-        for s in w.services:
-            self._providers[s] = self._providers.get(s, 0) + 1
-        for t in w.targets:
-            self._target_count[t] = self._target_count.get(t, 0) + 1
+        self._offer(w, 1)
 
     def _delist(self, w: WorkerRecord) -> None:
         if not w.enlisted:
             return
         w.enlisted = False
+        self._offer(w, -1)
+
+    def _offer(self, w: WorkerRecord, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) what ``w`` offers: the counts of who
+        serves what, and the totals a HELLO announces."""
         self.generation += 1
-        for counts, keys in ((self._providers, w.services), (self._target_count, w.targets)):
+        self._capacity += sign * w.capacity
+        self._threads += sign * (w.threads or w.capacity)  # (the `threads` rule)
+        self._async_slots += sign * w.async_slots
+        counted: tuple[tuple[dict[Any, int], Iterable[Any]], ...] = (
+            (self._providers, w.services),
+            (self._handlers, _pairs(w.services)),
+            (self._async_services, w.async_handlers),
+            (self._async_handlers, _pairs(w.async_handlers)),
+        )
+        for counts, keys in counted:
             for k in keys:
-                n = counts[k] - 1
+                n = counts.get(k, 0) + sign
                 if n:
                     counts[k] = n
                 else:
@@ -801,19 +865,25 @@ class Scheduler:
                 avail.pop(wid, None)
 
     def _no_handler(self, target: str) -> str:
-        served = sorted(self._target_count)
+        served = sorted(f"{s}.{h}" for s, h in self._handlers)
         return (
             f"no worker connected to the broker serves {target!r}; served: "
             f"{', '.join(served) or 'nothing'}"
         )
 
 
-def _union(maps: Iterable[dict[str, list[str]]]) -> dict[str, list[str]]:
-    """Service -> handler names, merged over ``maps``, sorted."""
-    out: dict[str, set[str]] = {}
-    for m in maps:
-        for s, hs in m.items():
-            out.setdefault(s, set()).update(hs)
+def _pairs(handlers: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(service, handler) of each handler in a service -> handler names map."""
+    return [(s, h) for s, hs in handlers.items() for h in hs]
+
+
+def _grouped(
+    services: dict[str, int], handlers: dict[tuple[str, str], int]
+) -> dict[str, list[str]]:
+    """Service -> sorted handler names, from the counts of services and of handlers."""
+    out: dict[str, set[str]] = {s: set() for s in services}
+    for s, h in handlers:
+        out.setdefault(s, set()).add(h)
     return {s: sorted(hs) for s, hs in sorted(out.items())}
 
 

@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,7 +156,9 @@ class Broker(RouterServer):
         self.protocol_errors = 0
         self._clock = clock
         self._started = clock()
-        self._clients: dict[bytes, float] = {}  # client -> last heard (those who said HELLO)
+        # client -> last heard (those who said HELLO), the least lately heard first: the
+        # ticker forgets from the front, whatever the number of clients.
+        self._clients: OrderedDict[bytes, float] = OrderedDict()
         self._bundlers: set[bytes] = set()  # clients whose HELLO said they take BUNDLEs
         self._held: dict[bytes, list[list[Any]]] = {}  # answers to bundle, this pump
         self._draining = False
@@ -238,6 +241,7 @@ class Broker(RouterServer):
         clients = self._clients
         if peer in clients:
             clients[peer] = self._clock()
+            clients.move_to_end(peer)
         try:
             header = protocol.decode_header(frames[1], limits)
         except ProtocolError as exc:
@@ -732,8 +736,9 @@ class Broker(RouterServer):
                 )
             self._run_outbox()
             self._maybe_announce()
-            for client in [c for c, seen in self._clients.items() if now - seen > _CLIENT_FORGET_S]:
-                self._forget_client(client)
+            clients = self._clients
+            while clients and now - next(iter(clients.values())) > _CLIENT_FORGET_S:
+                self._bundlers.discard(clients.popitem(last=False)[0])
             if self._draining and not self.sched.in_flight:
                 self._wake()
 

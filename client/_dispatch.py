@@ -30,8 +30,9 @@ Rules:
   peer runs at once + ``prefetch``: plain ones against its ``threads``, async ones
   against its ``async_slots``. A 1.0 peer (it announced no ``threads``) has one bound
   for both: all its outstanding requests against its ``capacity``. Among equals,
-  round-robin. A broker serves every target (it routes by itself). A worker that
-  answered OVERLOADED gets nothing new for `OVERLOAD_REST_S`.
+  round-robin: the one that has held that many the longest. A broker serves every
+  target (it routes by itself). A worker that answered OVERLOADED gets nothing new for
+  `OVERLOAD_REST_S`.
 * Once every peer has said HELLO and none serves a call's target, the call fails
   `UnknownHandler` at once.
 * Each call has a deadline (its timeout from submit). When it passes: `Timeout` if a
@@ -57,7 +58,20 @@ Rules:
   close. While a name has no address yet (`set_unresolved`), calls never fail
   `UnknownHandler` (its workers may serve them) and `NoWorkers` says why.
 
-Not thread-safe: one loop drives it.
+What it costs: nothing per request grows with the number of peers (issue 18: a
+client over 100 endpoints had spent half its time scanning them for each pick).
+Peers that said the same in their HELLO (role, handlers, async handlers, protocol)
+share a `_Profile`; the READY peers of the profiles that serve a target sit in one
+`_Pool`, in buckets by how many requests of that target's kind each holds, so a pick
+reads the first peer of the lowest bucket and a request sent or answered moves its
+peer one bucket. Rests end from a heap, not a scan of the peers. The READY and
+DRAINING peers stand in order of when they were last heard (what proves a peer alive
+moves it to the end), so a heartbeat (`tick`) looks at the quiet ones at the front,
+due a PING or lost, and stops at the first heard lately; it greets the CONNECTING
+and DRAINING ones from a set of their own. What changes the index (a HELLO, a state
+change, a rest) goes through `Dispatcher._set_state`, `_leave` and `_join`.
+
+Not thread-safe: one loop drives it (`capacity` may be read from any thread).
 """
 
 from __future__ import annotations
@@ -65,7 +79,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -136,6 +150,13 @@ class Slots(NamedTuple):
 
 
 _CONNECTING, _READY, _DRAINING = CONNECTING, READY, DRAINING
+_PLAIN, _ASYNC, _ALL, _OUT = 0, 1, 2, 3
+"""What bounds a request at a peer: its plain requests against ``threads``, its async
+ones against ``async_slots``, or (a 1.0 peer) all of them against ``capacity``. (`_OUT`:
+none, the peer leaves a pool.)"""
+_MAX_TARGETS = 4096
+"""Targets whose pool is remembered; past it the table starts over (a client calling
+many made-up names through a broker must not grow it without bound)."""
 _ids = itertools.count(1)  # process-wide: ids never repeat across clients or retries
 
 
@@ -230,9 +251,12 @@ class Peer:
         "link",
         "outstanding",
         "pinged_at",
+        "pools",
+        "profile",
         "refused",
         "resting_until",
         "role",
+        "seq",
         "state",
         "targets",
         "threads",
@@ -256,12 +280,114 @@ class Peer:
         self.hello: Hello | None = None
         self.resting_until = 0.0  # it answered OVERLOADED: nothing new for it until then
         self.refused = ""  # why its last handshake failed (CURVE), until one succeeds
+        # The Dispatcher's index (module docstring, "What it costs"):
+        self.seq = 0  # its place in Dispatcher.peers (a new pool takes peers in that order)
+        self.profile: _Profile | None = None  # what its last HELLO said it serves
+        self.pools: list[tuple[_Pool, int]] | None = None  # while READY: its profile's
 
     def serves(self, target: str) -> bool:
         return self.role == "broker" or target in self.targets
 
     def __repr__(self) -> str:
         return f"<Peer {self.endpoint} {self.state} outstanding={len(self.outstanding)}>"
+
+
+class _Profile:
+    """What some peers said in their HELLO, all alike: what they serve, of which kind.
+
+    Peers alike share their pools: a mesh of identical workers has one profile, and a
+    target one pool, whatever the number of workers.
+    """
+
+    __slots__ = ("async_targets", "broker", "key", "members", "one_oh", "peers", "targets")
+
+    def __init__(self, key: tuple[bool, frozenset[str], frozenset[str], bool]) -> None:
+        self.key = key
+        self.broker, self.targets, self.async_targets, self.one_oh = key
+        self.peers: dict[Peer, None] = {}  # those whose last HELLO says this, any state
+        self.members: list[tuple[_Pool, int]] = []
+        """The pools its READY peers sit in, each with the kind that bounds them there
+        (a READY peer's ``pools`` is this very list: a pool made later joins it)."""
+
+    def kind(self, target: str) -> int | None:
+        """The bound ``target`` takes at these peers; None if they do not serve it."""
+        if not self.broker and target not in self.targets:
+            return None
+        if self.one_oh:
+            return _ALL
+        return _ASYNC if target in self.async_targets else _PLAIN
+
+
+class _Pool:
+    """The READY peers of some profiles, by how many requests of one kind each holds.
+
+    Only peers with room (fewer than their bound + prefetch, not resting) are in a
+    bucket; `ready` counts them all, with room or not. Within a bucket, peers stand in
+    the order they came to it, so the first is the one that has held that many the
+    longest: round-robin among equals.
+    """
+
+    __slots__ = ("at", "buckets", "low", "prefetch", "ready")
+
+    def __init__(self, prefetch: int) -> None:
+        self.prefetch = prefetch
+        self.buckets: dict[int, OrderedDict[Peer, None]] = {}  # by load
+        self.at: dict[Peer, int] = {}  # the bucket of each peer with room
+        self.low = -1  # the lowest bucket (-1: no peer has room)
+        self.ready = 0
+
+    def update(self, peer: Peer, kind: int) -> None:
+        """Put ``peer`` where it belongs: in the bucket of how many requests of ``kind``
+        it holds (at its end) if that is under its bound + prefetch and it does not
+        rest, else in none (and in none for `_OUT`).
+
+        O(1) when it moves by one, as a request sent or answered moves it; taking the
+        last peer out of the lowest bucket otherwise looks for the next one up (at
+        most the bound + prefetch away).
+        """
+        if kind == _PLAIN:
+            load = len(peer.outstanding) - len(peer.async_out)
+            bound = peer.threads
+        elif kind == _ASYNC:
+            load = len(peer.async_out)
+            bound = peer.async_slots
+        elif kind == _ALL:
+            load = len(peer.outstanding)
+            bound = peer.capacity
+        else:
+            load = bound = -1
+        if load >= bound + self.prefetch or peer.resting_until:
+            load = -1
+        at = self.at
+        old = at.get(peer, -1)
+        if old == load:
+            return
+        buckets = self.buckets
+        if old >= 0:
+            del buckets[old][peer]  # (an empty bucket stays, for the next to come)
+            if load < 0:
+                del at[peer]
+        if load >= 0:
+            at[peer] = load
+            into = buckets.get(load)
+            if into is None:
+                into = buckets[load] = OrderedDict()
+            into[peer] = None
+        low = self.low
+        if load >= 0 and (low < 0 or load < low):
+            self.low = load
+        elif old == low and not buckets[old]:
+            # The lowest bucket went: the next is above it (where this peer went, if it
+            # moved up by one, as a request sent moves it).
+            if not at:
+                self.low = -1
+            elif load == old + 1:
+                self.low = load
+            else:
+                low += 1
+                while not buckets.get(low):
+                    low += 1
+                self.low = low
 
 
 class SendCall(NamedTuple):
@@ -332,10 +458,22 @@ class Dispatcher:
         self._deadlines: list[tuple[float, int]] = []
         self._wake_at = 0.0  # the wake-up asked for and not yet come (0: none)
         self._all_busy = False  # the last _pick found servers, all at their limit
-        self._rr = 0
         self._info_waiters: list[tuple[float, Callable[[], None]]] = []
         self.retried = {"overloaded": 0, "worker_lost": 0}
         """Calls sent again, by why: a full worker (OVERLOADED) or a lost one."""
+        # The index (module docstring, "What it costs").
+        self._profiles: dict[tuple[bool, frozenset[str], frozenset[str], bool], _Profile] = {}
+        self._pools: dict[str, _Pool] = {}  # by target
+        self._pools_by_kinds: dict[tuple[tuple[_Profile, int], ...], _Pool] = {}
+        self._unnamed = 0  # peers that have not said HELLO yet
+        self._capacity = 0  # of the READY peers, kept as they change: read by any thread
+        self._rests: list[tuple[float, int, Peer]] = []  # (until, entry, peer)
+        self._heard: OrderedDict[Peer, None] = OrderedDict()  # not CONNECTING; least
+        # lately heard first (module docstring, "What it costs")
+        self._greet: dict[Peer, None] = {}  # CONNECTING and DRAINING: a HELLO each tick
+        self._entries = itertools.count(1)
+        self._seqs = itertools.count(1)  # `Peer.seq`: the order peers were added in
+
         self.retiring: list[Peer] = []
         """Peers whose address left DNS, still holding calls (`retire_peer`)."""
         self.unresolved: dict[str, str] = {}
@@ -343,31 +481,46 @@ class Dispatcher:
         lookup runs). Set by the shell (`set_unresolved`)."""
 
     def add_peer(self, peer: Peer) -> Peer:
-        """Take ``peer`` (CONNECTING) among those calls may go to; a retiring peer (its
-        address came back) is taken back as it is."""
-        back = peer in self.retiring
-        if back:
+        """Take ``peer`` (CONNECTING) among those calls may go to. A retiring peer (its
+        address came back in DNS before its connection was closed) is taken back as it
+        is: READY, it gets work at once."""
+        if peer.seq:
+            return peer  # among ours already
+        self.peers.append(peer)
+        peer.seq = next(self._seqs)
+        if peer.hello is None:
+            self._unnamed += 1
+        if peer in self.retiring:
             self.retiring.remove(peer)
             log.info("%s is back in DNS: sending it work again", peer.endpoint)
-        if peer not in self.peers:
-            self.peers.append(peer)
-        if back:
-            self._dispatch_all()  # it may be READY already: what waits may go to it
+            if peer.state is _READY:
+                self._join(peer)
+                self._dispatch_all()
+                return peer
+        if peer.state is not _READY:
+            self._greet[peer] = None
         return peer
 
     def retire_peer(self, peer: Peer) -> bool:
         """``peer``'s address left DNS: send it nothing new from now on.
 
-        What it holds is answered there, or, only if its connection dies, re-sent by
-        the lost-peer rules. Returns True if it holds nothing (the shell closes it now);
-        else it waits in `retiring` until `idle_retired` returns it.
+        What it holds is answered there, or, if it dies (its connection closes, or it
+        goes silent: it is still heartbeated), re-sent by the lost-peer rules. Returns
+        True if it holds nothing (the shell closes it now); else it waits in
+        `retiring` until `idle_retired` returns it.
         """
-        if peer in self.peers:
+        if peer.seq:
             self.peers.remove(peer)
+            peer.seq = 0  # (not ours: `_set_state` and `hello` leave it out of the index)
+            self._leave(peer)
+            self._greet.pop(peer, None)
+            if peer.hello is None:
+                self._unnamed -= 1  # it never will say HELLO to us now
         held = self._held(peer)
         if not held:
             if peer in self.retiring:
                 self.retiring.remove(peer)
+            self._forget(peer)
             return True
         if peer not in self.retiring:
             self.retiring.append(peer)
@@ -384,7 +537,24 @@ class Dispatcher:
         idle = [p for p in self.retiring if not self._held(p)]
         if idle:
             self.retiring = [p for p in self.retiring if p not in idle]
+            for peer in idle:
+                self._forget(peer)
         return idle
+
+    def _forget(self, peer: Peer) -> None:
+        """A retired ``peer`` leaves the index for good: heartbeats, its profile. What
+        it said is forgotten too, so if its address comes back it starts as new."""
+        self._heard.pop(peer, None)
+        prof = peer.profile
+        if prof is not None:
+            del prof.peers[peer]
+            peer.profile = None
+            if not prof.peers:  # the last of its kind: which profiles serve what changed
+                del self._profiles[prof.key]
+                self._regroup()
+        peer.hello = None
+        peer.role, peer.targets, peer.async_targets = "", frozenset(), frozenset()
+        peer.state = _CONNECTING  # (outside `_set_state`: it is in no index now)
 
     def set_unresolved(self, unresolved: dict[str, str]) -> None:
         """The endpoints whose host name stands for no address yet, with why (`unresolved`)."""
@@ -422,13 +592,17 @@ class Dispatcher:
             self._wake(deadline)
         if call.target in self._async_targets:
             call.queue += _ASYNC_QUEUE
-        q = self._queue(call.queue)
-        q.append(call)
-        if len(q) == 1:
-            # Else the calls ahead of it wait for an event that frees a peer (an answer,
-            # a HELLO, a rest's end), and that event dispatches this queue: a pick now
-            # would fail again, at a cost that grows with the peers.
-            self._dispatch(call.queue)
+        if not self._queues.get(call.queue):
+            # Nobody waits ahead of it (the common case): it need not queue to be sent.
+            peer = self._pick(call.target)
+            if peer is not None:
+                self._send(peer, call)
+                return
+            if self._all_busy:
+                self._queue(call.queue).append(call)
+                return
+        self._queue(call.queue).append(call)
+        self._dispatch(call.queue)
 
     def cancel(self, rid: int) -> bool:
         """The caller gave up on ``rid``: forget it, and tell its peer to drop it.
@@ -466,9 +640,8 @@ class Dispatcher:
 
         Dispatches nothing: call `heard` once the batch of messages is handled.
         """
-        peer.outstanding.discard(rid)
-        if peer.async_out:
-            peer.async_out.discard(rid)
+        if rid in peer.outstanding:
+            self._release(peer, rid)
         call = self.calls.pop(rid, None)
         if call is not None:
             call.complete(call, value, None)
@@ -479,7 +652,8 @@ class Dispatcher:
         Dispatches nothing: call `heard` once the batch of messages is handled.
         """
         rid = msg.id
-        _release(peer, rid)
+        if rid in peer.outstanding:
+            self._release(peer, rid)
         call = self.calls.get(rid)
         if call is None:
             if rid == 0:
@@ -489,7 +663,7 @@ class Dispatcher:
         held = call.peer is peer
         if code == ErrorCode.DRAINING:
             if peer.state is _READY:
-                peer.state = _DRAINING
+                self._set_state(peer, _DRAINING)
             if held:
                 # Not started: safe to send elsewhere, and it does not use up an attempt.
                 call.peer = None
@@ -517,7 +691,8 @@ class Dispatcher:
         log.warning("malformed message from %s: %s", peer.endpoint, exc)
         call = self.calls.pop(exc.request_id, None) if exc.request_id else None
         if call is not None:
-            _release(peer, call.id)
+            if call.id in peer.outstanding:
+                self._release(peer, call.id)
             call.complete(call, None, exc)
 
     def progress(self, msg: Progress) -> None:
@@ -531,22 +706,39 @@ class Dispatcher:
         if msg.role not in ("worker", "broker"):
             log.warning("%s answered as a %r, not a worker or broker", peer.endpoint, msg.role)
             return
+        if not peer.seq:
+            return  # retired: it gets nothing new, whatever it says
         now = self.clock()
         first = peer.hello is None
+        if first:
+            self._unnamed -= 1
         peer.hello = msg
-        peer.hello_at = peer.last_seen = now
-        peer.role = msg.role
-        peer.targets = _targets(msg.services)
-        if peer.async_targets != (async_targets := _targets(msg.async_handlers)):
-            peer.async_targets = async_targets
-            self._refile()
-        if msg.capacity <= 0:
-            peer.state = _DRAINING
+        self._stamp(peer)
+        peer.hello_at = now
+        targets = _targets(msg.services)
+        async_targets = _targets(msg.async_handlers)
+        ready = msg.capacity > 0
+        limits = (msg.capacity, msg.threads, msg.async_slots) if ready else None
+        said = (msg.role, targets, async_targets)
+        if said != (peer.role, peer.targets, peer.async_targets) or (
+            limits is not None and limits != (peer.capacity, peer.threads, peer.async_slots)
+        ):
+            # What it serves or how much changed (or its first HELLO): out of its pools
+            # while the numbers change, in again below if READY. Rare.
+            self._leave(peer)
+            refile = async_targets != peer.async_targets
+            peer.role, peer.targets, peer.async_targets = said
+            if limits is not None:
+                peer.capacity, peer.threads, peer.async_slots = limits
+            self._profile(peer)
+            if refile:
+                self._refile()
+        if not ready:
+            self._set_state(peer, _DRAINING)
         else:
-            peer.capacity = msg.capacity
-            peer.threads = msg.threads
-            peer.async_slots = msg.async_slots
-            if peer.state is not _READY:
+            if peer.state is _READY:
+                self._join(peer)  # (if it left above)
+            else:
                 log.info(
                     "%s %s ready: %s %s (pid %d), capacity %d (%s)",
                     "connected to" if first else "reconnected to",
@@ -559,7 +751,7 @@ class Dispatcher:
                     if msg.threads
                     else f"protocol {msg.protocol}",
                 )
-                peer.state = _READY
+                self._set_state(peer, _READY)
                 self._dispatch_all()
         self._answer_info_waiters()
 
@@ -578,11 +770,12 @@ class Dispatcher:
     def disconnect(self, peer: Peer, reason: str) -> None:
         """``peer`` drains: it gets nothing new; its answers to what it holds still count."""
         log.info("%s is draining (%s): sending it nothing new", peer.endpoint, reason)
-        peer.state = _DRAINING
+        self._stamp(peer)  # (it spoke: alive now)
+        self._set_state(peer, _DRAINING)
 
     def heard(self, peer: Peer) -> None:
         """A batch of messages from ``peer`` was handled: it lives; send what it freed."""
-        peer.last_seen = self.clock()
+        self._stamp(peer)
         self._dispatch_all()
 
     def handshake(self, peer: Peer) -> None:
@@ -598,7 +791,6 @@ class Dispatcher:
 
     def dropped(self, peer: Peer) -> None:
         """The connection to ``peer`` closed (hand over the replies read before first)."""
-        peer.state = _CONNECTING
         self._lost(peer, "connection closed")
         self._dispatch_all()
 
@@ -618,8 +810,8 @@ class Dispatcher:
                 keep.append(cmd)
         self.outbox[:] = keep
         for c in back:
-            _release(peer, c.id)
-        peer.state = _CONNECTING
+            if c.id in peer.outstanding:
+                self._release(peer, c.id)
         self._lost(peer, "cannot send to it")
         for c in reversed(back):
             if c.peer is peer and c.id in self.calls:
@@ -634,33 +826,41 @@ class Dispatcher:
     # --- time ----------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Every heartbeat: greet, ping quiet peers, lose silent ones, dispatch."""
+        """Every heartbeat: greet, ping quiet peers, lose silent ones, dispatch.
+
+        Looks at the peers quiet for most of an interval (the front of the order of
+        the heard) and those it greets, not at the peers heard from lately.
+        """
         if self.closed:
             return
         now = self.clock()
         hb = self.heartbeat
         out = self.outbox
-        for peer in self.peers:
-            if peer.state is _CONNECTING:
-                out.append(SendHello(peer))
-                continue
+        gone: list[tuple[Peer, float]] = []
+        for peer in self._heard:  # least lately heard first
             quiet = now - peer.last_seen
+            if quiet <= hb * 0.9:
+                break  # it and all behind it were heard lately
             if quiet > LIVENESS * hb:
-                log.warning(
-                    "worker at %s missed %d heartbeats (silent %.1f s): treating it as lost",
-                    peer.endpoint,
-                    LIVENESS,
-                    quiet,
-                )
-                peer.state = _CONNECTING
-                self._lost(peer, f"silent for {quiet:.1f} s")
-            elif peer.state is _DRAINING:
-                # HELLO, not PING: if a fresh worker replaced the draining one on this
-                # endpoint and we missed the disconnect, its answer makes it READY again.
-                out.append(SendHello(peer))
-            elif quiet > hb * 0.9 and now - peer.pinged_at > hb * 0.9:
+                gone.append((peer, quiet))
+            elif peer.state is _READY and now - peer.pinged_at > hb * 0.9:
                 peer.pinged_at = now
                 out.append(SendPing(peer))
+        for peer, quiet in gone:
+            log.warning(
+                "worker at %s missed %d heartbeats (silent %.1f s): treating it as lost",
+                peer.endpoint,
+                LIVENESS,
+                quiet,
+            )
+            self._lost(peer, f"silent for {quiet:.1f} s")
+        # HELLO, not PING, to a draining peer too: if a fresh worker replaced it on its
+        # endpoint and we missed the disconnect, its answer makes it READY again. (Not
+        # yet to one lost just now.)
+        lost_now = {peer for peer, _ in gone}
+        for peer in sorted(self._greet, key=_by_seq):
+            if peer not in lost_now:
+                out.append(SendHello(peer))
         self._dispatch_all()
 
     def on_timer(self) -> None:
@@ -681,22 +881,13 @@ class Dispatcher:
                 moved = True
             elif rid in peer.outstanding:
                 self.outbox.append(SendCancel(peer, rid))
-        rested = False
-        next_rest = 0.0
-        for peer in self.peers:
-            until = peer.resting_until
-            if not until:
-                continue
-            if until <= now:
-                peer.resting_until = 0.0
-                rested = True
-            elif not next_rest or until < next_rest:
-                next_rest = until
+        rested = self._end_rests(now)
         if moved or rested:
             self._dispatch_all()
         nxt = heap[0][0] if heap else 0.0
-        if next_rest and (not nxt or next_rest < nxt):
-            nxt = next_rest
+        rests = self._rests
+        if rests and (not nxt or rests[0][0] < nxt):
+            nxt = rests[0][0]
         if nxt:
             self._wake(nxt)
 
@@ -704,7 +895,7 @@ class Dispatcher:
 
     def capacity(self) -> int:
         """Total capacity of the READY peers (safe to read from any thread)."""
-        return sum(p.capacity for p in self.peers if p.state is _READY)
+        return self._capacity
 
     def slots(self) -> Slots:
         """What the READY peers run at once, of each kind, all together.
@@ -784,22 +975,25 @@ class Dispatcher:
                 continue
             peer = self._pick(call.target)
             if peer is None:
-                # Servers of it are all busy: it waits at the head of its queue (the
-                # common case, so checked first). Else maybe nobody can serve it, or
-                # everybody refused our key: then it fails, and the next one gets its
-                # turn.
-                if self._all_busy:
-                    return
-                if not self._refused_by_all(call) and not self._unknown(call):
+                # READY peers serve it, all busy: it waits at the head of its queue. Else
+                # maybe nobody can serve it, or everybody refused our key (then it fails,
+                # and the next one gets its turn), or it waits for a peer to be READY.
+                if self._all_busy or not (self._refused_by_all(call) or self._unknown(call)):
                     return
                 q.popleft()
                 continue
             q.popleft()
-            call.peer = peer
-            peer.outstanding.add(call.id)
-            if call.target in peer.async_targets and peer.threads:
-                peer.async_out.add(call.id)
-            self.outbox.append(SendCall(peer, call))
+            self._send(peer, call)
+
+    def _send(self, peer: Peer, call: Call) -> None:
+        """``peer`` (picked) takes ``call``."""
+        call.peer = peer
+        peer.outstanding.add(call.id)
+        if call.target in peer.async_targets and peer.threads:
+            peer.async_out.add(call.id)
+        for pool, kind in peer.pools or ():  # (inline `_place`: once per request)
+            pool.update(peer, kind)
+        self.outbox.append(SendCall(peer, call))
 
     def _dispatch_all(self) -> None:
         for service in list(self._queues):
@@ -807,50 +1001,31 @@ class Dispatcher:
 
     def _pick(self, target: str) -> Peer | None:
         """The READY peer with the fewest outstanding requests of ``target``'s kind there
-        and room for one more (module docstring, "Rules")."""
-        best: Peer | None = None
-        best_load = 1 << 62
-        self._all_busy = False
-        prefetch = self.prefetch
-        peers = self.peers
-        n = len(peers)
-        start = self._rr
-        now = 0.0
-        for i in range(n):
-            peer = peers[(start + i) % n]
-            if peer.state is not _READY or not peer.serves(target):
-                continue
-            if peer.resting_until:
-                now = now or self.clock()
-                if now < peer.resting_until:
-                    self._all_busy = True
-                    continue
-                peer.resting_until = 0.0
-            load = len(peer.outstanding)
-            if not peer.threads:  # a 1.0 peer: one bound for both kinds
-                limit = peer.capacity
-            elif target in peer.async_targets:
-                load = len(peer.async_out)
-                limit = peer.async_slots
-            else:
-                load -= len(peer.async_out)
-                limit = peer.threads
-            if load < best_load and load < limit + prefetch:
-                best, best_load = peer, load
-            else:
-                self._all_busy = True
-        if best is not None:
-            self._rr = (start + 1) % n  # rotate among equals
-        return best
+        and room for one more (module docstring, "Rules"), from ``target``'s pool.
+
+        None if there is none; then `_all_busy` says whether READY peers serve it (all
+        full or resting).
+        """
+        rests = self._rests
+        if rests and rests[0][0] <= (now := self.clock()):
+            self._end_rests(now)  # before on_timer comes: as if it had
+        pool = self._pools.get(target)
+        if pool is None:
+            pool = self._pool(target)
+        low = pool.low
+        if low >= 0:
+            return next(iter(pool.buckets[low]))  # (the first of the lowest bucket)
+        self._all_busy = pool.ready > 0
+        return None
 
     def _unknown(self, call: Call) -> bool:
         """Fail ``call`` if every peer has said what it serves and none serves it."""
-        peers = self.peers
-        if not peers or self.unresolved or any(p.hello is None for p in peers):
+        if not self.peers or self._unnamed or self.unresolved:
             return False
-        if any(p.serves(call.target) for p in peers):
+        profiles = self._profiles.values()
+        if any(prof.kind(call.target) is not None for prof in profiles):
             return False
-        served = sorted({t for p in peers for t in p.targets})
+        served = sorted({t for prof in profiles for t in prof.targets})
         self._finish(
             call,
             None,
@@ -866,7 +1041,9 @@ class Dispatcher:
         Rare (a peer's first HELLO, a changed service), so it may take time in the
         number of calls waiting.
         """
-        self._async_targets = frozenset().union(*(p.async_targets for p in self.peers))
+        self._async_targets = frozenset().union(
+            *(prof.async_targets for prof in self._profiles.values())
+        )
         waiting = sorted(
             (c for q in self._queues.values() for c in q if c.id in self.calls),
             key=lambda c: c.id,  # submit order (a re-sent call's id is older still)
@@ -890,7 +1067,9 @@ class Dispatcher:
         self._queue(call.queue).appendleft(call)
 
     def _lost(self, peer: Peer, why: str) -> None:
-        """``peer`` is gone: re-queue what it held, or fail it with WorkerLost."""
+        """``peer`` is gone (CONNECTING now): re-queue what it held, or fail it with
+        WorkerLost."""
+        self._set_state(peer, _CONNECTING)
         calls = self.calls
         held = [calls[rid] for rid in peer.outstanding if rid in calls]
         peer.outstanding.clear()
@@ -923,8 +1102,145 @@ class Dispatcher:
     def _rest(self, peer: Peer) -> None:
         """Send ``peer`` nothing new for a moment: it answered OVERLOADED."""
         until = peer.resting_until = self.clock() + OVERLOAD_REST_S
+        heapq.heappush(self._rests, (until, next(self._entries), peer))
+        self._place(peer)
         if not self._wake_at or until < self._wake_at:
             self._wake(until)
+
+    def _end_rests(self, now: float) -> bool:
+        """End the rests that are over by ``now``; True if one was."""
+        rests = self._rests
+        ended = False
+        while rests and rests[0][0] <= now:
+            until, _, peer = heapq.heappop(rests)
+            if peer.resting_until == until:  # (else rested again since, for longer)
+                peer.resting_until = 0.0
+                self._place(peer)
+                ended = True
+        while rests and rests[0][2].resting_until != rests[0][0]:
+            heapq.heappop(rests)  # superseded: it must not ask for a wake-up
+        return ended
+
+    # --- the index (module docstring, "What it costs") ----------------------------------------
+
+    def _release(self, peer: Peer, rid: int) -> None:
+        """``peer`` no longer holds ``rid`` (which it did)."""
+        peer.outstanding.remove(rid)
+        peer.async_out.discard(rid)
+        for pool, kind in peer.pools or ():  # (inline `_place`: once per request)
+            pool.update(peer, kind)
+
+    def _place(self, peer: Peer) -> None:
+        """Put ``peer`` where it belongs in each of its pools (what it holds changed, a
+        rest began or ended)."""
+        for pool, kind in peer.pools or ():
+            pool.update(peer, kind)
+
+    def _set_state(self, peer: Peer, state: str) -> None:
+        """Every change of a peer's state goes through here: its pools, the order of
+        the heard and the greetings follow."""
+        old = peer.state
+        if old is state:
+            return
+        peer.state = state
+        if not peer.seq:  # retired (`retire_peer`): heartbeated while it lives, no more
+            if state is _CONNECTING:
+                self._heard.pop(peer, None)
+            return
+        if state is _READY:
+            self._join(peer)
+            self._greet.pop(peer, None)
+        else:
+            self._leave(peer)
+            self._greet[peer] = None
+        if state is _CONNECTING:
+            del self._heard[peer]
+        elif old is _CONNECTING:
+            self._heard[peer] = None  # at the end: HELLO and DISCONNECT stamp it first
+
+    def _stamp(self, peer: Peer) -> None:
+        """``peer`` is alive now: to the end of the order of the heard."""
+        peer.last_seen = self.clock()
+        if peer.state is not _CONNECTING:
+            self._heard.move_to_end(peer)
+
+    def _join(self, peer: Peer) -> None:
+        """Put a READY ``peer`` in its profile's pools (if it is not in them)."""
+        if peer.pools is not None:
+            return
+        prof = peer.profile
+        assert prof is not None, "READY before a HELLO"
+        peer.pools = prof.members
+        self._capacity += peer.capacity
+        for pool, kind in prof.members:
+            pool.ready += 1
+            pool.update(peer, kind)
+
+    def _leave(self, peer: Peer) -> None:
+        """Take ``peer`` out of its pools (if it is in them)."""
+        pools = peer.pools
+        if pools is None:
+            return
+        peer.pools = None
+        self._capacity -= peer.capacity
+        for pool, _ in pools:
+            pool.ready -= 1
+            pool.update(peer, _OUT)
+
+    def _profile(self, peer: Peer) -> None:
+        """File ``peer`` (out of its pools) under the profile its HELLO says."""
+        broker = peer.role == "broker"
+        key = (
+            broker,
+            frozenset() if broker else peer.targets,
+            peer.async_targets,
+            not peer.threads,
+        )
+        old = peer.profile
+        if old is not None:
+            if old.key == key:
+                return
+            del old.peers[peer]
+        prof = self._profiles.get(key)
+        regroup = prof is None or (old is not None and not old.peers)
+        if old is not None and not old.peers:
+            del self._profiles[old.key]
+        if prof is None:
+            prof = self._profiles[key] = _Profile(key)
+        prof.peers[peer] = None
+        peer.profile = prof
+        if regroup:
+            self._regroup()
+
+    def _regroup(self) -> None:
+        """Which profiles serve a target changed: every pool starts over, made again on
+        the next pick for its target. Rare (a kind of peer came to or left the mesh)."""
+        for p in self._profiles.values():
+            p.members.clear()  # (the READY peers' `pools`: the same lists)
+        self._pools.clear()
+        self._pools_by_kinds.clear()
+
+    def _pool(self, target: str) -> _Pool:
+        """``target``'s pool: shared with every target served alike (made if need be:
+        O(READY peers of its profiles), once per target and change of profiles)."""
+        kinds = tuple(
+            (prof, kind)
+            for prof in self._profiles.values()
+            if (kind := prof.kind(target)) is not None
+        )
+        pool = self._pools_by_kinds.get(kinds)
+        if pool is None:
+            pool = self._pools_by_kinds[kinds] = _Pool(self.prefetch)
+            for prof, kind in kinds:
+                prof.members.append((pool, kind))
+                for peer in sorted(prof.peers, key=_by_seq):
+                    if peer.pools is not None:  # READY
+                        pool.ready += 1
+                        pool.update(peer, kind)
+        if len(self._pools) >= _MAX_TARGETS:
+            self._pools.clear()
+        self._pools[target] = pool
+        return pool
 
     def _wake(self, when: float) -> None:
         self._wake_at = when
@@ -974,10 +1290,8 @@ class Dispatcher:
         )
 
 
-def _release(peer: Peer, rid: int) -> None:
-    """``peer`` no longer holds ``rid``."""
-    peer.outstanding.discard(rid)
-    peer.async_out.discard(rid)
+def _by_seq(peer: Peer) -> int:
+    return peer.seq
 
 
 def _targets(handlers: dict[str, list[str]]) -> frozenset[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,8 +11,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from broker import Scheduler
-from broker._scheduler import DONE, IN_FLIGHT, QUEUED, Answer, CancelAt, Dispatch
+from broker import Scheduler, _scheduler
+from broker._scheduler import DONE, IN_FLIGHT, QUEUED, Answer, CancelAt, Dispatch, WorkerRecord
 from protocol import ErrorCode
 
 
@@ -380,9 +381,24 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert isinstance(cmd, CancelAt)
                 assert cmd.job.key in self.held[cmd.worker]
 
-    @rule(w=st.sampled_from(sorted(WORKERS)))
-    def register(self, w: bytes) -> None:
-        self.s.register(w, services=WORKERS[w], capacity=2, heartbeat=1.0)
+    @rule(
+        w=st.sampled_from(sorted(WORKERS)),
+        heartbeat=st.sampled_from([1.0, 1.0, 0.5]),
+        threads=st.sampled_from([0, 1, 2]),
+        async_slots=st.sampled_from([0, 3]),
+    )
+    def register(self, w: bytes, heartbeat: float, threads: int, async_slots: int) -> None:
+        services = WORKERS[w]
+        first = next(iter(services))
+        self.s.register(
+            w,
+            services=services,
+            capacity=2,
+            heartbeat=heartbeat,
+            threads=threads,
+            async_slots=async_slots,
+            async_handlers={first: services[first][:1]} if async_slots else {},
+        )
         self.granted[w] = 0
         self._collect()
 
@@ -457,15 +473,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.cancelled.update(k for k in self.submitted if k[0] == c)
         self._collect()
 
-    @rule(dt=st.sampled_from([0.1, 0.6, 1.5, 4.0]))
-    def time_passes(self, dt: float) -> None:
+    @rule(dt=st.sampled_from([0.1, 0.6, 1.5, 4.0]), data=st.data())
+    def time_passes(self, dt: float, data: st.DataObject) -> None:
         self.clock.advance(dt)
-        for w in self.s.workers:
-            if dt < 4.0:
-                self.s.heard(w)  # live workers keep talking, except across long gaps
-        before = set(self.s.workers)
+        if dt < 4.0:  # live workers keep talking, except across long gaps; some fall silent
+            quiet = data.draw(st.sets(st.sampled_from(sorted(WORKERS))))
+            for w in self.s.workers:
+                if w not in quiet:
+                    self.s.heard(w)
+        seen = {w: (r.last_seen, r.liveness) for w, r in self.s.workers.items()}
         self.s.tick()
-        for w in before - set(self.s.workers):
+        now = self.clock.now
+        for w, (last, liveness) in seen.items():  # the silent ones expire, and they alone
+            assert (w not in self.s.workers) == (now - last > liveness), w
+        for w in seen.keys() - set(self.s.workers):
             self._forget(w)
         self._collect()
 
@@ -501,6 +522,32 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert in_flight == s.in_flight
 
     @invariant()
+    def totals_are_those_of_the_serving_workers(self) -> None:
+        s = self.s
+        serving = [w for w in s.workers.values() if not w.draining]
+        assert s.capacity == sum(w.capacity for w in serving)
+        assert s.threads == sum(w.threads or w.capacity for w in serving)
+        assert s.async_slots == sum(w.async_slots for w in serving)
+        assert s.in_flight == sum(len(w.in_flight) for w in s.workers.values())
+        for got, field in ((s.services(), "services"), (s.async_handlers(), "async_handlers")):
+            want: dict[str, set[str]] = {}
+            for w in serving:
+                for service, handlers in getattr(w, field).items():
+                    want.setdefault(service, set()).update(handlers)
+            assert got == {k: sorted(v) for k, v in sorted(want.items())}
+
+    @invariant()
+    def workers_stand_in_the_order_they_were_heard(self) -> None:
+        s = self.s
+        queued = [w for queue in s._silence.values() for w in queue.values()]
+        assert sorted(w.id for w in queued) == sorted(s.workers)
+        for liveness, queue in s._silence.items():
+            assert queue
+            seen = [w.last_seen for w in queue.values()]
+            assert seen == sorted(seen)
+            assert all(w.liveness == liveness for w in queue.values())
+
+    @invariant()
     def no_idle_worker_beside_a_waiting_request(self) -> None:
         s = self.s
         for job in s.jobs.values():
@@ -524,3 +571,124 @@ TestSchedulerMachine.settings = settings(max_examples=60, stateful_step_count=40
 def test_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Scheduler(max_queue=0)
+
+
+# --- many workers: the heartbeat work follows what expires (module docstring) --------------------
+
+
+class CountedRecord(WorkerRecord):
+    """A worker record that counts the reads of its ``last_seen``: how many workers a
+    `tick` looked at."""
+
+    __slots__ = ()
+    reads = 0
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "last_seen":
+            CountedRecord.reads += 1
+        return super().__getattribute__(name)
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], None]], int]:
+    """Workers registered from now on count; ``counted(act)``: the reads in ``act``."""
+    monkeypatch.setattr(_scheduler, "WorkerRecord", CountedRecord)
+
+    def looks(act: Callable[[], None]) -> int:
+        CountedRecord.reads = 0
+        act()
+        return CountedRecord.reads
+
+    return looks
+
+
+def test_an_idle_broker_looks_at_one_worker_a_tick(
+    counted: Callable[[Callable[[], None]], int],
+) -> None:
+    s, clock = make()
+    wids = [b"w%04d" % i for i in range(1000)]
+    for i, wid in enumerate(wids):  # they join over a second, as they would
+        clock.now = 1000.0 + i / 1000
+        hello(s, wid, {"A": ["x"]})
+    looks = 0
+    for tick in range(1, 20 * 10 + 1):  # ten seconds of ticks every 50 ms
+        clock.now = 1001.0 + tick * 0.05
+        for i in range(tick % 20, 1000, 20):  # each worker's PING, once a second
+            s.heard(wids[i])
+        looks += counted(s.tick)
+    assert len(s.workers) == 1000  # heard from: none expired
+    assert s.counters["workers_expired"] == 0
+    assert looks == 200  # the least lately heard, once a tick: not 1,000 a tick
+
+
+def test_a_tick_looks_at_the_silent_workers_and_the_first_live_one(
+    counted: Callable[[Callable[[], None]], int],
+) -> None:
+    s, clock = make()
+    early = [b"e%03d" % i for i in range(100)]
+    late = [b"l%03d" % i for i in range(900)]
+    for wid in early:
+        hello(s, wid, {"A": ["x"]})
+    clock.advance(1.0)
+    for wid in late:
+        hello(s, wid, {"A": ["x"]})
+    clock.advance(2.0)  # silent 3 s: not more, so not expired
+    assert counted(s.tick) == 1
+    assert len(s.workers) == 1000
+    clock.advance(0.05)
+    for wid in early[:50]:
+        s.heard(wid)
+    assert counted(s.tick) == 50 + 1  # the silent half expires; the next one is alive
+    assert set(s.workers) == set(early[:50]) | set(late)
+    assert s.counters["workers_expired"] == 50
+
+
+def test_workers_of_different_heartbeats_expire_each_on_its_own() -> None:
+    s, clock = make()
+    s.register(b"slow", services={"A": ["x"]}, capacity=1, heartbeat=5.0)
+    s.register(b"fast", services={"A": ["x"]}, capacity=1, heartbeat=1.0)
+    clock.advance(3.01)
+    s.tick()
+    assert set(s.workers) == {b"slow"}
+    s.register(b"slow", services={"A": ["x"]}, capacity=1, heartbeat=1.0)  # now 1 s too
+    clock.advance(3.01)
+    s.tick()
+    assert s.workers == {}
+    assert s.next_wakeup() is None
+
+
+def test_next_wakeup_is_the_earliest_silence_as_heard_now() -> None:
+    s, clock = make()
+    hello(s, b"a", {"A": ["x"]})
+    hello(s, b"b", {"A": ["x"]})
+    start = clock.now
+    assert s.next_wakeup() == start + 3.0
+    clock.advance(1.0)
+    s.heard(b"a")
+    assert s.next_wakeup() == start + 3.0  # b, silent since the start
+    clock.advance(1.0)
+    s.heard(b"b")
+    assert s.next_wakeup() == start + 4.0  # a, heard a second in
+    s.remove(b"a", "gone")
+    assert s.next_wakeup() == start + 5.0
+    s.remove(b"b", "gone")
+    assert s.next_wakeup() is None
+
+
+def test_in_flight_follows_every_way_a_request_leaves_a_worker() -> None:
+    s, _ = make(max_deliveries=5)
+    for w in (b"w1", b"w2", b"w3"):
+        hello(s, w, {"A": ["x"]}, capacity=4)
+        s.ready(w, 4)
+    for rid in range(1, 10):
+        s.submit(C, rid, "A.x", 0, None)
+    held = {c.job.id: c.worker for c in take(s) if isinstance(c, Dispatch)}
+    assert s.in_flight == 9
+    assert s.finish(held[1], C, 1)
+    assert s.in_flight == 8
+    s.refused(held[2], C, 2)  # back to the queue, and out again to a worker with credit
+    assert s.in_flight == sum(1 for j in s.jobs.values() if j.state is IN_FLIGHT)
+    s.remove(b"w3", "killed")
+    assert s.in_flight == sum(1 for j in s.jobs.values() if j.state is IN_FLIGHT)
+    s.abandon("bye")
+    assert s.in_flight == 0

@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from client import NoWorkers, Overloaded, RemoteError, Timeout, UnknownHandler, WorkerLost
 from client._dispatch import (
+    _MAX_TARGETS,
     LIVENESS,
     OVERLOAD_REST_S,
     Call,
@@ -1056,12 +1057,27 @@ class DispatcherMachine(RuleBasedStateMachine):
                 assert not free, f"{head} waits while {p} could take it"
 
     @invariant()
+    def the_heartbeat_order_agrees_with_the_peers(self) -> None:
+        if self.rig is not None:
+            _check_heartbeat_order(self.r.d)
+
+    @invariant()
     def retries_never_exceed_attempts(self) -> None:
         if self.rig is None:
             return
         for rid, call in self.r.d.calls.items():
             assert call.attempts >= 1
             assert self.deliveries[rid] <= self.retries[rid] + 1
+
+
+def _check_heartbeat_order(d: Dispatcher) -> None:
+    """The peers a tick looks at: all but the CONNECTING ones, least lately heard first;
+    the ones it greets: the CONNECTING and DRAINING ones."""
+    order = list(d._heard)
+    assert set(order) == {p for p in d.peers if p.state is not CONNECTING}
+    seen = [p.last_seen for p in order]
+    assert seen == sorted(seen)
+    assert set(d._greet) == {p for p in d.peers if p.state is not READY}
 
 
 TestDispatcherMachine = DispatcherMachine.TestCase
@@ -1111,3 +1127,338 @@ def test_a_refusal_is_forgotten_after_a_good_handshake() -> None:
     rig.d.dropped(rig["tcp://w2"])
     rig.advance(11)
     assert isinstance(rig.outcomes.error(late), NoWorkers)
+
+
+# --- many peers: the index behind the pick (module docstring, "What it costs") -------------------
+
+
+def _held_by(r: Rig) -> Counter[str]:
+    """How many requests each peer holds now."""
+    return Counter({ep: len(p.outstanding) for ep, p in r.peers.items()})
+
+
+def _many(n: int, prefetch: int = 0, **hello: Any) -> tuple[Rig, list[str]]:
+    """A Rig over ``n`` peers, each READY with ``hello`` (`Rig.hello`'s keywords)."""
+    eps = [f"w{i:03d}" for i in range(n)]
+    r = Rig(*eps, prefetch=prefetch)
+    for ep in eps:
+        r.hello(ep, **hello)
+    r.take()
+    return r, eps
+
+
+def test_round_robin_among_many_equally_loaded_peers() -> None:
+    r, eps = _many(50, prefetch=10)
+    first = [r.submit() for _ in range(50)]
+    assert [ep for ep, _ in sent(r.take())] == eps  # one each, in the order they came
+    [r.submit() for _ in range(50)]
+    assert [ep for ep, _ in sent(r.take())] == eps  # then a second each, the same order
+    # w007 answers its first: it alone holds fewer, so it takes the next one.
+    r.reply("w007", first[7])
+    r.take()
+    r.submit()
+    assert sent(r.take())[0][0] == "w007"
+    # Equals again (two each): the next round starts with whoever has held two longest.
+    [r.submit() for _ in range(50)]
+    order = [ep for ep, _ in sent(r.take())]
+    assert sorted(order) == eps
+    assert order[-1] == "w007"  # it came to two last
+
+
+def test_many_peers_spread_by_kind_plain_against_threads_async_against_slots() -> None:
+    r, _ = _many(
+        100, services={"A": ["x", "y"]}, threads=1, async_slots=2, async_handlers={"A": ["y"]}
+    )
+    [r.submit("A.x") for _ in range(120)]
+    [r.submit("A.y") for _ in range(220)]
+    r.take()
+    for p in r.peers.values():
+        assert len(p.outstanding) - len(p.async_out) == 1  # one plain each: its thread
+        assert len(p.async_out) == 2  # two async each: its slots
+    assert r.d.queued() == 20 + 20
+
+
+def test_a_resting_peer_among_many_is_passed_over_until_its_rest_ends() -> None:
+    r, _ = _many(100, prefetch=5, capacity=2)
+    rids = [r.submit(retries=5) for _ in range(100)]
+    holders = {rid: ep for ep, rid in sent(r.take())}
+    for rid in rids[:99]:  # all but one of them answer OVERLOADED (in one batch): each rests
+        r.d.error(r[holders[rid]], Error(rid, ErrorCode.OVERLOADED, "full", "Overloaded"))
+    idle = holders[rids[99]]
+    r.d.heard(r[idle])
+    retried = sent(r.take())
+    assert {ep for ep, _ in retried} == {idle}  # the only one not resting takes them all
+    assert len(retried) == 2 + 5 - 1  # up to its bound + prefetch; the rest wait
+    r.advance(OVERLOAD_REST_S)
+    later = sent(r.take())
+    assert idle not in {ep for ep, _ in later}  # the rested ones hold less now
+    assert r.d.queued() == 0
+
+
+def test_peers_leave_and_join_and_the_pick_follows() -> None:
+    r, eps = _many(60, prefetch=10)
+    [r.submit(retries=60) for _ in range(120)]
+    r.take()
+    assert set(_held_by(r).values()) == {2}
+    for ep in eps[:30]:
+        r.d.dropped(r[ep])  # what each held goes to the least loaded of those left
+    r.take()
+    held = _held_by(r)
+    assert all(held[ep] == 0 for ep in eps[:30])
+    assert all(held[ep] == 4 for ep in eps[30:])  # 120 over 30, evenly
+    assert r.d.capacity() == 30
+    for ep in eps[:30]:
+        r.hello(ep, capacity=1)  # back: they hold nothing, so new calls go there first
+    r.take()
+    assert r.d.capacity() == 60
+    [r.submit() for _ in range(60)]
+    new = Counter(ep for ep, _ in sent(r.take()))
+    assert new == Counter(dict.fromkeys(eps[:30], 2))
+    # One changes what it serves (a profile of its own): B.x goes there alone.
+    r.hello("w059", {"A": ["x"], "B": ["x"]}, capacity=1)
+    r.take()
+    assert [ep for ep, _ in sent(r.take())] == []
+    b = [r.submit("B.x") for _ in range(3)]
+    assert sent(r.take()) == [("w059", rid) for rid in b]  # prefetch 10: room for them
+    r.submit()
+    assert sent(r.take())[0][0] in eps[:30]  # A.x still to the least loaded
+
+
+def test_remembered_targets_are_bounded() -> None:
+    r = Rig("br")
+    r.hello("br", {}, capacity=10**6, role="broker")
+    for i in range(_MAX_TARGETS + 10):
+        r.submit(f"made.up{i}")
+    assert len(r.d._pools) <= _MAX_TARGETS
+    assert len(sent(r.take())) == _MAX_TARGETS + 10
+
+
+def test_heard_peers_are_never_lost_and_only_quiet_ones_are_pinged() -> None:
+    r, eps = _many(200)
+    talking, quiet = eps[::2], eps[1::2]
+    pinged: Counter[str] = Counter()
+    for _ in range(LIVENESS):
+        for _ in range(4):
+            r.clock.advance(0.25)
+            for ep in talking:
+                r.d.heard(r[ep])
+        r.d.tick()
+        cmds = r.take()
+        assert kinds(cmds, SendHello) == []
+        pinged.update(kinds(cmds, SendPing))
+    assert set(pinged) == set(quiet)  # each quiet one, once a heartbeat
+    assert all(r[ep].state is READY for ep in eps)
+    r.clock.advance(0.5)
+    r.d.tick()
+    cmds = r.take()
+    assert all(r[ep].state is READY for ep in talking)
+    assert all(r[ep].state is CONNECTING for ep in quiet)  # silent for LIVENESS intervals
+    assert kinds(cmds, SendHello) == []  # lost this tick: greeted from the next one
+    r.clock.advance(1.0)
+    for ep in talking:
+        r.d.heard(r[ep])
+    r.d.tick()
+    assert kinds(r.take(), SendHello) == quiet
+
+
+# A mesh of 200 peers of several kinds: the pick, checked against a brute-force reference.
+
+MESH: list[tuple[str, str, dict[str, list[str]], int, int, int, dict[str, list[str]]]] = [
+    # (endpoint, role, services, capacity, threads, async slots, async handlers)
+    *(
+        (f"n{i:03d}", "worker", {"A": ["x", "y"]}, 0, 1 + i % 3, 1 + i % 4, {"A": ["y"]})
+        for i in range(120)
+    ),
+    *((f"o{i:03d}", "worker", {"A": ["x", "y"]}, 1 + i % 3, 0, 0, {}) for i in range(40)),
+    *((f"b{i:03d}", "worker", {"A": ["x"], "B": ["x"]}, 0, 2, 0, {}) for i in range(30)),
+    *((f"k{i:03d}", "broker", {}, 0, 4, 4, {"A": ["y"]}) for i in range(8)),
+    ("silent0", "worker", {"A": ["x"]}, 0, 1, 0, {}),
+    ("silent1", "worker", {"A": ["x"]}, 0, 1, 0, {}),
+]
+"""Peers: 1.1 workers, 1.0 workers (threads 0: capacity alone), workers of another
+service, brokers, and two that never say HELLO."""
+MESH_TARGETS = ["A.x", "A.y", "B.x", "C.x"]
+
+
+def _is_async(hello: Hello, target: str) -> bool:
+    """Whether ``hello`` names ``target`` an async handler."""
+    return any(f"{s}.{h}" == target for s, hs in hello.async_handlers.items() for h in hs)
+
+
+def _mesh_hello(r: Rig, ep: str, scale: int = 1, like: str = "") -> None:
+    """``ep`` says HELLO as its row of `MESH` says (or ``like``'s row: it changed what
+    it serves), its bounds times ``scale``."""
+    spec = next(m for m in MESH if m[0] == (like or ep))
+    _, role, services, capacity, threads, slots, handlers = spec
+    threads, slots, capacity = threads * scale, slots * scale, capacity * scale
+    msg = Hello(
+        role=role,
+        services=services,
+        capacity=(threads + slots) if threads else capacity,
+        name=ep,
+        protocol="1.1" if threads else "1.0",
+        threads=threads,
+        async_slots=slots,
+        async_handlers=handlers if threads else {},
+    )
+    r.d.hello(r[ep], msg)
+    r.d.heard(r[ep])
+
+
+class PickMachine(RuleBasedStateMachine):
+    """200 peers of several kinds: every pick goes to a peer that serves the call, has
+    room, does not rest, and holds no more of the call's kind than any other such peer
+    (recomputed by brute force from what each peer holds); the index agrees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.r = Rig(*(m[0] for m in MESH), prefetch=1)
+        for ep, *_ in MESH[:-2]:
+            _mesh_hello(self.r, ep)
+        self.r.take()
+
+    def _loads(self) -> dict[str, int]:
+        """What each peer holds now, by request id."""
+        return {ep: len(p.outstanding) for ep, p in self.r.peers.items()}
+
+    def _free(self, peer: Peer, target: str, held: dict[int, bool]) -> int | None:
+        """``peer``'s load of ``target``'s kind if it may take it now, else None.
+
+        ``held``: the requests it holds, each with whether it was sent to an async slot
+        (what the kind of a request is when the peer's HELLO changes it meanwhile)."""
+        d = self.r.d
+        now = self.r.clock.now
+        if peer.state is not READY or not peer.serves(target):
+            return None
+        if peer.resting_until and now < peer.resting_until:
+            return None
+        hello = peer.hello
+        assert hello is not None
+        if not hello.threads:
+            load, bound = len(held), hello.capacity
+        else:
+            kind = _is_async(hello, target)
+            load = sum(1 for was_async in held.values() if was_async is kind)
+            bound = hello.async_slots if kind else hello.threads
+        return load if load < bound + d.prefetch else None
+
+    @staticmethod
+    def _holds(peer: Peer) -> dict[int, bool]:
+        """What ``peer`` holds, each with whether it went to an async slot."""
+        return {rid: rid in peer.async_out for rid in peer.outstanding}
+
+    def _checked(self, act: Any) -> None:
+        """Run ``act`` (it may only send), checking each send against the reference."""
+        r = self.r
+        held = {ep: self._holds(p) for ep, p in r.peers.items()}
+        act()
+        for cmd in r.d.outbox:
+            if type(cmd) is not SendCall:
+                continue
+            call, peer = cmd.call, cmd.peer
+            loads = {
+                ep: load
+                for ep, p in r.peers.items()
+                if (load := self._free(p, call.target, held[ep])) is not None
+            }
+            chosen = loads.get(peer.endpoint)
+            assert chosen is not None, f"{call} sent to {peer}, which may not take it"
+            assert chosen == min(loads.values()), (call, peer, chosen, min(loads.values()))
+            hello = peer.hello
+            assert hello is not None
+            held[peer.endpoint][call.id] = bool(hello.threads) and _is_async(hello, call.target)
+        r.take()
+
+    @rule(name=st.sampled_from(MESH_TARGETS), n=st.integers(1, 40))
+    def submit(self, name: str, n: int) -> None:
+        def act() -> None:
+            for _ in range(n):
+                call = self.r.call(name, timeout=1000.0, retries=3)
+                self.r.d.submit(call)
+
+        self._checked(act)
+
+    def _held(self) -> list[tuple[str, int]]:
+        return sorted((ep, rid) for ep, p in self.r.peers.items() for rid in p.outstanding)
+
+    @precondition(lambda self: self._held())
+    @rule(data=st.data(), answer=st.sampled_from(["reply", "reply", "reply", "overloaded"]))
+    def answer(self, data: st.DataObject, answer: str) -> None:
+        r = self.r
+        pairs = data.draw(st.lists(st.sampled_from(self._held()), min_size=1, max_size=30))
+        for ep, rid in dict.fromkeys(pairs):
+            if rid not in r[ep].outstanding:
+                continue
+            if answer == "reply":
+                r.d.reply(r[ep], rid, None)
+            else:
+                r.d.error(r[ep], Error(rid, ErrorCode.OVERLOADED, "full", "Overloaded"))
+        r.take()  # (error re-queues, and dispatches nothing)
+        ep = pairs[0][0]
+        self._checked(lambda: r.d.heard(r[ep]))
+
+    @rule(
+        data=st.data(),
+        what=st.sampled_from(["dropped", "disconnect", "hello", "bigger", "changed"]),
+    )
+    def peer_changes(self, data: st.DataObject, what: str) -> None:
+        r = self.r
+        names = [m[0] for m in MESH[:-2]]
+        ep = data.draw(st.sampled_from(names))
+        if what == "dropped":
+            r.d.dropped(r[ep])
+        elif what == "disconnect":
+            r.d.disconnect(r[ep], "draining")
+        elif what == "changed":  # it serves what another kind of peer does (a new profile)
+            _mesh_hello(r, ep, like=data.draw(st.sampled_from(names)))
+        else:
+            _mesh_hello(r, ep, 2 if what == "bigger" else 1)
+        r.take()
+
+    @rule(dt=st.sampled_from([0.01, OVERLOAD_REST_S]))
+    def time_passes(self, dt: float) -> None:
+        r = self.r
+        r.clock.advance(dt)
+        ep = next(iter(r.peers))
+        self._checked(lambda: r.d.heard(r[ep]))  # (rests may end here, before the timer)
+        r.advance(0)
+
+    @invariant()
+    def the_index_agrees_with_the_peers(self) -> None:
+        d = self.r.d
+        for pool in d._pools_by_kinds.values():
+            members = [
+                (p, kind)
+                for prof, kind in next(k for k, v in d._pools_by_kinds.items() if v is pool)
+                for p in prof.peers
+                if p.state is READY
+            ]
+            assert pool.ready == len(members)
+            want = {}
+            for p, kind in members:
+                load, bound = {
+                    0: (len(p.outstanding) - len(p.async_out), p.threads),
+                    1: (len(p.async_out), p.async_slots),
+                    2: (len(p.outstanding), p.capacity),
+                }[kind]
+                if load < bound + d.prefetch and not p.resting_until:
+                    want[p] = load
+            assert pool.at == want
+            assert {p: b for b, q in pool.buckets.items() for p in q} == want
+            assert pool.low == (min(want.values()) if want else -1)
+        assert d.capacity() == sum(p.capacity for p in d.peers if p.state is READY)
+        _check_heartbeat_order(d)
+
+    @invariant()
+    def no_free_peer_beside_a_waiting_call(self) -> None:
+        r = self.r
+        for q in r.d._queues.values():
+            head = next((c for c in q if c.id in r.d.calls), None)
+            if head is None:
+                continue
+            for p in r.peers.values():
+                assert self._free(p, head.target, self._holds(p)) is None, (head, p)
+
+
+TestPickMachine = PickMachine.TestCase
+TestPickMachine.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)

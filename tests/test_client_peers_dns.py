@@ -27,8 +27,8 @@ def test_a_retired_peer_gets_nothing_new_and_finishes_what_it_holds() -> None:
     assert r.d.capacity() == 1
     later = [r.submit() for _ in range(3)]
     assert sent(r.take()) == [("w2", rid) for rid in later]
-    r.d.tick()  # no liveness rule reaches a retiring peer: its connection decides
-    r.take()
+    r.d.tick()  # still heartbeated (below); nothing new goes to it
+    assert [c for c in sent(r.take()) if c[0] == "w1"] == []
     r.reply("w1", on_w1[0], "done there")
     assert r.outcomes.value(on_w1[0]) == "done there"
     assert r.d.idle_retired() == []
@@ -142,3 +142,33 @@ def test_workers_rows_wait_for_a_first_lookup_and_name_what_did_not_resolve() ->
         "unresolved": "Name or service not known",
     }
     assert [row["state"] for row in rows[1:]] == ["ready", "ready"]
+
+
+def test_a_retiring_peer_that_goes_silent_is_lost_and_its_calls_go_elsewhere() -> None:
+    # A frozen worker's connection may never close: heartbeats still cover a retiring
+    # peer, so what it holds is re-sent after LIVENESS silent heartbeats, not at the
+    # calls' deadlines.
+    r = Rig("w1", "w2", prefetch=10)
+    r.hello("w1")
+    r.take()
+    rids = [r.submit() for _ in range(2)]
+    assert [ep for ep, _ in sent(r.take())] == ["w1", "w1"]
+    r.d.retire_peer(r["w1"])
+    r.hello("w2")
+    r.take()
+    for _ in range(5):
+        r.clock.advance(1.0)
+        r.hello("w2")  # w2 keeps talking; w1 says nothing
+        r.d.tick()
+        r.take()
+    assert r.d.retried["worker_lost"] == 2
+    assert sorted(rid for rid in rids if rid in r["w2"].outstanding) == sorted(rids)
+    assert r.d.idle_retired() == [r["w1"]]
+
+
+def test_a_peer_retired_before_its_hello_does_not_hold_up_unknown_handler() -> None:
+    r = Rig("w1", "w2")
+    r.hello("w2")  # w1 never says HELLO: its address left DNS first
+    r.d.retire_peer(r["w1"])
+    rid = r.submit("B.nothing")
+    assert isinstance(r.outcomes.error(rid), UnknownHandler)
