@@ -11,6 +11,7 @@ the Dispatcher leaves in `Dispatcher.outbox`, in order:
 * `SendHello` — a HELLO: the answer says who the peer is and makes it READY.
 * `SendPing` — a PING to a quiet peer; any answer proves it alive.
 * `SendCancel` — the caller gave up on ``rid``, which ``peer`` holds.
+* `SendCredit` — the consumer of stream ``rid`` read ``credit`` more items (SPEC 7.11).
 * `SendBye` — a DISCONNECT: the client is closing.
 * `WakeAt` — call `Dispatcher.on_timer` once the clock reads ``when`` (replaces the
   wake-up asked for before: a new one is only ever earlier).
@@ -47,6 +48,11 @@ Rules:
   and the peer gets nothing new until it says HELLO with capacity again.
 * Refusals (DRAINING, OVERLOADED, WORKER_LOST) from a peer that no longer holds the
   call are stale and ignored; any other answer completes the call, whoever sends it.
+* A stream call (``call.on_item`` set) goes only to a peer whose HELLO said
+  ``streams``; once every peer has said HELLO and none that serves it streams, it
+  fails `UnknownHandler` saying so. Its ITEMs go to ``on_item``; its END completes it
+  with the item count. A peer lost after it delivered items fails it `WorkerLost`
+  (with ``items``) at once: items were consumed, so it is never re-sent.
 * Every heartbeat (`tick`): HELLO to connecting and draining peers (a fresh worker on
   a draining worker's endpoint answers READY), PING to peers quiet for most of an
   interval, and a peer silent for `LIVENESS` intervals is lost.
@@ -102,6 +108,7 @@ __all__ = [
     "SendBye",
     "SendCall",
     "SendCancel",
+    "SendCredit",
     "SendHello",
     "SendPing",
     "Slots",
@@ -158,6 +165,8 @@ class Call:
         "frames",
         "future",
         "id",
+        "items",
+        "on_item",
         "on_progress",
         "peer",
         "plain_frames",
@@ -189,6 +198,10 @@ class Call:
         self.complete = complete
         self.peer: Peer | None = None  # who holds it; None while queued
         self.on_progress: Callable[[Progress], None] | None = None
+        self.on_item: Callable[[Any], None] | None = None
+        """A stream call's: takes each ITEM's value (SPEC 7.11); None for a plain call."""
+        self.items = 0
+        """Items of a stream call delivered to ``on_item``."""
         self.plain_frames: list[Any] | None = None
         """``frames`` without their trace (1.1 meta), made on first need: for a peer
         that speaks 1.0."""
@@ -290,6 +303,14 @@ class SendCancel(NamedTuple):
     rid: int
 
 
+class SendCredit(NamedTuple):
+    """Tell ``peer`` it may send ``credit`` more items of stream ``rid``."""
+
+    peer: Peer
+    rid: int
+    credit: int
+
+
 class SendBye(NamedTuple):
     """Send a DISCONNECT to ``peer``: the client is closing."""
 
@@ -302,7 +323,7 @@ class WakeAt(NamedTuple):
     when: float
 
 
-Command = SendCall | SendHello | SendPing | SendCancel | SendBye | WakeAt
+Command = SendCall | SendHello | SendPing | SendCancel | SendCredit | SendBye | WakeAt
 
 
 class Dispatcher:
@@ -519,6 +540,23 @@ class Dispatcher:
         if call is not None:
             _release(peer, call.id)
             call.complete(call, None, exc)
+
+    def item(self, peer: Peer, rid: int, value: Any) -> None:
+        """An ITEM of stream ``rid``: to its call's ``on_item``, if still pending."""
+        call = self.calls.get(rid)
+        if call is not None and call.on_item is not None and call.peer is peer:
+            call.items += 1
+            call.on_item(value)
+
+    def end(self, peer: Peer, rid: int, items: int) -> None:
+        """Stream ``rid`` ended after ``items`` items: it completes with that count."""
+        self.reply(peer, rid, items)
+
+    def grant(self, rid: int, credit: int) -> None:
+        """The consumer of stream ``rid`` read ``credit`` more items: tell its worker."""
+        call = self.calls.get(rid)
+        if call is not None and call.peer is not None and rid in call.peer.outstanding:
+            self.outbox.append(SendCredit(call.peer, rid, credit))
 
     def progress(self, msg: Progress) -> None:
         """A running handler's PROGRESS: to the call's ``on_progress``, if still pending."""
@@ -782,7 +820,7 @@ class Dispatcher:
             if call.id not in calls:  # timed out or failed while queued
                 q.popleft()
                 continue
-            peer = self._pick(call.target)
+            peer = self._pick(call.target, call.on_item is not None)
             if peer is None:
                 # Servers of it are all busy: it waits at the head of its queue (the
                 # common case, so checked first). Else maybe nobody can serve it, or
@@ -805,9 +843,10 @@ class Dispatcher:
         for service in list(self._queues):
             self._dispatch(service)
 
-    def _pick(self, target: str) -> Peer | None:
+    def _pick(self, target: str, stream: bool = False) -> Peer | None:
         """The READY peer with the fewest outstanding requests of ``target``'s kind there
-        and room for one more (module docstring, "Rules")."""
+        and room for one more (module docstring, "Rules"); for a ``stream`` call, among
+        those whose HELLO said ``streams``."""
         best: Peer | None = None
         best_load = 1 << 62
         self._all_busy = False
@@ -819,6 +858,8 @@ class Dispatcher:
         for i in range(n):
             peer = peers[(start + i) % n]
             if peer.state is not _READY or not peer.serves(target):
+                continue
+            if stream and not _streams(peer):
                 continue
             if peer.resting_until:
                 now = now or self.clock()
@@ -848,6 +889,10 @@ class Dispatcher:
         peers = self.peers
         if not peers or self.unresolved or any(p.hello is None for p in peers):
             return False
+        if call.on_item is not None and not any(
+            _streams(p) for p in peers if p.serves(call.target)
+        ):
+            return self._cannot_stream(call)
         if any(p.serves(call.target) for p in peers):
             return False
         served = sorted({t for p in peers for t in p.targets})
@@ -856,6 +901,27 @@ class Dispatcher:
             None,
             UnknownHandler(
                 f"no worker serves {call.target!r}; served: {', '.join(served) or 'nothing'}"
+            ),
+        )
+        return True
+
+    def _cannot_stream(self, call: Call) -> bool:
+        """Fail stream ``call`` if the peers that serve its target cannot stream (SPEC
+        7.11: older workers, brokers of this revision); True if it failed."""
+        old = [p for p in self.peers if p.serves(call.target)]
+        if not old:
+            return False
+        who = ", ".join(
+            f"{p.endpoint} ({p.role}, protocol {p.hello.protocol if p.hello else '?'})" for p in old
+        )
+        self._finish(
+            call,
+            None,
+            UnknownHandler(
+                f"{call.target}: no worker serving it can stream (their HELLO did not say "
+                f"streams: {who}); connect straight to workers of a zeromesh release that "
+                "streams (protocol 1.2; brokers do not route streams yet), or call() it to "
+                "get all its items as one list"
             ),
         )
         return True
@@ -907,8 +973,17 @@ class Dispatcher:
                 self._retry(call, f"worker at {peer.endpoint} lost ({why})", WorkerLost)
 
     def _retry(self, call: Call, why: str, error: type[ZeromeshError]) -> None:
-        """Re-queue ``call`` if it has attempts left; else fail it with ``error``."""
+        """Re-queue ``call`` if it has attempts left; else fail it with ``error``. A
+        stream that delivered items fails `WorkerLost` at once (they were consumed)."""
         call.peer = None
+        if call.items:
+            lost = WorkerLost(
+                f"{call.target}: {why} after {call.items} stream item(s); a stream is not "
+                "re-sent once items arrived: start it again if you need the rest"
+            )
+            lost.items = call.items
+            self._finish(call, None, lost)
+            return
         call.attempts -= 1
         if call.attempts > 0:
             self.retried["overloaded" if error is Overloaded else "worker_lost"] += 1
@@ -978,6 +1053,12 @@ def _release(peer: Peer, rid: int) -> None:
     """``peer`` no longer holds ``rid``."""
     peer.outstanding.discard(rid)
     peer.async_out.discard(rid)
+
+
+def _streams(peer: Peer) -> bool:
+    """Whether ``peer`` said in its HELLO that it takes stream requests (revision 1.2)."""
+    hello = peer.hello
+    return hello is not None and hello.streams
 
 
 def _targets(handlers: dict[str, list[str]]) -> frozenset[str]:
