@@ -456,6 +456,34 @@ def test_item_timeout_cancels_a_stream_that_stalls(mesh: Mesh, tmp_path: Path) -
     assert "cancelled=True" in closed
 
 
+# --- a broker of this revision ----------------------------------------------------------
+
+
+@pytest.mark.process
+def test_a_broker_does_not_take_stream_requests_yet(short_tmp: Path) -> None:
+    from brokerkit import BrokeredMesh
+    from hostilekit import raw_dealer
+
+    bmesh = BrokeredMesh(short_tmp)
+    try:
+        broker = bmesh.broker()
+        # The client never sends one: the broker's HELLO says no streams.
+        with Client(broker.endpoint, timeout=10) as c:
+            with pytest.raises(UnknownHandler, match="can stream") as info:
+                list(c.stream("gen.count", 3))
+            assert "broker" in str(info.value)
+        # Another client that does is refused at once, by the request's id.
+        with raw_dealer(broker.endpoint) as sock:
+            sock.send_multipart(protocol.encode(protocol.Request(9, "gen.count", [3], window=4)))
+            assert sock.poll(10_000)
+            answer = protocol.decode(sock.recv_multipart())
+        assert isinstance(answer, protocol.Error)
+        assert (answer.id, answer.code) == (9, protocol.ErrorCode.PROTOCOL)
+        assert "does not route stream requests" in answer.message
+    finally:
+        bmesh.close()
+
+
 # --- a worker of revision 1.1 --------------------------------------------------------------
 
 

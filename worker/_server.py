@@ -508,6 +508,11 @@ class Worker(RouterServer):
         queue it to run, or answer why not."""
         if type(peer) is bytes and self._outbox.not_reading(peer):
             return
+        if req.window and type(peer) is not bytes:
+            # The link to a broker said no `streams` (it does not route credit yet).
+            why = "stream requests come straight from clients, not through a broker (SPEC 12.8)"
+            self._send_error(peer, req, ErrorCode.PROTOCOL, why)
+            return
         job = self.table.admit(peer, req, arrived)
         if type(job) is not Job:
             self._send_error(peer, req, *job)  # type: ignore[misc]
