@@ -456,6 +456,45 @@ def test_item_timeout_cancels_a_stream_that_stalls(mesh: Mesh, tmp_path: Path) -
     assert "cancelled=True" in closed
 
 
+@pytest.mark.process
+def test_items_ready_at_once_share_bundles_only_for_a_client_that_takes_them(mesh: Mesh) -> None:
+    from hostilekit import raw_dealer
+
+    w = _start(mesh, "--concurrency", "2")
+    n = 3000
+    for takes in (True, False):
+        with raw_dealer(w.endpoint, rcvhwm=0) as sock:
+            sock.send_multipart(protocol.encode(Hello(1, bundle=takes)))
+            assert sock.poll(10_000)
+            protocol.decode(sock.recv_multipart())
+            sock.send_multipart(
+                protocol.encode(protocol.Request(2, "gen.count", [n], window=n + 1))
+            )
+            # window n + 1: the handler learns it is done by being resumed, which takes a
+            # credit too (SPEC 7.11), and this client grants none.
+            items: list[int] = []
+            bundles = 0
+            end = None
+            while end is None:
+                assert sock.poll(10_000), f"{len(items)} items, then silence"
+                msg = protocol.decode(sock.recv_multipart())
+                inner = [msg]
+                if type(msg) is protocol.Bundle:
+                    bundles += 1
+                    inner = [protocol.decode(list(m)) for m in msg.messages]
+                for m in inner:
+                    if type(m) is protocol.Item:
+                        items.append(m.value)
+                    elif type(m) is protocol.End:
+                        end = m
+        assert items == list(range(n))
+        assert end.items == n
+        if takes:
+            assert bundles, f"{n} small items ready fast, and not one BUNDLE"
+        else:
+            assert not bundles, "a BUNDLE to a client whose HELLO did not ask for them"
+
+
 # --- a broker of this revision ----------------------------------------------------------
 
 
