@@ -495,6 +495,21 @@ def test_items_ready_at_once_share_bundles_only_for_a_client_that_takes_them(mes
             assert not bundles, "a BUNDLE to a client whose HELLO did not ask for them"
 
 
+@pytest.mark.process
+def test_a_drain_that_runs_out_of_time_closes_a_paused_stream(mesh: Mesh, tmp_path: Path) -> None:
+    w = _start(mesh, "--concurrency", "2", "--drain-timeout", "0.5")
+    with Client(w.endpoint, timeout=30) as c:
+        stream = c.options(window=2).stream("gen.watched", 1_000_000, str(tmp_path))
+        got = [next(stream)]  # and one credit back: three items in all, then it pauses
+        _wait_for("the handler to pause", lambda: _read(tmp_path / "produced") == "3")
+        w.signal(signal.SIGTERM)  # the stream holds its slot; the drain gives up on it
+        assert w.wait(20) == 3  # EXIT_DRAIN_TIMEOUT: work abandoned
+        with pytest.raises(WorkerLost) as info:
+            _drain(stream, got)
+    assert info.value.items == len(got) == 3
+    assert _read(tmp_path / "closed") == "3 cancelled=True"  # its finally ran
+
+
 # --- a broker of this revision ----------------------------------------------------------
 
 

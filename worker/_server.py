@@ -976,6 +976,9 @@ class Worker(RouterServer):
             if was_running:
                 if job.task is not None:
                     job.task.cancel()
+                if job.valve is not None:  # a stream waiting for credit: close it now
+                    job.cancelled = True
+                    job.valve.wake()
                 log.error(
                     "abandoning %s (id %d) after %.1f s: %s",
                     job.request.target,
