@@ -37,6 +37,7 @@ import zmq
 import protocol
 from protocol import (
     DEFAULT_LIMITS,
+    FLAG_STREAM,
     Bundle,
     Cancel,
     Codec,
@@ -260,6 +261,16 @@ class Broker(RouterServer):
                 )
                 too_many.request_id, too_many.codec = header.id, header.codec
                 self._bad(peer, too_many, frames[1])
+                return
+            if header.flags & FLAG_STREAM:
+                # This broker said no `streams` in its HELLO: it cannot route items and
+                # credit yet (SPEC 12.8), so a stream request is refused, not queued.
+                stream = ProtocolError(
+                    "this broker does not route stream requests yet (its HELLO said no "
+                    "streams, SPEC 12.8): connect the streaming client straight to workers"
+                )
+                stream.request_id, stream.codec = header.id, header.codec
+                self._bad(peer, stream, frames[1])
                 return
             if self._gatekeeper is not None:
                 why = self._forbidden(frames[1] if auth is None else auth, header.target)

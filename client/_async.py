@@ -18,11 +18,13 @@ from protocol import DEFAULT_LIMITS, Codec, Limits, Progress, ZeromeshError
 from zmqio import DEFAULT_RESOLVE_INTERVAL, ClientSecurity
 
 from ._core import Core
+from ._credit import StreamReader
 from ._dispatch import Call, Slots, WorkerInfo
 from ._endpoints import resolve_endpoints
 from ._mapping import auto_chunksize, results_before_failure
 from ._metrics import metrics_for
 from ._options import Options, changed_options, check_settings, make_request, parse_codec
+from ._stream import AsyncStream, Wakeup
 
 __all__ = ["AsyncClient"]
 
@@ -94,6 +96,25 @@ class _AsyncCalls:
             for fut, _ in window:
                 fut.cancel()
 
+    def stream(self, target: str, /, *args: Any, **kwargs: Any) -> AsyncStream:
+        """``async for item in ac.stream("svc.gen", ...)``: a generator handler's items
+        as it yields them, with flow control (see `Client.stream`). The request goes out
+        when the loop first asks for an item; ``aclose()``, leaving the loop early or
+        dropping the iterator cancels it on the worker."""
+        opts = self._opts
+        owner = self._owner
+        reader = StreamReader(opts.window, opts.item_timeout)
+        wakeup = Wakeup()
+
+        def on_item(value: Any) -> None:
+            reader.push(value)
+            wakeup.wake()
+
+        def start() -> Any:
+            return owner._start(target, list(args), kwargs, opts, False, False, on_item)
+
+        return AsyncStream(owner, target, reader, wakeup, start)
+
     def options(
         self,
         *,
@@ -102,10 +123,14 @@ class _AsyncCalls:
         codec: Codec | str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         trace: str | None = None,
+        window: int | None = None,
+        item_timeout: float | None = None,
     ) -> _AsyncCalls:
         """A cheap view with other per-call settings (see `Client.options`)."""
         view = _AsyncCalls()
-        view._opts = changed_options(self._opts, timeout, retries, codec, on_progress, trace)
+        view._opts = changed_options(
+            self._opts, timeout, retries, codec, on_progress, trace, window, item_timeout
+        )
         view._owner = self._owner
         return view
 
@@ -224,14 +249,17 @@ class AsyncClient(_AsyncCalls):
         opts: Options,
         batch: bool,
         watch_cancel: bool,
+        on_item: Callable[[Any], None] | None = None,
     ) -> asyncio.Future[Any]:
         """Send one request once a slot is free; return its future.
 
         ``watch_cancel``: the future goes to the user, who may cancel it directly
         (``call`` handles its own cancellation without a callback per request).
+        ``on_item``: a stream request; each item's value goes there.
         """
         core = self._core_started()
-        rid, frames = make_request(target, args, kwargs, opts, batch, self._limits)
+        stream = on_item is not None
+        rid, frames = make_request(target, args, kwargs, opts, batch, self._limits, stream)
         while self._in_flight >= self.max_in_flight:
             # Full: wait in line. A counter and a queue of futures, not an
             # asyncio.Semaphore, whose release scans its waiters (O(n) per call
@@ -248,6 +276,7 @@ class AsyncClient(_AsyncCalls):
         fut: asyncio.Future[Any] = core.loop.create_future()
         call = Call(target, frames, rid, opts.timeout, opts.retries, fut, self._complete)
         call.on_progress = opts.on_progress
+        call.on_item = on_item
         fut._zm_id = rid  # type: ignore[attr-defined]
         if watch_cancel:
             fut.add_done_callback(self._on_done)
@@ -264,6 +293,12 @@ class AsyncClient(_AsyncCalls):
             fut.set_result(value)
         else:
             fut.set_exception(exc)
+
+    def _grant(self, fut: asyncio.Future[Any], credit: int) -> None:
+        """The consumer of a stream read ``credit`` more items: tell its worker."""
+        core = self._core
+        if core is not None:
+            core.grant(fut._zm_id, credit)  # type: ignore[attr-defined]
 
     def _on_done(self, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():

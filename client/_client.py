@@ -16,12 +16,14 @@ from typing import Any
 from protocol import DEFAULT_LIMITS, Codec, Limits, Progress
 from zmqio import DEFAULT_RESOLVE_INTERVAL, ClientSecurity
 
+from ._credit import StreamReader
 from ._dispatch import Slots, WorkerInfo
 from ._driver import Driver
 from ._endpoints import resolve_endpoints
 from ._mapping import run_map
 from ._metrics import metrics_for
 from ._options import Options, changed_options, check_settings, parse_codec
+from ._stream import Stream
 
 __all__ = ["Client", "Options"]
 
@@ -68,6 +70,34 @@ class _Calls:
         """
         return run_map(self._io, target, iterables, self._opts, chunksize, progress)
 
+    def stream(self, target: str, /, *args: Any, **kwargs: Any) -> Stream:
+        """Call a generator handler and iterate over its items as it yields them.
+
+        ``for row in c.stream("db.rows", query): ...``. At most ``window`` items (see
+        `options`, default 16) are ever ahead of what the loop has read: the handler
+        waits on the worker while the loop does not read. Leaving the loop early
+        (``break``, an exception, ``close()``) cancels the handler on the worker (its
+        ``finally`` runs). Raises the handler's error after the items before it;
+        `Timeout` past ``timeout`` (the whole stream) or ``item_timeout`` (one item);
+        `WorkerLost` (with ``.items``, how many arrived) if the worker dies mid-stream,
+        never re-sent once items arrived; `UnknownHandler` if no worker serving it
+        can stream. Use `map` for many independent calls; `stream` for one call whose
+        result is a sequence you want item by item.
+        """
+        opts = self._opts
+        reader = StreamReader(opts.window, opts.item_timeout)
+        stream = Stream(self._io, target, reader)
+        arrived = stream.arrived
+
+        def on_item(value: Any) -> None:
+            reader.push(value)
+            arrived.set()
+
+        fut = self._io.request(target, list(args), kwargs, opts, False, True, on_item)
+        fut.add_done_callback(lambda _: arrived.set())
+        stream.future = fut
+        return stream
+
     def options(
         self,
         *,
@@ -76,15 +106,21 @@ class _Calls:
         codec: Codec | str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         trace: str | None = None,
+        window: int | None = None,
+        item_timeout: float | None = None,
     ) -> _Calls:
         """A cheap view of this client with other per-call settings.
 
         ``client.options(timeout=0.5, retries=0).call("math.add", 1, 2)``;
         ``options(trace=traceparent)`` sends a W3C traceparent with each call (by
         default, OpenTelemetry's current span's when OpenTelemetry is installed).
+        For `stream`: ``window`` (items ahead, default 16), ``item_timeout`` (seconds
+        for each next item); ``timeout`` bounds the whole stream.
         """
         view = _Calls()
-        view._opts = changed_options(self._opts, timeout, retries, codec, on_progress, trace)
+        view._opts = changed_options(
+            self._opts, timeout, retries, codec, on_progress, trace, window, item_timeout
+        )
         view._io = self._io
         return view
 

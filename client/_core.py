@@ -37,9 +37,12 @@ import protocol
 from protocol import (
     Bundle,
     Cancel,
+    Credit,
     Disconnect,
+    End,
     Error,
     Hello,
+    Item,
     Limits,
     Ping,
     Progress,
@@ -63,6 +66,7 @@ from ._dispatch import (
     SendBye,
     SendCall,
     SendCancel,
+    SendCredit,
     SendHello,
     SendPing,
     Slots,
@@ -229,6 +233,11 @@ class Core:
         self._run_outbox()
         return cancelled
 
+    def grant(self, rid: int, credit: int) -> None:
+        """The consumer of stream ``rid`` read ``credit`` more items: tell its worker."""
+        self.dispatcher.grant(rid, credit)
+        self._run_outbox()
+
     def capacity(self) -> int:
         """Total capacity of the ready workers (readable from any thread)."""
         return self.dispatcher.capacity()
@@ -279,6 +288,8 @@ class Core:
                 self._try_send(cmd.peer, self._ping_frames)
             elif type(cmd) is SendCancel:
                 self._try_send(cmd.peer, protocol.encode(Cancel(cmd.rid)))
+            elif type(cmd) is SendCredit:
+                self._try_send(cmd.peer, protocol.encode(Credit(cmd.rid, cmd.credit)))
             elif type(cmd) is SendBye:
                 self._try_send(cmd.peer, protocol.encode(Disconnect(0, "client closing")))
         out.clear()
@@ -352,6 +363,10 @@ class Core:
                 self._on_frames(peer, inner)
         elif type(msg) is Reply:
             self._reply(peer, msg.id, msg.result)
+        elif type(msg) is Item:
+            self.dispatcher.item(peer, msg.id, msg.value)
+        elif type(msg) is End:
+            self.dispatcher.end(peer, msg.id, msg.items)
         elif type(msg) is Error:
             self.dispatcher.error(peer, msg)
         elif type(msg) is Hello:
@@ -360,7 +375,8 @@ class Core:
             self.dispatcher.progress(msg)
         elif type(msg) is Disconnect:
             self.dispatcher.disconnect(peer, msg.reason)
-        # PONG only proves life (`heard`); READY and the rest mean nothing to a client.
+        # PONG only proves life (`heard`), as does a worker's PING (it checks that a client
+        # holding a stream is still there, SPEC 7.11); READY and the rest mean nothing here.
 
     def _on_dropped(self, peer: Peer) -> None:
         """The connection to ``peer`` dropped; its Dialer dials a fresh socket next."""

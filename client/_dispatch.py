@@ -11,6 +11,7 @@ the Dispatcher leaves in `Dispatcher.outbox`, in order:
 * `SendHello` — a HELLO: the answer says who the peer is and makes it READY.
 * `SendPing` — a PING to a quiet peer; any answer proves it alive.
 * `SendCancel` — the caller gave up on ``rid``, which ``peer`` holds.
+* `SendCredit` — the consumer of stream ``rid`` read ``credit`` more items (SPEC 7.11).
 * `SendBye` — a DISCONNECT: the client is closing.
 * `WakeAt` — call `Dispatcher.on_timer` once the clock reads ``when`` (replaces the
   wake-up asked for before: a new one is only ever earlier).
@@ -48,6 +49,11 @@ Rules:
   and the peer gets nothing new until it says HELLO with capacity again.
 * Refusals (DRAINING, OVERLOADED, WORKER_LOST) from a peer that no longer holds the
   call are stale and ignored; any other answer completes the call, whoever sends it.
+* A stream call (``call.on_item`` set) goes only to a peer whose HELLO said
+  ``streams``; once every peer has said HELLO and none that serves it streams, it
+  fails `UnknownHandler` saying so. Its ITEMs go to ``on_item``; its END completes it
+  with the item count. A peer lost after it delivered items fails it `WorkerLost`
+  (with ``items``) at once: items were consumed, so it is never re-sent.
 * Every heartbeat (`tick`): HELLO to connecting and draining peers (a fresh worker on
   a draining worker's endpoint answers READY), PING to peers quiet for most of an
   interval, and a peer silent for `LIVENESS` intervals is lost.
@@ -116,6 +122,7 @@ __all__ = [
     "SendBye",
     "SendCall",
     "SendCancel",
+    "SendCredit",
     "SendHello",
     "SendPing",
     "Slots",
@@ -179,6 +186,8 @@ class Call:
         "frames",
         "future",
         "id",
+        "items",
+        "on_item",
         "on_progress",
         "peer",
         "plain_frames",
@@ -210,6 +219,10 @@ class Call:
         self.complete = complete
         self.peer: Peer | None = None  # who holds it; None while queued
         self.on_progress: Callable[[Progress], None] | None = None
+        self.on_item: Callable[[Any], None] | None = None
+        """A stream call's: takes each ITEM's value (SPEC 7.11); None for a plain call."""
+        self.items = 0
+        """Items of a stream call delivered to ``on_item``."""
         self.plain_frames: list[Any] | None = None
         """``frames`` without their trace (1.1 meta), made on first need: for a peer
         that speaks 1.0."""
@@ -299,11 +312,20 @@ class _Profile:
     target one pool, whatever the number of workers.
     """
 
-    __slots__ = ("async_targets", "broker", "key", "members", "one_oh", "peers", "targets")
+    __slots__ = (
+        "async_targets",
+        "broker",
+        "key",
+        "members",
+        "one_oh",
+        "peers",
+        "streams",
+        "targets",
+    )
 
-    def __init__(self, key: tuple[bool, frozenset[str], frozenset[str], bool]) -> None:
+    def __init__(self, key: tuple[bool, frozenset[str], frozenset[str], bool, bool]) -> None:
         self.key = key
-        self.broker, self.targets, self.async_targets, self.one_oh = key
+        self.broker, self.targets, self.async_targets, self.one_oh, self.streams = key
         self.peers: dict[Peer, None] = {}  # those whose last HELLO says this, any state
         self.members: list[tuple[_Pool, int]] = []
         """The pools its READY peers sit in, each with the kind that bounds them there
@@ -416,6 +438,14 @@ class SendCancel(NamedTuple):
     rid: int
 
 
+class SendCredit(NamedTuple):
+    """Tell ``peer`` it may send ``credit`` more items of stream ``rid``."""
+
+    peer: Peer
+    rid: int
+    credit: int
+
+
 class SendBye(NamedTuple):
     """Send a DISCONNECT to ``peer``: the client is closing."""
 
@@ -428,7 +458,7 @@ class WakeAt(NamedTuple):
     when: float
 
 
-Command = SendCall | SendHello | SendPing | SendCancel | SendBye | WakeAt
+Command = SendCall | SendHello | SendPing | SendCancel | SendCredit | SendBye | WakeAt
 
 
 class Dispatcher:
@@ -462,8 +492,9 @@ class Dispatcher:
         self.retried = {"overloaded": 0, "worker_lost": 0}
         """Calls sent again, by why: a full worker (OVERLOADED) or a lost one."""
         # The index (module docstring, "What it costs").
-        self._profiles: dict[tuple[bool, frozenset[str], frozenset[str], bool], _Profile] = {}
+        self._profiles: dict[tuple[bool, frozenset[str], frozenset[str], bool, bool], _Profile] = {}
         self._pools: dict[str, _Pool] = {}  # by target
+        self._stream_pools: dict[str, _Pool] = {}  # by target, of peers that stream
         self._pools_by_kinds: dict[tuple[tuple[_Profile, int], ...], _Pool] = {}
         self._unnamed = 0  # peers that have not said HELLO yet
         self._capacity = 0  # of the READY peers, kept as they change: read by any thread
@@ -594,7 +625,7 @@ class Dispatcher:
             call.queue += _ASYNC_QUEUE
         if not self._queues.get(call.queue):
             # Nobody waits ahead of it (the common case): it need not queue to be sent.
-            peer = self._pick(call.target)
+            peer = self._pick(call.target, call.on_item is not None)
             if peer is not None:
                 self._send(peer, call)
                 return
@@ -695,6 +726,23 @@ class Dispatcher:
                 self._release(peer, call.id)
             call.complete(call, None, exc)
 
+    def item(self, peer: Peer, rid: int, value: Any) -> None:
+        """An ITEM of stream ``rid``: to its call's ``on_item``, if still pending."""
+        call = self.calls.get(rid)
+        if call is not None and call.on_item is not None and call.peer is peer:
+            call.items += 1
+            call.on_item(value)
+
+    def end(self, peer: Peer, rid: int, items: int) -> None:
+        """Stream ``rid`` ended after ``items`` items: it completes with that count."""
+        self.reply(peer, rid, items)
+
+    def grant(self, rid: int, credit: int) -> None:
+        """The consumer of stream ``rid`` read ``credit`` more items: tell its worker."""
+        call = self.calls.get(rid)
+        if call is not None and call.peer is not None and rid in call.peer.outstanding:
+            self.outbox.append(SendCredit(call.peer, rid, credit))
+
     def progress(self, msg: Progress) -> None:
         """A running handler's PROGRESS: to the call's ``on_progress``, if still pending."""
         call = self.calls.get(msg.id)
@@ -720,8 +768,11 @@ class Dispatcher:
         ready = msg.capacity > 0
         limits = (msg.capacity, msg.threads, msg.async_slots) if ready else None
         said = (msg.role, targets, async_targets)
-        if said != (peer.role, peer.targets, peer.async_targets) or (
-            limits is not None and limits != (peer.capacity, peer.threads, peer.async_slots)
+        prof = peer.profile
+        if (
+            said != (peer.role, peer.targets, peer.async_targets)
+            or (limits is not None and limits != (peer.capacity, peer.threads, peer.async_slots))
+            or (prof is not None and prof.streams != msg.streams)
         ):
             # What it serves or how much changed (or its first HELLO): out of its pools
             # while the numbers change, in again below if READY. Rare.
@@ -973,7 +1024,7 @@ class Dispatcher:
             if call.id not in calls:  # timed out or failed while queued
                 q.popleft()
                 continue
-            peer = self._pick(call.target)
+            peer = self._pick(call.target, call.on_item is not None)
             if peer is None:
                 # READY peers serve it, all busy: it waits at the head of its queue. Else
                 # maybe nobody can serve it, or everybody refused our key (then it fails,
@@ -999,9 +1050,10 @@ class Dispatcher:
         for service in list(self._queues):
             self._dispatch(service)
 
-    def _pick(self, target: str) -> Peer | None:
+    def _pick(self, target: str, stream: bool = False) -> Peer | None:
         """The READY peer with the fewest outstanding requests of ``target``'s kind there
-        and room for one more (module docstring, "Rules"), from ``target``'s pool.
+        and room for one more (module docstring, "Rules"), from ``target``'s pool; for
+        a ``stream`` call, from the pool of the peers whose HELLO said ``streams``.
 
         None if there is none; then `_all_busy` says whether READY peers serve it (all
         full or resting).
@@ -1009,9 +1061,9 @@ class Dispatcher:
         rests = self._rests
         if rests and rests[0][0] <= (now := self.clock()):
             self._end_rests(now)  # before on_timer comes: as if it had
-        pool = self._pools.get(target)
+        pool = (self._stream_pools if stream else self._pools).get(target)
         if pool is None:
-            pool = self._pool(target)
+            pool = self._pool(target, stream)
         low = pool.low
         if low >= 0:
             return next(iter(pool.buckets[low]))  # (the first of the lowest bucket)
@@ -1023,6 +1075,12 @@ class Dispatcher:
         if not self.peers or self._unnamed or self.unresolved:
             return False
         profiles = self._profiles.values()
+        if (
+            call.on_item is not None
+            and not any(prof.streams and prof.kind(call.target) is not None for prof in profiles)
+            and self._cannot_stream(call)
+        ):
+            return True
         if any(prof.kind(call.target) is not None for prof in profiles):
             return False
         served = sorted({t for prof in profiles for t in prof.targets})
@@ -1031,6 +1089,27 @@ class Dispatcher:
             None,
             UnknownHandler(
                 f"no worker serves {call.target!r}; served: {', '.join(served) or 'nothing'}"
+            ),
+        )
+        return True
+
+    def _cannot_stream(self, call: Call) -> bool:
+        """Fail stream ``call`` if the peers that serve its target cannot stream (SPEC
+        7.11: older workers, brokers of this revision); True if it failed."""
+        old = [p for p in self.peers if p.serves(call.target)]
+        if not old:
+            return False
+        who = ", ".join(
+            f"{p.endpoint} ({p.role}, protocol {p.hello.protocol if p.hello else '?'})" for p in old
+        )
+        self._finish(
+            call,
+            None,
+            UnknownHandler(
+                f"{call.target}: no worker serving it can stream (their HELLO did not say "
+                f"streams: {who}); connect straight to workers of a zeromesh release that "
+                "streams (protocol 1.2; brokers do not route streams yet), or call() it to "
+                "get all its items as one list"
             ),
         )
         return True
@@ -1086,8 +1165,17 @@ class Dispatcher:
                 self._retry(call, f"worker at {peer.endpoint} lost ({why})", WorkerLost)
 
     def _retry(self, call: Call, why: str, error: type[ZeromeshError]) -> None:
-        """Re-queue ``call`` if it has attempts left; else fail it with ``error``."""
+        """Re-queue ``call`` if it has attempts left; else fail it with ``error``. A
+        stream that delivered items fails `WorkerLost` at once (they were consumed)."""
         call.peer = None
+        if call.items:
+            lost = WorkerLost(
+                f"{call.target}: {why} after {call.items} stream item(s); a stream is not "
+                "re-sent once items arrived: start it again if you need the rest"
+            )
+            lost.items = call.items
+            self._finish(call, None, lost)
+            return
         call.attempts -= 1
         if call.attempts > 0:
             self.retried["overloaded" if error is Overloaded else "worker_lost"] += 1
@@ -1195,6 +1283,7 @@ class Dispatcher:
             frozenset() if broker else peer.targets,
             peer.async_targets,
             not peer.threads,
+            _streams(peer),
         )
         old = peer.profile
         if old is not None:
@@ -1218,15 +1307,17 @@ class Dispatcher:
         for p in self._profiles.values():
             p.members.clear()  # (the READY peers' `pools`: the same lists)
         self._pools.clear()
+        self._stream_pools.clear()
         self._pools_by_kinds.clear()
 
-    def _pool(self, target: str) -> _Pool:
-        """``target``'s pool: shared with every target served alike (made if need be:
-        O(READY peers of its profiles), once per target and change of profiles)."""
+    def _pool(self, target: str, stream: bool = False) -> _Pool:
+        """``target``'s pool (of its streaming peers only, for a ``stream`` call):
+        shared with every target served alike (made if need be: O(READY peers of its
+        profiles), once per target and change of profiles)."""
         kinds = tuple(
             (prof, kind)
             for prof in self._profiles.values()
-            if (kind := prof.kind(target)) is not None
+            if (kind := prof.kind(target)) is not None and (prof.streams or not stream)
         )
         pool = self._pools_by_kinds.get(kinds)
         if pool is None:
@@ -1237,9 +1328,10 @@ class Dispatcher:
                     if peer.pools is not None:  # READY
                         pool.ready += 1
                         pool.update(peer, kind)
-        if len(self._pools) >= _MAX_TARGETS:
-            self._pools.clear()
-        self._pools[target] = pool
+        pools = self._stream_pools if stream else self._pools
+        if len(pools) >= _MAX_TARGETS:
+            pools.clear()
+        pools[target] = pool
         return pool
 
     def _wake(self, when: float) -> None:
@@ -1292,6 +1384,12 @@ class Dispatcher:
 
 def _by_seq(peer: Peer) -> int:
     return peer.seq
+
+
+def _streams(peer: Peer) -> bool:
+    """Whether ``peer`` said in its HELLO that it takes stream requests (revision 1.2)."""
+    hello = peer.hello
+    return hello is not None and hello.streams
 
 
 def _targets(handlers: dict[str, list[str]]) -> frozenset[str]:

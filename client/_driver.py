@@ -358,18 +358,23 @@ class Driver:
         opts: Options,
         batch: bool,
         waiting: bool,
+        on_item: Callable[[Any], None] | None = None,
     ) -> cf.Future[Any]:
         """Encode and send one request; return its future.
 
         Blocks while ``max_in_flight`` requests are unanswered (reading the sockets
         meanwhile if nobody else does). ``waiting``: the caller reads the reply itself
         right away (``call``, ``map``), so the IO thread need not be woken for it.
+        ``on_item``: a stream request (``opts.window``); each item's value goes there,
+        under the lock, and the future completes with the item count at its end.
         """
         if self._closing:
             raise ZeromeshError("the client is closed; create a new Client")
-        rid, frames = make_request(target, args, kwargs, opts, batch, self.core.limits)
+        stream = on_item is not None
+        rid, frames = make_request(target, args, kwargs, opts, batch, self.core.limits, stream)
         fut = _Future(self, rid)
         call = Call(target, frames, rid, opts.timeout, opts.retries, fut, self._complete)
+        call.on_item = on_item
         if opts.on_progress is not None:
             call.on_progress = self._defer_progress(opts.on_progress)
         lock = self.lock
@@ -414,6 +419,14 @@ class Driver:
         with self.lock:
             if self.core.cancel(rid):
                 self._release_slot()  # its completion will never come
+            self.loop.run_due()
+            done = self._take_done()
+        self._resolve(done)
+
+    def grant(self, rid: int, credit: int) -> None:
+        """The consumer of stream ``rid`` read ``credit`` more items (any thread)."""
+        with self.lock:
+            self.core.grant(rid, credit)
             self.loop.run_due()
             done = self._take_done()
         self._resolve(done)

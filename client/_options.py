@@ -57,6 +57,12 @@ class Options:
     """The W3C ``traceparent`` sent with each request, for the handler
     (``worker.trace_id()``), its logs and spans. None: OpenTelemetry's current span's,
     if OpenTelemetry is installed and a span is recorded; "": none."""
+    window: int = 16
+    """``stream`` only: items the worker may send ahead of what the consumer has read
+    (its credit, SPEC 7.11); 1 means strictly one item ahead."""
+    item_timeout: float | None = None
+    """``stream`` only: seconds to wait for each next item (`Timeout` after, and the
+    stream is cancelled); None: only ``timeout`` bounds it (the whole stream)."""
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -68,24 +74,41 @@ class Options:
             )
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"retries must be an integer >= 0, not {self.retries!r}")
+        if type(self.window) is not int or self.window < 1:
+            raise ValueError(f"window must be an integer >= 1 (items ahead), not {self.window!r}")
+        if self.item_timeout is not None and not self.item_timeout > 0:
+            raise ValueError(
+                f"item_timeout must be > 0 seconds (or None), not {self.item_timeout!r}"
+            )
 
 
 def make_request(
-    target: str, args: Any, kwargs: dict[str, Any], opts: Options, batch: bool, limits: Limits
+    target: str,
+    args: Any,
+    kwargs: dict[str, Any],
+    opts: Options,
+    batch: bool,
+    limits: Limits,
+    stream: bool = False,
 ) -> tuple[int, list[Any]]:
     """Encode a request in the caller's thread: bad targets and values fail here, and so
     does a request over ``limits`` (`ProtocolError`, code ``LIMIT_EXCEEDED``), before
     anything is sent.
 
     Returns (id, frames). With a trace the frames carry it (revision 1.1); a 1.0 peer
-    gets them without it (`Call.frames_for`).
+    gets them without it (`Call.frames_for`). ``stream``: a stream request with
+    ``opts.window`` (revision 1.2, SPEC 7.11).
     """
     if not isinstance(target, str) or "." not in target:
         raise ValueError(f"call target {target!r} must be 'service.handler', e.g. 'math.add'")
     rid = next_id()
     ttl = min(int(opts.timeout * 1000), 2**32 - 1)
     trace = opts.trace if opts.trace is not None else current_traceparent()
-    return rid, encode_request(rid, target, args, kwargs, ttl, opts.codec, batch, trace, limits)
+    window = opts.window if stream else 0
+    frames = encode_request(
+        rid, target, args, kwargs, ttl, opts.codec, batch, trace, limits, window
+    )
+    return rid, frames
 
 
 def changed_options(
@@ -95,9 +118,15 @@ def changed_options(
     codec: Codec | str | None,
     on_progress: Callable[[Progress], None] | None,
     trace: str | None = None,
+    window: int | None = None,
+    item_timeout: float | None = None,
 ) -> Options:
     """``opts`` with the settings that are not None replaced (validated)."""
     changes: dict[str, Any] = {}
+    if window is not None:
+        changes["window"] = window
+    if item_timeout is not None:
+        changes["item_timeout"] = item_timeout
     if trace is not None:
         changes["trace"] = trace
     if on_progress is not None:

@@ -17,9 +17,12 @@ from ._limits import BUNDLE_BYTES, DEFAULT_LIMITS, Limits
 from ._messages import (
     Bundle,
     Cancel,
+    Credit,
     Disconnect,
+    End,
     Error,
     Hello,
+    Item,
     Message,
     MessageType,
     Ping,
@@ -42,6 +45,7 @@ from .errors import ErrorCode, ProtocolError
 __all__ = [
     "FLAG_BATCH",
     "FLAG_META",
+    "FLAG_STREAM",
     "HEADER_SIZE",
     "PROTOCOL_VERSION",
     "SIGNATURE",
@@ -49,6 +53,7 @@ __all__ = [
     "answer_code",
     "bundle",
     "coalesce",
+    "encode_item",
     "encode_reply",
     "encode_request",
     "header_type",
@@ -67,7 +72,11 @@ FLAG_BATCH = 0x01
 FLAG_META = 0x02
 """REQUEST only (revision 1.1): the body is ``[args, kwargs, meta]``; ``meta`` carries
 ``traceparent``. Sent only to a peer that announced 1.1 (SPEC section 3)."""
-_KNOWN_FLAGS = FLAG_BATCH | FLAG_META
+FLAG_STREAM = 0x04
+"""REQUEST only (revision 1.2): a stream request. Its answer is ITEMs ended by END or
+ERROR, paced by the client's credit; its meta map carries ``window``, the credit the
+worker starts with (SPEC 7.11). Sent only to a peer whose HELLO said ``streams``."""
+_KNOWN_FLAGS = FLAG_BATCH | FLAG_META | FLAG_STREAM
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _MAX_TARGET_BYTES = 255
 
@@ -91,6 +100,7 @@ _MSGPACK = Codec.MSGPACK
 _JSON = Codec.JSON
 _REQUEST = MessageType.REQUEST
 _REPLY = MessageType.REPLY
+_ITEM = MessageType.ITEM
 _BUNDLE = MessageType.BUNDLE
 _EMPTY_BODY = (MessageType.PING, MessageType.PONG, MessageType.CANCEL)
 _pack_header = _HEADER.pack
@@ -142,9 +152,12 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
             msg.batch,
             msg.trace,
             limits,
+            msg.window,
         )
     if type(msg) is Reply:
         return encode_reply(msg.id, msg.result, codec, msg.batch, limits)
+    if type(msg) is Item:
+        return encode_item(msg.id, msg.value, codec, limits)
     if type(msg) is Bundle:
         if codec is not _MSGPACK or msg.id:
             raise ProtocolError("a BUNDLE has id 0 and is MessagePack (SPEC 7.10)")
@@ -171,10 +184,13 @@ def encode_request(
     batch: bool = False,
     trace: str = "",
     limits: Limits = DEFAULT_LIMITS,
+    window: int = 0,
 ) -> list[Buffer]:
     """``encode(Request(rid, target, ...))`` without building the `Request`: the
     client's hot path (a frozen dataclass costs more to make than the header to pack).
     Refuses what `encode` refuses, in the same words.
+
+    ``window`` > 0: a stream request with that initial credit (SPEC 7.11).
     """
     if codec is not _MSGPACK and codec is not _JSON:
         codec = _codec(codec)
@@ -185,7 +201,17 @@ def encode_request(
             if type(key) is not str:
                 _check_request(args, kwargs, batch)  # a str subclass is fine; else raises
                 break
-    if trace:
+    if window:
+        if batch or type(window) is not int or window < 1:
+            raise ProtocolError(
+                f"a stream request's window must be an integer >= 1 (and no batch), not {window!r}"
+            )
+        meta: dict[str, Any] = (
+            {"traceparent": trace, "window": window} if trace else {"window": window}
+        )
+        body, oob = encode_value([args, kwargs, meta], codec)
+        flags = FLAG_META | FLAG_STREAM
+    elif trace:
         body, oob = encode_value([args, kwargs, {"traceparent": trace}], codec)
         flags = FLAG_META | FLAG_BATCH if batch else FLAG_META
     else:
@@ -200,6 +226,20 @@ def encode_request(
     if len(body) > limits.max_body_bytes or oob:
         _check_size(Request, body, oob, limits)
     return [header + raw, body, *oob]
+
+
+def encode_item(
+    rid: int, value: Any, codec: Codec = _MSGPACK, limits: Limits = DEFAULT_LIMITS
+) -> list[Buffer]:
+    """``encode(Item(rid, value, codec))`` without building the `Item`: a streaming
+    worker's hot path. Refuses what `encode` refuses (a value as a REPLY's result)."""
+    if codec is not _MSGPACK and codec is not _JSON:
+        codec = _codec(codec)
+    body, oob = encode_value(value, codec)
+    header = _header(_ITEM, codec, 0, rid, 0, 0)
+    if len(body) > limits.max_body_bytes or oob:
+        _check_size(Item, body, oob, limits)
+    return [header, body, *oob]
 
 
 def encode_reply(
@@ -271,7 +311,13 @@ def _check_size(cls: type, body: bytes, oob: list[Buffer], limits: Limits) -> No
         )
 
 
-_WHAT: dict[type, str] = {Request: "request", Reply: "result", Error: "error", Progress: "progress"}
+_WHAT: dict[type, str] = {
+    Request: "request",
+    Reply: "result",
+    Error: "error",
+    Progress: "progress",
+    Item: "stream item",
+}
 
 
 def bundle(messages: Sequence[Sequence[Buffer]], limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
@@ -439,11 +485,11 @@ def _read_header(frame: Buffer, limits: Limits) -> tuple[MessageType, Codec, int
             rid,
             _MSGPACK if cd is None else cd,
         )
-    if flags and mt is not _REQUEST and (mt is not _REPLY or flags & FLAG_META):
+    if flags and mt is not _REQUEST and (mt is not _REPLY or flags & ~FLAG_BATCH):
         raise _with_id(
             ProtocolError(
                 f"flags {flags:#x} on a {mt.name}: batch (0x01) belongs to REQUEST and "
-                "REPLY, meta (0x02) to REQUEST only"
+                "REPLY, meta (0x02) and stream (0x04) to REQUEST only"
             ),
             rid,
             cd,
@@ -554,6 +600,8 @@ _ANSWERS = frozenset(
         MessageType.PONG,
         MessageType.PROGRESS,
         MessageType.BUNDLE,
+        MessageType.ITEM,
+        MessageType.END,
     )
 )
 
@@ -628,12 +676,18 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
                 raise ProtocolError("request has no target name")
             value = decode_value(body, codec, oob, limits, size)
             trace = ""
+            window = 0
             if flags & FLAG_META:
                 if type(value) is not list or len(value) != 3 or type(value[2]) is not dict:
                     raise ProtocolError(
                         "request body with the meta flag must be [args, kwargs, meta map]"
                     )
-                trace = _traceparent(value.pop())
+                meta = value.pop()
+                trace = _traceparent(meta)
+                if flags & FLAG_STREAM:
+                    window = _window(meta, flags)
+            elif flags & FLAG_STREAM:
+                raise ProtocolError("a stream request has the meta flag (its meta holds window)")
             elif type(value) is not list or len(value) != 2:
                 raise ProtocolError("request body must be [args, kwargs]")
             args, kwargs = value
@@ -644,13 +698,17 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
                 raise ProtocolError("batch request args must be a list of argument lists")
             if kwargs and codec is _MSGPACK and any(type(k) is not str for k in kwargs):
                 raise ProtocolError("request kwargs keys must be strings")
-            return _new_request(rid, target, args, kwargs, ttl, codec, batch == FLAG_BATCH, trace)
+            return _new_request(
+                rid, target, args, kwargs, ttl, codec, batch == FLAG_BATCH, trace, window
+            )
         if mt is _REPLY:
             result = decode_value(body, codec, oob, limits, size)
             batch = flags & FLAG_BATCH
             if batch and type(result) is not list:
                 raise ProtocolError("batch reply body must be a list of results")
             return _new_reply(rid, result, codec, batch == FLAG_BATCH)
+        if mt is _ITEM:
+            return Item(rid, decode_value(body, codec, oob, limits, size), codec)
         if mt is _BUNDLE:
             if codec is not _MSGPACK or oob:
                 raise ProtocolError("a BUNDLE is MessagePack, with no out-of-band frames")
@@ -686,7 +744,7 @@ def _slot_setters(cls: type, *names: str) -> tuple[Any, ...]:
 
 _new = object.__new__
 _set_request = _slot_setters(
-    Request, "id", "target", "args", "kwargs", "ttl_ms", "codec", "batch", "trace"
+    Request, "id", "target", "args", "kwargs", "ttl_ms", "codec", "batch", "trace", "window"
 )
 _set_reply = _slot_setters(Reply, "id", "result", "codec", "batch")
 
@@ -700,8 +758,9 @@ def _new_request(
     codec: Codec,
     batch: bool,
     trace: str = "",
+    window: int = 0,
 ) -> Request:
-    s_id, s_target, s_args, s_kwargs, s_ttl, s_codec, s_batch, s_trace = _set_request
+    s_id, s_target, s_args, s_kwargs, s_ttl, s_codec, s_batch, s_trace, s_window = _set_request
     msg = _new(Request)
     s_id(msg, rid)
     s_target(msg, target)
@@ -711,7 +770,18 @@ def _new_request(
     s_codec(msg, codec)
     s_batch(msg, batch)
     s_trace(msg, trace)
+    s_window(msg, window)
     return msg
+
+
+def _window(meta: dict[Any, Any], flags: int) -> int:
+    """A stream request's initial credit, from its meta map (SPEC 7.11)."""
+    if flags & FLAG_BATCH:
+        raise ProtocolError("a request is a batch or a stream, not both")
+    window = meta.get("window")
+    if type(window) is not int or window < 1:
+        raise ProtocolError("a stream request's meta needs 'window', an integer >= 1")
+    return window
 
 
 def is_traceparent(value: Any) -> bool:
@@ -836,6 +906,7 @@ _HELLO_CHECKS: tuple[_Check, ...] = (
     ("async_handlers", (), _is_services, "a dict of service names to lists of handler names"),
     ("stats", (dict,), lambda v: isinstance(v, dict), "a dict"),
     ("bundle", (bool,), lambda v: False, "a bool"),
+    ("streams", (bool,), lambda v: False, "a bool"),
 )
 _READY_CHECKS: tuple[_Check, ...] = (("credit", (), _is_count, "an integer >= 0 (not a bool)"),)
 _PROGRESS_CHECKS: tuple[_Check, ...] = (
@@ -844,6 +915,8 @@ _PROGRESS_CHECKS: tuple[_Check, ...] = (
     ("note", *_STRING),
 )
 _DISCONNECT_CHECKS: tuple[_Check, ...] = (("reason", *_STRING),)
+_END_CHECKS: tuple[_Check, ...] = (("items", (), _is_count, "an integer >= 0 (not a bool)"),)
+_CREDIT_CHECKS = _READY_CHECKS
 
 
 # --- per-type bodies ---------------------------------------------------------------------
@@ -895,6 +968,7 @@ def _hello_body(m: Hello) -> dict[str, Any]:
         "async_handlers": m.async_handlers,
         "stats": m.stats,
         "bundle": m.bundle,
+        "streams": m.streams,
     }
 
 
@@ -929,6 +1003,7 @@ def _decode_hello(rid: int, codec: Codec, b: dict[str, Any]) -> Hello:
         _handler_map(b, "async_handlers"),
         _field(b, "stats", _MAP, {}),
         _field(b, "bundle", _BOOL, False),
+        _field(b, "streams", _BOOL, False),
     )
 
 
@@ -959,16 +1034,31 @@ def _progress_body(m: Progress) -> dict[str, Any]:
     return {"done": m.done, "total": m.total, "note": m.note}
 
 
+def _end_body(m: End) -> dict[str, Any]:
+    _check_fields(m, _END_CHECKS)
+    return {"items": m.items}
+
+
+def _credit_body(m: Credit) -> dict[str, Any]:
+    _check_fields(m, _CREDIT_CHECKS)
+    return {"credit": m.credit}
+
+
+def _count(b: dict[str, Any], name: str, what: str) -> int:
+    """A required count field (READY credit, END items, CREDIT credit)."""
+    value = b.get(name)
+    if type(value) is not int or value < 0:
+        raise ProtocolError(f"{what} body needs a non-negative integer {name!r}")
+    return value
+
+
 def _disconnect_body(m: Disconnect) -> dict[str, Any]:
     _check_fields(m, _DISCONNECT_CHECKS)
     return {"reason": m.reason}
 
 
 def _decode_ready(rid: int, codec: Codec, b: dict[str, Any]) -> Ready:
-    credit = b.get("credit")
-    if type(credit) is not int or credit < 0:
-        raise ProtocolError("ready body needs a non-negative integer 'credit'")
-    return Ready(rid, credit, codec)
+    return Ready(rid, _count(b, "credit", "ready"), codec)
 
 
 _BODY_ENCODERS: dict[type, Any] = {
@@ -977,6 +1067,8 @@ _BODY_ENCODERS: dict[type, Any] = {
     Ready: _ready_body,
     Progress: _progress_body,
     Disconnect: _disconnect_body,
+    End: _end_body,
+    Credit: _credit_body,
 }
 _BODY_DECODERS: dict[MessageType, Callable[[int, Codec, dict[str, Any]], Message]] = {
     MessageType.ERROR: _decode_error,
@@ -986,6 +1078,8 @@ _BODY_DECODERS: dict[MessageType, Callable[[int, Codec, dict[str, Any]], Message
     MessageType.DISCONNECT: lambda rid, codec, b: Disconnect(
         rid, _field(b, "reason", _STR, ""), codec
     ),
+    MessageType.END: lambda rid, codec, b: End(rid, _count(b, "items", "end"), codec),
+    MessageType.CREDIT: lambda rid, codec, b: Credit(rid, _count(b, "credit", "credit"), codec),
 }
 _EMPTY_BODY_TYPES: dict[MessageType, Callable[[int, Codec], Message]] = {
     MessageType.PING: Ping,

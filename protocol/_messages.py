@@ -17,9 +17,12 @@ from .errors import ErrorCode, ZeromeshError, error_from_wire, error_name
 __all__ = [
     "Bundle",
     "Cancel",
+    "Credit",
     "Disconnect",
+    "End",
     "Error",
     "Hello",
+    "Item",
     "Message",
     "MessageType",
     "Ping",
@@ -45,6 +48,9 @@ class MessageType(IntEnum):
     DISCONNECT = 9
     CANCEL = 10
     BUNDLE = 11
+    ITEM = 12
+    END = 13
+    CREDIT = 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,9 @@ class Request:
     runs once per item (with the same ``kwargs``) and the reply is the list of results.
     ``trace`` is the caller's W3C ``traceparent`` ("" for none; revision 1.1): it
     travels in the body's third item, which only 1.1 peers are sent (SPEC 3).
+    ``window`` > 0 makes it a stream request (revision 1.2, SPEC 7.11): the answer is
+    a sequence of `Item` messages ended by `End` (or an `Error`), and ``window`` is the
+    credit the worker starts with; sent only to a peer whose HELLO said ``streams``.
     """
 
     TYPE: ClassVar[MessageType] = MessageType.REQUEST
@@ -68,6 +77,7 @@ class Request:
     codec: Codec = Codec.MSGPACK
     batch: bool = False
     trace: str = ""
+    window: int = 0
 
     @property
     def service(self) -> str:
@@ -194,6 +204,9 @@ class Hello:
     answered and failed, a latency histogram, memory and CPU. {} from a client."""
     bundle: bool = False
     """The sender takes `Bundle` messages on this connection (revision 1.2)."""
+    streams: bool = False
+    """The sender takes stream requests and `Credit` on this connection (revision 1.2,
+    SPEC 7.11); a peer that did not say so is never sent them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +270,53 @@ class Bundle:
     codec: Codec = Codec.MSGPACK
 
 
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One item of stream request ``id`` (revision 1.2, SPEC 7.11): a value exactly as
+    a `Reply` carries one (numpy arrays as out-of-band frames). The worker sends one
+    only while it holds credit for that stream."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ITEM
+    id: int
+    value: Any = None
+    codec: Codec = Codec.MSGPACK
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """Stream request ``id`` ended normally after ``items`` items (SPEC 7.11): its
+    final answer, as a `Reply` is a plain request's."""
+
+    TYPE: ClassVar[MessageType] = MessageType.END
+    id: int
+    items: int = 0
+    codec: Codec = Codec.MSGPACK
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """The client lets the worker send ``credit`` more items of stream ``id`` (SPEC
+    7.11): what it has read since its last grant, so at most its window is ever ahead."""
+
+    TYPE: ClassVar[MessageType] = MessageType.CREDIT
+    id: int
+    credit: int = 1
+    codec: Codec = Codec.MSGPACK
+
+
 Message = (
-    Request | Reply | Error | Ping | Pong | Hello | Ready | Progress | Disconnect | Cancel | Bundle
+    Request
+    | Reply
+    | Error
+    | Ping
+    | Pong
+    | Hello
+    | Ready
+    | Progress
+    | Disconnect
+    | Cancel
+    | Bundle
+    | Item
+    | End
+    | Credit
 )

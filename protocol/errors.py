@@ -134,9 +134,14 @@ class NoWorkers(ZeromeshError):
 
 
 class WorkerLost(ZeromeshError):
-    """The worker(s) holding the request died before replying, and retries ran out."""
+    """The worker(s) holding the request died before replying, and retries ran out.
+
+    For a stream, ``items`` is how many of its items arrived before the worker was lost:
+    a stream that delivered items is never re-sent (they were consumed already).
+    """
 
     code = ErrorCode.WORKER_LOST
+    items: int = 0
 
 
 class Overloaded(ZeromeshError):

@@ -31,14 +31,19 @@ import numpy as np
 from vectorkit import describe
 
 from protocol import (
+    FLAG_BATCH,
     FLAG_META,
+    FLAG_STREAM,
     Bundle,
     Cancel,
     Codec,
+    Credit,
     Disconnect,
+    End,
     Error,
     ErrorCode,
     Hello,
+    Item,
     Limits,
     Message,
     MessageType,
@@ -90,6 +95,9 @@ PROGRESS = MessageType.PROGRESS
 DISCONNECT = MessageType.DISCONNECT
 CANCEL = MessageType.CANCEL
 BUNDLE = MessageType.BUNDLE
+ITEM = MessageType.ITEM
+END = MessageType.END
+CREDIT = MessageType.CREDIT
 PROTOCOL = ErrorCode.PROTOCOL
 VERSION = ErrorCode.UNSUPPORTED_VERSION
 LIMIT = ErrorCode.LIMIT_EXCEEDED
@@ -189,6 +197,7 @@ def wire_body(msg: Message) -> dict[str, Any]:
             "async_handlers": msg.async_handlers,
             "stats": msg.stats,
             "bundle": msg.bundle,
+            "streams": msg.streams,
         }
     if isinstance(msg, Ready):  # 7.3
         return {"credit": msg.credit}
@@ -196,6 +205,10 @@ def wire_body(msg: Message) -> dict[str, Any]:
         return {"done": msg.done, "total": msg.total, "note": msg.note}
     if isinstance(msg, Disconnect):  # 7.6
         return {"reason": msg.reason}
+    if isinstance(msg, End):  # 7.11
+        return {"items": msg.items}
+    if isinstance(msg, Credit):  # 7.11
+        return {"credit": msg.credit}
     return {}
 
 
@@ -510,6 +523,7 @@ def message_cases() -> Cases:
         tuple(frames_of(Progress(33, 1, 2, ""))),
     ]
     c.valid("bundle-answers", Bundle(tuple(answers)), spec="7.10")  # type: ignore[arg-type]
+    _stream_messages(c)
     c.valid(
         "reply-integer-keys-msgpack",
         Reply(7, {1: "a", -2: "b", "c": 3}),
@@ -531,6 +545,41 @@ def message_cases() -> Cases:
     c.valid("reply-bytes-msgpack", Reply(7, [b"", b"\x00\xff"]), spec="4", note="bin, inline")
     _other_spellings(c)
     return c
+
+
+def _stream_messages(c: Cases) -> None:
+    """Revision 1.2's streams (SPEC 7.11): the request, its items, its end, credit."""
+    for codec in CODECS:
+        n = codec.name.lower()
+        c.valid(
+            f"request-stream-{n}",
+            Request(51, "gen.count", [3], {}, 60000, codec, window=16),
+            spec="2, 3, 7.11",
+            note="flags 0x06 (stream, meta): the meta map holds window, the first credit",
+        )
+        c.valid(
+            f"request-stream-traced-{n}",
+            Request(52, "gen.count", [3], {}, 0, codec, trace=TRACEPARENT, window=1),
+            spec="3, 7.11",
+        )
+        c.valid(f"item-{n}", Item(51, {"row": 1, "name": "ü"}, codec), spec="7.11")
+        c.valid(f"item-null-{n}", Item(51, None, codec), spec="7.11")
+        c.valid(f"end-{n}", End(51, 3, codec), spec="7.11")
+        c.valid(f"end-no-items-{n}", End(52, 0, codec), spec="7.11")
+        c.valid(f"credit-{n}", Credit(51, 8, codec), spec="7.11")
+    c.valid(
+        "hello-worker-streams",
+        Hello(0, role="worker", version="0.1.0", capacity=4, threads=4, bundle=True, streams=True),
+        spec="7.2, 7.11",
+        note="revision 1.2: this worker takes stream requests and CREDIT",
+    )
+    items = [tuple(frames_of(Item(51, i))) for i in range(3)]
+    c.valid(
+        "bundle-items",
+        Bundle((*items, tuple(frames_of(End(51, 3))))),  # type: ignore[arg-type]
+        spec="7.10, 7.11",
+        note="items ready at once, coalesced for a client whose HELLO said bundle",
+    )
 
 
 def _other_spellings(c: Cases) -> None:
@@ -1087,6 +1136,7 @@ def _body_checks(c: Cases) -> None:
     ):
         c.refused(name, [header(mtype, 27, codec=JSON), text], check, rid=27, codec=JSON, spec="3")
     _bundle_checks(c)
+    _stream_checks(c)
 
 
 def _bundle_checks(c: Cases) -> None:
@@ -1108,6 +1158,47 @@ def _bundle_checks(c: Cases) -> None:
     inner = [header(BUNDLE), mp(add)]
     frames = [header(BUNDLE), mp(inner)]
     c.refused("bundle-in-a-bundle", frames, "a BUNDLE holds no BUNDLE", spec="7.10")
+
+
+def _stream_checks(c: Cases) -> None:
+    """SPEC 7.11's rules for stream requests, ITEM, END and CREDIT."""
+    gen = b"gen.count"
+    flags = FLAG_STREAM | FLAG_META
+    check = "a stream REQUEST has the meta flag, no batch flag, and meta window >= 1"
+    for name, frames in (
+        ("stream-without-meta", [header(REQUEST, 53, flags=FLAG_STREAM, target=gen), ADD_BODY]),
+        ("stream-no-window", [header(REQUEST, 54, flags=flags, target=gen), mp([[1], {}, {}])]),
+        (
+            "stream-window-0",
+            [header(REQUEST, 55, flags=flags, target=gen), mp([[1], {}, {"window": 0}])],
+        ),
+        (
+            "stream-window-string",
+            [header(REQUEST, 56, flags=flags, target=gen), mp([[1], {}, {"window": "16"}])],
+        ),
+        (
+            "stream-batch",
+            [
+                header(REQUEST, 57, flags=flags | FLAG_BATCH, target=gen),
+                mp([[[1]], {}, {"window": 4}]),
+            ],
+        ),
+    ):
+        rid = int.from_bytes(frames[0][6:14], "big")
+        c.refused(name, frames, check, rid=rid, spec="7.11")
+    flag_check = "flags: stream (0x04) on REQUEST only"
+    for mtype in (REPLY, ITEM, END, CREDIT):
+        frames = [header(mtype, 58, flags=FLAG_STREAM), mp({"items": 1})]
+        c.refused(f"stream-flag-on-{mtype.name.lower()}", frames, flag_check, rid=58, spec="2")
+    counts = "END items and CREDIT credit: integers >= 0, required"
+    for name, mtype, value in (
+        ("end-no-items", END, {}),
+        ("end-negative", END, {"items": -1}),
+        ("end-boolean", END, {"items": True}),
+        ("credit-no-credit", CREDIT, {}),
+        ("credit-float", CREDIT, {"credit": 1.0}),
+    ):
+        c.refused(name, [header(mtype, 59), mp(value)], counts, rid=59, spec="7.11")
 
 
 def _value_checks(c: Cases) -> None:
@@ -1527,6 +1618,41 @@ def worker_cases() -> Cases:
         note="receivers that do not show progress ignore it",
     )
     c.answered("cancel-unknown-id", frames_of(Cancel(777)), None, spec="7.9")
+    c.answered(
+        "credit-unknown-id",
+        frames_of(Credit(778, 4)),
+        None,
+        spec="7.11",
+        note="credit for a stream the worker does not hold (it ended) is ignored",
+    )
+    c.answered(
+        "stream-request-plain-handler",
+        frames_of(Request(60, "math.add", [1, 2], {}, 10000, window=4)),
+        answer(ERROR, 60, code=ErrorCode.BAD_ARGUMENTS),
+        spec="7.11",
+        note="math.add does not stream (it does not yield): refused, nothing ran",
+    )
+    c.answered(
+        "stream-request-unknown-handler",
+        frames_of(Request(61, "math.count", [3], {}, 10000, window=4)),
+        answer(ERROR, 61, code=ErrorCode.UNKNOWN_HANDLER),
+        spec="7.11",
+    )
+    c.answered(
+        "stream-request-without-meta",
+        [header(REQUEST, 62, flags=FLAG_STREAM, target=b"math.add"), ADD_BODY],
+        answer(ERROR, 62, code=PROTOCOL),
+        spec="6, 7.11",
+    )
+    c.answered("item", frames_of(Item(63, 1)), None, spec="6, 7.11", note="an answer: ignored")
+    c.answered("end", frames_of(End(64, 1)), None, spec="6, 7.11", note="an answer: ignored")
+    c.answered(
+        "item-malformed",
+        [header(ITEM, 65, flags=1), mp(1)],
+        None,
+        spec="6, 7.11",
+        note="an ITEM is an answer: never answered, however malformed",
+    )
     c.answered("disconnect", frames_of(Disconnect(0, "closing")), None, spec="7.6")
     c.answered(
         "error-body-not-msgpack",
@@ -1583,16 +1709,17 @@ def worker_cases() -> Cases:
 # --- the files ------------------------------------------------------------------------
 
 COMMON = [
-    "Test vectors of the zeromesh wire protocol, version 1, revision 1.1 (protocol/SPEC.md,",
+    "Test vectors of the zeromesh wire protocol, version 1, revision 1.2 (protocol/SPEC.md,",
     "section 14). Frames are lowercase hex, the routing envelope removed: header, body,",
     "out-of-band frames. 'spec' names the sections a case checks; 'note' says why it is there.",
 ]
 DECODE_HELP = [
     "Each case: decode 'frames'; the message must mean 'decoded': type name, id, codec name,",
-    'flags (1: batch, 2: meta), ttl_ms, target and trace (REQUEST only; 0 and "" elsewhere),',
-    "'body' (absent for PING, PONG and CANCEL, whose body frame is empty) and, for ERROR,",
-    "HELLO, READY, PROGRESS and DISCONNECT, 'fields': every field of SPEC section 7 with",
-    "defaults applied.",
+    "flags (1: batch, 2: meta, 4: stream), ttl_ms, target and trace (REQUEST only; 0 and",
+    "\"\" elsewhere), window (a stream REQUEST only: its first credit), 'body' (absent for",
+    "PING, PONG and CANCEL, whose body frame is empty) and, for ERROR, HELLO, READY, PROGRESS,",
+    "DISCONNECT, END and CREDIT, 'fields': every field of SPEC section 7 with defaults",
+    "applied.",
     'Body values are JSON, with tagged one-key objects: {"$bytes": hex}, {"$ndarray":',
     "{dtype, shape, values}} (complex items as [real, imag], datetime64/timedelta64 items as",
     'int64 counts) and {"$map": [[key, value], ...]} for maps whose keys are not all strings.',

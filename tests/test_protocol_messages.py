@@ -24,10 +24,13 @@ from protocol import (
     Cancel,
     Cancelled,
     Codec,
+    Credit,
     Disconnect,
+    End,
     Error,
     ErrorCode,
     Hello,
+    Item,
     Limits,
     MessageType,
     NoWorkers,
@@ -48,6 +51,7 @@ from protocol import (
 from protocol.errors import error_from_wire
 
 CODECS = list(Codec)
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 # How a receiver holds frames: bytes from recv_multipart(), or the writable buffers of
 # zmq.Frame objects from recv_multipart(copy=False) (bytearray-like memory).
@@ -125,6 +129,16 @@ def messages(codec: Codec) -> list[Any]:
         Disconnect(codec=codec),
         Cancel(12, codec),
         Hello(13, bundle=True, codec=codec),
+        Hello(17, streams=True, codec=codec),
+        Request(18, "gen.rows", [3], {}, ttl_ms=9000, codec=codec, window=16),
+        Request(19, "gen.rows", [], {}, codec=codec, trace=TRACE, window=1),
+        Item(18, [1, "x", {"k": None}], codec),
+        Item(18, result, codec),
+        Item(18, None, codec),
+        End(18, 2, codec),
+        End(19, 0, codec),
+        Credit(18, 8, codec),
+        Credit(18, 0, codec),
         *([_bundle()] if codec is Codec.MSGPACK else []),  # MessagePack only (SPEC 7.10)
     ]
 

@@ -18,7 +18,18 @@ import numpy as np
 import pytest
 
 import protocol
-from protocol import Codec, Error, ErrorCode, Limits, MessageType, Reply, Request, UnknownHandler
+from protocol import (
+    Codec,
+    Credit,
+    End,
+    Error,
+    ErrorCode,
+    Limits,
+    MessageType,
+    Reply,
+    Request,
+    UnknownHandler,
+)
 
 SPEC = Path(__file__).resolve().parents[1] / "protocol" / "SPEC.md"
 
@@ -29,6 +40,9 @@ EXAMPLES: dict[str, Any] = {
     "mean-request": Request(2, "math.mean", [np.array([1.0, 2.0], dtype="<f8")], {}, 30000),
     "mean-reply": Reply(2, 1.5),
     "unknown-handler": Error.from_exception(3, UnknownHandler("no handler math.median")),
+    "stream-request": Request(51, "gen.count", [3], {}, ttl_ms=60000, window=2),
+    "stream-credit": Credit(51, 1),
+    "stream-end": End(51, 3),
 }
 EXPECTED_BLOCKS = {
     ("add-request", "msgpack"),
@@ -39,6 +53,9 @@ EXPECTED_BLOCKS = {
     ("mean-request", "json"),
     ("mean-reply", "msgpack"),
     ("unknown-handler", "msgpack"),
+    ("stream-request", "msgpack"),
+    ("stream-credit", "msgpack"),
+    ("stream-end", "msgpack"),
 }
 
 _BLOCK = re.compile(

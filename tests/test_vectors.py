@@ -34,6 +34,8 @@ MAP_BODIES = (
     MessageType.READY,
     MessageType.PROGRESS,
     MessageType.DISCONNECT,
+    MessageType.END,
+    MessageType.CREDIT,
 )
 
 

@@ -33,12 +33,16 @@ import numpy as np
 from protocol import (
     FLAG_BATCH,
     FLAG_META,
+    FLAG_STREAM,
     Bundle,
     Cancel,
     Codec,
+    Credit,
     Disconnect,
+    End,
     Error,
     Hello,
+    Item,
     Message,
     MessageType,
     Ping,
@@ -57,7 +61,21 @@ MAP = "$map"
 
 _CLASSES: dict[MessageType, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Request, Reply, Error, Ping, Pong, Hello, Ready, Progress, Disconnect, Cancel)
+    for cls in (
+        Request,
+        Reply,
+        Error,
+        Ping,
+        Pong,
+        Hello,
+        Ready,
+        Progress,
+        Disconnect,
+        Cancel,
+        Item,
+        End,
+        Credit,
+    )
 }
 _EMPTY_BODY = (MessageType.PING, MessageType.PONG, MessageType.CANCEL)
 _HEADER_ONLY = ("id", "codec")  # fields the header carries, not the body
@@ -119,16 +137,23 @@ def describe(msg: Message, body: Any = None) -> dict[str, Any]:
         "id": msg.id,
         "codec": Codec(msg.codec).name,
         "flags": (FLAG_BATCH if getattr(msg, "batch", False) else 0)
-        | (FLAG_META if getattr(msg, "trace", "") else 0),
+        | (FLAG_META if getattr(msg, "trace", "") or getattr(msg, "window", 0) else 0)
+        | (FLAG_STREAM if getattr(msg, "window", 0) else 0),
         "ttl_ms": msg.ttl_ms if isinstance(msg, Request) else 0,
         "target": msg.target if isinstance(msg, Request) else "",
     }
     if isinstance(msg, Request):
-        meta = [{"traceparent": msg.trace}] if msg.trace else []
-        meaning["body"] = to_json([msg.args, msg.kwargs, *meta])
+        meta: dict[str, Any] = {"traceparent": msg.trace} if msg.trace else {}
+        if msg.window:
+            meta["window"] = msg.window
+        meaning["body"] = to_json([msg.args, msg.kwargs, *([meta] if meta else [])])
         meaning["trace"] = msg.trace
+        if msg.window:  # a stream request (revision 1.2): its initial credit
+            meaning["window"] = msg.window
     elif isinstance(msg, Reply):
         meaning["body"] = to_json(msg.result)
+    elif isinstance(msg, Item):  # a value, as a REPLY's
+        meaning["body"] = to_json(msg.value)
     elif isinstance(msg, Bundle):  # its body: header, body, header, body ... as bin
         meaning["body"] = to_json([frame for pair in msg.messages for frame in pair])
     elif msg.TYPE not in _EMPTY_BODY:
@@ -152,10 +177,20 @@ def message(meaning: dict[str, Any]) -> Message:
     if mtype is MessageType.REQUEST:
         args, kwargs = from_json(meaning["body"])[:2]
         return Request(
-            rid, meaning["target"], args, kwargs, meaning["ttl_ms"], codec, batch, meaning["trace"]
+            rid,
+            meaning["target"],
+            args,
+            kwargs,
+            meaning["ttl_ms"],
+            codec,
+            batch,
+            meaning["trace"],
+            meaning.get("window", 0),
         )
     if mtype is MessageType.REPLY:
         return Reply(rid, from_json(meaning["body"]), codec, batch)
+    if mtype is MessageType.ITEM:
+        return Item(rid, from_json(meaning["body"]), codec)
     if mtype is MessageType.BUNDLE:
         flat = from_json(meaning["body"])
         return Bundle(tuple(zip(flat[0::2], flat[1::2], strict=True)), rid, codec)

@@ -97,7 +97,7 @@ class WorkerPort(Protocol):
     def accept(self, peer: Any, req: Request) -> None: ...
     def cancel(self, peer: Any, rid: int) -> None: ...
     def pump(self) -> None: ...
-    def hello(self, rid: int, codec: Codec, bundle: bool = True) -> Hello: ...
+    def hello(self, rid: int, codec: Codec, bundle: bool = True, streams: bool = True) -> Hello: ...
     def malformed(
         self, peer: Any, frames: list[zmq.Frame], exc: ProtocolError, who: str
     ) -> None: ...
@@ -472,7 +472,9 @@ class BrokerLink:
         conn.hello_id = next(self._hello_ids)
         return [
             _EMPTY,
-            *protocol.encode(self.worker.hello(conn.hello_id, Codec.MSGPACK, bundle=False)),
+            *protocol.encode(
+                self.worker.hello(conn.hello_id, Codec.MSGPACK, bundle=False, streams=False)
+            ),
         ]
 
     # --- time ----------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ class Job:
         "started",
         "state",
         "task",
+        "valve",
     )
 
     def __init__(
@@ -135,6 +136,9 @@ class Job:
         self.state = QUEUED
         self.task: Any = None
         self.report = report
+        self.valve: Any = None
+        """A stream request's credit and waiter (SPEC 7.11), set by the worker's shell
+        when it takes the job; None for a plain request."""
 
     @property
     def key(self) -> tuple[Hashable, int]:
@@ -220,6 +224,12 @@ class JobTable:
             return Refusal(
                 ErrorCode.UNKNOWN_HANDLER,
                 f"no handler {req.target!r} on worker {self.name}; it serves: {served}",
+            )
+        if req.window and not handler.streams:
+            return Refusal(
+                ErrorCode.BAD_ARGUMENTS,
+                f"{req.target} does not stream (it does not yield): call it with call() or "
+                "submit(), or make it a generator",
             )
         key = (peer, req.id)
         if key in self.jobs:
@@ -405,13 +415,21 @@ class JobTable:
     # --- decisions over time -------------------------------------------------------------
 
     def overdue(self, limit: float) -> list[Job]:
-        """Running sync jobs that have run longer than ``limit`` seconds."""
+        """Running sync jobs that have run longer than ``limit`` seconds (streams run as
+        long as their consumer reads: the hard timeout is not theirs, SPEC 7.11)."""
         now = self.clock()
         return [
             job
             for job in self.jobs.values()
-            if job.state == RUNNING and not job.handler.is_async and now - job.started > limit
+            if job.state == RUNNING
+            and not job.handler.is_async
+            and not job.request.window
+            and now - job.started > limit
         ]
+
+    def streams_of(self, peer: Hashable) -> list[Job]:
+        """``peer``'s stream jobs (to wake when they are cancelled, or probe its link)."""
+        return [j for j in self.jobs.values() if j.request.window and j.peer == peer]
 
     def unstarted_sync(self) -> list[Job]:
         """Claim every waiting sync job (its thread is stuck): answer them DRAINING."""

@@ -9,6 +9,10 @@ which thread (`worker._server`), and sends the frames these functions return.
 * An exception becomes ERROR ``REMOTE`` with the handler's traceback (not ours), or
   ``BAD_ARGUMENTS`` when the call did not fit the handler's signature; a failed batch
   item carries its index and the results before it.
+* A generator handler called as a stream (SPEC 7.11) is resumed once per credit its
+  `Valve` hands out; each item it yields becomes an ITEM, its end an END, and a
+  cancel closes it (its ``finally`` runs) and answers ``CANCELLED``. Called plainly,
+  its answer is the list of all its items.
 """
 
 from __future__ import annotations
@@ -20,11 +24,18 @@ from dataclasses import replace
 from typing import Any
 
 import protocol
-from protocol import Error, ErrorCode, Limits, ProtocolError
+from protocol import End, Error, ErrorCode, Limits, ProtocolError
 
 from ._jobs import Job
 
-__all__ = ["handler_error", "reply_frames", "run_async", "run_sync"]
+__all__ = [
+    "handler_error",
+    "reply_frames",
+    "run_async",
+    "run_stream",
+    "run_stream_async",
+    "run_sync",
+]
 
 log = logging.getLogger("zeromesh.worker")
 
@@ -63,6 +74,8 @@ def _run_sync(job: Job, limits: Limits) -> list[Any]:
     req = job.request
     fn = job.handler.fn
     results: list[Any] = []
+    if job.handler.streams:  # a generator called plainly: all its items, as one list
+        fn = _all_items(fn)
     try:
         if req.batch:
             # The map hot loop: one call per item, nothing else per item. On a failure,
@@ -96,6 +109,8 @@ async def _run_async(job: Job, limits: Limits) -> list[Any]:
     job.ran = True
     req = job.request
     fn = job.handler.fn
+    if job.handler.streams:  # an async generator called plainly: all its items
+        fn = _all_async_items(fn)
     index = 0
     results: list[Any] = []
     try:
@@ -106,12 +121,24 @@ async def _run_async(job: Job, limits: Limits) -> list[Any]:
         else:
             result = await fn(*req.args, **req.kwargs)
     except asyncio.CancelledError:
-        return protocol.encode(
-            Error(req.id, ErrorCode.CANCELLED, "cancelled by the caller", codec=req.codec)
-        )
+        return _cancelled(job)
     except (Exception, SystemExit) as exc:
         return handler_error(job, exc, index, results)
     return reply_frames(job, result, limits)
+
+
+def _all_items(fn: Any) -> Any:
+    def all_items(*args: Any, **kwargs: Any) -> list[Any]:
+        return list(fn(*args, **kwargs))
+
+    return all_items
+
+
+def _all_async_items(fn: Any) -> Any:
+    async def all_items(*args: Any, **kwargs: Any) -> list[Any]:
+        return [item async for item in fn(*args, **kwargs)]
+
+    return all_items
 
 
 def reply_frames(job: Job, result: Any, limits: Limits) -> list[Any]:
@@ -120,20 +147,128 @@ def reply_frames(job: Job, result: Any, limits: Limits) -> list[Any]:
     try:
         return protocol.encode_reply(req.id, result, req.codec, req.batch, limits)
     except ProtocolError as exc:
-        if exc.code == ErrorCode.LIMIT_EXCEEDED:
-            log.warning("%s (id %d): not sent: %s", req.target, req.id, exc)
-            return protocol.encode(
-                Error(req.id, exc.code, f"{req.target}: {exc}", "ProtocolError", codec=req.codec)
-            )
+        return _unsendable(job, exc, "returned")
+
+
+def _unsendable(job: Job, exc: ProtocolError, verb: str) -> list[Any]:
+    """The ERROR for a value the handler ``verb`` that cannot travel: too large
+    (``LIMIT_EXCEEDED``), or of a type the codec cannot carry (``REMOTE``)."""
+    req = job.request
+    if exc.code == ErrorCode.LIMIT_EXCEEDED:
+        log.warning("%s (id %d): not sent: %s", req.target, req.id, exc)
         return protocol.encode(
-            Error(
-                req.id,
-                ErrorCode.REMOTE,
-                f"{req.target} returned a value that cannot be sent: {exc}",
-                type="ProtocolError",
-                codec=req.codec,
-            )
+            Error(req.id, exc.code, f"{req.target}: {exc}", "ProtocolError", codec=req.codec)
         )
+    return protocol.encode(
+        Error(
+            req.id,
+            ErrorCode.REMOTE,
+            f"{req.target} {verb} a value that cannot be sent: {exc}",
+            type="ProtocolError",
+            codec=req.codec,
+        )
+    )
+
+
+def _item_frames(job: Job, value: Any, limits: Limits) -> list[Any] | None:
+    """Send one item (an ITEM through the job's valve); the ERROR that ends the stream
+    instead when it cannot travel, else None."""
+    req = job.request
+    valve = job.valve
+    try:
+        frames = protocol.encode_item(req.id, value, req.codec, limits)
+    except ProtocolError as exc:
+        valve.gate.end()
+        return _unsendable(job, exc, "yielded")
+    valve.gate.sent()
+    valve.send(frames)
+    return None
+
+
+def _stream_end(job: Job, ended: bool) -> list[Any]:
+    """END if the handler ``ended``, else (cancelled) ``CANCELLED``."""
+    req = job.request
+    valve = job.valve
+    valve.gate.end()
+    if not ended:
+        return _cancelled(job)
+    return protocol.encode(End(req.id, valve.gate.items, req.codec))
+
+
+def _cancelled(job: Job) -> list[Any]:
+    req = job.request
+    return protocol.encode(
+        Error(req.id, ErrorCode.CANCELLED, "cancelled by the caller", codec=req.codec)
+    )
+
+
+def _open(job: Job) -> tuple[Any, Any]:
+    """Call a generator handler: (its valve, the generator), or (its valve, the ERROR
+    frames) when the call itself failed (bad arguments)."""
+    job.ran = True
+    req = job.request
+    try:
+        return job.valve, job.handler.fn(*req.args, **req.kwargs)
+    except (Exception, SystemExit) as exc:
+        return job.valve, _failed(job, exc)
+
+
+def _failed(job: Job, exc: BaseException) -> list[Any]:
+    """The ERROR that ends a stream whose handler raised ``exc``."""
+    job.valve.gate.end()
+    return handler_error(job, exc, 0, [])
+
+
+def run_stream(job: Job, limits: Limits) -> list[Any]:
+    """Run a generator handler as a stream on this (a handler) thread: each item goes
+    out through the job's valve as credit allows; returns the final answer's frames
+    (END, or the ERROR that ended it). The thread waits while there is no credit."""
+    valve, gen = _open(job)
+    if type(gen) is list:
+        return gen
+    cancelled = _cancel_check(job)
+    try:
+        while valve.wait(cancelled):
+            try:
+                item = next(gen)
+            except StopIteration:
+                return _stream_end(job, True)
+            failed = _item_frames(job, item, limits)
+            if failed is not None:
+                return failed
+    except (Exception, SystemExit) as exc:
+        return _failed(job, exc)
+    finally:
+        gen.close()  # a stream cut short: the generator's `finally` runs now
+    return _stream_end(job, False)
+
+
+async def run_stream_async(job: Job, limits: Limits) -> list[Any]:
+    """`run_stream` for an async generator handler, in its task on the loop; cancelling
+    the task (the client's CANCEL) closes the generator and answers ``CANCELLED``."""
+    valve, agen = _open(job)
+    if type(agen) is list:
+        return agen
+    try:
+        while await valve.wait_async(_cancel_check(job)):
+            try:
+                item = await agen.__anext__()
+            except StopAsyncIteration:
+                return _stream_end(job, True)
+            failed = _item_frames(job, item, limits)
+            if failed is not None:
+                return failed
+    except asyncio.CancelledError:
+        return _stream_end(job, False)
+    except (Exception, SystemExit) as exc:
+        return _failed(job, exc)
+    finally:
+        await agen.aclose()
+    return _stream_end(job, False)
+
+
+def _cancel_check(job: Job) -> Any:
+    return lambda: job.cancelled
 
 
 def handler_error(job: Job, exc: BaseException, index: int, results: list[Any]) -> list[Any]:

@@ -44,6 +44,7 @@ from protocol import (
     LIVENESS,
     Bundle,
     Cancel,
+    Credit,
     Disconnect,
     Error,
     ErrorCode,
@@ -75,8 +76,9 @@ from . import _context
 from ._broker_link import BrokerLink
 from ._config import EXIT_DRAIN_TIMEOUT, EXIT_HARD_TIMEOUT, StartupError, WorkerConfig
 from ._jobs import DONE, QUEUED, RUNNING, Capacity, Job, JobTable, expired_refusal
-from ._runners import run_async, run_sync
+from ._runners import run_async, run_stream, run_stream_async, run_sync
 from ._service import Handler, Service
+from ._valve import Valve
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "Worker", "WorkerConfig"]
 
@@ -104,6 +106,7 @@ _STAND_IN_AFTER_S = 0.05
 (answers PING and HELLO, notes CANCEL, times out what waits)."""
 _STAND_IN_POLL_S = 0.025
 _REPLY_TYPE = int(protocol.MessageType.REPLY)  # the header's type byte of a REPLY
+_END_TYPE = int(protocol.MessageType.END)  # ... and of a stream's END (a success too)
 _PEER_FORGET_S = 60.0
 
 
@@ -174,6 +177,7 @@ class Worker(RouterServer):
         self._done_wake = False
         self._peers: dict[bytes, float] = {}
         self._bundlers: set[bytes] = set()  # clients whose HELLO said they take BUNDLEs
+        self._streaming_inline: Job | None = None  # inline mode: the stream on its own thread
         self._started_at = time.monotonic()
         self._link: BrokerLink | None = None
 
@@ -189,7 +193,7 @@ class Worker(RouterServer):
             max_peer_output=cfg.max_peer_output,
             peer_kind="client",
             check_ipc=self._check_ipc_free,
-            on_gone=self._forget_peer,
+            on_gone=self._peer_gone,
             security=cfg.security,
         )
 
@@ -379,11 +383,16 @@ class Worker(RouterServer):
             else:
                 self._bundlers.discard(peer)
             self._send(peer, protocol.encode(self.hello(msg.id, msg.codec)))
+        elif type(msg) is Credit:
+            job = self._jobs.get((peer, msg.id))
+            if job is not None and job.valve is not None:  # else ended: ignored (SPEC 7.11)
+                job.valve.grant(msg.credit)
         elif type(msg) is Cancel:
             self.cancel(peer, msg.id)
         elif type(msg) is Disconnect:
             self._forget_peer(peer)
             dropped = self.table.forget_peer(peer)
+            self._wake_streams(peer)
             if dropped:
                 log.info(
                     "client %s left (%s): dropped its %d waiting request(s)",
@@ -433,11 +442,44 @@ class Worker(RouterServer):
         self._peers.pop(peer, None)
         self._bundlers.discard(peer)
 
-    def hello(self, rid: int, codec: protocol.Codec, bundle: bool = True) -> Hello:
+    def _peer_gone(self, peer: bytes) -> None:
+        """A send to ``peer`` found it unreachable (its connection closed, or ZeroMQ's
+        heartbeat timed out): forget it, and cancel its streams, which would otherwise
+        wait for its credit forever holding their slots (SPEC 7.11)."""
+        self._forget_peer(peer)
+        streams = self.table.streams_of(peer)
+        for job in streams:
+            job.cancelled = True
+            if job.task is not None:
+                job.task.cancel()
+        self._wake_streams(peer, streams)
+        if streams:
+            log.info("client %s is gone: cancelled its %d stream(s)", peer.hex(), len(streams))
+
+    def _wake_streams(self, peer: bytes, streams: list[Job] | None = None) -> None:
+        """Let ``peer``'s cancelled streams that wait for credit see it."""
+        for job in self.table.streams_of(peer) if streams is None else streams:
+            if job.valve is not None:
+                job.valve.wake()
+
+    def _probe_streaming_clients(self) -> None:
+        """A paused stream sends nothing, so nothing would show that its client left: a
+        PING to each client holding a stream does (the send fails, `_peer_gone`)."""
+        peers = {j.peer for j in self.table.jobs.values() if j.valve is not None}
+        ping = protocol.encode(Ping(0))
+        for peer in peers:
+            if type(peer) is bytes:  # (a broker's clients are the broker's to watch)
+                self._send(peer, list(ping))
+
+    def hello(
+        self, rid: int, codec: protocol.Codec, bundle: bool = True, streams: bool = True
+    ) -> Hello:
         """This worker's HELLO (answer to a client, greeting to a broker).
 
         ``bundle``: whether the peer may send it BUNDLEs (a client may; the broker
-        link does not take them apart, so it says no).
+        link does not take them apart, so it says no). ``streams``: whether it takes
+        stream requests and CREDIT there (a client's connection does; the broker link
+        does not route credit yet, SPEC 12.8).
         """
         slots = self.slots.announced(self.table.draining)
         return Hello(
@@ -458,6 +500,7 @@ class Worker(RouterServer):
             async_handlers=slots.async_handlers,
             stats={**self.stats.summary(), **process_usage()},
             bundle=bundle,
+            streams=streams,
         )
 
     def accept(self, peer: bytes, req: Request, arrived: float = 0.0) -> None:
@@ -465,10 +508,18 @@ class Worker(RouterServer):
         queue it to run, or answer why not."""
         if type(peer) is bytes and self._outbox.not_reading(peer):
             return
+        if req.window and type(peer) is not bytes:
+            # The link to a broker said no `streams` (it does not route credit yet).
+            why = "stream requests come straight from clients, not through a broker (SPEC 12.8)"
+            self._send_error(peer, req, ErrorCode.PROTOCOL, why)
+            return
         job = self.table.admit(peer, req, arrived)
         if type(job) is not Job:
             self._send_error(peer, req, *job)  # type: ignore[misc]
             return
+        if req.window:
+            job.valve = Valve(req.window)
+            job.valve.send = lambda frames: self._post(job, frames, final=False)
         if job.handler.is_async and self._async_running < self.config.max_async:
             self._start_async(job)
             return
@@ -500,9 +551,12 @@ class Worker(RouterServer):
 
     def cancel(self, peer: bytes, rid: int) -> None:
         """``peer`` gave up on request ``rid``: stop it if it runs, drop it if it waits."""
+        stream = self._jobs.get((peer, rid))
         job = self.table.cancel(peer, rid)
         if job is not None:
             self._answer_error(job, ErrorCode.CANCELLED, "cancelled before it started")
+        if stream is not None and stream.valve is not None:
+            stream.valve.wake()  # it may wait for credit: let it see the cancel
 
     def _report_progress(self, job: Job, done: float, total: float | None, note: str) -> None:
         msg = Progress(job.request.id, done, total, note, job.request.codec)
@@ -527,7 +581,7 @@ class Worker(RouterServer):
         waiting = self.table.waiting
         lock = self._sock_lock
         started = time.monotonic()
-        while waiting:
+        while waiting and self._streaming_inline is None:
             if time.monotonic() - started > 0.05:
                 # Let timers and signals (SIGTERM) in between long runs of work.
                 self._schedule_pump()
@@ -536,6 +590,13 @@ class Worker(RouterServer):
             assert job is not None
             if not self.table.claim(job, QUEUED):
                 continue
+            if job.valve is not None:
+                # A stream waits for its client's credit, which only this loop reads:
+                # it runs on a thread of its own, and holds the one slot until it ends.
+                self._streaming_inline = job
+                t = threading.Thread(target=self._run_claimed, args=(job,), daemon=True)
+                t.start()
+                return
             frames = self._refusal(job)
             if frames is None:
                 token = _context.current.set(job)
@@ -729,20 +790,26 @@ class Worker(RouterServer):
 
     def _thread_main(self) -> None:
         while (job := self.table.next_sync()) is not None:
-            if not self.table.claim(job, QUEUED):
-                continue  # answered already (drain, cancel)
-            frames = self._refusal(job)
-            if frames is None:
-                token = _context.current.set(job)
-                try:
+            if self.table.claim(job, QUEUED):  # else answered already (drain, cancel)
+                self._run_claimed(job)
+
+    def _run_claimed(self, job: Job) -> None:
+        """On a handler thread: run ``job`` (claimed QUEUED → RUNNING) and post its answer."""
+        frames = self._refusal(job)
+        if frames is None:
+            token = _context.current.set(job)
+            try:
+                if job.valve is not None:
+                    frames = run_stream(job, self.config.limits)
+                else:
                     frames = run_sync(job, self.config.limits)
-                finally:
-                    _context.current.reset(token)
-                if not self.table.claim(job, RUNNING):
-                    continue  # the hard-timeout watchdog answered it meanwhile
-            else:
-                job.state = DONE
-            self._post(job, frames, final=True)
+            finally:
+                _context.current.reset(token)
+            if not self.table.claim(job, RUNNING):
+                return  # the hard-timeout watchdog answered it meanwhile
+        else:
+            job.state = DONE
+        self._post(job, frames, final=True)
 
     def _refusal(self, job: Job) -> list[Any] | None:
         """The answer for a job that must not start (cancelled, expired), else None."""
@@ -773,7 +840,10 @@ class Worker(RouterServer):
         frames = self._refusal(job)
         if frames is None:
             _context.current.set(job)  # this task's own context
-            frames = await run_async(job, self.config.limits)
+            if job.valve is not None:
+                frames = await run_stream_async(job, self.config.limits)
+            else:
+                frames = await run_async(job, self.config.limits)
             if not self.table.claim(job, RUNNING):
                 return  # answered by the drain meanwhile
         else:
@@ -817,8 +887,12 @@ class Worker(RouterServer):
                 if not finish(job):
                     continue  # answered already by the watchdog; drop the late result
                 finished += 1
+                if job is self._streaming_inline:
+                    self._streaming_inline = None
+                    self._schedule_pump()  # what waited behind the stream may run now
                 # The outcome, and the handler's time if it ran (refusals count apart).
-                if frames[0][3] == _REPLY_TYPE:
+                kind = frames[0][3]
+                if kind in (_REPLY_TYPE, _END_TYPE):
                     outcome = "ok"
                 else:
                     outcome = outcome_name(protocol.answer_code(frames, self.config.limits))
@@ -902,6 +976,9 @@ class Worker(RouterServer):
             if was_running:
                 if job.task is not None:
                     job.task.cancel()
+                if job.valve is not None:  # a stream waiting for credit: close it now
+                    job.cancelled = True
+                    job.valve.wake()
                 log.error(
                     "abandoning %s (id %d) after %.1f s: %s",
                     job.request.target,
@@ -914,10 +991,13 @@ class Worker(RouterServer):
 
     async def _housekeeping(self) -> None:
         cfg = self.config
-        next_rss = 0.0
+        next_rss = next_probe = 0.0
         while True:
             await asyncio.sleep(_HOUSEKEEPING_S)
             now = time.monotonic()
+            if now >= next_probe:
+                next_probe = now + cfg.heartbeat_ms / 1000
+                self._probe_streaming_clients()
             if cfg.hard_timeout and not self.inline:  # inline: the watchdog enforces it
                 self._check_hard_timeout()
             if cfg.max_rss_mb and now >= next_rss and not self.table.draining:

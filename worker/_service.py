@@ -17,12 +17,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """One served function. ``is_async`` handlers run on the worker's event loop."""
+    """One served function. ``is_async`` handlers run on the worker's event loop;
+    ``streams`` handlers are generators (plain or async): a stream request gets their
+    items one by one (SPEC 7.11), a plain request the list of them all."""
 
     service: str
     name: str
     fn: Callable[..., Any]
     is_async: bool
+    streams: bool = False
 
     @property
     def target(self) -> str:
@@ -76,7 +79,9 @@ class Service:
         ``@svc.handler`` serves ``fn`` as ``<service>.<fn.__name__>``;
         ``@svc.handler("mean")`` serves it as ``<service>.mean``. ``async def``
         functions run on the worker's event loop (many at once); plain functions run
-        in the worker's handler threads (``--concurrency`` at once).
+        in the worker's handler threads (``--concurrency`` at once). A generator
+        (``yield``, plain or async) streams its items to ``Client.stream``; called
+        plainly, it returns the list of them all.
 
         Raises:
             ValueError: the name is invalid or already taken in this service.
@@ -98,7 +103,9 @@ class Service:
             )
         if name in self.handlers:
             raise ValueError(f"{self.name}.{name} is already registered")
-        handler = Handler(self.name, name, fn, inspect.iscoroutinefunction(fn))
+        is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+        streams = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        handler = Handler(self.name, name, fn, is_async, streams)
         self.handlers[name] = handler
         # Builtins and the like take no attributes: still served, just not by reference.
         with contextlib.suppress(AttributeError, TypeError):
