@@ -295,6 +295,6 @@ def test_too_few_file_descriptors_is_a_clear_error(monkeypatch) -> None:
 
 def test_an_unanswered_worker_greets_again_as_the_real_one_does(workers) -> None:
     sim, broker = workers  # the Dialer's chain: HELLO again after 5 ms, 10, 20...
-    hellos = {_next(sim, broker, Hello, 2)[1].id for _ in range(3)}
-    assert len(hellos) == 3
+    hellos = [_next(sim, broker, Hello, 2)[1].id for _ in range(3)]
+    assert len(set(hellos)) == 1  # one chain, one id (the broker only echoes it)
     assert sim.stats()["ready"] == 0

@@ -29,6 +29,7 @@ import functools
 import json
 import math
 import os
+import re
 import resource
 import select
 import signal
@@ -40,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import zmq
+
 from client import Client
 from protocol import ZeromeshError
 
@@ -50,6 +53,7 @@ from .raw import WINDOW
 __all__ = ["ScaleSizes", "main"]
 
 SIM_MODULE = "zeromesh._bench.simpeers"
+_EXPIRED = re.compile(r"(\d+) worker\(s\) expired")  # the broker's warning
 TARGET_AT = 1000
 """The targets are stated for 1,000 workers or clients; larger sizes are information."""
 BUSY_CLIENTS = 2
@@ -252,6 +256,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _client(endpoints: list[str]) -> Client:
+    """A `Client` over ``endpoints``, or a clear stop if it cannot have that many."""
+    try:
+        return Client(endpoints, max_in_flight=WINDOW)
+    except zmq.ZMQError as exc:
+        raise SystemExit(
+            f"bench: Client over {len(endpoints)} endpoints failed: {exc}. A zmq.Context "
+            "holds 1,023 sockets unless told otherwise, and Client takes three per "
+            "endpoint (its DEALER and the two ends of its socket monitor)"
+        ) from exc
+
+
 def _pipelined(c: Client, n: int) -> tuple[float, float]:
     """Calls/s of ``n`` pipelined calls, and this process's CPU µs per call."""
     cpu = time.process_time()
@@ -321,9 +337,7 @@ def client_rows(sizes: ScaleSizes, run: Run) -> list[Row]:
             groups[n] = group
             endpoints[n] = [ep for p in group.procs for ep in p.read(60)["endpoints"]]
         with contextlib.ExitStack() as stack:
-            clients = {
-                n: stack.enter_context(Client(endpoints[n], max_in_flight=WINDOW)) for n in counts
-            }
+            clients = {n: stack.enter_context(_client(endpoints[n])) for n in counts}
             for n, c in clients.items():
                 _wait_capacity(c, n * WINDOW)
                 _pipelined(c, min(sizes.calls, 2000))  # warm-up
@@ -369,6 +383,7 @@ class BrokerMesh:
         self.n = n
         self.credit = max(1, math.ceil(WINDOW / n))
         self.endpoint = run.kids.endpoint()
+        self.log_path = os.path.join(run.kids.dir, f"{len(run.kids.procs)}.log")
         self.proc = run.kids.spawn(
             "-m", "broker", "--bind", self.endpoint, "--log-level", "warning"
         )
@@ -415,6 +430,27 @@ class BrokerMesh:
                 return
             time.sleep(0.5)
 
+    def settle(self, timeout: float = 60.0) -> None:
+        """Until the broker keeps up (its workers registered and fewer than 1% of their
+        PINGs unanswered, twice in a row): after a registration it may still be working
+        through the HELLOs the workers repeated meanwhile, and that is not idle."""
+        start = time.monotonic()
+        calm = 0
+        slack = max(2, self.n // 100)
+        while calm < 2:
+            stats = self.group.stats()
+            behind = stats.get("pings", 0) - stats.get("pongs", 0)
+            ready = stats.get("ready", 0)
+            calm = calm + 1 if behind <= slack and ready >= self.n - slack else 0
+            if time.monotonic() - start > timeout:
+                self.run.note(
+                    f"broker with {self.n} workers: not settled after {timeout:.0f} s "
+                    f"({ready} workers ready, {behind} PINGs unanswered; measured anyway)"
+                )
+                return
+            time.sleep(1.0)
+        self.run.log(f"  broker with {self.n} workers settled in {time.monotonic() - start:.0f} s")
+
     def status(self) -> dict[str, Any] | None:
         """``_broker.status``, or None if the broker did not answer within 10 s."""
         try:
@@ -423,10 +459,17 @@ class BrokerMesh:
             self.run.note(f"broker with {self.n} workers: _broker.status failed: {exc}")
             return None
 
-    def sample(self) -> tuple[float, float, dict[str, Any] | None, dict[str, Any]]:
-        """CPU seconds so far, RSS (MiB), ``_broker.status``, the workers' counters."""
+    def sample(self) -> tuple[float, float, dict[str, Any] | None, dict[str, Any], int]:
+        """CPU seconds so far, RSS (MiB), ``_broker.status``, the workers' counters,
+        and the workers its log says it expired (it logs them even when too busy to
+        answer a status)."""
         pid = self.proc.pid
-        return _cpu_seconds(pid), _rss_mib(pid), self.status(), self.group.stats()
+        st, stats = self.status(), self.group.stats()
+        return _cpu_seconds(pid), _rss_mib(pid), st, stats, self.expired_logged()
+
+    def expired_logged(self) -> int:
+        with open(self.log_path, errors="replace") as f:
+            return sum(int(m.group(1)) for m in _EXPIRED.finditer(f.read()))
 
     def stop(self) -> None:
         st = self.status()
@@ -574,6 +617,8 @@ def _broker_phase(
         if m.registered:
             figures[m.n].rss_per_worker = (_rss_mib(m.proc.pid) - m.rss0) * 1024 / m.registered
 
+    for m in meshes.values():
+        m.settle()
     run.log(f"  idle for {sizes.idle_window:g} s")
     before = {n: m.sample() for n, m in meshes.items()}
     start = time.monotonic()
@@ -581,7 +626,7 @@ def _broker_phase(
     after = {n: m.sample() for n, m in meshes.items()}
     window = time.monotonic() - start
     for n, f in figures.items():
-        (c0, r0, st0, s0), (c1, r1, st1, s1) = before[n], after[n]
+        (c0, r0, st0, s0, log0), (c1, r1, st1, s1, log1) = before[n], after[n]
         f.window = window
         f.idle_cpu_s = c1 - c0
         f.idle_cpu = f.idle_cpu_s / window * 100
@@ -591,12 +636,14 @@ def _broker_phase(
         if st0 is not None and st1 is not None:
             expired = st1["totals"]["workers_expired"] - st0["totals"]["workers_expired"]
         noticed = _delta(s1, s0, "forgotten")
-        f.expiries = max(expired or 0, noticed)
+        f.expiries = max(expired or 0, noticed, log1 - log0)
+        _sims_cpu(run, f"the broker with {n} workers", s0, s1, window)
         run.log(
             f"  {n} workers: broker CPU {f.idle_cpu:.2f}% of a core, expired "
             f"{'?' if expired is None else expired} (the workers noticed {noticed}), pings "
             f"{_delta(s1, s0, 'pings')} pongs {_delta(s1, s0, 'pongs')}, late heartbeats "
-            f"{_delta(s1, s0, 'hb_late')} (worst {s1['max_lag'] * 1000:.0f} ms), broker "
+            f"{_delta(s1, s0, 'hb_late')} (worst {s1['max_lag'] * 1000:.0f} ms), logged "
+            f"{log1 - log0} expired, broker "
             f"silent {_delta(s1, s0, 'silent')}; RSS {r0:.0f} -> {r1:.0f} MiB; the simulated "
             f"workers used {(s1['cpu'] - s0['cpu']) / window * 100:.1f}% of a core"
         )
@@ -678,7 +725,9 @@ def _tools(endpoint: str) -> tuple[float, float, dict[str, str]]:
     )
     top_s = time.perf_counter() - start - TOP_INTERVAL
     if top.returncode:
-        failures["top_s"] = f"top exited {top.returncode}: {_said(top)}"
+        # top draws its table (endpoints unreachable) and says nothing on stderr
+        why = (top.stderr.strip() and _said(top)) or "it showed the broker unreachable"
+        failures["top_s"] = f"top exited {top.returncode}: {why}"
     return status_s, top_s, failures
 
 
@@ -744,6 +793,7 @@ def worker_rows(sizes: ScaleSizes, run: Run) -> list[Row]:
         pongs = {n: _delta(after[n][2], before[n][2], "pongs") for n in counts}
         for n in counts:
             s0, s1 = before[n][2], after[n][2]
+            _sims_cpu(run, f"the worker with {n} clients", s0, s1, window)
             run.log(
                 f"  {n} clients: worker CPU {cpu[n] / window * 100:.2f}% of a core, "
                 f"{pongs[n]} pongs, late heartbeats {_delta(s1, s0, 'hb_late')}, "
@@ -790,8 +840,20 @@ def _as_fast(label: str, rate: dict[int, float], n: int, small: int) -> Row:
 def _marginal(label: str, cpu_s: float, heartbeats: int) -> Row:
     """CPU µs per heartbeat of a large mesh above its counterpart: what each added
     peer's heartbeat costs, without the fixed costs (timers) that dominate a small one."""
-    value = cpu_s / heartbeats * 1e6 if heartbeats > 0 else 0.0
-    return Row(label, value, None, None, "-", "us", None)
+    if heartbeats <= 0:
+        return Row(label + " (no heartbeats answered)", 0.0, None, None, "-", "us", None)
+    return Row(label, cpu_s / heartbeats * 1e6, None, None, "-", "us", None)
+
+
+def _sims_cpu(run: Run, what: str, s0: dict[str, Any], s1: dict[str, Any], window: float) -> None:
+    """Note it when the simulated peers took much of the 2 cores the measured process
+    shares with them: its figures are then pessimistic (real peers run elsewhere)."""
+    share = (s1["cpu"] - s0["cpu"]) / window * 100
+    if share > 50:
+        run.note(
+            f"{what}: its simulated peers used {share:.0f}% of a core in the idle window, "
+            "on the machine it runs on: its figures there are pessimistic"
+        )
 
 
 def _information(label: str, values: dict[int, float], n: int, small: int, unit: str) -> Row:

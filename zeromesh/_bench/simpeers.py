@@ -49,7 +49,9 @@ What they leave out, compared with the real worker and client:
 - no socket monitor, no fresh socket after a disconnect, no ZMTP heartbeats, no
   ``ZMQ_MAXMSGSIZE``, no outbox: libzmq's own reconnect only, and a send that would
   block is dropped and counted (``dropped``); the first greeting starts when the
-  socket is made, not at the handshake (libzmq holds those HELLOs until connected);
+  socket is made, not at the handshake (its HELLOs before the connection are dropped,
+  IMMEDIATE, and the chain goes on); each chain of HELLOs repeats one id, where the
+  real peers take a new one each time;
 - a simulated worker joins one broker, with fixed credit (no prefetch, no
   several-broker accounting); it ignores CANCEL (its requests are answered before
   one could arrive);
@@ -96,6 +98,7 @@ __all__ = ["SimClients", "SimEndpoints", "SimPeers", "SimWorkers", "main"]
 SERVICES = {"bench": ["echo"]}
 TARGET = "bench.echo"
 _BATCH = 256  # messages read from one socket before the others get a turn
+_TICK = 0.002  # seconds: heartbeats and timers this close together run in one turn
 _EXAMPLES = 5  # mistakes kept as text
 _REFUSALS = (ErrorCode.PROTOCOL, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.LIMIT_EXCEEDED)
 _EMPTY = b""
@@ -206,6 +209,12 @@ class SimPeers:
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)  # a dead peer must not hang exit
+        if kind == zmq.DEALER:
+            # As the real peers' `zmqio.Dialer` sets them: nothing is queued for a
+            # peer not connected, and up to 100,000 messages are for one that is.
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
         return sock
 
     def _watch(self, session: Session) -> None:
@@ -248,16 +257,19 @@ class SimPeers:
         handle what arrived, send the heartbeats and run the timers that are due."""
         now = time.monotonic()
         if self.beats:
-            timeout = min(timeout, max(0.0, self.beats[0].due - now))
+            timeout = min(timeout, self.beats[0].due - now)
         if self.timers:
-            timeout = min(timeout, max(0.0, self.timers[0][0] - now))
-        for fd, _ in self.epoll.poll(timeout):
+            timeout = min(timeout, self.timers[0][0] - now)
+        # Thousands of heartbeats and greetings fall due a few µs apart: waking for each
+        # would spend this process's CPU in epoll_wait. What falls due within _TICK
+        # is done in one turn.
+        for fd, _ in self.epoll.poll(max(timeout, _TICK)):
             reader = self.readers.get(fd)
             if reader is not None:
                 reader()
         now = time.monotonic()
         self._beat(now)
-        while self.timers and self.timers[0][0] <= now:
+        while self.timers and self.timers[0][0] <= now + _TICK:
             heapq.heappop(self.timers)[2]()
         self.after_step()
 
@@ -286,9 +298,9 @@ class SimPeers:
 
     def _beat(self, now: float) -> None:
         beats = self.beats
-        while beats and beats[0].due <= now:
+        while beats and beats[0].due <= now + _TICK:
             s = beats.popleft()
-            lag = now - s.due
+            lag = max(0.0, now - s.due)
             self.max_lag = max(self.max_lag, lag)
             if lag > s.interval:  # this process fell behind: say so, start afresh
                 self.counts["hb_late"] += 1
@@ -309,14 +321,18 @@ class SimPeers:
         session.state = GREETING
         self._greet_again(session, 0.005 if chain else session.interval)
 
-    def _greet_again(self, session: Session, delay: float) -> None:
+    def _greet_again(self, session: Session, delay: float, frames: list[Any] | None = None) -> None:
         if session.state != GREETING:
             return  # answered
-        session.hellos += 1
-        rid = hello_id(session.index, session.hellos)
-        self.send(session, self.hello_frames(session, rid))
+        if frames is None:
+            # One id (and one encoding) per chain: a peer only echoes a HELLO's id,
+            # and encoding thousands of HELLOs a second would take this process's
+            # CPU from the broker it shares the machine with.
+            session.hellos += 1
+            frames = self.hello_frames(session, hello_id(session.index, session.hellos))
+        self.send(session, frames)
         if delay < session.interval:
-            self.later(delay, lambda: self._greet_again(session, 2 * delay))
+            self.later(delay, lambda: self._greet_again(session, 2 * delay, frames))
 
     def hello_frames(self, session: Session, rid: int) -> list[Any]:
         """The HELLO this role sends, with its envelope."""
