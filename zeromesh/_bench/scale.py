@@ -459,13 +459,13 @@ class BrokerMesh:
             self.run.note(f"broker with {self.n} workers: _broker.status failed: {exc}")
             return None
 
-    def sample(self) -> tuple[float, float, dict[str, Any] | None, dict[str, Any], int]:
-        """CPU seconds so far, RSS (MiB), ``_broker.status``, the workers' counters,
-        and the workers its log says it expired (it logs them even when too busy to
-        answer a status)."""
+    def sample(self) -> tuple[float, float, float, dict[str, Any] | None, dict[str, Any], int]:
+        """When, CPU seconds so far, RSS (MiB), ``_broker.status``, the workers'
+        counters, and the workers its log says it expired (it logs them even when too
+        busy to answer a status, which may take its whole timeout)."""
         pid = self.proc.pid
-        st, stats = self.status(), self.group.stats()
-        return _cpu_seconds(pid), _rss_mib(pid), st, stats, self.expired_logged()
+        when, cpu, rss = time.monotonic(), _cpu_seconds(pid), _rss_mib(pid)
+        return when, cpu, rss, self.status(), self.group.stats(), self.expired_logged()
 
     def expired_logged(self) -> int:
         with open(self.log_path, errors="replace") as f:
@@ -626,12 +626,12 @@ def _broker_phase(
     after = {n: m.sample() for n, m in meshes.items()}
     window = time.monotonic() - start
     for n, f in figures.items():
-        (c0, r0, st0, s0, log0), (c1, r1, st1, s1, log1) = before[n], after[n]
+        (t0, c0, r0, st0, s0, log0), (t1, c1, r1, st1, s1, log1) = before[n], after[n]
         f.window = window
-        f.idle_cpu_s = c1 - c0
-        f.idle_cpu = f.idle_cpu_s / window * 100
+        f.idle_cpu_s = (c1 - c0) * window / (t1 - t0)  # over the window, pro rata
+        f.idle_cpu = (c1 - c0) / (t1 - t0) * 100
         f.pongs = _delta(s1, s0, "pongs")
-        f.rss_growth = (r1 - r0) / window * 60
+        f.rss_growth = (r1 - r0) / (t1 - t0) * 60
         expired: int | None = None
         if st0 is not None and st1 is not None:
             expired = st1["totals"]["workers_expired"] - st0["totals"]["workers_expired"]
