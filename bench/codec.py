@@ -13,6 +13,7 @@ next to the least any zero-copy path can do (``memoryview`` of the array to send
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -71,8 +72,8 @@ def small_rows(number: int, repeat: int) -> list[tuple[str, float, float, float,
     for name, msg, body in cases:
         frames = received(protocol.encode(msg))
         assert protocol.decode(frames) == msg, name
-        enc = best_per_call(lambda msg=msg: protocol.encode(msg), number, repeat)
-        dec = best_per_call(lambda frames=frames: protocol.decode(frames), number, repeat)
+        enc = best_per_call(functools.partial(protocol.encode, msg), number, repeat)
+        dec = best_per_call(functools.partial(protocol.decode, frames), number, repeat)
         bare_enc, bare_dec = bare_codec(msg.codec, body)
         b_enc = best_per_call(bare_enc, number, repeat)
         b_dec = best_per_call(bare_dec, number, repeat)
@@ -88,13 +89,15 @@ def array_rows(mib: int, repeat: int) -> list[tuple[str, float, float, float, fl
         msg = Request(1, "np.sum", [arr], codec=codec)
         frames = protocol.encode(msg)
         # What a receiver holds after recv_multipart(copy=False): writable buffers.
-        got = [bytes(frames[0]), bytes(frames[1]), bytearray(frames[2])]
+        oob = bytearray(frames[2])
+        got = [bytes(frames[0]), bytes(frames[1]), oob]
         out = protocol.decode(got)
-        assert np.shares_memory(out.args[0], np.frombuffer(got[2], np.uint8))
-        enc = best_per_call(lambda msg=msg: protocol.encode(msg), 10, repeat)
-        dec = best_per_call(lambda got=got: protocol.decode(got), 10, repeat)
-        base_enc = best_per_call(lambda: memoryview(arr), 10, repeat)
-        base_dec = best_per_call(lambda got=got: np.frombuffer(got[2], np.float64), 10, repeat)
+        assert isinstance(out, Request)
+        assert np.shares_memory(out.args[0], np.frombuffer(oob, np.uint8))
+        enc = best_per_call(functools.partial(protocol.encode, msg), 10, repeat)
+        dec = best_per_call(functools.partial(protocol.decode, got), 10, repeat)
+        base_enc = best_per_call(lambda: arr.data, 10, repeat)  # a memoryview of it
+        base_dec = best_per_call(functools.partial(np.frombuffer, oob, np.float64), 10, repeat)
         name = f"{mib} MiB float64 {codec.name.lower()}"
         rows.append((name, enc * 1e3, dec * 1e3, base_enc * 1e3, base_dec * 1e3))
     return rows

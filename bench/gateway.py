@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -75,6 +75,16 @@ class Row:
     p99_ms: float
     ratio: float | None = None
     target: float | None = None
+
+
+@dataclass
+class _Totals:
+    """One server's load rounds added up."""
+
+    answered: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
 
 
 # --- the baseline: one process, one request at a time, work done inline -----------------------
@@ -303,20 +313,21 @@ def _compare(
     rather than one; each row sums its rounds.
     """
     per_round = replace(plan, duration=plan.duration / plan.rounds)
-    totals = {name: [0, 0, 0.0, []] for name, _ in servers}
+    totals = {name: _Totals() for name, _ in servers}
     for i in range(plan.rounds):
         for name, port in servers if i % 2 == 0 else servers[::-1]:
-            answered, errors, seconds, lat = asyncio.run(
+            answered, errors, seconds, latencies = asyncio.run(
                 _load(port, f"/call/{target}", {"args": [arg]}, expect, conns, per_round)
             )
             acc = totals[name]
-            acc[0] += answered
-            acc[1] += errors
-            acc[2] += seconds
-            acc[3] += lat
+            acc.answered += answered
+            acc.errors += errors
+            acc.seconds += seconds
+            acc.latencies += latencies
     rows = []
     for name, _ in servers:
-        answered, errors, seconds, lat = totals[name]
+        t = totals[name]
+        answered, errors, seconds, lat = t.answered, t.errors, t.seconds, t.latencies
         lat.sort()
         p50 = statistics.median(lat) if lat else float("nan")
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan")

@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         add_help=False,  # `zeromesh bench --help` is the benchmark's own
-        help="run zeromesh beside raw pyzmq and ProcessPoolExecutor; print ratios",
+        help="run zeromesh beside raw pyzmq and ProcessPoolExecutor; print ratios "
+        "(--scale: with thousands of simulated peers)",
     )
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)

@@ -52,8 +52,8 @@ class Row:
 
     scenario: str
     zeromesh: float
-    baseline: float
-    ratio: float
+    baseline: float | None  # None: a figure with no counterpart (a marginal cost)
+    ratio: float | None  # None: a ratio means nothing here (counts that should be 0)
     target: str
     unit: str
     met: bool | None
@@ -63,8 +63,8 @@ class Row:
         return [
             self.scenario,
             f"{self.zeromesh:,.1f}",
-            f"{self.baseline:,.1f}",
-            f"{self.ratio:.2f}x",
+            "-" if self.baseline is None else f"{self.baseline:,.1f}",
+            "-" if self.ratio is None else f"{self.ratio:.2f}x",
             self.target,
             verdict,
         ]
@@ -656,10 +656,21 @@ def _iter_rows(rows: list[Row]) -> Iterator[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--scale" in argv:
+        from .scale import main as scale_main
+
+        return scale_main([a for a in argv if a != "--scale"])
     p = argparse.ArgumentParser(
         prog="zeromesh bench",
         description="Run zeromesh beside raw pyzmq and ProcessPoolExecutor in one run and "
         "print the ratios against the targets.",
+    )
+    p.add_argument(
+        "--scale",
+        action="store_true",
+        help="run the scale benchmark instead: thousands of simulated peers beside a "
+        "handful (its options: zeromesh bench --scale --help)",
     )
     p.add_argument("--quick", action="store_true", help="smaller sizes: under a minute")
     p.add_argument("--tiny", action="store_true", help="minimal sizes (the test suite's smoke run)")
