@@ -31,6 +31,7 @@ Rows:
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import time
 from collections import deque
@@ -38,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker import Scheduler
+from broker._scheduler import Dispatch
 from client._dispatch import Call, Dispatcher, Peer, SendCall, WakeAt
 from protocol import Hello
 
@@ -213,6 +215,7 @@ def broker_dispatch(n: int, requests: int) -> float:
         s.submit(c, rid, "bench.echo", 10_000, None)
         (cmd,) = out
         out.clear()
+        assert isinstance(cmd, Dispatch)
         w = cmd.worker
         s.finish(w, c, rid)
         s.ready(w, 1)
@@ -231,28 +234,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"client (Dispatcher), pipelined, {window:,} in flight: µs per call")
         base = 0.0
         for n in (2, 20, 200):
-            us = _best(lambda n=n, w=window: client_pipelined(n, calls, w), repeat)
+            us = _best(functools.partial(client_pipelined, n, calls, window), repeat)
             base = base or us
             print(f"  {n:>5} peers  {us:7.2f} µs   {us / base:5.2f}x of 2 peers")
     print("client (Dispatcher), one tick: µs (busy: all heard just now; idle: all pinged)")
     for n in (2, 20, 200):
-        busy = _best(lambda n=n: client_tick_only(n, True), repeat)
-        idle = _best(lambda n=n: client_tick_only(n, False), repeat)
+        busy = _best(functools.partial(client_tick_only, n, True), repeat)
+        idle = _best(functools.partial(client_tick_only, n, False), repeat)
         print(f"  {n:>5} peers  busy {busy:8.2f} µs   idle {idle:8.2f} µs")
     print("broker (Scheduler), idle, a tick every 50 ms: ms of CPU per second (% of a core)")
     for n in (10, 1000, 5000):
-        ms = _best(lambda n=n: broker_idle(n, seconds), repeat)
+        ms = _best(functools.partial(broker_idle, n, seconds), repeat)
         print(f"  {n:>5} workers {ms:8.3f} ms/s  ({ms / 10:.3f}% of a core)")
     print("broker (Scheduler), workers joining: µs per worker (register, ready, HELLO's totals)")
     base = 0.0
     for n in (10, 1000, 5000):
-        us = _best(lambda n=n: broker_join(n), repeat)
+        us = _best(functools.partial(broker_join, n), repeat)
         base = base or us
         print(f"  {n:>5} workers {us:7.2f} µs   {us / base:5.2f}x of 10 workers")
     print("broker (Scheduler), dispatch: µs per request (submit + finish + ready)")
     base = 0.0
     for n in (10, 1000, 5000):
-        us = _best(lambda n=n: broker_dispatch(n, calls), repeat)
+        us = _best(functools.partial(broker_dispatch, n, calls), repeat)
         base = base or us
         print(f"  {n:>5} workers {us:7.2f} µs   {us / base:5.2f}x of 10 workers")
     return 0

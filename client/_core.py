@@ -56,6 +56,7 @@ from zmqio import (
     Dialer,
     NameTable,
     NameWatch,
+    new_context,
     receive_batch,
 )
 
@@ -118,7 +119,7 @@ class Core:
         self._reply = self.dispatcher.reply
         self._timer: Any = None  # the loop's timer handle (asyncio's or SyncLoop's)
         self._ticker: Any = None
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._ctx = new_context()
         self._dialers: list[Dialer] = []
         self._closed = False
         self._hello_frames = protocol.encode(

@@ -7,9 +7,13 @@ address yet keeps calls from failing `UnknownHandler` and explains `NoWorkers`.
 
 from __future__ import annotations
 
+import resource
+
+import pytest
+from meshkit import free_port
 from test_client_dispatch import Rig, kinds, sent
 
-from client import NoWorkers, UnknownHandler, WorkerLost
+from client import Client, NoWorkers, UnknownHandler, WorkerLost
 from client._dispatch import Peer, SendBye
 
 
@@ -172,3 +176,17 @@ def test_a_peer_retired_before_its_hello_does_not_hold_up_unknown_handler() -> N
     r.d.retire_peer(r["w1"])
     rid = r.submit("B.nothing")
     assert isinstance(r.outcomes.error(rid), UnknownHandler)
+
+
+def test_a_client_takes_hundreds_of_endpoints() -> None:
+    # One name may stand for hundreds of workers, and a Client uses three sockets per
+    # endpoint: libzmq's default of 1023 sockets per context failed at about 340.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 4000
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"the hard limit on open files ({hard}) is under {need}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    endpoints = sorted({f"tcp://127.0.0.1:{free_port()}" for _ in range(420)})[:400]
+    with Client(endpoints, timeout=0.2) as c:
+        rows = c.workers(timeout=0.2)
+    assert sorted(row["endpoint"] for row in rows) == endpoints

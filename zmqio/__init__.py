@@ -71,6 +71,7 @@ from ._sockets import (
     bind_router,
     check_endpoint,
     check_exposure,
+    new_context,
     secure_client,
 )
 
@@ -85,6 +86,7 @@ __all__ = [
     "bind_router",
     "check_endpoint",
     "check_exposure",
+    "new_context",
     "secure_client",
     # security (CURVE, ZAP)
     "ALLOW_ANY",

@@ -26,7 +26,7 @@ from protocol import Limits, StartupError
 
 from ._outbox import Outbox
 from ._security import ALLOW_ANY, Gatekeeper, Security
-from ._sockets import BindError, bind_router
+from ._sockets import BindError, bind_router, new_context
 
 __all__ = ["HANGUP_GRACE_S", "RouterServer"]
 
@@ -100,7 +100,7 @@ class RouterServer:
         """
         self._loop = loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        self._ctx = zmq.Context()
+        self._ctx = new_context()
         try:
             self._bind()
             tasks = self._start(loop)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,8 +36,29 @@ __all__ = [
     "check_endpoint",
     "check_exposure",
     "handshake_refusal",
+    "new_context",
     "secure_client",
 ]
+
+_MAX_SOCKETS_CAP = 65536
+
+
+def new_context() -> zmq.Context[zmq.Socket[bytes]]:
+    """A ZeroMQ context that may open as many sockets as the process may open files.
+
+    libzmq's own default is 1023 sockets per context, and a `Client` uses three per
+    endpoint (DEALER, monitor pair): past about 340 endpoints (one DNS name can stand
+    for that many) it failed with "Too many open files" though the process had
+    descriptors to spare. Each socket needs a descriptor, so the file limit
+    (``ulimit -n``) is the real bound: raise that for more.
+    """
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft > _MAX_SOCKETS_CAP:
+        soft = _MAX_SOCKETS_CAP
+    ctx.set(zmq.MAX_SOCKETS, max(1023, soft))
+    return ctx
+
 
 SERVER_SNDHWM = 1000
 """Messages libzmq queues for one peer of a worker or broker before a send raises
