@@ -87,9 +87,7 @@ class SyncLoop:
 
     def __init__(self, on_timer_added: Callable[[float], None]) -> None:
         self._readers: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
-        # epoll, not poll: a wait costs the same for 2 endpoints or 200 (poll hands the
-        # kernel every descriptor on each wait; measured +12% CPU per call at 200).
-        self._poller = select.epoll()
+        self._poller = select.poll()
         self._ready: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._timers: list[_Timer] = []
         self._on_timer_added = on_timer_added
@@ -101,20 +99,11 @@ class SyncLoop:
 
     def add_reader(self, fd: int, fn: Callable[..., Any], *args: Any) -> None:
         self._readers[fd] = (fn, args)
-        try:
-            self._poller.register(fd, select.EPOLLIN)
-        except FileExistsError:  # a closed socket's number, reused before it was removed
-            self._poller.modify(fd, select.EPOLLIN)
+        self._poller.register(fd, select.POLLIN)
 
     def remove_reader(self, fd: int) -> None:
         if self._readers.pop(fd, None) is not None:
-            # (gone already if the descriptor was closed first: epoll forgets it then)
-            with contextlib.suppress(OSError):
-                self._poller.unregister(fd)
-
-    def close(self) -> None:
-        """Close the epoll descriptor (the driver's IO thread does, as it ends)."""
-        self._poller.close()
+            self._poller.unregister(fd)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         self._ready.append((fn, args))
@@ -159,7 +148,7 @@ class SyncLoop:
         """Wait for input on the readers' descriptors. Called without the lock."""
         if timeout == math.inf:
             return self._poller.poll()
-        return self._poller.poll(math.ceil(timeout * 1000) / 1000)
+        return self._poller.poll(math.ceil(timeout * 1000))
 
     def dispatch(self, events: list[tuple[int, int]]) -> None:
         readers = self._readers
@@ -590,7 +579,6 @@ class Driver:
         with lock:
             self.core.close()
             self.loop.remove_reader(self._wake_fd)
-            self.loop.close()
             fd, self._wake_fd = self._wake_fd, -1
             done = self._take_done()
         os.close(fd)
