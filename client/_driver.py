@@ -190,10 +190,13 @@ class _Future(cf.Future):
     blocks in ``result`` while another reads.
 
     How that stays correct: a future's state moves only under the driver's lock (`Driver`
-    finishes futures in `Driver._take_done`, ``cancel`` here takes the lock), and the
-    finisher writes the state *before* it looks for a Condition, while everyone who
-    waits makes the Condition *before* reading the state. So either the waiter sees the
-    final state, or the finisher sees the Condition and notifies through it (`_announce`).
+    finishes futures as their answers are read, ``cancel`` here takes the lock), and
+    the making of a Condition and a move of the state exclude each other (both hold
+    `_condition_made` for that moment). A move that finds no Condition needs to tell
+    nobody: whoever makes one later reads the final state. A move that finds one is
+    made while holding it and wakes its waiters there, as the stock future does, so a
+    `concurrent.futures.wait` that is installing its waiter never counts one outcome
+    twice. Done-callbacks run later, outside the driver's lock (`_announce`).
     """
 
     _zm_driver: Driver
@@ -244,7 +247,7 @@ class _Future(cf.Future):
                 return False
             if self._state in _CANCELLED_STATES:
                 return True
-            self._state = _CANCELLED
+            self._move(_CANCELLED, None, None)
         self._announce()
         self._zm_driver.cancel(self._zm_id)
         return True
@@ -263,26 +266,38 @@ class _Future(cf.Future):
         self._announce()
 
     def _finish(self, result: Any, exc: BaseException | None) -> bool:
-        """Under the driver's lock: the outcome, unless cancelled. Then `_announce`."""
+        """Under the driver's lock: the outcome, unless cancelled. Then `_announce` if
+        it has done-callbacks."""
         if self._state is not _PENDING:
             return False
-        self._result = result
-        self._exception = exc
-        self._state = _FINISHED
+        self._move(_FINISHED, result, exc)
         return True
 
+    def _move(self, state: str, result: Any, exc: BaseException | None) -> None:
+        """Under the driver's lock: take ``state`` (and the outcome), waking whoever
+        waits on the Condition if there is one (the class docstring says why so)."""
+        with _condition_made:
+            cond = self.__dict__.get("_condition")
+            if cond is None:
+                self._result = result
+                self._exception = exc
+                self._state = state
+                return
+        with cond:  # (never the other order: nobody takes the driver's lock holding it)
+            self._result = result
+            self._exception = exc
+            self._state = state
+            if state is _FINISHED:
+                for waiter in self._waiters:
+                    if exc is None:
+                        waiter.add_result(self)
+                    else:
+                        waiter.add_exception(self)
+            cond.notify_all()
+
     def _announce(self) -> None:
-        """After the state moved (without the driver's lock): wake whoever waits."""
-        cond = self.__dict__.get("_condition")
-        if cond is not None:
-            with cond:
-                if self._state is _FINISHED:
-                    for waiter in self._waiters:
-                        if self._exception is None:
-                            waiter.add_result(self)
-                        else:
-                            waiter.add_exception(self)
-                cond.notify_all()
+        """After the state moved, outside the driver's lock: run the done-callbacks
+        (they may call the client again)."""
         if self._done_callbacks:
             self._invoke_callbacks()
 
@@ -638,7 +653,7 @@ class Driver:
         fut: _Future = call.future
         if self._progress:
             self._finished.append((fut, value, exc))
-        elif fut._finish(value, exc) and (fut._done_callbacks or "_condition" in fut.__dict__):
+        elif fut._finish(value, exc) and fut._done_callbacks:
             self._finished.append((fut, _ANNOUNCE, None))
 
     def _defer_progress(self, fn: Callable[[Progress], None]) -> Callable[[Progress], None]:

@@ -54,12 +54,13 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def free_prefix(count: int) -> int:
+def free_prefix(count: int, taken: int = 0) -> int:
     """A prefix P such that ports P00..P<count> are free: the conf's broker (5500) and
-    workers (``55%(process_num)02d``)."""
+    workers (``55%(process_num)02d``). Never ``taken``: a block chosen already is free
+    too until its processes start."""
     for _ in range(500):
         prefix = random.randint(200, 640)
-        if all(port_free(prefix * 100 + n) for n in range(count + 1)):
+        if prefix != taken and all(port_free(prefix * 100 + n) for n in range(count + 1)):
             return prefix
     pytest.fail("no free block of ports found")
 
@@ -77,7 +78,7 @@ def render_conf(
     text = CONF.read_text()
     text = _replace_once(text, ":55%(process_num)02d", f":{prefix}%(process_num)02d")
     # Metrics ports (96NN, the broker's 9600) likewise, from a second free block.
-    metrics = free_prefix(20)
+    metrics = free_prefix(20, taken=prefix)
     text = _replace_once(text, ":96%(process_num)02d", f":{metrics}%(process_num)02d")
     text = _replace_once(text, "s:9600\n", f"s:{metrics}00\n")
     # The broker's port too (P00): a fixed 5500 collides with anything else on the host.
