@@ -24,6 +24,10 @@ Rules (protocol/SPEC.md, section 12, says the same for other implementations):
 * A queue holding ``max_queue`` requests answers the next one OVERLOADED at once.
 * Every request accepted gets exactly one answer: the worker's reply (forwarded once;
   later replies for it are dropped and counted as late) or one `Answer` from here.
+* A stream request (SPEC 12.8) goes only to a worker whose HELLO said ``streams``, and
+  holds that worker's slot until its END or ERROR; the ITEMs on the way are counted
+  (`item`). A worker lost after one of them went out is answered WORKER_LOST at once,
+  never queued again: the client consumed those items.
 
 What it costs: the shell ticks twenty times a heartbeat, and each worker is heard
 about once a heartbeat (its PING). The workers stand in order of when they were last
@@ -79,10 +83,12 @@ class Job:
         "deadline",
         "deliveries",
         "id",
+        "items",
         "payload",
         "seq",
         "service",
         "state",
+        "stream",
         "target",
         "worker",
     )
@@ -96,6 +102,7 @@ class Job:
         payload: Any,
         codec: int,
         seq: int,
+        stream: bool = False,
     ) -> None:
         self.client = client
         self.id = rid
@@ -109,6 +116,8 @@ class Job:
         self.deliveries = 0
         self.state = QUEUED
         self.worker: bytes | None = None
+        self.stream = stream  # a stream request (SPEC 12.8)
+        self.items = 0  # its ITEMs forwarded to the client so far
 
     @property
     def key(self) -> tuple[bytes, int]:
@@ -139,6 +148,7 @@ class WorkerRecord:
         "registered_at",
         "served",
         "services",
+        "streams",
         "targets",
         "threads",
     )
@@ -156,6 +166,8 @@ class WorkerRecord:
         self.async_handlers: dict[str, list[str]] = {}
         self.protocol = "1.1"
         """Its HELLO's protocol revision: a "1.0" worker is sent requests without meta."""
+        self.streams = False
+        """Its HELLO said ``streams``: it takes stream requests (revision 1.2)."""
         self.credit = 0
         self.draining = False
         self.enlisted = False  # counted among who serves what
@@ -243,6 +255,7 @@ class Scheduler:
         self._handlers: dict[tuple[str, str], int] = {}  # (service, handler)
         self._async_services: dict[str, int] = {}
         self._async_handlers: dict[tuple[str, str], int] = {}
+        self._stream_handlers: dict[tuple[str, str], int] = {}  # by streaming workers
         self._capacity = self._threads = self._async_slots = 0
         self._in_flight = 0  # requests at workers, all together
         self._ever_served: set[str] = set()
@@ -251,6 +264,9 @@ class Scheduler:
         # By liveness: the workers, least lately heard first (module docstring, "What
         # it costs").
         self._silence: dict[float, OrderedDict[bytes, WorkerRecord]] = {}
+        # Stream requests not yet answered (some may be answered already: `open_streams`
+        # sweeps those out), for the clients to watch and the status to show.
+        self._streams: dict[tuple[bytes, int], Job] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "accepted",
@@ -265,6 +281,8 @@ class Scheduler:
                 "cancelled",
                 "late_replies",
                 "workers_expired",
+                "streams",
+                "items",
             ),
             0,
         )
@@ -314,13 +332,15 @@ class Scheduler:
         async_slots: int = 0,
         async_handlers: dict[str, list[str]] | None = None,
         protocol: str = "1.1",
+        streams: bool = False,
     ) -> None:
         """A worker said HELLO. A known worker saying it again starts a new credit count
         at zero (its READY follows); the requests it holds stay in flight.
 
         ``threads``, ``async_slots`` and ``async_handlers`` are what it runs at once of
         each kind (protocol 1.1; a 1.0 worker leaves them out). Dispatch goes by credit
-        alone; they only add up into what the broker announces to clients."""
+        alone; they only add up into what the broker announces to clients. ``streams``:
+        it takes stream requests (its HELLO said so, revision 1.2)."""
         now = self.clock()
         w = self.workers.get(wid)
         if w is None:
@@ -332,6 +352,7 @@ class Scheduler:
             w.credit = 0
         w.name, w.host, w.pid = name, host, pid
         w.protocol = protocol
+        w.streams = streams
         w.services = {s: list(h) for s, h in services.items() if s != RESERVED_SERVICE}
         w.targets = frozenset(f"{s}.{h}" for s, hs in w.services.items() for h in hs)
         w.capacity = max(0, capacity)
@@ -406,7 +427,16 @@ class Scheduler:
             if job.state is not IN_FLIGHT:
                 continue
             job.worker = None
-            if job.deliveries >= self.max_deliveries:
+            if job.items:
+                self.counters["worker_lost"] += 1
+                self._answer(
+                    job,
+                    ErrorCode.WORKER_LOST,
+                    f"{job.target}: its worker ({_who(w)}) was lost ({why}) after {job.items} "
+                    "stream item(s) went out; a stream is not sent again once items were "
+                    "consumed: start it again if you need the rest",
+                )
+            elif job.deliveries >= self.max_deliveries:
                 self.counters["worker_lost"] += 1
                 self._answer(
                     job,
@@ -453,6 +483,36 @@ class Scheduler:
         w = self.workers.get(wid)
         return w is not None and (client, rid) in w.in_flight
 
+    def item(self, wid: bytes, client: bytes, rid: int) -> bool:
+        """The worker sent an ITEM of stream ``rid``. True: forward it to the client
+        (``wid`` holds that stream); it is counted, and proves the worker alive."""
+        w = self.workers.get(wid)
+        if w is None:
+            return False
+        job = w.in_flight.get((client, rid))
+        if job is None or not job.stream:
+            return False
+        self._heard(w)
+        job.items += 1
+        self.counters["items"] += 1
+        return True
+
+    def holder(self, client: bytes, rid: int) -> bytes | None:
+        """The worker holding ``client``'s stream ``rid`` now, where its CREDIT goes;
+        None if it is queued, over or unknown (the CREDIT is dropped: a client grants
+        only for items it read, and a stream that sent one is never queued again)."""
+        job = self.jobs.get((client, rid))
+        if job is None or not job.stream or job.state is not IN_FLIGHT:
+            return None
+        return job.worker
+
+    def open_streams(self) -> dict[tuple[bytes, int], Job]:
+        """The stream requests not answered yet (queued or at a worker), by key."""
+        streams = self._streams
+        for key in [k for k, job in streams.items() if job.state is DONE]:
+            del streams[key]
+        return streams
+
     def refused(self, wid: bytes, client: bytes, rid: int) -> None:
         """The worker did not start the request (DRAINING: busy or stopping).
 
@@ -480,9 +540,17 @@ class Scheduler:
     # --- clients ------------------------------------------------------------------------------
 
     def submit(
-        self, client: bytes, rid: int, target: str, ttl_ms: int, payload: Any, codec: int = 0
+        self,
+        client: bytes,
+        rid: int,
+        target: str,
+        ttl_ms: int,
+        payload: Any,
+        codec: int = 0,
+        stream: bool = False,
     ) -> Job | None:
-        """A client's request. Returns its job, or None if it was answered at once."""
+        """A client's request (``stream``: a stream request, SPEC 12.8). Returns its
+        job, or None if it was answered at once."""
         now = self.clock()
         job = Job(
             client,
@@ -492,6 +560,7 @@ class Scheduler:
             payload,
             codec,
             next(self._seq),
+            stream,
         )
         job.arrived = now
         key = (client, rid)
@@ -503,20 +572,34 @@ class Scheduler:
             return None
         service = job.service
         if self._providers.get(service):
-            if not self._handlers.get((service, target.partition(".")[2])):
+            handler = (service, target.partition(".")[2])
+            if not self._handlers.get(handler):
                 self.counters["unknown"] += 1
                 self._answer(job, ErrorCode.UNKNOWN_HANDLER, self._no_handler(target))
+                return None
+            if stream and not self._stream_handlers.get(handler):
+                self.counters["unknown"] += 1
+                self._answer(
+                    job,
+                    ErrorCode.UNKNOWN_HANDLER,
+                    f"{target}: the workers connected to the broker that serve it cannot "
+                    "stream (their HELLO did not say streams: a zeromesh release before "
+                    "protocol 1.2); upgrade them, or call() it to get all its items as one list",
+                )
                 return None
         elif service not in self._ever_served and now - self.started > self.grace:
             self.counters["unknown"] += 1
             self._answer(job, ErrorCode.UNKNOWN_HANDLER, self._no_handler(target))
             return None
         self._tally("accepted", job)
+        if stream:
+            self.counters["streams"] += 1
+            self._streams[key] = job
         q = self._queues.get(service)
         if not q or not self._depth.get(service):
             avail = self._avail.get(service)
             if avail:
-                w = _pick(avail, target)
+                w = _pick(avail, job)
                 if w is not None:
                     self.jobs[key] = job
                     self._send(w, job)
@@ -678,6 +761,7 @@ class Scheduler:
                 "capacity": w.capacity,
                 "credit": w.credit,
                 "in_flight": len(w.in_flight),
+                "streams": sum(1 for job in w.in_flight.values() if job.stream),
                 "served": w.served,
                 "last_seen": round(now - w.last_seen, 3),
                 "connected": round(now - w.registered_at, 3),
@@ -695,6 +779,7 @@ class Scheduler:
                 "credit": sum(w.credit for w in self.workers.values()),
                 "in_flight": self.in_flight,
                 "queued": sum(queues.values()),
+                "open_streams": len(self.open_streams()),
                 **self.counters,
             },
         }
@@ -739,11 +824,7 @@ class Scheduler:
                 if not q:
                     continue
                 head = self._head(q)
-                if (
-                    head is not None
-                    and head.target in w.targets
-                    and (best is None or head.seq < best.seq)
-                ):
+                if head is not None and _serves(w, head) and (best is None or head.seq < best.seq):
                     best = head
             if best is None:
                 return
@@ -773,7 +854,7 @@ class Scheduler:
                 job = self._head(q)
                 if job is None:
                     break
-                w = _pick(avail, job.target)
+                w = _pick(avail, job)
                 if w is None:
                     break  # head of line: only busy workers serve its handler
                 self._unqueue(job)
@@ -847,6 +928,7 @@ class Scheduler:
             (self._handlers, _pairs(w.services)),
             (self._async_services, w.async_handlers),
             (self._async_handlers, _pairs(w.async_handlers)),
+            (self._stream_handlers, _pairs(w.services) if w.streams else ()),
         )
         for counts, keys in counted:
             for k in keys:
@@ -887,12 +969,17 @@ def _grouped(
     return {s: sorted(hs) for s, hs in sorted(out.items())}
 
 
-def _pick(avail: OrderedDict[bytes, WorkerRecord], target: str) -> WorkerRecord | None:
-    """The least recently used worker with credit that serves ``target``."""
+def _pick(avail: OrderedDict[bytes, WorkerRecord], job: Job) -> WorkerRecord | None:
+    """The least recently used worker with credit that can run ``job``."""
     for w in avail.values():
-        if target in w.targets:
+        if _serves(w, job):
             return w
     return None
+
+
+def _serves(w: WorkerRecord, job: Job) -> bool:
+    """Whether ``w`` can run ``job``: it serves the target, and streams if need be."""
+    return job.target in w.targets and (w.streams or not job.stream)
 
 
 def _who(w: WorkerRecord) -> str:

@@ -7,12 +7,14 @@ routing id tells them apart (protocol/SPEC.md, section 12):
 * ``[peer, "", header, body…]`` — a worker's own message to the broker (HELLO, READY,
   PING, DISCONNECT): the empty frame is the envelope "from the worker itself";
 * ``[peer, client, header, body…]`` from a registered worker — its answer (REPLY,
-  ERROR, PROGRESS) to request ``header.id`` of ``client``.
+  ERROR, PROGRESS; a stream's ITEM and END) to request ``header.id`` of ``client``.
 
 Requests travel to workers as ``[worker, client, header, body, oob…]`` and replies back
 to clients as ``[client, header, body, oob…]``: frames are forwarded as received, never
 decoded beyond the header (a broker routes on the header alone); only a request's
-``ttl_ms`` is rewritten to the time it has left.
+``ttl_ms`` is rewritten to the time it has left. A stream's CREDIT goes from the client
+to the worker holding the stream as ``[worker, client, header, body]``, like a CANCEL
+(SPEC 12.8).
 
 The loop never blocks: every send is non-blocking with ``ROUTER_MANDATORY``, so a peer
 that left raises ``EHOSTUNREACH`` (a worker is then removed and its requests re-queued)
@@ -82,6 +84,8 @@ _TOTALS = [
     ("cancelled", "Requests their client cancelled or left"),
     ("late_replies", "Answers that came after their request was given up"),
     ("workers_expired", "Workers dropped after missing their heartbeats"),
+    ("streams", "Stream requests accepted"),
+    ("items", "Stream items forwarded to clients"),
 ]
 """The scheduler's totals served as counters (``zeromesh_broker_<name>_total``)."""
 
@@ -95,6 +99,8 @@ _REQUEST = MessageType.REQUEST
 _REPLY = MessageType.REPLY
 _ERROR = MessageType.ERROR
 _PROGRESS = MessageType.PROGRESS
+_ITEM = MessageType.ITEM
+_END = MessageType.END
 
 
 @dataclass(frozen=True)
@@ -262,16 +268,6 @@ class Broker(RouterServer):
                 too_many.request_id, too_many.codec = header.id, header.codec
                 self._bad(peer, too_many, frames[1])
                 return
-            if header.flags & FLAG_STREAM:
-                # This broker said no `streams` in its HELLO: it cannot route items and
-                # credit yet (SPEC 12.8), so a stream request is refused, not queued.
-                stream = ProtocolError(
-                    "this broker does not route stream requests yet (its HELLO said no "
-                    "streams, SPEC 12.8): connect the streaming client straight to workers"
-                )
-                stream.request_id, stream.codec = header.id, header.codec
-                self._bad(peer, stream, frames[1])
-                return
             if self._gatekeeper is not None:
                 why = self._forbidden(frames[1] if auth is None else auth, header.target)
                 if why is not None:
@@ -282,10 +278,21 @@ class Broker(RouterServer):
                 self._answer_itself(peer, header)
                 return
             self.sched.submit(
-                peer, header.id, header.target, header.ttl_ms, frames[1:], header.codec
+                peer,
+                header.id,
+                header.target,
+                header.ttl_ms,
+                frames[1:],
+                header.codec,
+                bool(header.flags & FLAG_STREAM),
             )
             return
-        if kind is MessageType.PING:
+        if kind is MessageType.CREDIT:
+            # To the worker holding the stream, as received (SPEC 12.8); dropped if none.
+            wid = self.sched.holder(peer, header.id)
+            if wid is not None:
+                self._send([wid, peer, *frames[1:]])
+        elif kind is MessageType.PING:
             self._send([peer, *protocol.encode(Pong(header.id, header.codec))])
         elif kind is MessageType.HELLO:
             self._clients[peer] = self._clock()
@@ -474,6 +481,7 @@ class Broker(RouterServer):
             async_slots=0 if draining else sched.async_slots,
             async_handlers=sched.async_handlers(),
             bundle=True,  # a client may bundle (to a worker's link this means nothing)
+            streams=True,  # it routes streams to the workers that stream (SPEC 12.8)
         )
 
     def _maybe_announce(self) -> None:
@@ -548,6 +556,7 @@ class Broker(RouterServer):
                 async_slots=msg.async_slots,
                 async_handlers=msg.async_handlers,
                 protocol=msg.protocol,
+                streams=msg.streams,
             )
             log.info(
                 "worker %s %s: %s (host %s, pid %d, capacity %d: %d thread(s), %d async)",
@@ -619,6 +628,12 @@ class Broker(RouterServer):
             if code == ErrorCode.DRAINING:
                 sched.refused(wid, client, header.id)
             elif sched.finish(wid, client, header.id):
+                self._to_client(client, frames)
+        elif kind is _ITEM:
+            if sched.item(wid, client, header.id):
+                self._to_client(client, frames)
+        elif kind is _END:
+            if sched.finish(wid, client, header.id):
                 self._to_client(client, frames)
         elif kind is _PROGRESS:
             if sched.holds(wid, client, header.id):
@@ -708,10 +723,25 @@ class Broker(RouterServer):
         self._outbox.send(frames)
 
     def _peer_gone(self, peer: bytes) -> None:
-        """A send found ``peer`` gone (EHOSTUNREACH): forget it."""
+        """A send found ``peer`` gone (EHOSTUNREACH): forget it. A client's requests are
+        dropped or cancelled at their workers (its streams would otherwise hold their
+        slots, paused for want of its credit, SPEC 12.8); a worker's are re-queued.
+        The commands run with the next outbox."""
         self._forget_client(peer)
         if peer in self.sched.workers:
-            self.sched.remove(peer, "unreachable")  # its commands run with the next outbox
+            self.sched.remove(peer, "unreachable")
+        else:
+            self.sched.forget_client(peer)
+
+    def _probe_streaming_clients(self) -> None:
+        """A paused stream sends its client nothing, so nothing would show that the
+        client left: a PING to each client holding a stream does (a send to a client
+        that is gone fails, `_peer_gone`). A client ignores it."""
+        clients = {client for client, _ in self.sched.open_streams()}
+        if clients:
+            ping = protocol.encode(Ping(0))
+            for client in clients:
+                self._send([client, *ping])
 
     # --- errors ----------------------------------------------------------------------------------
 
@@ -734,9 +764,14 @@ class Broker(RouterServer):
 
     async def _ticker(self) -> None:
         interval = min(0.05, self.config.heartbeat_ms / 4000)
+        heartbeat = self.config.heartbeat_ms / 1000
+        probe_at = self._clock() + heartbeat
         while True:
             await asyncio.sleep(interval)
             now = self._clock()
+            if now >= probe_at:
+                probe_at = now + heartbeat
+                self._probe_streaming_clients()
             before = len(self.sched.workers)
             self.sched.tick()
             if len(self.sched.workers) < before:

@@ -32,6 +32,7 @@ from ._dispatch import Slots, WorkerInfo
 from ._endpoints import ENV_ENDPOINTS, resolve_endpoints
 from ._executor import Executor
 from ._options import Options
+from ._stream import AsyncStream, Stream
 
 # A library leaves logging to the program: without a handler of its own, Python's
 # last-resort handler would print our warnings on the embedding program's stderr.
@@ -46,6 +47,9 @@ __all__ = [
     "Options",
     "Slots",
     "WorkerInfo",
+    # what stream() returns (its type, for annotations)
+    "AsyncStream",
+    "Stream",
     # endpoint lists as users write them (ranges, $ZEROMESH_ENDPOINTS)
     "ENV_ENDPOINTS",
     "resolve_endpoints",

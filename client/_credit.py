@@ -87,5 +87,5 @@ class StreamReader:
     def item_timeout_error(self, target: str) -> Timeout:
         return Timeout(
             f"{target}: no stream item within {self.item_timeout:g} s (after {self.received} "
-            "item(s)); the stream was cancelled (raise item_timeout with options(item_timeout=...))"
+            "item(s)); the stream was cancelled (raise it with options(item_timeout=...))"
         )

@@ -715,6 +715,8 @@ class Dispatcher:
         del self.calls[rid]
         exc = msg.to_exception()
         exc.detail = msg.detail
+        if call.items and isinstance(exc, WorkerLost):
+            exc.items = call.items  # a broker's: how many of the stream's items came
         call.complete(call, None, exc)
 
     def bad_message(self, peer: Peer, exc: ProtocolError) -> None:
@@ -1095,7 +1097,7 @@ class Dispatcher:
 
     def _cannot_stream(self, call: Call) -> bool:
         """Fail stream ``call`` if the peers that serve its target cannot stream (SPEC
-        7.11: older workers, brokers of this revision); True if it failed."""
+        7.11: workers or brokers of an older release); True if it failed."""
         old = [p for p in self.peers if p.serves(call.target)]
         if not old:
             return False
@@ -1107,9 +1109,9 @@ class Dispatcher:
             None,
             UnknownHandler(
                 f"{call.target}: no worker serving it can stream (their HELLO did not say "
-                f"streams: {who}); connect straight to workers of a zeromesh release that "
-                "streams (protocol 1.2; brokers do not route streams yet), or call() it to "
-                "get all its items as one list"
+                f"streams: {who}); upgrade them (and any broker between) to a zeromesh "
+                "release that streams (protocol 1.2), or call() it to get all its items "
+                "as one list"
             ),
         )
         return True

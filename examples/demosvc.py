@@ -12,18 +12,21 @@ Serve it and put the HTTP gateway in front::
 - ``demo.steps(n, ms)``: a long batch job of ``n`` steps of ``ms`` each, with progress
   after every step and a check for cancellation before each.
 - ``demo.histogram(values, bins)``: numpy in the handler, numpy arrays in the result.
+- ``demo.primes(n, ms)``: a generator, so it streams: the first ``n`` primes, each as
+  it is found (``POST /stream/demo.primes`` at the gateway).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
 from zeromesh import Service, cancelled, progress
 
-__all__ = ["Stopped", "fib", "histogram", "steps", "svc", "wait"]
+__all__ = ["Stopped", "fib", "histogram", "primes", "steps", "svc", "wait"]
 
 svc = Service("demo")
 
@@ -121,3 +124,20 @@ def histogram(values: list[float], bins: int = 10) -> dict[str, np.ndarray]:
     """``numpy.histogram`` of ``values``: ``{"counts": int64 array, "edges": float64 array}``."""
     counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins)
     return {"counts": counts, "edges": edges}
+
+
+@svc.handler
+def primes(n: int, ms: float = 0) -> Iterator[int]:
+    """The first ``n`` primes, yielded one at a time as they are found (a streaming
+    handler); ``ms``: milliseconds to pause before each, to stand in for slow work."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, not {n!r}")
+    found: list[int] = []
+    candidate = 2
+    while len(found) < n:
+        if all(candidate % p for p in found if p * p <= candidate):
+            found.append(candidate)
+            if ms:
+                time.sleep(ms / 1000)
+            yield candidate
+        candidate += 1

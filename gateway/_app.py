@@ -1,4 +1,4 @@
-"""The HTTP surface: tornado handlers for calls, jobs and health, and their routes.
+"""The HTTP surface: tornado handlers for calls, streams, jobs and health, and their routes.
 
 Handlers only translate: HTTP in (body, path, query, Accept), `Gateway` methods, HTTP
 out. Every error leaves as ``{"error": {"type", "message", "code"}}`` (see `_errors`).
@@ -21,6 +21,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+from tornado.iostream import StreamClosedError
 from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
 from protocol import DEFAULT_LIMITS, TARGET_PATTERN, ProtocolError, is_traceparent, parse_json
@@ -29,6 +30,8 @@ from ._errors import ApiError
 from ._render import JSON_TYPE, wants_msgpack
 
 if TYPE_CHECKING:
+    from client import AsyncStream
+
     from ._gateway import Gateway
 
 __all__ = ["drain_limit", "make_app", "parse_call_body"]
@@ -42,6 +45,11 @@ _BODY_KEYS = frozenset(("args", "kwargs"))
 # The request body the gateway sends nests ``args``/``kwargs`` one level down.
 MAX_ARGUMENT_DEPTH = DEFAULT_LIMITS.max_depth - 1
 _USAGE = 'expected a JSON object {"args": [...], "kwargs": {...}} (both optional)'
+NDJSON_TYPE = "application/x-ndjson"
+SSE_TYPE = "text/event-stream"
+MAX_WINDOW = 1024
+"""The most items ``POST /stream?window=`` may let ahead of the HTTP caller."""
+DEFAULT_WINDOW = 16
 
 
 def drain_limit(max_body: int) -> int:
@@ -55,6 +63,7 @@ def make_app(gateway: Gateway) -> Application:
     return Application(
         [
             (r"/call/([^/]*)", CallHandler, init),
+            (r"/stream/([^/]*)", StreamHandler, init),
             (r"/jobs/([^/]*)", JobsHandler, init),
             (r"/healthz", HealthHandler, init),
             (r"/metrics", MetricsHandler, init),
@@ -280,10 +289,12 @@ class _Handler(RequestHandler):
     def call_arguments(self) -> tuple[list[Any], dict[str, Any]]:
         return parse_call_body(self.body(), self.request.headers.get("Content-Type", ""))
 
-    def timeout_argument(self) -> float:
-        """``?timeout=SECONDS``: lowers the gateway's ``--call-timeout``, never raises it."""
-        default = self.gateway.config.call_timeout
-        text = self.get_query_argument("timeout", None)
+    def timeout_argument(self, name: str = "timeout", default: float | None = None) -> float:
+        """``?timeout=SECONDS`` (or ``name``): lowers ``default`` (the gateway's
+        ``--call-timeout``), never raises it."""
+        if default is None:
+            default = self.gateway.config.call_timeout
+        text = self.get_query_argument(name, None)
         if text is None:
             return default
         try:
@@ -291,7 +302,7 @@ class _Handler(RequestHandler):
         except ValueError:
             value = math.nan
         if not (value > 0 and math.isfinite(value)):
-            raise ApiError(400, "BadRequest", f"timeout={text!r}: expected seconds > 0")
+            raise ApiError(400, "BadRequest", f"{name}={text!r}: expected seconds > 0")
         return min(value, default)
 
     async def send_value(self, value: Any) -> None:
@@ -366,6 +377,113 @@ class CallHandler(_Handler):
             self._reply.cancel()
 
 
+class StreamHandler(_Handler):
+    """``POST /stream/<service.handler>``: a generator handler's items as it yields
+    them, as Server-Sent Events (``data: <item JSON>``, then ``event: end`` or ``event:
+    error``) or, with ``Accept: application/x-ndjson``, one JSON object per line
+    (``{"item": ...}``, then ``{"end": ...}`` or ``{"error": ...}``).
+
+    An error before the first item is an ordinary HTTP error answer (404, 422, 503...);
+    after it, the status (200) is sent already, so the error is the stream's last
+    event. Each item is written and flushed before the next is read, so a caller that
+    reads slowly holds the handler paused on its worker (the mesh's credit, SPEC 7.11);
+    one that disconnects cancels it there.
+    """
+
+    _stream: AsyncStream | None = None
+    _hung_up = False
+
+    async def post(self, target: str) -> None:
+        self.check_token()
+        check_target(target)
+        args, kwargs = self.call_arguments()
+        config = self.gateway.config
+        ndjson = _wants_ndjson(self.request.headers.get("Accept"))
+        items = self.gateway.stream(
+            target,
+            args,
+            kwargs,
+            timeout=self.timeout_argument("timeout", config.stream_timeout),
+            item_timeout=self.timeout_argument("item_timeout", config.call_timeout),
+            window=self._window_argument(),
+            on_open=self._opened,
+            trace=self.traceparent(),
+        )
+        sent = 0
+        try:
+            async for value in items:
+                if self._hung_up:
+                    break
+                if not sent:
+                    self._start(ndjson)
+                body, _ = await self.gateway.render(value, False)
+                self.write(b'{"item":%s}\n' % body if ndjson else b"data: %s\n\n" % body)
+                sent += 1
+                await self.flush()  # the next item is read (and granted) once this left
+        except ApiError as error:
+            if not sent:
+                raise  # nothing sent yet: an ordinary error answer
+            self._last(ndjson, "error", error.to_dict(config.debug))
+            return
+        except StreamClosedError:
+            return  # the caller left mid-write; leaving the loop cancelled the stream
+        finally:
+            await items.aclose()  # (cancels the stream on its worker if it is still on)
+        if self._hung_up:
+            return
+        if not sent:
+            self._start(ndjson)
+        self._last(ndjson, "end", {"items": sent})
+
+    def _opened(self, stream: AsyncStream) -> None:
+        self._stream = stream
+        if self._hung_up:
+            stream.close()
+
+    def on_connection_close(self) -> None:
+        # The caller left: cancel the stream on its worker, which ends the iteration in
+        # `post` however long the handler would still take to its next item.
+        self._hung_up = True
+        if self._stream is not None:
+            self._stream.close()
+
+    def _start(self, ndjson: bool) -> None:
+        self.set_header("Content-Type", NDJSON_TYPE if ndjson else SSE_TYPE)
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Accel-Buffering", "no")  # a proxy must pass items on as they come
+
+    def _last(self, ndjson: bool, kind: str, data: dict[str, Any]) -> None:
+        """The stream's final event (``end`` or ``error``), and the end of the answer."""
+        text = _dumps(data)
+        self.finish(
+            b'{"%s":%s}\n' % (kind.encode(), text)
+            if ndjson
+            else b"event: %s\ndata: %s\n\n" % (kind.encode(), text)
+        )
+
+    def _window_argument(self) -> int:
+        """``?window=N``: items let ahead of the caller (1 to `MAX_WINDOW`)."""
+        text = self.get_query_argument("window", None)
+        if text is None:
+            return DEFAULT_WINDOW
+        if not text.isdigit() or not 1 <= int(text) <= MAX_WINDOW:
+            raise ApiError(
+                400, "BadRequest", f"window={text!r}: expected an integer from 1 to {MAX_WINDOW}"
+            )
+        return int(text)
+
+
+def _wants_ndjson(accept: str | None) -> bool:
+    """True when ``Accept`` asks for NDJSON before Server-Sent Events."""
+    for part in (accept or "").split(","):
+        media = part.split(";", 1)[0].strip().lower()
+        if media == NDJSON_TYPE:
+            return True
+        if media in (SSE_TYPE, "*/*"):
+            return False
+    return False
+
+
 class JobsHandler(_Handler):
     """``POST /jobs/<service.handler>`` submits; ``GET``/``DELETE /jobs/<id>`` read/cancel."""
 
@@ -436,12 +554,14 @@ class NotFoundHandler(_Handler):
             404,
             "NotFound",
             f"no route {self.request.path}: use POST /call/<service.handler>, "
-            "POST /jobs/<service.handler>, GET or DELETE /jobs/<id>, GET /healthz",
+            "POST /stream/<service.handler>, POST /jobs/<service.handler>, GET or DELETE "
+            "/jobs/<id>, GET /healthz",
         )
 
 
 _ROUTES: dict[type, str] = {
     CallHandler: "call",
+    StreamHandler: "stream",
     JobsHandler: "jobs",
     HealthHandler: "healthz",
     MetricsHandler: "metrics",

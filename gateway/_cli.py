@@ -116,7 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         default=d["call_timeout"].default,
         metavar="SECONDS",
-        help="timeout of POST /call, and the most ?timeout= may ask for (default 30)",
+        help="timeout of POST /call, and the most ?timeout= may ask for (default 30); "
+        "for POST /stream, the longest wait for each item",
+    )
+    p.add_argument(
+        "--stream-timeout",
+        type=_duration,
+        default=d["stream_timeout"].default,
+        metavar="SECONDS",
+        help="how long one POST /stream may run, and the most its ?timeout= may ask for "
+        "(default 1h)",
     )
     p.add_argument(
         "--job-timeout",
@@ -218,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             job_ttl=args.job_ttl,
             call_timeout=args.call_timeout,
             job_timeout=args.job_timeout,
+            stream_timeout=args.stream_timeout,
             retries=args.retries,
             job_concurrency=args.job_concurrency,
             max_queued_jobs=args.max_queued_jobs,

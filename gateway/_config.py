@@ -89,6 +89,9 @@ class GatewayConfig:
     """Default and largest timeout of ``POST /call`` (``?timeout=`` may lower it)."""
     job_timeout: float = 3600.0
     """Seconds one job may run on a worker before it fails with ``Timeout``."""
+    stream_timeout: float = 3600.0
+    """Default and largest time one ``POST /stream`` may run, first item to last
+    (``?timeout=`` may lower it); each item must come within ``call_timeout``."""
     retries: int = 2
     """Re-sends of a request whose worker died (at-least-once; 0 for at-most-once calls)."""
     job_concurrency: int = 0
@@ -134,6 +137,7 @@ class GatewayConfig:
             (self.job_ttl > 0, "--job-ttl must be > 0 seconds"),
             (_positive(self.call_timeout), "--call-timeout must be > 0 seconds"),
             (_positive(self.job_timeout), "--job-timeout must be > 0 seconds"),
+            (_positive(self.stream_timeout), "--stream-timeout must be > 0 seconds"),
             (self.retries >= 0, "--retries must be >= 0"),
             (self.job_concurrency >= 0, "--job-concurrency must be >= 0 (0: as the workers run)"),
             (self.max_queued_jobs >= 1, "--max-queued-jobs must be at least 1"),

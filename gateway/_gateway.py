@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 
 import protocol
-from client import AsyncClient, ZeromeshError
+from client import AsyncClient, AsyncStream, ZeromeshError
 from protocol import OTHER_NAME, StartupError
 from zmqio import CallStats, exposition, gauge, labelled, outcome_name
 
@@ -41,6 +41,12 @@ log = logging.getLogger("zeromesh.gateway")
 _TICK = 0.1  # seconds between looks at the workers' capacity
 _TARGETS_EVERY = 2.0  # seconds between refreshes of what the workers serve
 _HEALTH_TIMEOUT = 0.5  # seconds /healthz waits for workers to answer
+# The client's advice is for Python callers; say it in HTTP terms.
+_CALL_ADVICE = (("options(timeout=...)", "?timeout= (at most --call-timeout)"),)
+_STREAM_ADVICE = (
+    ("options(timeout=...)", "?timeout= (at most --stream-timeout)"),
+    ("options(item_timeout=...)", "?item_timeout= (at most --call-timeout)"),
+)
 
 
 class Gateway:
@@ -111,6 +117,9 @@ class Gateway:
         """HTTP requests by route and status, and how long they took (`metrics_text`)."""
         self.calls = CallStats()
         """The mesh calls ``/call`` made, by target and outcome."""
+        self.streams = CallStats()
+        """The mesh streams ``/stream`` made, by target and outcome (and how long each
+        ran)."""
         self.port = config.port
         self._server: HTTPServer | None = None
         self._render_pool = ThreadPoolExecutor(2, thread_name_prefix="zeromesh-gateway-render")
@@ -264,11 +273,70 @@ class Gateway:
             ApiError: the HTTP answer for whatever went wrong (see `_errors`); 502
                 ``ResultTooLarge`` for a result over ``--max-result``.
         """
+        async with self._metered(target, timeout, self.calls, _CALL_ADVICE) as left:
+            view: Any = self._calls
+            if left != self.config.call_timeout or trace:
+                view = self._calls.options(timeout=left, trace=trace or None)
+            reply = await view.submit(target, *args, **kwargs)
+            if on_sent is not None:
+                on_sent(reply)
+            value = await reply
+        # Before rendering: an oversized result is refused, not turned into JSON.
+        check_result_size(value, self.config.max_result)
+        return value
+
+    async def stream(
+        self,
+        target: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        *,
+        timeout: float,
+        item_timeout: float,
+        window: int,
+        on_open: Callable[[AsyncStream], None] | None = None,
+        trace: str = "",
+    ) -> AsyncGenerator[Any, None]:
+        """The items of generator handler ``target`` as it yields them (SPEC 7.11).
+
+        ``timeout`` bounds the whole stream, ``item_timeout`` the wait for each item;
+        ``window`` items at most are ever ahead of the caller, so one that reads slowly
+        pauses the handler. ``on_open`` gets the mesh stream: closing it (the HTTP
+        caller left) cancels the handler and ends this iteration. Closing this
+        iterator early cancels it too.
+
+        Raises:
+            ApiError: as `call`, before or after any number of items; 502
+                ``ResultTooLarge`` for an item over ``--max-result``.
+        """
+        async with self._metered(target, timeout, self.streams, _STREAM_ADVICE) as left:
+            view = self._calls.options(
+                timeout=left, item_timeout=item_timeout, window=window, trace=trace or None
+            )
+            items = view.stream(target, *args, **kwargs)
+            if on_open is not None:
+                on_open(items)
+            try:
+                async for value in items:
+                    check_result_size(value, self.config.max_result)
+                    yield value
+            finally:
+                await items.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _metered(
+        self, target: str, timeout: float, stats: CallStats, advice: tuple[tuple[str, str], ...]
+    ) -> AsyncIterator[float]:
+        """One mesh call or stream made for an HTTP caller: refused 429 past
+        ``--max-pending``, waiting for workers when none is ready (the seconds of
+        ``timeout`` left are what it yields), counted in ``stats``, and its mesh error
+        raised as the `ApiError` to answer, with the Python advice in ``advice`` put in
+        HTTP terms."""
         if self._pending >= self.config.max_pending_calls:
             raise ApiError(
                 429,
                 "Overloaded",
-                f"{self._pending} calls are in progress (--max-pending); retry later",
+                f"{self._pending} calls and streams are in progress (--max-pending); retry later",
                 retry_after=RETRY_AFTER_OVERLOADED,
             )
         self._pending += 1
@@ -280,29 +348,18 @@ class Gateway:
                 began = time.monotonic()
                 await self._wait_for_workers(min(timeout, self.config.wait_for_workers))
                 timeout = max(timeout - (time.monotonic() - began), 0.001)
-            view: Any = self._calls
-            if timeout != self.config.call_timeout or trace:
-                view = self._calls.options(timeout=timeout, trace=trace or None)
-            reply = await view.submit(target, *args, **kwargs)
-            if on_sent is not None:
-                on_sent(reply)
-            value = await reply
+            yield timeout
         except ZeromeshError as exc:
             outcome = outcome_name(exc.code)
             error = api_error(exc)
-            # The client's advice is for Python callers; say it in HTTP terms.
-            error.message = error.message.replace(
-                "options(timeout=...)", "?timeout= (at most --call-timeout)"
-            )
+            for python, http in advice:
+                error.message = error.message.replace(python, http)
             raise error from exc
         finally:
             self._pending -= 1
             if not self._pending:
                 self._idle.set()
-            self.calls.observe(self._label(target), outcome, time.monotonic() - began_call)
-        # Before rendering: an oversized result is refused, not turned into JSON.
-        check_result_size(value, self.config.max_result)
-        return value
+            stats.observe(self._label(target), outcome, time.monotonic() - began_call)
 
     def _label(self, target: str) -> str:
         """``target`` as a metrics label: itself if a worker serves it, else `OTHER_NAME`
@@ -326,6 +383,11 @@ class Gateway:
                 "Mesh calls made for POST /call, by target and outcome",
                 "Mesh call latency for POST /call, by target",
             ),
+            *self.streams.families(
+                "zeromesh_gateway_streams",
+                "Mesh streams made for POST /stream, by target and outcome",
+                "How long POST /stream streams ran, first request to last item, by target",
+            ),
             *self.jobs.stats.families(
                 "zeromesh_gateway_job_runs",
                 "Job runs by target and outcome",
@@ -341,7 +403,7 @@ class Gateway:
             gauge("zeromesh_gateway_jobs_running_here", "Jobs this gateway runs now", running),
             gauge(
                 "zeromesh_gateway_calls_in_progress",
-                "POST /call requests in progress",
+                "POST /call and POST /stream requests in progress",
                 self._pending,
             ),
         ]

@@ -343,7 +343,7 @@ def test_healthz_reports_workers(gw: GatewayProcess) -> None:
     assert h["workers_ready"] == 2
     for w in h["workers"]:
         assert w["state"] == "ready"
-        assert w["services"] == {"demo": ["fib", "histogram", "steps", "wait"]}
+        assert w["services"] == {"demo": ["fib", "histogram", "primes", "steps", "wait"]}
         assert w["version"]
         assert w["pid"] > 0
         assert "in_flight" in w

@@ -9,13 +9,14 @@ and real sockets: what the handler did on the worker is read from files it write
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -390,11 +391,12 @@ sys.stdin.read()  # stays until killed, holding the stream open and unread
 """
 
 
-@pytest.mark.process
-def test_a_consumer_killed_mid_stream_cancels_the_handler(mesh: Mesh, tmp_path: Path) -> None:
-    w = _start(mesh, "--concurrency", "2")
+@contextlib.contextmanager
+def consumer_killed_mid_stream(endpoint: str, where: Path) -> Iterator[None]:
+    """A consumer process reads 3 items of ``gen.watched`` (window 4) from ``endpoint``
+    and stops reading; once its handler paused, kill -9 it, then run the block."""
     consumer = subprocess.Popen(
-        [sys.executable, "-c", CONSUMER, w.endpoint, str(tmp_path)],
+        [sys.executable, "-c", CONSUMER, endpoint, str(where)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={**os.environ, **ENV},
@@ -403,13 +405,11 @@ def test_a_consumer_killed_mid_stream_cancels_the_handler(mesh: Mesh, tmp_path: 
     try:
         assert consumer.stdout is not None
         assert consumer.stdout.readline().strip() == b"reading"
-        _wait_for("the handler to pause", lambda: _read(tmp_path / "produced") == "6")
-        assert not (tmp_path / "closed").exists()
+        _wait_for("the handler to pause", lambda: _read(where / "produced") == "6")
+        assert not (where / "closed").exists()
         os.killpg(consumer.pid, signal.SIGKILL)
         consumer.wait(10)
-        # Within the liveness window (3 heartbeats of 1 s), and some slack for the probe.
-        closed = _wait_for("the stream's cancel", lambda: _read(tmp_path / "closed"), 10)
-        assert closed == "6 cancelled=True"  # a window (4) + what 2 reads gave back
+        yield
     finally:
         if consumer.poll() is None:
             os.killpg(consumer.pid, signal.SIGKILL)
@@ -417,6 +417,15 @@ def test_a_consumer_killed_mid_stream_cancels_the_handler(mesh: Mesh, tmp_path: 
         for pipe in (consumer.stdin, consumer.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+@pytest.mark.process
+def test_a_consumer_killed_mid_stream_cancels_the_handler(mesh: Mesh, tmp_path: Path) -> None:
+    w = _start(mesh, "--concurrency", "2")
+    with consumer_killed_mid_stream(w.endpoint, tmp_path):
+        # Within the liveness window (3 heartbeats of 1 s), and some slack for the probe.
+        closed = _wait_for("the stream's cancel", lambda: _read(tmp_path / "closed"), 10)
+        assert closed == "6 cancelled=True"  # a window (4) + what 2 reads gave back
     with Client(w.endpoint, timeout=10) as c:  # its slot is free again
         assert list(c.stream("gen.count", 2)) == [0, 1]
 
@@ -508,34 +517,6 @@ def test_a_drain_that_runs_out_of_time_closes_a_paused_stream(mesh: Mesh, tmp_pa
             _drain(stream, got)
     assert info.value.items == len(got) == 3
     assert _read(tmp_path / "closed") == "3 cancelled=True"  # its finally ran
-
-
-# --- a broker of this revision ----------------------------------------------------------
-
-
-@pytest.mark.process
-def test_a_broker_does_not_take_stream_requests_yet(short_tmp: Path) -> None:
-    from brokerkit import BrokeredMesh
-    from hostilekit import raw_dealer
-
-    bmesh = BrokeredMesh(short_tmp)
-    try:
-        broker = bmesh.broker()
-        # The client never sends one: the broker's HELLO says no streams.
-        with Client(broker.endpoint, timeout=10) as c:
-            with pytest.raises(UnknownHandler, match="can stream") as info:
-                list(c.stream("gen.count", 3))
-            assert "broker" in str(info.value)
-        # Another client that does is refused at once, by the request's id.
-        with raw_dealer(broker.endpoint) as sock:
-            sock.send_multipart(protocol.encode(protocol.Request(9, "gen.count", [3], window=4)))
-            assert sock.poll(10_000)
-            answer = protocol.decode(sock.recv_multipart())
-        assert isinstance(answer, protocol.Error)
-        assert (answer.id, answer.code) == (9, protocol.ErrorCode.PROTOCOL)
-        assert "does not route stream requests" in answer.message
-    finally:
-        bmesh.close()
 
 
 # --- a worker of revision 1.1 --------------------------------------------------------------

@@ -55,6 +55,7 @@ from protocol import (
     READY,
     Cancel,
     Codec,
+    Credit,
     Disconnect,
     Error,
     ErrorCode,
@@ -97,7 +98,9 @@ class WorkerPort(Protocol):
     def accept(self, peer: Any, req: Request) -> None: ...
     def cancel(self, peer: Any, rid: int) -> None: ...
     def pump(self) -> None: ...
-    def hello(self, rid: int, codec: Codec, bundle: bool = True, streams: bool = True) -> Hello: ...
+    def hello(self, rid: int, codec: Codec, bundle: bool = True) -> Hello: ...
+    def grant(self, peer: Any, rid: int, credit: int) -> None: ...
+    def peer_gone(self, peer: Any) -> None: ...
     def malformed(
         self, peer: Any, frames: list[zmq.Frame], exc: ProtocolError, who: str
     ) -> None: ...
@@ -386,6 +389,8 @@ class BrokerLink:
             w.accept(via, msg)
         elif type(msg) is Cancel:
             w.cancel(via, msg.id)
+        elif type(msg) is Credit:
+            w.grant(via, msg.id, msg.credit)
         else:
             w.count_bad(
                 f"broker {conn.endpoint} forwarded a {type(msg).__name__} from client "
@@ -405,6 +410,8 @@ class BrokerLink:
         if type(msg) is Hello:
             if msg.id == 0:
                 # The broker does not know us (it expired us, or restarted): start over.
+                # The streams it had sent us are over there: nobody grants them credit.
+                self._drop_streams(conn, "the broker forgot this worker")
                 if conn.state is _READY:
                     log.warning(
                         "broker %s forgot this worker (expired?): registering again",
@@ -457,6 +464,26 @@ class BrokerLink:
         assert conn.outbox is not None
         conn.outbox.reset(why=f"the connection to broker {conn.endpoint} dropped")
         conn.stolen.clear()
+        self._drop_streams(conn, "the connection dropped")
+
+    def _drop_streams(self, conn: _Conn, why: str) -> None:
+        """Cancel the streams that came through ``conn``: the broker that routed their
+        credit no longer knows of them (a new connection is a new worker to it), so
+        they would stay paused, holding their slots, until the worker stops."""
+        peers = {
+            job.peer
+            for job in list(self.worker.table.jobs.values())
+            if job.valve is not None and type(job.peer) is Via and job.peer.conn is conn
+        }
+        if peers:
+            log.warning(
+                "broker %s: %s; cancelling the streams of %d client(s) that came through it",
+                conn.endpoint,
+                why,
+                len(peers),
+            )
+        for peer in peers:
+            self.worker.peer_gone(peer)
 
     def _greet(self, conn: _Conn) -> None:
         """Say HELLO (register); the broker's HELLO answer makes the link READY."""
@@ -472,9 +499,7 @@ class BrokerLink:
         conn.hello_id = next(self._hello_ids)
         return [
             _EMPTY,
-            *protocol.encode(
-                self.worker.hello(conn.hello_id, Codec.MSGPACK, bundle=False, streams=False)
-            ),
+            *protocol.encode(self.worker.hello(conn.hello_id, Codec.MSGPACK, bundle=False)),
         ]
 
     # --- time ----------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ class Worker(RouterServer):
             max_peer_output=cfg.max_peer_output,
             peer_kind="client",
             check_ipc=self._check_ipc_free,
-            on_gone=self._peer_gone,
+            on_gone=self.peer_gone,
             security=cfg.security,
         )
 
@@ -384,9 +384,7 @@ class Worker(RouterServer):
                 self._bundlers.discard(peer)
             self._send(peer, protocol.encode(self.hello(msg.id, msg.codec)))
         elif type(msg) is Credit:
-            job = self._jobs.get((peer, msg.id))
-            if job is not None and job.valve is not None:  # else ended: ignored (SPEC 7.11)
-                job.valve.grant(msg.credit)
+            self.grant(peer, msg.id, msg.credit)
         elif type(msg) is Cancel:
             self.cancel(peer, msg.id)
         elif type(msg) is Disconnect:
@@ -442,10 +440,17 @@ class Worker(RouterServer):
         self._peers.pop(peer, None)
         self._bundlers.discard(peer)
 
-    def _peer_gone(self, peer: bytes) -> None:
-        """A send to ``peer`` found it unreachable (its connection closed, or ZeroMQ's
-        heartbeat timed out): forget it, and cancel its streams, which would otherwise
-        wait for its credit forever holding their slots (SPEC 7.11)."""
+    def grant(self, peer: bytes, rid: int, credit: int) -> None:
+        """``peer``'s CREDIT for stream ``rid`` (part of the broker link's port)."""
+        job = self._jobs.get((peer, rid))
+        if job is not None and job.valve is not None:  # else ended: ignored (SPEC 7.11)
+            job.valve.grant(credit)
+
+    def peer_gone(self, peer: bytes) -> None:
+        """``peer`` is unreachable (a send found its connection closed, or ZeroMQ's
+        heartbeat timed out; or, for a client behind a broker, the link to that broker
+        dropped): forget it, and cancel its streams, which would otherwise wait for its
+        credit forever holding their slots (SPEC 7.11, 12.8)."""
         self._forget_peer(peer)
         streams = self.table.streams_of(peer)
         for job in streams:
@@ -471,15 +476,11 @@ class Worker(RouterServer):
             if type(peer) is bytes:  # (a broker's clients are the broker's to watch)
                 self._send(peer, list(ping))
 
-    def hello(
-        self, rid: int, codec: protocol.Codec, bundle: bool = True, streams: bool = True
-    ) -> Hello:
+    def hello(self, rid: int, codec: protocol.Codec, bundle: bool = True) -> Hello:
         """This worker's HELLO (answer to a client, greeting to a broker).
 
         ``bundle``: whether the peer may send it BUNDLEs (a client may; the broker
-        link does not take them apart, so it says no). ``streams``: whether it takes
-        stream requests and CREDIT there (a client's connection does; the broker link
-        does not route credit yet, SPEC 12.8).
+        link does not take them apart, so it says no).
         """
         slots = self.slots.announced(self.table.draining)
         return Hello(
@@ -500,18 +501,13 @@ class Worker(RouterServer):
             async_handlers=slots.async_handlers,
             stats={**self.stats.summary(), **process_usage()},
             bundle=bundle,
-            streams=streams,
+            streams=True,
         )
 
     def accept(self, peer: bytes, req: Request, arrived: float = 0.0) -> None:
         """Take a request from ``peer`` (a direct client, or a `Via` from a broker link):
         queue it to run, or answer why not."""
         if type(peer) is bytes and self._outbox.not_reading(peer):
-            return
-        if req.window and type(peer) is not bytes:
-            # The link to a broker said no `streams` (it does not route credit yet).
-            why = "stream requests come straight from clients, not through a broker (SPEC 12.8)"
-            self._send_error(peer, req, ErrorCode.PROTOCOL, why)
             return
         job = self.table.admit(peer, req, arrived)
         if type(job) is not Job:

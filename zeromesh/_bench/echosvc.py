@@ -20,6 +20,12 @@ def add(a, b):
 
 
 @svc.handler
+def count(n: int):
+    """0 .. n-1, streamed: the stream row's items."""
+    yield from range(n)
+
+
+@svc.handler
 def cpu(loops: int) -> int:
     """Burn CPU in pure Python (holding the GIL): ``loops`` turns of a tiny loop.
 

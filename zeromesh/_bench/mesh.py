@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -187,6 +188,15 @@ def _zm_async_rate(endpoints: list[str], n: int) -> float:
     return asyncio.run(run())
 
 
+def _map_rate(c: Client, n: int) -> float:
+    """Items/s of ``c.map`` over ``n`` additions."""
+    t = time.perf_counter()
+    out = list(c.map("bench.add", range(n), range(n)))
+    rate = n / (time.perf_counter() - t)
+    assert out[-1] == 2 * (n - 1)
+    return rate
+
+
 def _best(fn: Callable[[], float], repeats: int) -> float:
     return min(fn() for _ in range(repeats))
 
@@ -331,6 +341,8 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
             raw.close()
             proto.close()
 
+        rows.extend(_streams(sizes, w1, log))
+
         log("map, 2 workers vs ProcessPoolExecutor(2)")
         w2 = kids.worker()
         _ready([w1, w2])
@@ -342,19 +354,12 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
             list(c.map("bench.add", range(1000), range(1000)))
             list(ppe.map(add, range(2000), range(2000), chunksize=1000))  # start the pool
 
-            def zm_map() -> float:
-                t = time.perf_counter()
-                out = list(c.map("bench.add", range(n), range(n)))
-                rate = n / (time.perf_counter() - t)
-                assert out[-1] == 2 * (n - 1)
-                return rate
-
             def ppe_map() -> float:
                 t = time.perf_counter()
                 list(ppe.map(add, range(n), range(n), chunksize=1000))
                 return n / (time.perf_counter() - t)
 
-            zms, ppes = _alternate(max(1, rounds - 2), zm_map, ppe_map)
+            zms, ppes = _alternate(max(1, rounds - 2), lambda: _map_rate(c, n), ppe_map)
         zm_rate, ppe_rate = _median(zms), _median(ppes)
         rows.append(
             Row(
@@ -401,6 +406,70 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
         rows.extend(_memory(kids, sizes, log))
     finally:
         kids.close()
+    return rows
+
+
+def _streams(sizes: Sizes, worker: str, log: Callable[[str], None]) -> list[Row]:
+    """A stream of small items from one worker (default window) vs ``map`` of as many
+    items over the same worker, and the time to a stream's first item vs a plain
+    call's round trip (issue 19)."""
+    rows = []
+    n = sizes.map_items
+    with Client([worker]) as c:
+        log("stream of small items vs map, one worker")
+        list(c.stream("bench.count", 1000))
+        list(c.map("bench.add", range(1000), range(1000)))
+
+        def streamed() -> float:
+            t = time.perf_counter()
+            last = deque(c.stream("bench.count", n), maxlen=1)  # (read at C speed)
+            rate = n / (time.perf_counter() - t)
+            assert list(last) == [n - 1]
+            return rate
+
+        zms, maps = _alternate(max(1, sizes.rounds - 2), streamed, lambda: _map_rate(c, n))
+        rate, map_rate = _median(zms), _median(maps)
+        rows.append(
+            Row(
+                f"stream of {n:,} items vs map, 1 worker (items/s)",
+                rate,
+                map_rate,
+                rate / map_rate,
+                ">= 0.5x",
+                "items/s",
+                rate >= 0.5 * map_rate,
+            )
+        )
+
+        log("time to a stream's first item vs a call's round trip")
+
+        def firsts(k: int) -> list[float]:
+            out = []
+            for _ in range(k):
+                t = time.perf_counter()
+                stream = c.stream("bench.count", 1)
+                next(stream)
+                out.append(time.perf_counter() - t)
+                for _ in stream:  # its END
+                    pass
+            return out
+
+        k = max(100, sizes.rtt_calls // 4)
+        firsts(50)
+        zms, rtts = _alternate(sizes.rounds, lambda: firsts(k), lambda: _zm_rtts(c, k))
+        first = _median([statistics.median(r) for r in zms]) * 1e6
+        rtt = _median([statistics.median(r) for r in rtts]) * 1e6
+        rows.append(
+            Row(
+                "stream's first item p50 vs call RTT p50 (us)",
+                first,
+                rtt,
+                first / rtt,
+                "<= 1.5x",
+                "us",
+                first <= 1.5 * rtt,
+            )
+        )
     return rows
 
 
