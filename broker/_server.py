@@ -85,7 +85,7 @@ _TOTALS = [
     ("late_replies", "Answers that came after their request was given up"),
     ("workers_expired", "Workers dropped after missing their heartbeats"),
     ("streams", "Stream requests accepted"),
-    ("items", "Stream items forwarded to clients"),
+    ("items", "Stream ITEM messages forwarded to clients (a batched one counts once)"),
 ]
 """The scheduler's totals served as counters (``zeromesh_broker_<name>_total``)."""
 

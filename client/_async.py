@@ -106,8 +106,8 @@ class _AsyncCalls:
         reader = StreamReader(opts.window, opts.item_timeout)
         wakeup = Wakeup()
 
-        def on_item(value: Any) -> None:
-            reader.push(value)
+        def on_item(values: list[Any]) -> None:
+            reader.push(values)
             wakeup.wake()
 
         def start() -> Any:
@@ -249,13 +249,13 @@ class AsyncClient(_AsyncCalls):
         opts: Options,
         batch: bool,
         watch_cancel: bool,
-        on_item: Callable[[Any], None] | None = None,
+        on_item: Callable[[list[Any]], None] | None = None,
     ) -> asyncio.Future[Any]:
         """Send one request once a slot is free; return its future.
 
         ``watch_cancel``: the future goes to the user, who may cancel it directly
         (``call`` handles its own cancellation without a callback per request).
-        ``on_item``: a stream request; each item's value goes there.
+        ``on_item``: a stream request; its items' values go there, a list per ITEM.
         """
         core = self._core_started()
         stream = on_item is not None

@@ -89,9 +89,10 @@ class _Calls:
         stream = Stream(self._io, target, reader)
         arrived = stream.arrived
 
-        def on_item(value: Any) -> None:
-            reader.push(value)
-            arrived.set()
+        def on_item(values: list[Any]) -> None:
+            reader.push(values)
+            if not arrived.is_set():  # (setting it again would take its lock for nothing)
+                arrived.set()
 
         fut = self._io.request(target, list(args), kwargs, opts, False, True, on_item)
         fut.add_done_callback(lambda _: arrived.set())

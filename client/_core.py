@@ -365,7 +365,7 @@ class Core:
         elif type(msg) is Reply:
             self._reply(peer, msg.id, msg.result)
         elif type(msg) is Item:
-            self.dispatcher.item(peer, msg.id, msg.value)
+            self.dispatcher.item(peer, msg.id, msg.value if msg.batch else [msg.value])
         elif type(msg) is End:
             self.dispatcher.end(peer, msg.id, msg.items)
         elif type(msg) is Error:

@@ -55,10 +55,10 @@ class StreamReader:
         self.threshold = max(1, window // 2)
         self.waiting_since = 0.0
 
-    def push(self, value: Any) -> None:
-        """An ITEM arrived."""
-        self.items.append(value)
-        self.received += 1
+    def push(self, values: list[Any]) -> None:
+        """An ITEM arrived, with these items (one, or several batched)."""
+        self.items.extend(values)
+        self.received += len(values)
 
     def take(self) -> Any:
         """The next item (there is one: check `items` first), read by the consumer."""

@@ -219,7 +219,7 @@ class Call:
         self.complete = complete
         self.peer: Peer | None = None  # who holds it; None while queued
         self.on_progress: Callable[[Progress], None] | None = None
-        self.on_item: Callable[[Any], None] | None = None
+        self.on_item: Callable[[list[Any]], None] | None = None
         """A stream call's: takes each ITEM's value (SPEC 7.11); None for a plain call."""
         self.items = 0
         """Items of a stream call delivered to ``on_item``."""
@@ -728,12 +728,13 @@ class Dispatcher:
                 self._release(peer, call.id)
             call.complete(call, None, exc)
 
-    def item(self, peer: Peer, rid: int, value: Any) -> None:
-        """An ITEM of stream ``rid``: to its call's ``on_item``, if still pending."""
+    def item(self, peer: Peer, rid: int, values: list[Any]) -> None:
+        """An ITEM of stream ``rid`` (``values``: its items, one unless batched): to
+        its call's ``on_item``, if still pending."""
         call = self.calls.get(rid)
         if call is not None and call.on_item is not None and call.peer is peer:
-            call.items += 1
-            call.on_item(value)
+            call.items += len(values)
+            call.on_item(values)
 
     def end(self, peer: Peer, rid: int, items: int) -> None:
         """Stream ``rid`` ended after ``items`` items: it completes with that count."""

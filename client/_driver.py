@@ -373,15 +373,15 @@ class Driver:
         opts: Options,
         batch: bool,
         waiting: bool,
-        on_item: Callable[[Any], None] | None = None,
+        on_item: Callable[[list[Any]], None] | None = None,
     ) -> cf.Future[Any]:
         """Encode and send one request; return its future.
 
         Blocks while ``max_in_flight`` requests are unanswered (reading the sockets
         meanwhile if nobody else does). ``waiting``: the caller reads the reply itself
         right away (``call``, ``map``), so the IO thread need not be woken for it.
-        ``on_item``: a stream request (``opts.window``); each item's value goes there,
-        under the lock, and the future completes with the item count at its end.
+        ``on_item``: a stream request (``opts.window``); its items' values go there (a
+        list per ITEM), under the lock, and the future completes with the item count at its end.
         """
         if self._closing:
             raise ZeromeshError("the client is closed; create a new Client")

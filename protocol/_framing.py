@@ -7,6 +7,7 @@ a message without decoding its body (the broker relies on that).
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections.abc import Callable, Sequence
@@ -54,9 +55,11 @@ __all__ = [
     "bundle",
     "coalesce",
     "encode_item",
+    "encode_items",
     "encode_reply",
     "encode_request",
     "header_type",
+    "item_body",
     "is_traceparent",
     "trace_id_of",
     "refusal",
@@ -107,6 +110,8 @@ _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
 _BUNDLE_HEADER = _pack_header(SIGNATURE, PROTOCOL_VERSION, _BUNDLE, _MSGPACK, 0, 0, 0, 0)
 _BUNDLE_TYPE_BYTE = _BUNDLE_HEADER[3:4]  # (a message is a BUNDLE if its header has it)
+_BATCH_FLAG_BYTE = bytes((FLAG_BATCH,))
+_BATCHED = (_REPLY, _ITEM)  # answers that may carry the batch flag
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +162,7 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
     if type(msg) is Reply:
         return encode_reply(msg.id, msg.result, codec, msg.batch, limits)
     if type(msg) is Item:
-        return encode_item(msg.id, msg.value, codec, limits)
+        return encode_item(msg.id, msg.value, codec, limits, msg.batch)
     if type(msg) is Bundle:
         if codec is not _MSGPACK or msg.id:
             raise ProtocolError("a BUNDLE has id 0 and is MessagePack (SPEC 7.10)")
@@ -229,14 +234,21 @@ def encode_request(
 
 
 def encode_item(
-    rid: int, value: Any, codec: Codec = _MSGPACK, limits: Limits = DEFAULT_LIMITS
+    rid: int,
+    value: Any,
+    codec: Codec = _MSGPACK,
+    limits: Limits = DEFAULT_LIMITS,
+    batch: bool = False,
 ) -> list[Buffer]:
-    """``encode(Item(rid, value, codec))`` without building the `Item`: a streaming
-    worker's hot path. Refuses what `encode` refuses (a value as a REPLY's result)."""
+    """``encode(Item(rid, value, codec, batch))`` without building the `Item`: a
+    streaming worker's hot path. Refuses what `encode` refuses (a value as a REPLY's
+    result; with ``batch``, a list of at least one)."""
     if codec is not _MSGPACK and codec is not _JSON:
         codec = _codec(codec)
+    if batch and (not isinstance(value, list | tuple) or not value):
+        raise ProtocolError("a batched ITEM carries a list of at least one item")
     body, oob = encode_value(value, codec)
-    header = _header(_ITEM, codec, 0, rid, 0, 0)
+    header = _header(_ITEM, codec, FLAG_BATCH if batch else 0, rid, 0, 0)
     if len(body) > limits.max_body_bytes or oob:
         _check_size(Item, body, oob, limits)
     return [header, body, *oob]
@@ -382,6 +394,77 @@ def coalesce(
     return out
 
 
+def item_body(
+    value: Any, codec: Codec = _MSGPACK, limits: Limits = DEFAULT_LIMITS
+) -> tuple[bytes, list[Buffer]]:
+    """One stream item encoded, for `encode_items`: its body and out-of-band frames.
+    Refuses what `encode_item` refuses, in the same words."""
+    body, oob = encode_value(value, codec)
+    if len(body) > limits.max_body_bytes or oob:
+        _check_size(Item, body, oob, limits)
+    return body, oob
+
+
+def encode_items(
+    rid: int, items: Sequence[tuple[bytes, list[Buffer]]], codec: Codec = _MSGPACK
+) -> list[list[Buffer]]:
+    """The ITEMs of stream ``rid`` carrying ``items`` (each `item_body`'s), in order:
+    what a worker sends for the items a stream had ready at the same moment, as few
+    messages as can carry them (SPEC 7.11), so an item costs a value in a list rather
+    than a message to send, receive and decode.
+
+    Items without out-of-band frames are joined into batched ITEMs of up to
+    `BUNDLE_BYTES` of bodies, as encoded (the batch's array does not count toward
+    ``max_depth``); one with out-of-band frames goes alone, as does a lone item.
+    """
+    header = _header(_ITEM, codec, 0, rid, 0, 0)
+    if not items:
+        return []
+    all_bodies, oobs = zip(*items, strict=True)
+    if not any(oobs) and sum(map(len, all_bodies)) <= BUNDLE_BYTES:
+        return [_joined(header, list(all_bodies), codec)]  # (the common case, in C)
+    out: list[list[Buffer]] = []
+    bodies: list[bytes] = []
+    size = 0
+    for body, oob in items:
+        if oob or size + len(body) > BUNDLE_BYTES:
+            if bodies:
+                out.append(_joined(header, bodies, codec))
+                bodies, size = [], 0
+            if oob:
+                out.append([header, body, *oob])
+                continue
+        bodies.append(body)
+        size += len(body)
+    if bodies:
+        out.append(_joined(header, bodies, codec))
+    return out
+
+
+def _joined(header: bytes, bodies: list[bytes], codec: Codec) -> list[Buffer]:
+    """One ITEM of the encoded ``bodies``: batched, unless there is one."""
+    n = len(bodies)
+    if n == 1:
+        return [header, bodies[0]]
+    if codec is _JSON:
+        body = b"[" + b",".join(bodies) + b"]"
+    else:
+        if n < 16:
+            prefix = bytes((0x90 | n,))  # fixarray
+        elif n < 65536:
+            prefix = b"\xdc" + n.to_bytes(2)  # array 16
+        else:
+            prefix = b"\xdd" + n.to_bytes(4)  # array 32
+        body = prefix + b"".join(bodies)
+    return [header[:5] + _BATCH_FLAG_BYTE + header[6:], body]
+
+
+@functools.lru_cache(maxsize=8)
+def _one_level_more(limits: Limits) -> Limits:
+    """``limits`` with one more level of nesting: a batched ITEM's own array."""
+    return replace(limits, max_depth=limits.max_depth + 1)
+
+
 def _run(run: list[list[Buffer]], limits: Limits) -> tuple[list[Buffer], int]:
     return (run[0] if len(run) == 1 else bundle(run, limits)), len(run)
 
@@ -485,11 +568,11 @@ def _read_header(frame: Buffer, limits: Limits) -> tuple[MessageType, Codec, int
             rid,
             _MSGPACK if cd is None else cd,
         )
-    if flags and mt is not _REQUEST and (mt is not _REPLY or flags & ~FLAG_BATCH):
+    if flags and mt is not _REQUEST and (mt not in _BATCHED or flags & ~FLAG_BATCH):
         raise _with_id(
             ProtocolError(
-                f"flags {flags:#x} on a {mt.name}: batch (0x01) belongs to REQUEST and "
-                "REPLY, meta (0x02) and stream (0x04) to REQUEST only"
+                f"flags {flags:#x} on a {mt.name}: batch (0x01) belongs to REQUEST, REPLY "
+                "and ITEM, meta (0x02) and stream (0x04) to REQUEST only"
             ),
             rid,
             cd,
@@ -708,6 +791,12 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
                 raise ProtocolError("batch reply body must be a list of results")
             return _new_reply(rid, result, codec, batch == FLAG_BATCH)
         if mt is _ITEM:
+            if flags & FLAG_BATCH:
+                # The batch's array is not one of its items' levels (SPEC 7.11).
+                value = decode_value(body, codec, oob, _one_level_more(limits), size)
+                if type(value) is not list or not value:
+                    raise ProtocolError("a batched ITEM's body is an array of at least one item")
+                return Item(rid, value, codec, True)
             return Item(rid, decode_value(body, codec, oob, limits, size), codec)
         if mt is _BUNDLE:
             if codec is not _MSGPACK or oob:

@@ -274,12 +274,16 @@ class Bundle:
 class Item:
     """One item of stream request ``id`` (revision 1.2, SPEC 7.11): a value exactly as
     a `Reply` carries one (numpy arrays as out-of-band frames). The worker sends one
-    only while it holds credit for that stream."""
+    only while it holds credit for that stream.
+
+    ``batch``: ``value`` is a list of several items in order (the batch flag), those
+    the stream had ready at the same moment; each counts as one item of credit."""
 
     TYPE: ClassVar[MessageType] = MessageType.ITEM
     id: int
     value: Any = None
     codec: Codec = Codec.MSGPACK
+    batch: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -564,6 +564,12 @@ def _stream_messages(c: Cases) -> None:
         )
         c.valid(f"item-{n}", Item(51, {"row": 1, "name": "ü"}, codec), spec="7.11")
         c.valid(f"item-null-{n}", Item(51, None, codec), spec="7.11")
+        c.valid(
+            f"item-batch-{n}",
+            Item(51, [0, {"row": 1}, None], codec, batch=True),
+            spec="2, 7.11",
+            note="flags 0x01: three items the worker had ready at once, in one ITEM",
+        )
         c.valid(f"end-{n}", End(51, 3, codec), spec="7.11")
         c.valid(f"end-no-items-{n}", End(52, 0, codec), spec="7.11")
         c.valid(f"credit-{n}", Credit(51, 8, codec), spec="7.11")
@@ -958,7 +964,7 @@ def _header_checks(c: Cases) -> None:
     )
     for mtype, empty in ((PING, b""), (HELLO, b"{}"), (CANCEL, b"")):
         frames = [header(mtype, 10, codec=JSON, flags=1), empty]
-        check = "batch flag on a type other than REQUEST and REPLY"
+        check = "batch flag on a type other than REQUEST, REPLY and ITEM"
         c.refused(f"batch-flag-on-{mtype.name.lower()}", frames, check, rid=10, codec=JSON)
     for name, head in (
         ("target-length-too-large", header(REQUEST, 11, target=b"a.b", tlen=4)),
@@ -1190,6 +1196,10 @@ def _stream_checks(c: Cases) -> None:
     for mtype in (REPLY, ITEM, END, CREDIT):
         frames = [header(mtype, 58, flags=FLAG_STREAM), mp({"items": 1})]
         c.refused(f"stream-flag-on-{mtype.name.lower()}", frames, flag_check, rid=58, spec="2")
+    batched = "a batched ITEM's body is an array of at least one item"
+    for name, value in (("item-batch-not-array", 1), ("item-batch-empty", [])):
+        frames = [header(ITEM, 60, flags=FLAG_BATCH), mp(value)]
+        c.refused(name, frames, batched, rid=60, spec="7.11")
     counts = "END items and CREDIT credit: integers >= 0, required"
     for name, mtype, value in (
         ("end-no-items", END, {}),

@@ -171,7 +171,7 @@ def test_streams_pass_through_a_broker_with_their_credit(
             broker, lambda st: st["totals"]["open_streams"] == 0, bmesh, what="no open stream"
         )
     assert st["totals"]["streams"] == 4
-    assert st["totals"]["items"] >= 1000 + 3 + 5 + 6
+    assert 4 <= st["totals"]["items"] <= 1000 + 3 + 5 + 6  # ITEM messages: some batched
 
 
 @pytest.mark.process

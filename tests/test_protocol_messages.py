@@ -297,10 +297,11 @@ def test_target_empty_too_long_or_not_utf8() -> None:
     [
         t
         for t in MessageType
-        if t not in (MessageType.REQUEST, MessageType.REPLY, MessageType.BUNDLE)  # (BUNDLE:
-    ],  # MessagePack only, tests/test_bundle.py)
+        # (BUNDLE: MessagePack only, tests/test_bundle.py)
+        if t not in (MessageType.REQUEST, MessageType.REPLY, MessageType.ITEM, MessageType.BUNDLE)
+    ],
 )
-def test_batch_flag_only_on_request_and_reply(mtype: MessageType) -> None:
+def test_batch_flag_only_on_request_reply_and_item(mtype: MessageType) -> None:
     msg = next(m for m in messages(Codec.JSON) if m.TYPE is mtype)
     body = protocol.encode(msg)[1]
     assert protocol.decode([header(mtype, codec=Codec.JSON), body]).TYPE is mtype

@@ -104,9 +104,9 @@ def test_at_most_window_items_are_ever_ahead_of_the_consumer(
     reader = StreamReader(window, None, FakeClock())
     credit = window
     for read in steps:
-        while credit:  # the worker sends all it may
-            reader.push(reader.received)
-            credit -= 1
+        if credit:  # the worker sends all it may, in one batched ITEM
+            reader.push(list(range(reader.received, reader.received + credit)))
+            credit = 0
         assert len(reader.items) + credit <= window
         if read and reader.items:
             assert reader.take() == reader.read - 1  # in order
@@ -115,17 +115,69 @@ def test_at_most_window_items_are_ever_ahead_of_the_consumer(
     assert len(reader.items) + reader.ungranted + credit == window
 
 
+_VALUES = st.recursive(
+    st.none() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=40,
+)
+
+
+@given(
+    st.lists(st.one_of(_VALUES, st.just(np.arange(3)), st.binary(max_size=70_000)), max_size=40),
+    st.sampled_from(list(protocol.Codec)),
+)
+def test_items_encoded_together_arrive_as_the_same_items_in_order(
+    values: list[Any], codec: protocol.Codec
+) -> None:
+    # What a stream had ready at once, as a worker sends it: plain items joined into
+    # batched ITEMs (up to BUNDLE_BYTES each), one with an array (out-of-band frames)
+    # alone. The client must read the same items, in the same order.
+    if codec is protocol.Codec.JSON:
+        values = [v for v in values if not isinstance(v, bytes | np.ndarray)]
+    messages = protocol.encode_items(7, [protocol.item_body(v, codec) for v in values], codec)
+    got: list[Any] = []
+    for frames in messages:
+        msg = protocol.decode([bytes(memoryview(f)) for f in frames])
+        assert type(msg) is protocol.Item
+        assert msg.id == 7
+        got += msg.value if msg.batch else [msg.value]
+        if msg.batch:
+            assert len(frames) == 2
+            assert len(frames[1]) <= protocol.BUNDLE_BYTES + 5
+    assert len(got) == len(values)
+    for a, b in zip(got, values, strict=True):
+        if isinstance(b, np.ndarray):
+            assert np.array_equal(a, b)
+        else:
+            assert a == b
+    assert len(messages) <= max(1, len(values))
+
+
+def test_a_batch_of_items_at_the_depth_limit_decodes() -> None:
+    # The batch's array is not one of its items' levels (SPEC 7.11): items as deep as
+    # a lone ITEM may be sent batched; one level deeper is refused, as it is alone.
+    limits = protocol.DEFAULT_LIMITS
+    deepest: Any = 1
+    for _ in range(limits.max_depth):
+        deepest = [deepest]  # max_depth levels, counting the outermost
+    ok = protocol.item_body(deepest)
+    (joined,) = protocol.encode_items(7, [ok, ok])
+    assert protocol.decode(joined) == protocol.Item(7, [deepest, deepest], batch=True)
+    (too_deep,) = protocol.encode_items(7, [protocol.item_body([deepest]), ok])
+    with pytest.raises(protocol.ProtocolError, match="deeper"):
+        protocol.decode(too_deep)
+
+
 def test_the_reader_grants_once_half_the_window_is_read() -> None:
     reader = StreamReader(8, None, FakeClock())
-    for i in range(8):
-        reader.push(i)
+    reader.push(list(range(8)))
     grants = []
     for _ in range(8):
         reader.take()
         grants.append(reader.grant())
     assert grants == [0, 0, 0, 4, 0, 0, 0, 4]
     one = StreamReader(1, None, FakeClock())
-    one.push("x")
+    one.push(["x"])
     one.take()
     assert one.grant() == 1
 
@@ -136,7 +188,7 @@ def test_item_timeout_counts_from_the_first_wait_for_each_item() -> None:
     assert reader.wait_left() == 2.0
     clock.now += 1.5
     assert reader.wait_left() == 0.5
-    reader.push(1)
+    reader.push([1])
     reader.take()  # an item came: the next wait starts afresh
     clock.now += 10
     assert reader.wait_left() == 2.0
@@ -160,7 +212,7 @@ def _stream_rig() -> tuple[Rig, Call, list[Any]]:
     )
     got: list[Any] = []
     call = rig.call()
-    call.on_item = got.append
+    call.on_item = got.extend
     rig.d.submit(call)
     rig.take()
     return rig, call, got
@@ -169,8 +221,8 @@ def _stream_rig() -> tuple[Rig, Call, list[Any]]:
 def test_a_stream_call_goes_only_to_a_worker_that_streams() -> None:
     rig, call, got = _stream_rig()
     assert call.peer is rig["w2"]
-    rig.d.item(rig["w2"], call.id, "a")
-    rig.d.item(rig["w1"], call.id, "stale")  # not from the peer holding it: ignored
+    rig.d.item(rig["w2"], call.id, ["a"])
+    rig.d.item(rig["w1"], call.id, ["stale"])  # not from the peer holding it: ignored
     rig.d.grant(call.id, 3)
     assert [type(c).__name__ for c in rig.take()] == ["SendCredit"]
     rig.d.end(rig["w2"], call.id, 1)
@@ -183,7 +235,7 @@ def test_a_stream_call_goes_only_to_a_worker_that_streams() -> None:
 def test_a_stream_lost_after_items_fails_with_the_count_and_is_not_re_sent() -> None:
     rig, call, got = _stream_rig()
     for i in range(3):
-        rig.d.item(rig["w2"], call.id, i)
+        rig.d.item(rig["w2"], call.id, [i])
     rig.d.dropped(rig["w2"])
     exc = rig.outcomes.error(call.id)
     assert isinstance(exc, WorkerLost)
@@ -194,7 +246,7 @@ def test_a_stream_lost_after_items_fails_with_the_count_and_is_not_re_sent() -> 
         rig["w2"], Hello(role="worker", services={"A": ["x"]}, capacity=2, threads=2, streams=True)
     )
     again = rig.call()
-    again.on_item = got.append
+    again.on_item = got.extend
     rig.d.submit(again)
     rig.take()
     rig.d.dropped(rig["w2"])  # w2 back (streaming) and lost again, with no item sent
@@ -348,11 +400,11 @@ def _rss(pid: int) -> int:
 
 @pytest.mark.process
 def test_the_workers_memory_stays_flat_under_a_large_slow_stream(mesh: Mesh) -> None:
-    # 20,000 items of 64 KiB (1.25 GiB through) read by a consumer slower than the
+    # 100,000 items of 64 KiB (6.1 GiB through) read by a consumer slower than the
     # handler: with credit, what waits anywhere is a window of items, not the stream.
     w = _start(mesh, "--concurrency", "2")
-    n, size = 20_000, 64 * 1024
-    with Client(w.endpoint, timeout=120) as c:
+    n, size = 100_000, 64 * 1024
+    with Client(w.endpoint, timeout=240) as c:
         stream = c.options(window=4).stream("gen.blobs", n, size)
         total = 0
         for i, blob in enumerate(stream):
@@ -466,7 +518,9 @@ def test_item_timeout_cancels_a_stream_that_stalls(mesh: Mesh, tmp_path: Path) -
 
 
 @pytest.mark.process
-def test_items_ready_at_once_share_bundles_only_for_a_client_that_takes_them(mesh: Mesh) -> None:
+def test_items_ready_at_once_travel_batched_and_bundled_only_for_who_takes_it(
+    mesh: Mesh,
+) -> None:
     from hostilekit import raw_dealer
 
     w = _start(mesh, "--concurrency", "2")
@@ -482,7 +536,7 @@ def test_items_ready_at_once_share_bundles_only_for_a_client_that_takes_them(mes
             # window n + 1: the handler learns it is done by being resumed, which takes a
             # credit too (SPEC 7.11), and this client grants none.
             items: list[int] = []
-            bundles = 0
+            bundles = batches = 0
             end = None
             while end is None:
                 assert sock.poll(10_000), f"{len(items)} items, then silence"
@@ -492,15 +546,17 @@ def test_items_ready_at_once_share_bundles_only_for_a_client_that_takes_them(mes
                     bundles += 1
                     inner = [protocol.decode(list(m)) for m in msg.messages]
                 for m in inner:
-                    if type(m) is protocol.Item:
+                    if type(m) is protocol.Item and m.batch:
+                        batches += 1
+                        items.extend(m.value)
+                    elif type(m) is protocol.Item:
                         items.append(m.value)
                     elif type(m) is protocol.End:
                         end = m
         assert items == list(range(n))
         assert end.items == n
-        if takes:
-            assert bundles, f"{n} small items ready fast, and not one BUNDLE"
-        else:
+        assert batches, f"{n} small items ready fast, and not one batched ITEM"
+        if not takes:
             assert not bundles, "a BUNDLE to a client whose HELLO did not ask for them"
 
 

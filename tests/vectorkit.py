@@ -190,7 +190,7 @@ def message(meaning: dict[str, Any]) -> Message:
     if mtype is MessageType.REPLY:
         return Reply(rid, from_json(meaning["body"]), codec, batch)
     if mtype is MessageType.ITEM:
-        return Item(rid, from_json(meaning["body"]), codec)
+        return Item(rid, from_json(meaning["body"]), codec, batch)
     if mtype is MessageType.BUNDLE:
         flat = from_json(meaning["body"])
         return Bundle(tuple(zip(flat[0::2], flat[1::2], strict=True)), rid, codec)

@@ -27,6 +27,7 @@ import protocol
 from protocol import End, Error, ErrorCode, Limits, ProtocolError
 
 from ._jobs import Job
+from ._valve import Item
 
 __all__ = [
     "handler_error",
@@ -170,19 +171,18 @@ def _unsendable(job: Job, exc: ProtocolError, verb: str) -> list[Any]:
     )
 
 
-def _item_frames(job: Job, value: Any, limits: Limits) -> list[Any] | None:
-    """Send one item (an ITEM through the job's valve); the ERROR that ends the stream
-    instead when it cannot travel, else None."""
+def _encoded(job: Job, value: Any, limits: Limits) -> Item | list[Any]:
+    """One item encoded, for the valve (`protocol.item_body`); or the ERROR that ends
+    the stream when it cannot travel."""
     req = job.request
     valve = job.valve
     try:
-        frames = protocol.encode_item(req.id, value, req.codec, limits)
+        item = protocol.item_body(value, req.codec, limits)
     except ProtocolError as exc:
         valve.gate.end()
         return _unsendable(job, exc, "yielded")
     valve.gate.sent()
-    valve.send(frames)
-    return None
+    return item
 
 
 def _stream_end(job: Job, ended: bool) -> list[Any]:
@@ -227,15 +227,17 @@ def run_stream(job: Job, limits: Limits) -> list[Any]:
     if type(gen) is list:
         return gen
     cancelled = _cancel_check(job)
+    encoded: Any = None  # the last item made, left at the valve with the next step
     try:
-        while valve.wait(cancelled):
+        while valve.step(encoded, cancelled):
+            encoded = None
             try:
                 item = next(gen)
             except StopIteration:
                 return _stream_end(job, True)
-            failed = _item_frames(job, item, limits)
-            if failed is not None:
-                return failed
+            encoded = _encoded(job, item, limits)
+            if type(encoded) is list:
+                return encoded  # the ERROR: it cannot travel
     except (Exception, SystemExit) as exc:
         return _failed(job, exc)
     finally:
@@ -249,15 +251,18 @@ async def run_stream_async(job: Job, limits: Limits) -> list[Any]:
     valve, agen = _open(job)
     if type(agen) is list:
         return agen
+    cancelled = _cancel_check(job)
+    encoded: Any = None
     try:
-        while await valve.wait_async(_cancel_check(job)):
+        while await valve.step_async(encoded, cancelled):
+            encoded = None
             try:
                 item = await agen.__anext__()
             except StopAsyncIteration:
                 return _stream_end(job, True)
-            failed = _item_frames(job, item, limits)
-            if failed is not None:
-                return failed
+            encoded = _encoded(job, item, limits)
+            if type(encoded) is list:
+                return encoded
     except asyncio.CancelledError:
         return _stream_end(job, False)
     except (Exception, SystemExit) as exc:

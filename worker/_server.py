@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import random
 import socket
 import threading
@@ -173,11 +174,12 @@ class Worker(RouterServer):
         self._stolen_auth: dict[int, zmq.Frame] = {}  # a bundled message's BUNDLE frame
         self._stolen: deque[list[zmq.Frame]] = deque()  # received by the watchdog
         self._closing = False
-        self._done: deque[tuple[Job | None, Any, list[Any]]] = deque()
+        self._done: deque[tuple[Job | None, Any, list[Any] | Valve]] = deque()
         self._done_wake = False
         self._peers: dict[bytes, float] = {}
         self._bundlers: set[bytes] = set()  # clients whose HELLO said they take BUNDLEs
         self._streaming_inline: Job | None = None  # inline mode: the stream on its own thread
+        self._streams_to_run: queue.SimpleQueue[Job | None] | None = None  # (that thread's)
         self._started_at = time.monotonic()
         self._link: BrokerLink | None = None
 
@@ -239,6 +241,8 @@ class Worker(RouterServer):
         self._closing = True
         if self.inline:
             self._sock_lock.release()
+            if self._streams_to_run is not None:
+                self._streams_to_run.put(None)
             for t in self._threads:
                 t.join(timeout=1.0)  # the watchdog notices `_closing` within 0.1 s
         else:
@@ -514,8 +518,8 @@ class Worker(RouterServer):
             self._send_error(peer, req, *job)  # type: ignore[misc]
             return
         if req.window:
-            job.valve = Valve(req.window)
-            job.valve.send = lambda frames: self._post(job, frames, final=False)
+            valve = job.valve = Valve(req.window, req.id, req.codec)
+            valve.post = lambda: self._post(job, valve, final=False)
         if job.handler.is_async and self._async_running < self.config.max_async:
             self._start_async(job)
             return
@@ -590,8 +594,7 @@ class Worker(RouterServer):
                 # A stream waits for its client's credit, which only this loop reads:
                 # it runs on a thread of its own, and holds the one slot until it ends.
                 self._streaming_inline = job
-                t = threading.Thread(target=self._run_claimed, args=(job,), daemon=True)
-                t.start()
+                self._stream_thread().put(job)
                 return
             frames = self._refusal(job)
             if frames is None:
@@ -789,6 +792,23 @@ class Worker(RouterServer):
             if self.table.claim(job, QUEUED):  # else answered already (drain, cancel)
                 self._run_claimed(job)
 
+    def _stream_thread(self) -> queue.SimpleQueue[Job | None]:
+        """Inline mode: the queue of the thread that runs streams, started on first use
+        (one at a time: the one slot is the stream's; a thread made per stream would
+        cost its start, ~0.1 ms, in every stream's time to its first item)."""
+        jobs = self._streams_to_run
+        if jobs is None:
+            jobs = self._streams_to_run = queue.SimpleQueue()
+
+            def main() -> None:
+                while (job := jobs.get()) is not None:
+                    self._run_claimed(job)
+
+            t = threading.Thread(target=main, name="zeromesh-stream", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return jobs
+
     def _run_claimed(self, job: Job) -> None:
         """On a handler thread: run ``job`` (claimed QUEUED → RUNNING) and post its answer."""
         frames = self._refusal(job)
@@ -850,9 +870,10 @@ class Worker(RouterServer):
         req = job.request
         self._post(job, protocol.encode(Error(req.id, code, message, codec=req.codec)), True)
 
-    def _post(self, job: Job, frames: list[Any], final: bool) -> None:
-        """Queue frames for ``job``'s client from any thread; the loop sends them."""
-        if not final and self._running_inline is job:
+    def _post(self, job: Job, frames: list[Any] | Valve, final: bool) -> None:
+        """Queue frames for ``job``'s client from any thread; the loop sends them (a
+        `Valve`: the stream's items waiting there, taken when their turn comes)."""
+        if not final and self._running_inline is job and type(frames) is list:
             # PROGRESS from an inline handler: the loop is busy running it, so send now.
             with self._sock_lock:
                 self._send_now(job.peer, frames)
@@ -871,14 +892,20 @@ class Worker(RouterServer):
         done = self._done
         jobs = self._jobs
         finish = self.table.finish
-        send = self._send
         observe = self.stats.observe
         now = time.monotonic()
         finished = 0
-        bundlers = self._bundlers
-        held: dict[bytes, list[list[Any]]] = {}  # answers to bundle, by client
+        # What this turn sends, by client (a stream's items ready together as batched
+        # ITEMs): a client that takes BUNDLEs gets its small answers in some.
+        held: dict[bytes, list[list[Any]]] = {}
         while done:
             job, peer, frames = done.popleft()
+            answers = held.get(peer)
+            if answers is None:
+                answers = held[peer] = []
+            if isinstance(frames, Valve):  # a stream's items, all those made by now
+                answers += frames.take_items()
+                continue
             if job is not None:
                 if not finish(job):
                     continue  # answered already by the watchdog; drop the late result
@@ -893,13 +920,9 @@ class Worker(RouterServer):
                 else:
                     outcome = outcome_name(protocol.answer_code(frames, self.config.limits))
                 observe(job.request.target, outcome, now - job.started if job.ran else None)
-            if peer in bundlers:  # (only bytes are: a broker's clients never are)
-                held.setdefault(peer, []).append(frames)
-            else:
-                send(peer, frames)
-        for peer, answers in held.items():
-            for frames, _ in protocol.coalesce(answers, self.config.limits):
-                send(peer, frames)
+            answers.append(frames)
+        if held:
+            self._send_held(held)
         if finished:
             self.requests_done += finished
             limit = self.request_limit
@@ -914,6 +937,20 @@ class Worker(RouterServer):
         # Sending may have consumed the FD's edge: look for input we would otherwise miss.
         if sock is not None and has_input(sock):
             self._schedule_pump()
+
+    def _send_held(self, held: dict[bytes, list[list[Any]]]) -> None:
+        """Send what `_flush_done` held, by client: small answers in BUNDLEs to a
+        client that takes them (SPEC 7.10; only direct clients, never a broker's)."""
+        limits = self.config.limits
+        bundlers = self._bundlers
+        send = self._send
+        for peer, answers in held.items():
+            if peer in bundlers and len(answers) > 1:
+                for frames, _ in protocol.coalesce(answers, limits):
+                    send(peer, frames)
+            else:
+                for frames in answers:
+                    send(peer, frames)
 
     def _limit_text(self) -> str:
         cfg = self.config

@@ -3,6 +3,11 @@
 A plain generator runs on a handler thread, which blocks here; an async generator
 runs in a task on the loop, which awaits here. The loop thread reads the client's
 CREDIT, CANCEL and DISCONNECT and wakes the waiter (SPEC 7.11).
+
+Items go the other way through the valve too: the producer leaves each one there,
+encoded, and the loop takes all that are there when it gets to them, so those made
+while it was busy leave together (batched ITEMs, `protocol.encode_items`), and the
+loop is woken once for them, not once per item.
 """
 
 from __future__ import annotations
@@ -13,31 +18,64 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import protocol
+from protocol import Codec
+
 from ._streams import StreamGate
 
-__all__ = ["Valve"]
+__all__ = ["Item", "Valve"]
+
+Item = tuple[bytes, list[Any]]
+"""An item as the producer leaves it: its encoded body and out-of-band frames
+(`protocol.item_body`)."""
 
 
 class Valve:
     """A `StreamGate` and the producer that waits at it: a handler thread (a plain
     generator) or a task on the loop (an async generator).
 
-    ``send(frames)`` posts one ITEM to the client (set by the worker when it admits the
-    stream). `grant` and `wake` run on the loop thread; `wait` on the handler's thread,
-    `wait_async` in its task.
+    `step` leaves an item for the loop, which `take_items` them; ``post()`` (set by
+    the worker when it admits the stream) asks the loop to, from any thread. `grant`,
+    `wake` and `take_items` run on the loop thread; `step` on the handler's thread,
+    `step_async` in its task.
     """
 
-    __slots__ = ("_cond", "_event", "gate", "send")
+    __slots__ = ("_cond", "_event", "_items", "_lock", "codec", "gate", "post", "rid")
 
-    def __init__(self, window: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        window: int,
+        rid: int = 0,
+        codec: Codec = Codec.MSGPACK,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rid = rid  # the stream's request id and codec: its ITEMs'
+        self.codec = codec
         self.gate = StreamGate(window, clock)
-        self.send: Callable[[list[Any]], None] = _unset
-        self._cond = threading.Condition()
+        self.post: Callable[[], None] = _unset
+        # Taken with `with self._lock` (in C) once per item; `_cond` waits on it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._event: asyncio.Event | None = None
+        self._items: list[Item] = []
+
+    def _leave(self, item: Item) -> None:
+        """(Lock held.) The loop is asked only when no item was waiting: it takes them
+        all at once."""
+        items = self._items
+        items.append(item)
+        if len(items) == 1:
+            self.post()
+
+    def take_items(self) -> list[list[Any]]:
+        """The ITEMs to send for the items left since the last take, in order."""
+        with self._lock:
+            items, self._items = self._items, []
+        return protocol.encode_items(self.rid, items, self.codec)
 
     def grant(self, n: int) -> None:
         """A CREDIT came: let the producer go on if it waits."""
-        with self._cond:
+        with self._lock:
             if self.gate.grant(n):
                 self._cond.notify()
         if self._event is not None:
@@ -45,22 +83,29 @@ class Valve:
 
     def wake(self) -> None:
         """The stream was cancelled: the waiting producer looks at ``cancelled`` again."""
-        with self._cond:
+        with self._lock:
             self._cond.notify()
         if self._event is not None:
             self._event.set()
 
-    def wait(self, cancelled: Callable[[], bool]) -> bool:
-        """Block until a credit is taken (True) or ``cancelled()`` (False)."""
-        with self._cond:
+    def step(self, item: Item | None, cancelled: Callable[[], bool]) -> bool:
+        """Leave ``item`` (the last one made; None: none yet) for the loop to send, then
+        block until a credit is taken for the next (True) or ``cancelled()`` (False).
+        One lock for both: this runs once per item."""
+        with self._lock:
+            if item is not None:
+                self._leave(item)
             while not cancelled():
                 if self.gate.take():
                     return True
                 self._cond.wait()
             return False
 
-    async def wait_async(self, cancelled: Callable[[], bool]) -> bool:
-        """`wait` for a producer on the loop (grants come on the same thread)."""
+    async def step_async(self, item: Item | None, cancelled: Callable[[], bool]) -> bool:
+        """`step` for a producer on the loop (grants come on the same thread)."""
+        if item is not None:
+            with self._lock:
+                self._leave(item)
         while not cancelled():
             if self.gate.take():
                 return True
@@ -71,5 +116,5 @@ class Valve:
         return False
 
 
-def _unset(frames: list[Any]) -> None:
-    raise RuntimeError("Valve.send was not set: the worker posts a stream's items")
+def _unset() -> None:
+    raise RuntimeError("Valve.post was not set: the worker posts a stream's items")
