@@ -726,11 +726,14 @@ class Broker(RouterServer):
         """A send found ``peer`` gone (EHOSTUNREACH): forget it. A client's requests are
         dropped or cancelled at their workers (its streams would otherwise hold their
         slots, paused for want of its credit, SPEC 12.8); a worker's are re-queued.
-        The commands run with the next outbox."""
+        The commands run with the next outbox. Each answer that still comes for a
+        gone client fails the same way: only the first (while it is still among the
+        clients) looks at its requests."""
+        known = peer in self._clients
         self._forget_client(peer)
         if peer in self.sched.workers:
             self.sched.remove(peer, "unreachable")
-        else:
+        elif known:
             self.sched.forget_client(peer)
 
     def _probe_streaming_clients(self) -> None:

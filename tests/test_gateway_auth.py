@@ -113,6 +113,15 @@ def test_a_refused_body_leaves_the_connection_usable(gw: GatewayProcess) -> None
         conn.close()
 
 
+def test_streams_need_a_valid_token(gw: GatewayProcess) -> None:
+    body = {"args": [3]}
+    _unauthorized(gw.request("POST", "/stream/demo.primes", body))
+    _unauthorized(gw.request("POST", "/stream/demo.primes", body, headers={"Authorization": "x"}))
+    r = gw.request("POST", "/stream/demo.primes", body, headers=ALICE)
+    assert r.status == 200, r.body
+    assert r.body == b'data: 2\n\ndata: 3\n\ndata: 5\n\nevent: end\ndata: {"items":3}\n\n'
+
+
 def test_jobs_need_a_valid_token(gw: GatewayProcess) -> None:
     _unauthorized(gw.request("POST", "/jobs/demo.fib", {"args": [5]}))
     _unauthorized(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections.abc import Generator
 from dataclasses import replace
 from typing import Any
 
@@ -175,14 +176,11 @@ def _encoded(job: Job, value: Any, limits: Limits) -> Item | list[Any]:
     """One item encoded, for the valve (`protocol.item_body`); or the ERROR that ends
     the stream when it cannot travel."""
     req = job.request
-    valve = job.valve
     try:
-        item = protocol.item_body(value, req.codec, limits)
+        return protocol.item_body(value, req.codec, limits)
     except ProtocolError as exc:
-        valve.gate.end()
+        job.valve.gate.end()
         return _unsendable(job, exc, "yielded")
-    valve.gate.sent()
-    return item
 
 
 def _stream_end(job: Job, ended: bool) -> list[Any]:
@@ -223,14 +221,38 @@ def run_stream(job: Job, limits: Limits) -> list[Any]:
     """Run a generator handler as a stream on this (a handler) thread: each item goes
     out through the job's valve as credit allows; returns the final answer's frames
     (END, or the ERROR that ended it). The thread waits while there is no credit."""
+    steps = stream_steps(job, limits)
+    valve = job.valve
+    cancelled = _cancel_check(job)
+    try:
+        while True:
+            if not next(steps):
+                valve.wait(cancelled)
+    except StopIteration as stop:
+        return stop.value
+
+
+def stream_steps(job: Job, limits: Limits) -> Generator[bool, None, list[Any]]:
+    """A generator handler run as a stream, one item at a time: yields True after each
+    item it made (left at the job's valve for the loop), False when it has no credit
+    for the next (whoever drives it waits for a grant or a cancel, then goes on);
+    returns the final answer's frames (END, or the ERROR that ended it). Driven by a
+    handler thread (`run_stream`) or, in inline mode, by the loop itself."""
     valve, gen = _open(job)
     if type(gen) is list:
         return gen
-    cancelled = _cancel_check(job)
-    encoded: Any = None  # the last item made, left at the valve with the next step
+    encoded: Any = None  # the last item made, left at the valve with the next offer
     try:
-        while valve.step(encoded, cancelled):
-            encoded = None
+        while True:
+            credit = valve.offer(encoded)
+            if encoded is not None:
+                encoded = None
+                yield True  # (that item is at the valve now)
+            if job.cancelled:
+                break
+            if not credit:
+                yield False
+                continue
             try:
                 item = next(gen)
             except StopIteration:

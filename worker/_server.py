@@ -18,7 +18,11 @@ pyzmq), answers HELLO and PING itself, and hands requests to
 * handler threads (``concurrency`` of them) for plain functions, and
 * asyncio tasks on the same loop (at most ``max_async`` at once) for ``async def``.
 
-Threads hand replies back through a deque and one ``call_soon_threadsafe`` per batch.
+Threads hand replies back through a deque and one ``call_soon_threadsafe`` per batch;
+a stream's items through its `worker._valve.Valve`, taken by the loop all at once. In
+inline mode (``concurrency`` 1, no ``async`` handler) the loop runs handlers itself,
+a stream a slice at a time as its credit allows (`Worker._advance_stream`), while a
+watchdog thread answers heartbeats.
 Every request the worker accepts is answered exactly once: a reply, a typed error, or,
 when it shuts down before starting it, a DRAINING refusal the client re-sends elsewhere.
 """
@@ -29,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import queue
 import random
 import socket
 import threading
@@ -77,7 +80,7 @@ from . import _context
 from ._broker_link import BrokerLink
 from ._config import EXIT_DRAIN_TIMEOUT, EXIT_HARD_TIMEOUT, StartupError, WorkerConfig
 from ._jobs import DONE, QUEUED, RUNNING, Capacity, Job, JobTable, expired_refusal
-from ._runners import run_async, run_stream, run_stream_async, run_sync
+from ._runners import run_async, run_stream, run_stream_async, run_sync, stream_steps
 from ._service import Handler, Service
 from ._valve import Valve
 
@@ -178,8 +181,8 @@ class Worker(RouterServer):
         self._done_wake = False
         self._peers: dict[bytes, float] = {}
         self._bundlers: set[bytes] = set()  # clients whose HELLO said they take BUNDLEs
-        self._streaming_inline: Job | None = None  # inline mode: the stream on its own thread
-        self._streams_to_run: queue.SimpleQueue[Job | None] | None = None  # (that thread's)
+        self._streaming_inline: Job | None = None  # inline mode: the stream that runs
+        self._stream_resuming = False  # inline mode: `_advance_stream` is due
         self._started_at = time.monotonic()
         self._link: BrokerLink | None = None
 
@@ -241,8 +244,9 @@ class Worker(RouterServer):
         self._closing = True
         if self.inline:
             self._sock_lock.release()
-            if self._streams_to_run is not None:
-                self._streams_to_run.put(None)
+            job = self._streaming_inline
+            if job is not None and job.valve is not None and job.valve.steps is not None:
+                job.valve.steps.close()  # its generator's `finally` runs
             for t in self._threads:
                 t.join(timeout=1.0)  # the watchdog notices `_closing` within 0.1 s
         else:
@@ -591,10 +595,11 @@ class Worker(RouterServer):
             if not self.table.claim(job, QUEUED):
                 continue
             if job.valve is not None:
-                # A stream waits for its client's credit, which only this loop reads:
-                # it runs on a thread of its own, and holds the one slot until it ends.
+                # A stream holds the one slot until it ends; it runs here a slice at a
+                # time, as its client's credit allows (`_advance_stream`).
                 self._streaming_inline = job
-                self._stream_thread().put(job)
+                job.valve.resume = self._resume_stream
+                self._advance_stream()
                 return
             frames = self._refusal(job)
             if frames is None:
@@ -614,18 +619,87 @@ class Worker(RouterServer):
             self._done.append((job, job.peer, frames))
             if len(self._done) >= 32 or time.monotonic() - job.started > 0.001:
                 self._flush_done()  # answer slow calls at once, batch quick ones
-            while self._stolen:  # what arrived while the handler ran
-                frames = self._stolen.popleft()
-                if self._stolen_answered and id(frames) in self._stolen_answered:
-                    self._stolen_answered.discard(id(frames))
-                    continue  # expired while it waited: the watchdog answered it
-                # Its deadline counts from when the watchdog read it, not from now.
-                key = id(frames)
-                arrived = self._stolen_arrivals.pop(key, 0.0)
-                self._on_message(frames, arrived, self._stolen_auth.pop(key, None))
-            self._stolen_deadlines.clear()
-            self._stolen_arrivals.clear()
-            self._stolen_auth.clear()
+            self._take_stolen()
+
+    def _take_stolen(self) -> None:
+        """Inline mode: handle what the watchdog read while a handler ran."""
+        while self._stolen:
+            frames = self._stolen.popleft()
+            if self._stolen_answered and id(frames) in self._stolen_answered:
+                self._stolen_answered.discard(id(frames))
+                continue  # expired while it waited: the watchdog answered it
+            # Its deadline counts from when the watchdog read it, not from now.
+            key = id(frames)
+            arrived = self._stolen_arrivals.pop(key, 0.0)
+            self._on_message(frames, arrived, self._stolen_auth.pop(key, None))
+        self._stolen_deadlines.clear()
+        self._stolen_arrivals.clear()
+        self._stolen_auth.clear()
+
+    def _resume_stream(self) -> None:
+        """Inline mode: a grant or a cancel came for the stream: go on with it soon."""
+        if not self._stream_resuming and self._loop is not None:
+            self._stream_resuming = True
+            self._loop.call_soon(self._advance_stream)
+
+    def _advance_stream(self) -> None:
+        """Inline mode: run the stream's handler on this (the loop's) thread while it
+        holds credit, up to 50 ms at a time, as `_run_inline` runs a plain handler (the
+        watchdog stands in meanwhile); its items go out at least every millisecond.
+        No thread hands items to the loop, so none waits for one to wake: its first
+        item goes out as soon as it is made. Out of credit, it stops until a grant or
+        a cancel `_resume_stream`s it."""
+        self._stream_resuming = False
+        job = self._streaming_inline
+        if job is None:
+            return
+        valve = job.valve
+        assert valve is not None
+        final: list[Any] | None = None
+        if valve.steps is None:
+            final = self._refusal(job)
+            if final is not None:
+                job.state = DONE
+            else:
+                valve.steps = stream_steps(job, self.config.limits)
+        if final is None:
+            final = self._run_steps(job, valve.steps)
+            if final is not None and not self.table.claim(job, RUNNING):
+                final = None  # answered already (abandoned by a drain)
+                self._streaming_inline = None
+        if final is not None:
+            self._done.append((job, job.peer, final))
+            self._flush_done()  # (frees the slot: `_streaming_inline` is cleared there)
+        self._take_stolen()
+
+    def _run_steps(self, job: Job, steps: Any) -> list[Any] | None:
+        """Advance ``steps`` (`stream_steps`) for one slice: its final frames if the
+        stream ended, else None (out of credit, or the slice is over: it goes on)."""
+        lock = self._sock_lock
+        token = _context.current.set(job)
+        self._running_inline = job
+        lock.release()  # the watchdog may answer pings while the handler runs
+        started = flushed = time.monotonic()
+        try:
+            while next(steps):
+                now = time.monotonic()
+                if now - flushed > 0.001:
+                    lock.acquire()
+                    try:
+                        self._flush_done()  # the items made so far
+                    finally:
+                        lock.release()
+                    flushed = now
+                if now - started > 0.05:
+                    self._resume_stream()  # timers and signals first, then on
+                    break
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            lock.acquire()
+            self._running_inline = None
+            _context.current.reset(token)
+        return None
 
     def _watchdog_main(self) -> None:
         """Inline mode: while a handler runs long, answer PING and HELLO, note CANCEL.
@@ -791,23 +865,6 @@ class Worker(RouterServer):
         while (job := self.table.next_sync()) is not None:
             if self.table.claim(job, QUEUED):  # else answered already (drain, cancel)
                 self._run_claimed(job)
-
-    def _stream_thread(self) -> queue.SimpleQueue[Job | None]:
-        """Inline mode: the queue of the thread that runs streams, started on first use
-        (one at a time: the one slot is the stream's; a thread made per stream would
-        cost its start, ~0.1 ms, in every stream's time to its first item)."""
-        jobs = self._streams_to_run
-        if jobs is None:
-            jobs = self._streams_to_run = queue.SimpleQueue()
-
-            def main() -> None:
-                while (job := jobs.get()) is not None:
-                    self._run_claimed(job)
-
-            t = threading.Thread(target=main, name="zeromesh-stream", daemon=True)
-            t.start()
-            self._threads.append(t)
-        return jobs
 
     def _run_claimed(self, job: Job) -> None:
         """On a handler thread: run ``job`` (claimed QUEUED → RUNNING) and post its answer."""

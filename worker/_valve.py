@@ -21,7 +21,7 @@ from typing import Any
 import protocol
 from protocol import Codec
 
-from ._streams import StreamGate
+from ._streams import PAUSED, StreamGate
 
 __all__ = ["Item", "Valve"]
 
@@ -34,13 +34,25 @@ class Valve:
     """A `StreamGate` and the producer that waits at it: a handler thread (a plain
     generator) or a task on the loop (an async generator).
 
-    `step` leaves an item for the loop, which `take_items` them; ``post()`` (set by
+    `offer` leaves an item for the loop, which `take_items` them; ``post()`` (set by
     the worker when it admits the stream) asks the loop to, from any thread. `grant`,
-    `wake` and `take_items` run on the loop thread; `step` on the handler's thread,
-    `step_async` in its task.
+    `wake` and `take_items` run on the loop thread; `offer` and `wait` on the
+    producer's thread (a handler thread, or the loop itself in inline mode, which sets
+    ``resume``: called on a grant or a cancel, to go on), `step_async` in its task.
     """
 
-    __slots__ = ("_cond", "_event", "_items", "_lock", "codec", "gate", "post", "rid")
+    __slots__ = (
+        "_cond",
+        "_event",
+        "_items",
+        "_lock",
+        "codec",
+        "gate",
+        "post",
+        "resume",
+        "rid",
+        "steps",
+    )
 
     def __init__(
         self,
@@ -53,6 +65,10 @@ class Valve:
         self.codec = codec
         self.gate = StreamGate(window, clock)
         self.post: Callable[[], None] = _unset
+        self.resume: Callable[[], None] | None = None
+        self.steps: Any = None
+        """Inline mode: the stream's steps (`worker._runners.stream_steps`), run on
+        the loop a slice at a time."""
         # Taken with `with self._lock` (in C) once per item; `_cond` waits on it.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -60,8 +76,9 @@ class Valve:
         self._items: list[Item] = []
 
     def _leave(self, item: Item) -> None:
-        """(Lock held.) The loop is asked only when no item was waiting: it takes them
-        all at once."""
+        """(Lock held.) One item sent, as the gate counts; the loop is asked only when
+        no item was waiting: it takes them all at once."""
+        self.gate.sent()
         items = self._items
         items.append(item)
         if len(items) == 1:
@@ -76,10 +93,13 @@ class Valve:
     def grant(self, n: int) -> None:
         """A CREDIT came: let the producer go on if it waits."""
         with self._lock:
-            if self.gate.grant(n):
+            resumed = self.gate.grant(n)
+            if resumed:
                 self._cond.notify()
         if self._event is not None:
             self._event.set()
+        if resumed and self.resume is not None:
+            self.resume()
 
     def wake(self) -> None:
         """The stream was cancelled: the waiting producer looks at ``cancelled`` again."""
@@ -87,19 +107,23 @@ class Valve:
             self._cond.notify()
         if self._event is not None:
             self._event.set()
+        if self.resume is not None:
+            self.resume()
 
-    def step(self, item: Item | None, cancelled: Callable[[], bool]) -> bool:
-        """Leave ``item`` (the last one made; None: none yet) for the loop to send, then
-        block until a credit is taken for the next (True) or ``cancelled()`` (False).
-        One lock for both: this runs once per item."""
+    def offer(self, item: Item | None) -> bool:
+        """Leave ``item`` (the last one made; None: none yet) for the loop to send, and
+        take a credit for the next: True if there was one, False if not (then `wait`,
+        or be resumed). One lock for both: this runs once per item."""
         with self._lock:
             if item is not None:
                 self._leave(item)
-            while not cancelled():
-                if self.gate.take():
-                    return True
+            return self.gate.take()
+
+    def wait(self, cancelled: Callable[[], bool]) -> None:
+        """Block until a grant came (the gate produces again) or ``cancelled()``."""
+        with self._lock:
+            while not cancelled() and self.gate.state is PAUSED:
                 self._cond.wait()
-            return False
 
     async def step_async(self, item: Item | None, cancelled: Callable[[], bool]) -> bool:
         """`step` for a producer on the loop (grants come on the same thread)."""
