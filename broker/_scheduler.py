@@ -78,6 +78,7 @@ class Job:
 
     __slots__ = (
         "arrived",
+        "cancelled",
         "client",
         "codec",
         "deadline",
@@ -116,6 +117,7 @@ class Job:
         self.deliveries = 0
         self.state = QUEUED
         self.worker: bytes | None = None
+        self.cancelled = False  # its client gave up while a worker held it
         self.stream = stream  # a stream request (SPEC 12.8)
         self.items = 0  # its ITEMs forwarded to the client so far
 
@@ -427,14 +429,19 @@ class Scheduler:
             if job.state is not IN_FLIGHT:
                 continue
             job.worker = None
-            if job.items:
+            if job.cancelled:
+                # Its client gave up on it (and was told so, or is gone): nobody would
+                # read it if it ran again.
+                job.state = DONE
+                del self.jobs[job.key]
+            elif job.items:
                 self.counters["worker_lost"] += 1
                 self._answer(
                     job,
                     ErrorCode.WORKER_LOST,
-                    f"{job.target}: its worker ({_who(w)}) was lost ({why}) after {job.items} "
-                    "stream item(s) went out; a stream is not sent again once items were "
-                    "consumed: start it again if you need the rest",
+                    f"{job.target}: its worker ({_who(w)}) was lost ({why}) after it had sent "
+                    f"{job.items} ITEM message(s); a stream is not sent again once items "
+                    "were consumed: start it again if you need the rest",
                 )
             elif job.deliveries >= self.max_deliveries:
                 self.counters["worker_lost"] += 1
@@ -634,6 +641,7 @@ class Scheduler:
             del self.jobs[job.key]
             self._dispatch_services((job.service,))  # it may have blocked the head
         elif job.state is IN_FLIGHT and job.worker is not None:
+            job.cancelled = True
             self.outbox.append(CancelAt(job.worker, job))
 
     def forget_client(self, client: bytes) -> None:
@@ -647,6 +655,7 @@ class Scheduler:
                 del self.jobs[job.key]
                 touched.add(job.service)
             elif job.worker is not None:
+                job.cancelled = True
                 self.outbox.append(CancelAt(job.worker, job))
         self._dispatch_services(touched)
 

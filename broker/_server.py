@@ -94,6 +94,7 @@ EXIT_DRAIN_TIMEOUT = 3
 
 _BATCH = 512  # messages handled per wake-up before timers and signals get a turn
 _CLIENT_FORGET_S = 60.0
+_GONE_REMEMBERED = 4096  # gone clients whose requests were already dropped
 _EMPTY = b""
 _REQUEST = MessageType.REQUEST
 _REPLY = MessageType.REPLY
@@ -167,6 +168,7 @@ class Broker(RouterServer):
         # ticker forgets from the front, whatever the number of clients.
         self._clients: OrderedDict[bytes, float] = OrderedDict()
         self._bundlers: set[bytes] = set()  # clients whose HELLO said they take BUNDLEs
+        self._gone: OrderedDict[bytes, None] = OrderedDict()  # clients found gone lately
         self._held: dict[bytes, list[list[Any]]] = {}  # answers to bundle, this pump
         self._draining = False
         # What the last unasked HELLO said (capacity, threads, async slots, services,
@@ -727,13 +729,15 @@ class Broker(RouterServer):
         dropped or cancelled at their workers (its streams would otherwise hold their
         slots, paused for want of its credit, SPEC 12.8); a worker's are re-queued.
         The commands run with the next outbox. Each answer that still comes for a
-        gone client fails the same way: only the first (while it is still among the
-        clients) looks at its requests."""
-        known = peer in self._clients
+        gone client fails the same way: only the first looks at its requests (a
+        routing id is never given to another peer)."""
         self._forget_client(peer)
         if peer in self.sched.workers:
             self.sched.remove(peer, "unreachable")
-        elif known:
+        elif peer not in self._gone:
+            self._gone[peer] = None
+            if len(self._gone) > _GONE_REMEMBERED:
+                self._gone.popitem(last=False)
             self.sched.forget_client(peer)
 
     def _probe_streaming_clients(self) -> None:

@@ -141,8 +141,13 @@ class AsyncStream:
     async def __anext__(self) -> Any:
         if self._start is not None:
             start, self._start = self._start, None
-            self._future = await start()
-            self._future.add_done_callback(self._wakeup.wake)
+            started = await start()
+            if self._closed:  # closed while the request waited for a slot: cancel it
+                self._owner._forget(started)
+                started.cancel()
+                raise StopAsyncIteration
+            self._future = started
+            started.add_done_callback(self._wakeup.wake)
         reader, fut = self._reader, self._future
         while True:
             if reader.items:

@@ -33,6 +33,7 @@ __all__ = [
     "Codec",
     "decode_value",
     "encode_value",
+    "encode_value_into",
     "parse_json",
     "travels_as_int",
     "travels_as_number",
@@ -228,7 +229,17 @@ _POOLED_BODY_BYTES = 256 * 1024
 
 
 def encode_value(value: Any, codec: Codec) -> tuple[bytes, list[Buffer]]:
-    """Encode ``value`` as one body frame and its out-of-band frames.
+    """Encode ``value`` as one body frame and its out-of-band frames (see
+    `encode_value_into`)."""
+    oob: list[Buffer] = []
+    return encode_value_into(value, codec, oob), oob
+
+
+def encode_value_into(value: Any, codec: Codec, oob: list[Buffer]) -> bytes:
+    """Encode ``value`` as one body frame; its out-of-band frames are appended to
+    ``oob``. A caller encoding many values in a row may pass one list each time
+    (emptied in between): a new one per value is an allocation the garbage collector
+    counts, and at millions of values its passes cost a quarter of the time.
 
     Accepts None, bool, int, float, str, bytes, lists, tuples (sent as lists), dicts,
     numpy arrays and numpy scalars, nested freely. The returned out-of-band frames are
@@ -244,7 +255,6 @@ def encode_value(value: Any, codec: Codec) -> tuple[bytes, list[Buffer]]:
         encoder = _ENCODERS.pop()  # list.pop and append are atomic: no lock needed
     except IndexError:
         encoder = _Encoder()
-    oob: list[Buffer] = []
     encoder.oob = oob
     body = b""
     try:
@@ -284,10 +294,13 @@ def encode_value(value: Any, codec: Codec) -> tuple[bytes, list[Buffer]]:
             "convert other objects first"
         ) from exc
     finally:
-        encoder.oob = []
+        encoder.oob = _DETACHED  # (not the caller's list: set again before each use)
         if len(body) <= _POOLED_BODY_BYTES and len(_ENCODERS) < _POOLED_ENCODERS:
             _ENCODERS.append(encoder)
-    return body, oob
+    return body
+
+
+_DETACHED: list[Buffer] = []
 
 
 def _has_reserved_map(value: Any, text: str, descriptors: int) -> bool:

@@ -99,3 +99,23 @@ def blobs(n: int, size: int):
     """``n`` fresh byte strings of ``size`` bytes (a large stream, for memory checks)."""
     for _ in range(n):
         yield bytes(size)
+
+
+@svc.handler
+def handshake(where: str):
+    """Yields 1, then waits (up to 60 s, or until cancelled) for ``where``/go, which the
+    test writes only once it read the 1; then yields 2. An item held back until the
+    next one is made would never arrive."""
+    yield 1
+    go = Path(where) / "go"
+    deadline = time.monotonic() + 60
+    while not go.exists() and time.monotonic() < deadline and not cancelled():
+        time.sleep(0.01)
+    yield 2
+
+
+sync_svc = Service("gen")
+"""The plain (not ``async``) handlers alone: a worker serving only these with
+``--concurrency 1`` runs in inline mode, its streams on its loop."""
+for _fn in (count, arrays, fails_after, plain, watched, blobs, handshake):
+    sync_svc.handler(_fn)

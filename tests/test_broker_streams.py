@@ -73,7 +73,7 @@ def test_items_are_counted_and_a_worker_lost_after_one_fails_the_stream_at_once(
     out = take(s)
     assert sent(out) == []  # w2 is free, but the items were consumed: not sent again
     assert answers(out) == [(1, ErrorCode.WORKER_LOST)]
-    assert "after 3 stream item(s)" in out[0].message
+    assert "after it had sent 3 ITEM message(s)" in out[0].message
 
 
 def test_a_worker_lost_before_the_first_item_sends_the_stream_elsewhere() -> None:
@@ -84,6 +84,24 @@ def test_a_worker_lost_before_the_first_item_sends_the_stream_elsewhere() -> Non
     assert sent(take(s)) == [(b"w1", 1)]
     s.remove(b"w1", "unreachable")
     assert sent(take(s)) == [(b"w2", 1)]
+
+
+def test_a_stream_its_client_gave_up_on_is_not_sent_again_when_its_worker_is_lost() -> None:
+    s, _ = make()
+    streaming(s, b"w1")
+    streaming(s, b"w2")
+    s.submit(C, 1, "gen.count", 0, None, stream=True)
+    s.submit(b"client-2", 1, "gen.count", 0, None, stream=True)
+    assert sent(take(s)) == [(b"w1", 1), (b"w2", 1)]
+    s.cancel(C, 1)
+    s.forget_client(b"client-2")
+    take(s)  # the CANCELs
+    s.remove(b"w1", "unreachable")
+    s.remove(b"w2", "unreachable")
+    streaming(s, b"w3", credit=2)
+    assert take(s) == []  # nobody would read them: dropped, not run again
+    assert s.open_streams() == {}
+    assert s.in_flight == 0
 
 
 def test_credit_goes_to_the_worker_holding_the_stream_and_nowhere_else() -> None:

@@ -37,6 +37,7 @@ from worker._streams import ENDED, PAUSED, PRODUCING, StreamGate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVICE = "streamsvc:svc"
+SYNC_SERVICE = "streamsvc:sync_svc"  # its plain handlers alone: inline mode at --concurrency 1
 # Tests first, then what the caller had: the worker must import this checkout, not the
 # editable install's.
 ENV = {"PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])}
@@ -134,7 +135,10 @@ def test_items_encoded_together_arrive_as_the_same_items_in_order(
     # alone. The client must read the same items, in the same order.
     if codec is protocol.Codec.JSON:
         values = [v for v in values if not isinstance(v, bytes | np.ndarray)]
-    messages = protocol.encode_items(7, [protocol.item_body(v, codec) for v in values], codec)
+    scratch: list[Any] = []  # one list to encode with, as a worker's stream does
+    encoded = [protocol.item_body(v, codec, scratch=scratch) for v in values]
+    assert scratch == []
+    messages = protocol.encode_items(7, encoded, codec)
     got: list[Any] = []
     for frames in messages:
         msg = protocol.decode([bytes(memoryview(f)) for f in frames])
@@ -294,20 +298,29 @@ def _read(path: Path) -> str:
 
 @pytest.fixture(params=["inline", "threads"])
 def worker(request: pytest.FixtureRequest, mesh: Mesh) -> WorkerProcess:
-    """A worker serving streamsvc with one inline handler, or with handler threads."""
-    return _start(mesh, "--concurrency", "1" if request.param == "inline" else "3")
+    """A worker serving streamsvc: in inline mode (its plain handlers alone, one slot:
+    streams run on its loop), or with handler threads (and its async handlers)."""
+    if request.param == "inline":
+        return mesh.start("--concurrency", "1", service=SYNC_SERVICE, env=ENV)
+    return _start(mesh, "--concurrency", "3")
+
+
+def _has_async(worker: WorkerProcess) -> bool:
+    return SERVICE in worker.args
 
 
 @pytest.mark.process
 def test_sync_and_async_generators_stream_their_items_in_order(worker: WorkerProcess) -> None:
     with Client(worker.endpoint, timeout=20) as c:
         assert list(c.stream("gen.count", 50, start=3)) == list(range(3, 53))
-        assert list(c.options(window=1).stream("gen.acount", 7)) == list(range(7))
+        assert list(c.options(window=1).stream("gen.count", 7)) == list(range(7))
         assert list(c.options(codec="json").stream("gen.count", 3)) == [0, 1, 2]
         assert list(c.stream("gen.count", 0)) == []
         # Called plainly, a generator handler answers the list of all its items.
         assert c.call("gen.count", 4) == [0, 1, 2, 3]
-        assert c.call("gen.acount", 3) == [0, 1, 2]
+        if _has_async(worker):
+            assert list(c.options(window=1).stream("gen.acount", 7)) == list(range(7))
+            assert c.call("gen.acount", 3) == [0, 1, 2]
 
 
 @pytest.mark.process
@@ -340,6 +353,8 @@ def test_an_error_mid_stream_is_raised_after_the_items_before_it(worker: WorkerP
 def test_leaving_the_loop_early_cancels_the_handler(
     worker: WorkerProcess, tmp_path: Path, handler: str
 ) -> None:
+    if handler == "gen.awatched" and not _has_async(worker):
+        pytest.skip("an inline worker serves no async handler")
     with Client(worker.endpoint, timeout=20) as c:
         for item in c.options(window=4).stream(handler, 1_000_000, str(tmp_path)):
             if item == 5:
@@ -561,8 +576,27 @@ def test_items_ready_at_once_travel_batched_and_bundled_only_for_who_takes_it(
 
 
 @pytest.mark.process
-def test_a_drain_that_runs_out_of_time_closes_a_paused_stream(mesh: Mesh, tmp_path: Path) -> None:
-    w = _start(mesh, "--concurrency", "2", "--drain-timeout", "0.5")
+def test_an_item_goes_out_while_the_handler_works_on_the_next(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    # The handler blocks after its first item until the test has read that item: were
+    # the item held until the next one is made (inline mode runs the generator on the
+    # loop), this would time out.
+    with Client(worker.endpoint, timeout=20) as c:
+        stream = c.options(window=4).stream("gen.handshake", str(tmp_path))
+        assert next(stream) == 1
+        (tmp_path / "go").touch()
+        assert list(stream) == [2]
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("service", [SYNC_SERVICE, SERVICE])
+def test_a_drain_that_runs_out_of_time_closes_a_paused_stream(
+    mesh: Mesh, tmp_path: Path, service: str
+) -> None:
+    # SYNC_SERVICE at --concurrency 1: inline mode, the stream runs on the loop.
+    concurrency = "1" if service == SYNC_SERVICE else "2"
+    w = mesh.start("--concurrency", concurrency, "--drain-timeout", "0.5", service=service, env=ENV)
     with Client(w.endpoint, timeout=30) as c:
         stream = c.options(window=2).stream("gen.watched", 1_000_000, str(tmp_path))
         got = [next(stream)]  # and one credit back: three items in all, then it pauses

@@ -172,12 +172,12 @@ def _unsendable(job: Job, exc: ProtocolError, verb: str) -> list[Any]:
     )
 
 
-def _encoded(job: Job, value: Any, limits: Limits) -> Item | list[Any]:
-    """One item encoded, for the valve (`protocol.item_body`); or the ERROR that ends
-    the stream when it cannot travel."""
+def _encoded(job: Job, value: Any, limits: Limits, scratch: list[Any]) -> Item | list[Any]:
+    """One item encoded, for the valve (`protocol.item_body`, with the stream's
+    ``scratch`` list); or the ERROR that ends the stream when it cannot travel."""
     req = job.request
     try:
-        return protocol.item_body(value, req.codec, limits)
+        return protocol.item_body(value, req.codec, limits, scratch)
     except ProtocolError as exc:
         job.valve.gate.end()
         return _unsendable(job, exc, "yielded")
@@ -241,25 +241,25 @@ def stream_steps(job: Job, limits: Limits) -> Generator[bool, None, list[Any]]:
     valve, gen = _open(job)
     if type(gen) is list:
         return gen
-    encoded: Any = None  # the last item made, left at the valve with the next offer
+    credit = 0  # taken from the valve in bulk, one per item (and one to learn the end)
+    scratch: list[Any] = []  # (what `protocol.item_body` encodes with)
     try:
-        while True:
-            credit = valve.offer(encoded)
-            if encoded is not None:
-                encoded = None
-                yield True  # (that item is at the valve now)
-            if job.cancelled:
-                break
+        while not job.cancelled:
             if not credit:
-                yield False
-                continue
+                credit = valve.take_credit()
+                if not credit:
+                    yield False
+                    continue
             try:
                 item = next(gen)
             except StopIteration:
                 return _stream_end(job, True)
-            encoded = _encoded(job, item, limits)
+            encoded = _encoded(job, item, limits, scratch)
             if type(encoded) is list:
                 return encoded  # the ERROR: it cannot travel
+            credit -= 1
+            valve.leave(encoded)
+            yield True
     except (Exception, SystemExit) as exc:
         return _failed(job, exc)
     finally:
@@ -274,17 +274,24 @@ async def run_stream_async(job: Job, limits: Limits) -> list[Any]:
     if type(agen) is list:
         return agen
     cancelled = _cancel_check(job)
-    encoded: Any = None
+    credit = 0
+    scratch: list[Any] = []
     try:
-        while await valve.step_async(encoded, cancelled):
-            encoded = None
+        while not job.cancelled:
+            if not credit:
+                credit = valve.take_credit()
+                if not credit:
+                    await valve.wait_async(cancelled)
+                    continue
             try:
                 item = await agen.__anext__()
             except StopAsyncIteration:
                 return _stream_end(job, True)
-            encoded = _encoded(job, item, limits)
+            encoded = _encoded(job, item, limits, scratch)
             if type(encoded) is list:
                 return encoded
+            credit -= 1
+            valve.leave(encoded)
     except asyncio.CancelledError:
         return _stream_end(job, False)
     except (Exception, SystemExit) as exc:

@@ -244,9 +244,8 @@ class Worker(RouterServer):
         self._closing = True
         if self.inline:
             self._sock_lock.release()
-            job = self._streaming_inline
-            if job is not None and job.valve is not None and job.valve.steps is not None:
-                job.valve.steps.close()  # its generator's `finally` runs
+            if self._streaming_inline is not None:
+                self._close_steps(self._streaming_inline)
             for t in self._threads:
                 t.join(timeout=1.0)  # the watchdog notices `_closing` within 0.1 s
         else:
@@ -672,6 +671,19 @@ class Worker(RouterServer):
             self._flush_done()  # (frees the slot: `_streaming_inline` is cleared there)
         self._take_stolen()
 
+    def _close_steps(self, job: Job) -> None:
+        """Inline mode: close a stream that runs on this loop (abandoned by the drain,
+        or the worker closing): its generator's ``finally`` runs now, seeing
+        ``cancelled()`` true."""
+        steps = job.valve.steps if job.valve is not None else None
+        if steps is None:
+            return
+        token = _context.current.set(job)
+        try:
+            steps.close()
+        finally:
+            _context.current.reset(token)
+
     def _run_steps(self, job: Job, steps: Any) -> list[Any] | None:
         """Advance ``steps`` (`stream_steps`) for one slice: its final frames if the
         stream ended, else None (out of credit, or the slice is over: it goes on)."""
@@ -714,7 +726,12 @@ class Worker(RouterServer):
             # answered TIMEOUT near its deadline), seldom while idle.
             time.sleep(_STAND_IN_POLL_S if self._running_inline is not None else 0.1)
             job = self._running_inline
-            if job is None or time.monotonic() - job.started < _STAND_IN_AFTER_S:
+            if job is None:
+                continue
+            # A stream's items must not wait for its generator's next one: stand in at
+            # once when some wait (`_stand_in` sends them).
+            early = job.valve is not None and job.valve.waiting()
+            if not early and time.monotonic() - job.started < _STAND_IN_AFTER_S:
                 continue
             if not lock.acquire(blocking=False):
                 continue
@@ -727,6 +744,9 @@ class Worker(RouterServer):
     def _stand_in(self, job: Job) -> None:
         sock = self._sock
         assert sock is not None
+        if job.valve is not None:  # a stream's items, made before its handler blocked
+            for frames in job.valve.take_items():
+                self._send_now(job.peer, frames)
         while True:
             try:
                 frames = recv_message(sock)
@@ -1069,6 +1089,7 @@ class Worker(RouterServer):
                 if job.valve is not None:  # a stream waiting for credit: close it now
                     job.cancelled = True
                     job.valve.wake()
+                    self._close_steps(job)
                 log.error(
                     "abandoning %s (id %d) after %.1f s: %s",
                     job.request.target,

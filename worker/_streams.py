@@ -56,6 +56,20 @@ class StreamGate:
             self.paused_at = self.clock()
         return False
 
+    def take_all(self) -> int:
+        """Use every credit there is (the producer makes that many items before it asks
+        again): how many; 0 leaves the stream PAUSED until a `grant`."""
+        if self.state is ENDED:
+            return 0
+        n = self.credit
+        if n > 0:
+            self.credit = 0
+            return n
+        if self.state is not PAUSED:
+            self.state = PAUSED
+            self.paused_at = self.clock()
+        return 0
+
     def grant(self, n: int) -> bool:
         """The client lets ``n`` more items go. True if that resumes a paused stream."""
         if self.state is ENDED or n <= 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,20 +26,22 @@ from ._streams import PAUSED, StreamGate
 
 __all__ = ["Item", "Valve"]
 
-Item = tuple[bytes, list[Any]]
-"""An item as the producer leaves it: its encoded body and out-of-band frames
-(`protocol.item_body`)."""
+Item = bytes | tuple[bytes, list[Any]]
+"""An item as the producer leaves it, encoded (`protocol.item_body`)."""
 
 
 class Valve:
     """A `StreamGate` and the producer that waits at it: a handler thread (a plain
-    generator) or a task on the loop (an async generator).
+    generator), the loop itself (inline mode), or a task on the loop (an async
+    generator).
 
-    `offer` leaves an item for the loop, which `take_items` them; ``post()`` (set by
-    the worker when it admits the stream) asks the loop to, from any thread. `grant`,
-    `wake` and `take_items` run on the loop thread; `offer` and `wait` on the
-    producer's thread (a handler thread, or the loop itself in inline mode, which sets
-    ``resume``: called on a grant or a cancel, to go on), `step_async` in its task.
+    The producer takes credit in bulk (`take_credit`), makes that many items, and
+    `leave`s each one; ``post()`` (set by the worker when it admits the stream) asks
+    the loop to `take_items`, from any thread, once per batch. Out of credit it
+    `wait`s (or `wait_async`s) for a grant; in inline mode ``resume`` (set by the
+    worker) is called on a grant or a cancel instead, to go on. `grant`, `wake` and
+    `take_items` run on the loop thread (or the inline watchdog's, holding the socket
+    lock).
     """
 
     __slots__ = (
@@ -46,6 +49,7 @@ class Valve:
         "_event",
         "_items",
         "_lock",
+        "_posted",
         "codec",
         "gate",
         "post",
@@ -69,26 +73,41 @@ class Valve:
         self.steps: Any = None
         """Inline mode: the stream's steps (`worker._runners.stream_steps`), run on
         the loop a slice at a time."""
-        # Taken with `with self._lock` (in C) once per item; `_cond` waits on it.
+        # Guards the gate (credit) between the producer and the loop; `_cond` waits on it.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._event: asyncio.Event | None = None
-        self._items: list[Item] = []
+        # Items made and not taken yet. No lock: a deque's append and popleft are
+        # atomic, and `_posted` is cleared before the loop takes, so an item left while
+        # it takes is either taken then or asks again (at worst a spare post).
+        self._items: deque[Item] = deque()
+        self._posted = False
 
-    def _leave(self, item: Item) -> None:
-        """(Lock held.) One item sent, as the gate counts; the loop is asked only when
-        no item was waiting: it takes them all at once."""
+    def leave(self, item: Item) -> None:
+        """Producer: one item made, for the loop to send."""
         self.gate.sent()
-        items = self._items
-        items.append(item)
-        if len(items) == 1:
+        self._items.append(item)
+        if not self._posted:
+            self._posted = True
             self.post()
 
     def take_items(self) -> list[list[Any]]:
-        """The ITEMs to send for the items left since the last take, in order."""
+        """The ITEMs to send for the items left so far, in order."""
+        self._posted = False
+        items = self._items
+        if not items:
+            return []
+        taken = [items.popleft() for _ in range(len(items))]
+        return protocol.encode_items(self.rid, taken, self.codec)
+
+    def waiting(self) -> bool:
+        """Whether items were left and not taken yet."""
+        return bool(self._items)
+
+    def take_credit(self) -> int:
+        """Producer: every credit there is (`StreamGate.take_all`); 0: wait for more."""
         with self._lock:
-            items, self._items = self._items, []
-        return protocol.encode_items(self.rid, items, self.codec)
+            return self.gate.take_all()
 
     def grant(self, n: int) -> None:
         """A CREDIT came: let the producer go on if it waits."""
@@ -110,34 +129,20 @@ class Valve:
         if self.resume is not None:
             self.resume()
 
-    def offer(self, item: Item | None) -> bool:
-        """Leave ``item`` (the last one made; None: none yet) for the loop to send, and
-        take a credit for the next: True if there was one, False if not (then `wait`,
-        or be resumed). One lock for both: this runs once per item."""
-        with self._lock:
-            if item is not None:
-                self._leave(item)
-            return self.gate.take()
-
     def wait(self, cancelled: Callable[[], bool]) -> None:
-        """Block until a grant came (the gate produces again) or ``cancelled()``."""
+        """Producer thread: block until a grant came (the gate produces again) or
+        ``cancelled()``."""
         with self._lock:
             while not cancelled() and self.gate.state is PAUSED:
                 self._cond.wait()
 
-    async def step_async(self, item: Item | None, cancelled: Callable[[], bool]) -> bool:
-        """`step` for a producer on the loop (grants come on the same thread)."""
-        if item is not None:
-            with self._lock:
-                self._leave(item)
-        while not cancelled():
-            if self.gate.take():
-                return True
+    async def wait_async(self, cancelled: Callable[[], bool]) -> None:
+        """`wait` for a producer on the loop (grants come on the same thread)."""
+        while not cancelled() and self.gate.state is PAUSED:
             if self._event is None:
                 self._event = asyncio.Event()
             self._event.clear()
             await self._event.wait()
-        return False
 
 
 def _unset() -> None:
