@@ -78,6 +78,21 @@ def test_a_grant_while_producing_adds_up_and_resumes_nothing() -> None:
     assert [gate.take() for _ in range(5)] == [True, True, True, True, False]
 
 
+def test_credit_is_taken_in_bulk_up_to_a_bound_then_the_gate_pauses() -> None:
+    clock = FakeClock()
+    gate = StreamGate(100, clock)
+    assert [gate.take_all(64), gate.take_all(64)] == [64, 36]  # (the producer looks in between)
+    assert gate.state is PRODUCING
+    assert gate.take_all(64) == 0
+    assert gate.state is PAUSED
+    clock.now += 2.0
+    assert gate.grant(5)
+    assert gate.paused_s == 2.0
+    assert gate.take_all(64) == 5
+    gate.end()
+    assert gate.take_all(64) == 0
+
+
 def test_an_ended_gate_takes_no_credit() -> None:
     gate = StreamGate(4, FakeClock())
     gate.sent()
@@ -429,6 +444,62 @@ def test_the_workers_memory_stays_flat_under_a_large_slow_stream(mesh: Mesh) -> 
         after = _rss(w.pid)
     assert total == n * size
     assert after - before < 32 * 1024 * 1024, (before, after)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("service", [SYNC_SERVICE, SERVICE])
+def test_a_client_that_grants_without_reading_cannot_fill_the_worker(
+    mesh: Mesh, tmp_path: Path, service: str
+) -> None:
+    # A hostile client asks for a window of a billion 64 KiB items and never reads: the
+    # stream stops once its answers pile up past --max-peer-output (1 MiB here), as the
+    # worker stops taking requests from a client that does not read. Inline mode
+    # (SYNC_SERVICE at --concurrency 1) and a handler thread.
+    from hostilekit import raw_dealer
+
+    concurrency = "1" if service == SYNC_SERVICE else "2"
+    args = ("--concurrency", concurrency, "--max-peer-output", "1")  # (MB)
+    w = mesh.start(*args, service=service, env=ENV)
+    produced = tmp_path / "produced"
+
+    def count() -> int:
+        return int(_wait_for("a count", lambda: _read(produced)))
+
+    with raw_dealer(w.endpoint) as sock:
+        request = protocol.Request(5, "gen.watched", [10**9, str(tmp_path), 65_536], window=10**9)
+        sock.send_multipart(protocol.encode(request))
+        _wait_for("items", lambda: _read(produced))
+
+        ping = protocol.encode(protocol.Ping(1))
+
+        def read_slowly(seconds: float) -> int:
+            """Read a message and send a PING every 50 ms (the connection lives: ZeroMQ
+            drops a peer it hears nothing from); the count after."""
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if sock.poll(50):
+                    sock.recv_multipart()
+                sock.send_multipart(ping)
+                time.sleep(0.05)
+            return count()
+
+        before, now = 0, read_slowly(1.0)
+        for _ in range(10):  # the queues fill up; then it makes what is read
+            if now - before < 500:
+                break
+            before, now = now, read_slowly(1.0)
+        before, before_rss = now, _rss(w.pid)
+        after = read_slowly(3.0)
+        # Made while the client read ~60 messages (a batched ITEM holds up to four of
+        # these items): what it read, give or take; not what a billion credits allow
+        # (without the check, thousands a second and 100 MB/s more of RSS).
+        assert after - before < 2_000, (before, after)
+        assert _rss(w.pid) - before_rss < 64 * 1024 * 1024
+        with Client(w.endpoint, timeout=10) as c:  # the worker serves others meanwhile
+            if concurrency == "2":
+                assert c.call("gen.count", 2) == [0, 1]
+    closed = _wait_for("the stream's cancel (its client left)", lambda: _read(tmp_path / "closed"))
+    assert closed.endswith("cancelled=True")
 
 
 @pytest.mark.process

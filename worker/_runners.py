@@ -248,7 +248,7 @@ def stream_steps(job: Job, limits: Limits) -> Generator[bool, None, list[Any]]:
             if not credit:
                 credit = valve.take_credit()
                 if not credit:
-                    yield False
+                    yield False  # (no credit, or the client is not reading)
                     continue
             try:
                 item = next(gen)

@@ -82,7 +82,7 @@ from ._config import EXIT_DRAIN_TIMEOUT, EXIT_HARD_TIMEOUT, StartupError, Worker
 from ._jobs import DONE, QUEUED, RUNNING, Capacity, Job, JobTable, expired_refusal
 from ._runners import run_async, run_stream, run_stream_async, run_sync, stream_steps
 from ._service import Handler, Service
-from ._valve import Valve
+from ._valve import BLOCKED_RECHECK_S, Valve
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "Worker", "WorkerConfig"]
 
@@ -522,6 +522,7 @@ class Worker(RouterServer):
             return
         if req.window:
             valve = job.valve = Valve(req.window, req.id, req.codec)
+            valve.blocked = lambda: self._peer_full(peer)
             valve.post = lambda: self._post(job, valve, final=False)
         if job.handler.is_async and self._async_running < self.config.max_async:
             self._start_async(job)
@@ -635,6 +636,14 @@ class Worker(RouterServer):
         self._stolen_arrivals.clear()
         self._stolen_auth.clear()
 
+    def _peer_full(self, peer: bytes) -> bool:
+        """Whether answers wait unread for ``peer`` past ``max_peer_output`` (a direct
+        client; for one behind a broker, the link to that broker)."""
+        if type(peer) is bytes:
+            return self._outbox.full(peer)
+        outbox = peer.conn.outbox  # type: ignore[attr-defined]
+        return outbox is not None and bool(outbox.full())
+
     def _resume_stream(self) -> None:
         """Inline mode: a grant or a cancel came for the stream: go on with it soon."""
         if not self._stream_resuming and self._loop is not None:
@@ -669,6 +678,9 @@ class Worker(RouterServer):
         if final is not None:
             self._done.append((job, job.peer, final))
             self._flush_done()  # (frees the slot: `_streaming_inline` is cleared there)
+        elif valve.blocked is not None and valve.blocked() and self._loop is not None:
+            # The client does not read: look again soon (a grant may never come).
+            self._loop.call_later(BLOCKED_RECHECK_S, self._resume_stream)
         self._take_stolen()
 
     def _close_steps(self, job: Job) -> None:

@@ -56,14 +56,14 @@ class StreamGate:
             self.paused_at = self.clock()
         return False
 
-    def take_all(self) -> int:
-        """Use every credit there is (the producer makes that many items before it asks
-        again): how many; 0 leaves the stream PAUSED until a `grant`."""
+    def take_all(self, most: int) -> int:
+        """Use the credit there is, up to ``most`` (the producer makes that many items
+        before it asks again): how many; 0 leaves the stream PAUSED until a `grant`."""
         if self.state is ENDED:
             return 0
-        n = self.credit
+        n = min(self.credit, most)
         if n > 0:
-            self.credit = 0
+            self.credit -= n
             return n
         if self.state is not PAUSED:
             self.state = PAUSED

@@ -24,7 +24,13 @@ from protocol import Codec
 
 from ._streams import PAUSED, StreamGate
 
-__all__ = ["Item", "Valve"]
+__all__ = ["BLOCKED_RECHECK_S", "Item", "Valve"]
+
+BLOCKED_RECHECK_S = 0.01
+"""How often a stream held back by a client that does not read looks again."""
+CREDIT_TAKEN = 64
+"""Credit a producer takes at once: it looks whether its client reads every that many
+items (a window of a billion must not mean a billion items before it looks)."""
 
 Item = bytes | tuple[bytes, list[Any]]
 """An item as the producer leaves it, encoded (`protocol.item_body`)."""
@@ -50,6 +56,7 @@ class Valve:
         "_items",
         "_lock",
         "_posted",
+        "blocked",
         "codec",
         "gate",
         "post",
@@ -70,6 +77,10 @@ class Valve:
         self.gate = StreamGate(window, clock)
         self.post: Callable[[], None] = _unset
         self.resume: Callable[[], None] | None = None
+        self.blocked: Callable[[], bool] | None = None
+        """Set by the worker: whether the client's answers pile up unread (its output
+        is over ``max_peer_output``). The stream then makes nothing, credit or not: a
+        client that grants without reading must not fill the worker's memory."""
         self.steps: Any = None
         """Inline mode: the stream's steps (`worker._runners.stream_steps`), run on
         the loop a slice at a time."""
@@ -105,9 +116,12 @@ class Valve:
         return bool(self._items)
 
     def take_credit(self) -> int:
-        """Producer: every credit there is (`StreamGate.take_all`); 0: wait for more."""
+        """Producer: the credit there is, up to `CREDIT_TAKEN` (`StreamGate.take_all`);
+        0: `wait` (for a grant, or for the client to read what waits for it)."""
+        if self.blocked is not None and self.blocked():
+            return 0
         with self._lock:
-            return self.gate.take_all()
+            return self.gate.take_all(CREDIT_TAKEN)
 
     def grant(self, n: int) -> None:
         """A CREDIT came: let the producer go on if it waits."""
@@ -130,19 +144,29 @@ class Valve:
             self.resume()
 
     def wait(self, cancelled: Callable[[], bool]) -> None:
-        """Producer thread: block until a grant came (the gate produces again) or
-        ``cancelled()``."""
+        """Producer thread: block until a grant came (the gate produces again) and the
+        client reads, or ``cancelled()``."""
         with self._lock:
-            while not cancelled() and self.gate.state is PAUSED:
-                self._cond.wait()
+            while not cancelled():
+                if self.blocked is not None and self.blocked():
+                    self._cond.wait(BLOCKED_RECHECK_S)
+                elif self.gate.state is PAUSED:
+                    self._cond.wait()
+                else:
+                    return
 
     async def wait_async(self, cancelled: Callable[[], bool]) -> None:
         """`wait` for a producer on the loop (grants come on the same thread)."""
-        while not cancelled() and self.gate.state is PAUSED:
-            if self._event is None:
-                self._event = asyncio.Event()
-            self._event.clear()
-            await self._event.wait()
+        while not cancelled():
+            if self.blocked is not None and self.blocked():
+                await asyncio.sleep(BLOCKED_RECHECK_S)
+            elif self.gate.state is PAUSED:
+                if self._event is None:
+                    self._event = asyncio.Event()
+                self._event.clear()
+                await self._event.wait()
+            else:
+                return
 
 
 def _unset() -> None:
