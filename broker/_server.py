@@ -162,6 +162,8 @@ class Broker(RouterServer):
             clock=clock,
         )
         self.protocol_errors = 0
+        self.streams_cut = 0
+        """Streams ended because their client did not read (`_cut_stream`)."""
         self._clock = clock
         self._started = clock()
         # client -> last heard (those who said HELLO), the least lately heard first: the
@@ -436,6 +438,11 @@ class Broker(RouterServer):
             gauge("zeromesh_broker_clients", "Clients heard from lately", len(self._clients)),
             counter("zeromesh_broker_protocol_errors", "Malformed messages", self.protocol_errors),
             counter("zeromesh_broker_forbidden", "Refused by a key's services", self.forbidden),
+            counter(
+                "zeromesh_broker_streams_cut",
+                "Streams ended because their items waited unread past --max-peer-output",
+                self.streams_cut,
+            ),
         ]
         who = {"name": self.name, "version": protocol.__version__}
         families.append(gauge("zeromesh_broker_info", "1; the labels say who it is", 1, who))
@@ -457,6 +464,7 @@ class Broker(RouterServer):
             "protocol_errors": self.protocol_errors,
             "dropped": self._outbox.undeliverable,
             "refused_unread": self._outbox.refused_unread,
+            "streams_cut": self.streams_cut,
             **process_usage(),
         }
         return out
@@ -633,7 +641,10 @@ class Broker(RouterServer):
                 self._to_client(client, frames)
         elif kind is _ITEM:
             if sched.item(wid, client, header.id):
-                self._to_client(client, frames)
+                if self._outbox.full(client):
+                    self._cut_stream(wid, client, header)
+                else:
+                    self._to_client(client, frames)
         elif kind is _END:
             if sched.finish(wid, client, header.id):
                 self._to_client(client, frames)
@@ -643,6 +654,33 @@ class Broker(RouterServer):
                 self._to_client(client, frames)
         else:
             self._count_bad(wid, f"a worker sent a {kind.name} about a request")
+
+    def _cut_stream(self, wid: bytes, client: bytes, header: protocol.Header) -> None:
+        """A stream's items pile up unread for ``client`` (its output is over
+        ``max_peer_output``): end it here with LIMIT_EXCEEDED and cancel it at its
+        worker. Credit bounds what a client that reads slowly costs; this bounds what a
+        client costs that asked for a huge window and does not read (SPEC 12.8)."""
+        rid = header.id
+        self.sched.finish(wid, client, rid)  # (the worker's CANCELLED comes late: dropped)
+        self._send([wid, client, *protocol.encode(Cancel(rid))])
+        count, size = self._outbox.waiting(client)
+        why = (
+            f"stream {rid} cut by the broker: {size} bytes of answers wait unread for this "
+            f"client (over --max-peer-output {self.config.max_peer_output}); read the "
+            "stream as it comes, or ask for a smaller window"
+        )
+        self._send(
+            [
+                client,
+                *protocol.encode(Error(rid, ErrorCode.LIMIT_EXCEEDED, why, codec=header.codec)),
+            ]
+        )
+        self.streams_cut += 1
+        n = self.streams_cut
+        if n <= 10 or n % 1000 == 0:
+            log.warning(
+                "client %s: %s (%d message(s) waiting) [%d cut so far]", client.hex(), why, count, n
+            )
 
     def _send_control(self, wid: bytes, frames: list[Any]) -> None:
         self._send([wid, _EMPTY, *frames])

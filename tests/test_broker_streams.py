@@ -18,9 +18,10 @@ from brokerkit import BrokeredMesh, Proc, status, wait_for, workers_ready
 from test_broker_scheduler import C, answers, make, sent, take
 from test_streams import _drain, _read, consumer_killed_mid_stream
 
+import protocol
 from broker._scheduler import CancelAt
 from client import AsyncClient, Client
-from protocol import ErrorCode, RemoteError, UnknownHandler, WorkerLost
+from protocol import ErrorCode, Hello, RemoteError, UnknownHandler, WorkerLost
 
 STREAMS = "streamsvc:svc"
 
@@ -238,6 +239,43 @@ def test_a_consumer_killed_mid_stream_behind_a_broker_cancels_the_handler(
     wait_for(broker, lambda st: st["totals"]["open_streams"] == 0, bmesh, what="stream closed")
     with Client(broker.endpoint, timeout=10) as c:  # the slot is free again
         assert list(c.stream("gen.count", 2)) == [0, 1]
+
+
+@pytest.mark.process
+def test_a_broker_cuts_a_stream_whose_client_does_not_read(
+    bmesh: BrokeredMesh, short_tmp: Path
+) -> None:
+    # A hostile client asks for a window of a billion 64 KiB items and reads slowly (a
+    # PING with each read keeps it connected): the broker, which would queue them,
+    # ends the stream LIMIT_EXCEEDED once a megabyte waits, and cancels it at the worker.
+    from hostilekit import raw_dealer
+
+    broker = bmesh.broker("--max-peer-output", "1")
+    bmesh.worker(broker, service=STREAMS, args=("--concurrency", "2"))
+    wait_for(broker, workers_ready(1), bmesh, what="a worker")
+    with raw_dealer(broker.endpoint) as sock:
+        request = protocol.Request(5, "gen.watched", [10**9, str(short_tmp), 65_536], window=10**9)
+        sock.send_multipart(protocol.encode(Hello(1, streams=True)))
+        sock.send_multipart(protocol.encode(request))
+        ping = protocol.encode(protocol.Ping(2))
+        deadline = time.monotonic() + 30
+        while not _read(short_tmp / "closed") and time.monotonic() < deadline:
+            if sock.poll(50):
+                sock.recv_multipart()
+            sock.send_multipart(ping)
+            time.sleep(0.05)
+        assert _read(short_tmp / "closed").endswith("cancelled=True")
+        end = None
+        while end is None and time.monotonic() < deadline + 30:  # now read it all
+            assert sock.poll(10_000)
+            msg = protocol.decode(sock.recv_multipart())
+            if isinstance(msg, protocol.Error) and msg.id == 5:
+                end = msg
+    assert end.code == protocol.ErrorCode.LIMIT_EXCEEDED
+    assert "read the stream as it comes" in end.message
+    st = status(broker)
+    assert st["broker"]["streams_cut"] == 1
+    assert st["totals"]["open_streams"] == 0
 
 
 @pytest.mark.process
