@@ -832,6 +832,12 @@ class Broker(RouterServer):
                 self._bundlers.discard(clients.popitem(last=False)[0])
             if self._draining and not self.sched.in_flight:
                 self._wake()
+            # Sending here (PINGs, answers, HELLOs) may consume the FD's edge of a
+            # message that arrived meanwhile: a CREDIT left unread so would pause a
+            # stream for good. Look, as `pump` does after it sends.
+            sock = self._sock
+            if sock is not None and not sock.closed and has_input(sock):
+                self._schedule_pump()
 
     def _begin_drain(self, reason: str) -> None:
         if self._draining:

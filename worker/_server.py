@@ -1133,6 +1133,16 @@ class Worker(RouterServer):
             stale = [p for p, seen in self._peers.items() if now - seen > _PEER_FORGET_S]
             for peer in stale:
                 self._forget_peer(peer)
+            self._look_for_input()
+
+    def _look_for_input(self) -> None:
+        """After sending outside a pump (the heartbeat's PINGs to streaming clients): a
+        send may consume the FD's edge of a message that arrived meanwhile, and nothing
+        else would wake the loop for it. A CREDIT left unread so had paused a stream
+        for good (its client waits for items, it for the credit)."""
+        sock = self._sock
+        if sock is not None and not sock.closed and has_input(sock):
+            self._schedule_pump()
 
     def _check_hard_timeout(self) -> None:
         """Threaded mode, on the loop: answer an overrunning handler's client and drain."""
