@@ -82,6 +82,7 @@ from ._config import EXIT_DRAIN_TIMEOUT, EXIT_HARD_TIMEOUT, StartupError, Worker
 from ._jobs import DONE, QUEUED, RUNNING, Capacity, Job, JobTable, expired_refusal
 from ._runners import run_async, run_stream, run_stream_async, run_sync, stream_steps
 from ._service import Handler, Service
+from ._streams import PAUSED
 from ._valve import BLOCKED_RECHECK_S, Valve
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_HARD_TIMEOUT", "StartupError", "Worker", "WorkerConfig"]
@@ -678,8 +679,9 @@ class Worker(RouterServer):
         if final is not None:
             self._done.append((job, job.peer, final))
             self._flush_done()  # (frees the slot: `_streaming_inline` is cleared there)
-        elif valve.blocked is not None and valve.blocked() and self._loop is not None:
-            # The client does not read: look again soon (a grant may never come).
+        elif valve.gate.state is not PAUSED and not job.cancelled and self._loop is not None:
+            # Stopped with credit left: its client does not read (a grant may never
+            # come), or its slice ended: look again soon either way.
             self._loop.call_later(BLOCKED_RECHECK_S, self._resume_stream)
         self._take_stolen()
 
@@ -757,8 +759,7 @@ class Worker(RouterServer):
         sock = self._sock
         assert sock is not None
         if job.valve is not None:  # a stream's items, made before its handler blocked
-            for frames in job.valve.take_items():
-                self._send_now(job.peer, frames)
+            self._send_stream_items(job, job.valve)
         while True:
             try:
                 frames = recv_message(sock)
@@ -771,6 +772,23 @@ class Worker(RouterServer):
         limit = self.config.hard_timeout
         if limit and job in self.table.overdue(limit) and self.table.claim(job, RUNNING):
             self._hard_exit(job)
+
+    def _send_stream_items(self, job: Job, valve: Valve) -> None:
+        """Watchdog: send what waits at a running stream's valve, straight to the socket
+        (the loop's outbox is the loop's), unless answers wait in that outbox for the
+        client (they go first, in order); what the pipe refuses goes back for the loop."""
+        peer = job.peer
+        if type(peer) is not bytes or self._outbox.waiting(peer)[0]:
+            return  # (behind a broker, or answers queued: the loop sends them in order)
+        sock = self._sock
+        assert sock is not None
+        messages = valve.take_items()
+        for i, frames in enumerate(messages):
+            try:
+                send_message(sock, [peer, *frames])
+            except zmq.ZMQError:
+                valve.put_back(messages[i:])
+                return
 
     def _stand_in_one(self, job: Job, frames: list[Any]) -> None:
         """Watchdog: answer what cannot wait for the loop (PING, HELLO), note a CANCEL of

@@ -51,6 +51,7 @@ class Valve:
     """
 
     __slots__ = (
+        "_back",
         "_cond",
         "_event",
         "_items",
@@ -93,6 +94,7 @@ class Valve:
         # it takes is either taken then or asks again (at worst a spare post).
         self._items: deque[Item] = deque()
         self._posted = False
+        self._back: list[list[Any]] = []  # ITEMs taken and not sent (`put_back`)
 
     def leave(self, item: Item) -> None:
         """Producer: one item made, for the loop to send."""
@@ -103,17 +105,26 @@ class Valve:
             self.post()
 
     def take_items(self) -> list[list[Any]]:
-        """The ITEMs to send for the items left so far, in order."""
+        """The ITEMs to send for the items left so far, in order (those `put_back`
+        first). Its callers hold the worker's socket lock: one takes at a time."""
         self._posted = False
+        back, self._back = self._back, []
         items = self._items
         if not items:
-            return []
+            return back
         taken = [items.popleft() for _ in range(len(items))]
-        return protocol.encode_items(self.rid, taken, self.codec)
+        return back + protocol.encode_items(self.rid, taken, self.codec)
+
+    def put_back(self, messages: list[list[Any]]) -> None:
+        """ITEMs taken that could not be sent (the inline watchdog found the pipe
+        full): the next `take_items` returns them first; the loop is asked to."""
+        self._back = messages + self._back
+        self._posted = True
+        self.post()
 
     def waiting(self) -> bool:
-        """Whether items were left and not taken yet."""
-        return bool(self._items)
+        """Whether items were left (or put back) and not taken yet."""
+        return bool(self._items or self._back)
 
     def take_credit(self) -> int:
         """Producer: the credit there is, up to `CREDIT_TAKEN` (`StreamGate.take_all`);
