@@ -175,10 +175,7 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
         body = _EMPTY
     else:
         body, oob = encode_value(_BODY_ENCODERS[cls](msg), codec)
-    header = _header(cls.TYPE, codec, 0, msg.id, 0, 0)
-    if len(body) > limits.max_body_bytes or oob:
-        _check_size(cls, body, oob, limits)
-    return [header, body, *oob]
+    return _frames(cls, codec, 0, msg.id, body, oob, limits)
 
 
 def encode_request(
@@ -250,10 +247,7 @@ def encode_item(
     if batch and (not isinstance(value, list | tuple) or not value):
         raise ProtocolError("a batched ITEM carries a list of at least one item")
     body, oob = encode_value(value, codec)
-    header = _header(_ITEM, codec, FLAG_BATCH if batch else 0, rid, 0, 0)
-    if len(body) > limits.max_body_bytes or oob:
-        _check_size(Item, body, oob, limits)
-    return [header, body, *oob]
+    return _frames(Item, codec, FLAG_BATCH if batch else 0, rid, body, oob, limits)
 
 
 def encode_reply(
@@ -275,9 +269,18 @@ def encode_reply(
                 f"batch reply result must be a list of results, not {type(result).__name__}"
             )
     body, oob = encode_value(result, codec)
-    header = _header(_REPLY, codec, flags, rid, 0, 0)
+    return _frames(Reply, codec, flags, rid, body, oob, limits)
+
+
+def _frames(
+    cls: type, codec: Codec, flags: int, rid: int, body: bytes, oob: list[Buffer], limits: Limits
+) -> list[Buffer]:
+    """The frames of an answer or a control message (no target, no ttl) of type
+    ``cls``: its header, ``body`` and ``oob``, refused as the receiver would refuse
+    them for their size (SPEC section 8)."""
+    header = _header(cls.TYPE, codec, flags, rid, 0, 0)  # type: ignore[attr-defined]
     if len(body) > limits.max_body_bytes or oob:
-        _check_size(Reply, body, oob, limits)
+        _check_size(cls, body, oob, limits)
     return [header, body, *oob]
 
 
