@@ -135,6 +135,7 @@ class WorkerRecord:
     __slots__ = (
         "async_handlers",
         "async_slots",
+        "bundle",
         "capacity",
         "credit",
         "draining",
@@ -170,6 +171,8 @@ class WorkerRecord:
         """Its HELLO's protocol revision: a "1.0" worker is sent requests without meta."""
         self.streams = False
         """Its HELLO said ``streams``: it takes stream requests (revision 1.2)."""
+        self.bundle = False
+        """Its HELLO said ``bundle``: it takes routed BUNDLEs (revision 1.2, SPEC 7.10)."""
         self.credit = 0
         self.draining = False
         self.enlisted = False  # counted among who serves what
@@ -335,6 +338,7 @@ class Scheduler:
         async_handlers: dict[str, list[str]] | None = None,
         protocol: str = "1.1",
         streams: bool = False,
+        bundle: bool = False,
     ) -> None:
         """A worker said HELLO. A known worker saying it again starts a new credit count
         at zero (its READY follows); the requests it holds stay in flight.
@@ -342,7 +346,8 @@ class Scheduler:
         ``threads``, ``async_slots`` and ``async_handlers`` are what it runs at once of
         each kind (protocol 1.1; a 1.0 worker leaves them out). Dispatch goes by credit
         alone; they only add up into what the broker announces to clients. ``streams``:
-        it takes stream requests (its HELLO said so, revision 1.2)."""
+        it takes stream requests, ``bundle``: routed BUNDLEs (its HELLO said so,
+        revision 1.2)."""
         now = self.clock()
         w = self.workers.get(wid)
         if w is None:
@@ -355,6 +360,7 @@ class Scheduler:
         w.name, w.host, w.pid = name, host, pid
         w.protocol = protocol
         w.streams = streams
+        w.bundle = bundle
         w.services = {s: list(h) for s, h in services.items() if s != RESERVED_SERVICE}
         w.targets = frozenset(f"{s}.{h}" for s, hs in w.services.items() for h in hs)
         w.capacity = max(0, capacity)

@@ -70,7 +70,15 @@ from zmqio import (
     serve_metrics,
 )
 
-from ._scheduler import IN_FLIGHT, RESERVED_SERVICE, Answer, CancelAt, Dispatch, Scheduler
+from ._scheduler import (
+    IN_FLIGHT,
+    RESERVED_SERVICE,
+    Answer,
+    CancelAt,
+    Dispatch,
+    Job,
+    Scheduler,
+)
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "Broker", "BrokerConfig", "StartupError"]
 
@@ -329,10 +337,11 @@ class Broker(RouterServer):
         """A client's BUNDLE: each message in it as if it had come alone (SPEC 7.10)."""
         try:
             msg = protocol.decode(frames[1:], self.config.limits)
+            assert type(msg) is Bundle
+            protocol.check_route(msg, link=False)
         except ProtocolError as exc:
             self._bad(peer, exc, frames[1])  # (never answered: it may have held answers)
             return
-        assert type(msg) is Bundle
         auth = frames[1] if auth is None else auth
         for header, body in msg.messages:
             self._on_client(peer, [frames[0], header, body], auth)
@@ -567,6 +576,7 @@ class Broker(RouterServer):
                 async_handlers=msg.async_handlers,
                 protocol=msg.protocol,
                 streams=msg.streams,
+                bundle=msg.bundle,
             )
             log.info(
                 "worker %s %s: %s (host %s, pid %d, capacity %d: %d thread(s), %d async)",
@@ -595,12 +605,31 @@ class Broker(RouterServer):
                 len(w.in_flight),
             )
             sched.disconnect(peer)
+        elif type(msg) is Bundle:
+            self._unbundle_answers(peer, msg)
         elif type(msg) is Pong:
             sched.heard(peer)
         elif type(msg) is Error:
             log.warning("worker %s reported an error: %s", peer.hex(), msg.message)
         else:
             self._count_bad(peer, f"a worker sent a {type(msg).__name__} in the broker envelope")
+
+    def _unbundle_answers(self, wid: bytes, msg: Bundle) -> None:
+        """A worker's routed BUNDLE: each answer in it as if it had come alone, as
+        ``[wid, client, header, body]`` (SPEC 7.10, 12.2)."""
+        try:
+            protocol.check_route(msg, link=True)
+        except ProtocolError as exc:
+            self._count_bad(wid, f"bad message from a worker: {exc}")
+            return
+        if wid not in self.sched.workers:
+            # From a worker we do not know (expired, or we restarted): like a lone answer.
+            self.sched.counters["late_replies"] += len(msg.messages)
+            self._send_control(wid, protocol.encode(self._hello(0, Codec.MSGPACK)))
+            return
+        answer = self._on_worker_answer
+        for client, frames in zip(msg.clients, msg.messages, strict=True):
+            answer(wid, client, list(frames))
 
     def _may_serve(self, peer: bytes, frame: zmq.Frame, msg: Hello | Ready) -> bool:
         """May the key ``peer`` connected with join as a worker (`Gatekeeper.may_serve`)?
@@ -621,8 +650,9 @@ class Broker(RouterServer):
         self._send_control(peer, protocol.encode(Error(msg.id, ErrorCode.FORBIDDEN, why)))
         return False
 
-    def _on_worker_answer(self, wid: bytes, client: bytes, frames: list[zmq.Frame]) -> None:
-        """``[wid, client, header, body…]``: a worker's answer to a client's request."""
+    def _on_worker_answer(self, wid: bytes, client: bytes, frames: list[Any]) -> None:
+        """``[wid, client, header, body…]``: a worker's answer to a client's request
+        (``zmq.Frame``s, or ``bytes`` from a routed BUNDLE)."""
         sched = self.sched
         try:
             header = protocol.decode_header(frames[0], self.config.limits)
@@ -688,35 +718,46 @@ class Broker(RouterServer):
     # --- carrying out the scheduler's decisions ----------------------------------------------
 
     def _run_outbox(self) -> None:
-        sched = self.sched
-        out = sched.outbox
-        i = 0
-        try:
-            while i < len(out):  # sending may add commands (a worker found gone)
-                cmd = out[i]
-                i += 1
-                if type(cmd) is Dispatch:
-                    self._dispatch(cmd)
-                elif type(cmd) is Answer:
-                    job = cmd.job
-                    msg = Error(
-                        job.id,
-                        cmd.code,
-                        cmd.message,
-                        protocol.error_name(cmd.code),
-                        codec=Codec(job.codec),
-                    )
-                    self._send([job.client, *protocol.encode(msg)])
-                elif type(cmd) is CancelAt:
-                    job = cmd.job
-                    if job.state is IN_FLIGHT and job.worker == cmd.worker:
-                        self._send([cmd.worker, job.client, *protocol.encode(Cancel(job.id))])
-        finally:
-            # Whatever happens to one command, none is carried out twice: a command
-            # left in the outbox would be sent again on every pump.
-            del out[:i]
+        """Carry out the scheduler's commands. Requests for one worker are held until
+        the end and sent together: in routed BUNDLEs to a worker that takes them
+        (SPEC 7.10), one by one to any other. Sending may add commands (a worker found
+        gone has its requests queued again): they run in the same call."""
+        out = self.sched.outbox
+        while out:
+            held: dict[bytes, list[tuple[Job, list[Any]]]] = {}
+            i = 0
+            try:
+                while i < len(out):
+                    cmd = out[i]
+                    i += 1
+                    if type(cmd) is Dispatch:
+                        self._dispatch(cmd, held)
+                    elif type(cmd) is Answer:
+                        job = cmd.job
+                        msg = Error(
+                            job.id,
+                            cmd.code,
+                            cmd.message,
+                            protocol.error_name(cmd.code),
+                            codec=Codec(job.codec),
+                        )
+                        self._send([job.client, *protocol.encode(msg)])
+                    elif type(cmd) is CancelAt:
+                        job = cmd.job
+                        wid = cmd.worker
+                        if job.state is IN_FLIGHT and job.worker == wid:
+                            if wid in held:  # the request goes before its CANCEL
+                                self._send_requests(wid, held.pop(wid))
+                            self._send([wid, job.client, *protocol.encode(Cancel(job.id))])
+            finally:
+                # Whatever happens to one command, none is carried out twice: a command
+                # left in the outbox would be sent again on every pump.
+                del out[:i]
+            for wid, requests in held.items():
+                self._send_requests(wid, requests)
 
-    def _dispatch(self, cmd: Dispatch) -> None:
+    def _dispatch(self, cmd: Dispatch, held: dict[bytes, list[tuple[Job, list[Any]]]]) -> None:
+        """Hold ``cmd``'s request, ready to go, with the others for its worker."""
         job = cmd.job
         wid = cmd.worker
         if job.state is not IN_FLIGHT or job.worker != wid:
@@ -741,10 +782,28 @@ class Broker(RouterServer):
             # The worker computes its deadline from ttl_ms on arrival: give it what is
             # left, not what the client first said (the request waited here).
             header = protocol.with_ttl(header, int((job.deadline - self._clock()) * 1000))
+        requests = held.get(wid)
+        if requests is None:
+            requests = held[wid] = []
+        requests.append((job, [header, *frames[1:]]))
+
+    def _send_requests(self, wid: bytes, requests: list[tuple[Job, list[Any]]]) -> None:
+        """Send ``wid`` the requests `_dispatch` held for it that are still its own."""
+        mine = [
+            (job.client, frames)
+            for job, frames in requests
+            if job.state is IN_FLIGHT and job.worker == wid
+        ]
+        w = self.sched.workers.get(wid)
+        if not mine or w is None:
+            return
+        if w.bundle and len(mine) > 1:
+            mine = protocol.coalesce_routed(mine, self.config.limits)
         sock = self._sock
         assert sock is not None
         try:
-            send_message(sock, [wid, job.client, header, *frames[1:]])
+            for envelope, frames in mine:
+                send_message(sock, [wid, envelope, *frames])
         except zmq.Again:
             # Credit bounds what a worker's pipe holds, so a full one means the worker is
             # not reading: drop it (its requests go elsewhere); if it lives, it is told

@@ -355,6 +355,8 @@ class Core:
     def _on_frames(self, peer: Peer, frames: Sequence[Any]) -> None:
         try:
             msg = protocol.decode(frames, self.limits)
+            if type(msg) is Bundle:
+                protocol.check_route(msg, link=False)
         except ProtocolError as exc:
             self.dispatcher.bad_message(peer, exc)
             return

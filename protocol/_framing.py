@@ -47,6 +47,7 @@ from .errors import ErrorCode, ProtocolError
 __all__ = [
     "FLAG_BATCH",
     "FLAG_META",
+    "FLAG_ROUTED",
     "FLAG_STREAM",
     "HEADER_SIZE",
     "PROTOCOL_VERSION",
@@ -55,6 +56,8 @@ __all__ = [
     "answer_code",
     "bundle",
     "coalesce",
+    "coalesce_routed",
+    "check_route",
     "encode_item",
     "encode_items",
     "EncodedItem",
@@ -81,9 +84,14 @@ FLAG_STREAM = 0x04
 """REQUEST only (revision 1.2): a stream request. Its answer is ITEMs ended by END or
 ERROR, paced by the client's credit; its meta map carries ``window``, the credit the
 worker starts with (SPEC 7.11). Sent only to a peer whose HELLO said ``streams``."""
-_KNOWN_FLAGS = FLAG_BATCH | FLAG_META | FLAG_STREAM
+FLAG_ROUTED = 0x08
+"""BUNDLE only (revision 1.2): a routed BUNDLE, between a broker and a worker in the
+link's own envelope; each message in it comes with the client id it is for or from
+(SPEC 7.10). Sent only to a link peer whose HELLO said ``bundle``."""
+_KNOWN_FLAGS = FLAG_BATCH | FLAG_META | FLAG_STREAM | FLAG_ROUTED
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _MAX_TARGET_BYTES = 255
+_MAX_ROUTING_ID = 255  # bytes: ZeroMQ's limit on a routing id (SPEC 12.2)
 
 # signature, version, type, codec, flags, request id, ttl ms, target length
 _HEADER = struct.Struct("!2sBBBBQIH")
@@ -111,6 +119,9 @@ _EMPTY_BODY = (MessageType.PING, MessageType.PONG, MessageType.CANCEL)
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
 _BUNDLE_HEADER = _pack_header(SIGNATURE, PROTOCOL_VERSION, _BUNDLE, _MSGPACK, 0, 0, 0, 0)
+_ROUTED_BUNDLE_HEADER = _pack_header(
+    SIGNATURE, PROTOCOL_VERSION, _BUNDLE, _MSGPACK, FLAG_ROUTED, 0, 0, 0
+)
 _BUNDLE_TYPE_BYTE = _BUNDLE_HEADER[3:4]  # (a message is a BUNDLE if its header has it)
 _BATCH_FLAG_BYTE = bytes((FLAG_BATCH,))
 _BATCHED = (_REPLY, _ITEM)  # answers that may carry the batch flag
@@ -168,7 +179,7 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
     if type(msg) is Bundle:
         if codec is not _MSGPACK or msg.id:
             raise ProtocolError("a BUNDLE has id 0 and is MessagePack (SPEC 7.10)")
-        return bundle(msg.messages, limits)
+        return bundle(msg.messages, limits, msg.clients)
     # The rest: no target, no ttl, no flags; an empty body or a map.
     oob: list[Buffer] = []
     if cls is Ping or cls is Pong or cls is Cancel:
@@ -337,18 +348,27 @@ _WHAT: dict[type, str] = {
 }
 
 
-def bundle(messages: Sequence[Sequence[Buffer]], limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
+def bundle(
+    messages: Sequence[Sequence[Buffer]],
+    limits: Limits = DEFAULT_LIMITS,
+    clients: Sequence[bytes] = (),
+) -> list[Buffer]:
     """The frames of one BUNDLE carrying ``messages``, each the ``[header, body]``
-    frames of an encoded message without out-of-band frames (SPEC 7.10).
+    frames of an encoded message without out-of-band frames (SPEC 7.10). With
+    ``clients`` (one per message), a routed BUNDLE: what a broker and a worker send
+    each other in their link's own envelope, each message with its client's id.
 
     Raises:
-        ProtocolError: no messages, one with out-of-band frames or itself a BUNDLE, or
-            a body over ``limits`` (code ``LIMIT_EXCEEDED``; send them one by one).
+        ProtocolError: no messages, one with out-of-band frames or itself a BUNDLE, a
+            client id that is empty or over 255 bytes, or a body over ``limits`` (code
+            ``LIMIT_EXCEEDED``; send them one by one).
     """
     if not messages:
         raise ProtocolError("a BUNDLE holds at least one message")
+    if clients and len(clients) != len(messages):
+        raise ProtocolError("a routed BUNDLE has one client id per message")
     flat: list[bytes] = []
-    for frames in messages:
+    for i, frames in enumerate(messages):
         if len(frames) != 2:
             raise ProtocolError(
                 f"a bundled message has exactly a header and a body, not {len(frames)} frames "
@@ -359,6 +379,11 @@ def bundle(messages: Sequence[Sequence[Buffer]], limits: Limits = DEFAULT_LIMITS
             header = bytes(_byte_view(header))
         if header[3:4] == _BUNDLE_TYPE_BYTE and header[:3] == _BUNDLE_HEADER[:3]:
             raise ProtocolError("a BUNDLE cannot hold another BUNDLE")
+        if clients:
+            client = clients[i]
+            if not 0 < len(client) <= _MAX_ROUTING_ID:
+                raise ProtocolError("a routed BUNDLE's client ids are 1 to 255 bytes")
+            flat.append(client)
         flat.append(header)
         flat.append(body if type(body) is bytes else bytes(_byte_view(body)))
     body, _ = encode_value(flat, _MSGPACK)
@@ -368,7 +393,7 @@ def bundle(messages: Sequence[Sequence[Buffer]], limits: Limits = DEFAULT_LIMITS
             "body limit: send fewer messages in it",
             ErrorCode.LIMIT_EXCEEDED,
         )
-    return [_BUNDLE_HEADER, body]
+    return [_ROUTED_BUNDLE_HEADER if clients else _BUNDLE_HEADER, body]
 
 
 def coalesce(
@@ -397,6 +422,54 @@ def coalesce(
     if run:
         out.append(_run(run, limits))
     return out
+
+
+def check_route(msg: Bundle, link: bool) -> None:
+    """Refuse a BUNDLE routed where it must not be (SPEC 7.10): a routed one anywhere
+    but over a broker-worker link (``link``), a plain one over such a link.
+
+    Raises:
+        ProtocolError: the BUNDLE is on the wrong kind of connection (never answered:
+            count and log it, as any BUNDLE that does not decode).
+    """
+    if bool(msg.clients) is not link:
+        raise ProtocolError(
+            "a routed BUNDLE travels only between a broker and a worker, in their "
+            "link's own envelope; between others, a BUNDLE has no routed flag (SPEC 7.10)"
+        )
+
+
+def coalesce_routed(
+    messages: Sequence[tuple[bytes, list[Buffer]]], limits: Limits = DEFAULT_LIMITS
+) -> list[tuple[bytes, list[Buffer]]]:
+    """`coalesce` for a broker-worker link: ``messages`` are ``(client, frames)`` pairs;
+    each run of small ones becomes one routed BUNDLE. Returns ``(envelope, frames)``
+    pairs to send as ``[envelope, *frames]``: a lone message keeps its client as its
+    envelope, a routed BUNDLE goes in the link's own (empty) one (SPEC 7.10)."""
+    out: list[tuple[bytes, list[Buffer]]] = []
+    run: list[tuple[bytes, list[Buffer]]] = []
+    size = 0
+    for client, frames in messages:
+        n = len(frames[0]) + len(frames[1]) if len(frames) == 2 else BUNDLE_BYTES + 1
+        if run and size + n > BUNDLE_BYTES:
+            out.append(_routed_run(run, limits))
+            run, size = [], 0
+        if n > BUNDLE_BYTES:
+            out.append((client, frames))
+            continue
+        run.append((client, frames))
+        size += n + len(client)
+    if run:
+        out.append(_routed_run(run, limits))
+    return out
+
+
+def _routed_run(
+    run: list[tuple[bytes, list[Buffer]]], limits: Limits
+) -> tuple[bytes, list[Buffer]]:
+    if len(run) == 1:
+        return run[0]
+    return _EMPTY, bundle([frames for _, frames in run], limits, [c for c, _ in run])
 
 
 EncodedItem = bytes | tuple[bytes, list[Buffer]]
@@ -499,17 +572,29 @@ def _run(run: list[list[Buffer]], limits: Limits) -> tuple[list[Buffer], int]:
     return (run[0] if len(run) == 1 else bundle(run, limits)), len(run)
 
 
-def _decode_bundle(value: Any) -> Bundle:
-    if type(value) is not list or not value or len(value) % 2:
-        raise ProtocolError("BUNDLE body must be an array of header, body, header, body ...")
+def _decode_bundle(value: Any, routed: bool) -> Bundle:
+    step = 3 if routed else 2
+    if type(value) is not list or not value or len(value) % step:
+        raise ProtocolError(
+            "routed BUNDLE body must be an array of client, header, body, client ..."
+            if routed
+            else "BUNDLE body must be an array of header, body, header, body ..."
+        )
     for frame in value:
         if type(frame) is not bytes:
             raise ProtocolError("BUNDLE body items must be binary (MessagePack bin)")
-    headers = value[0::2]
+    headers = value[step - 2 :: step]
     for header in headers:
         if header[3:4] == _BUNDLE_TYPE_BYTE and header[:3] == _BUNDLE_HEADER[:3]:
             raise ProtocolError("a BUNDLE cannot hold another BUNDLE")
-    return Bundle(tuple(zip(headers, value[1::2], strict=True)))
+    pairs = tuple(zip(headers, value[step - 1 :: step], strict=True))
+    if not routed:
+        return Bundle(pairs)
+    clients = tuple(value[0::3])
+    for client in clients:
+        if not 0 < len(client) <= _MAX_ROUTING_ID:
+            raise ProtocolError("a routed BUNDLE's client ids are 1 to 255 bytes")
+    return Bundle(pairs, clients=clients)
 
 
 def size_text(n: int) -> str:
@@ -567,7 +652,16 @@ def decode_header(frame: Buffer, limits: Limits = DEFAULT_LIMITS) -> Header:
     Raises:
         ProtocolError: bad signature, unknown version, type, codec or flags, bad length.
     """
-    return Header(*_read_header(frame, limits))
+    mt, cd, flags, rid, ttl, target = _read_header(frame, limits)
+    s_type, s_codec, s_flags, s_id, s_ttl, s_target = _set_header
+    header = _new(Header)
+    s_type(header, mt)
+    s_codec(header, cd)
+    s_flags(header, flags)
+    s_id(header, rid)
+    s_ttl(header, ttl)
+    s_target(header, target)
+    return header
 
 
 def _read_header(frame: Buffer, limits: Limits) -> tuple[MessageType, Codec, int, int, int, str]:
@@ -598,11 +692,19 @@ def _read_header(frame: Buffer, limits: Limits) -> tuple[MessageType, Codec, int
             rid,
             _MSGPACK if cd is None else cd,
         )
-    if flags and mt is not _REQUEST and (mt not in _BATCHED or flags & ~FLAG_BATCH):
+    if flags and (
+        (flags & ~FLAG_ROUTED)
+        if mt is _BUNDLE
+        else (
+            flags & FLAG_ROUTED
+            or (mt is not _REQUEST and (mt not in _BATCHED or flags & ~FLAG_BATCH))
+        )
+    ):
         raise _with_id(
             ProtocolError(
                 f"flags {flags:#x} on a {mt.name}: batch (0x01) belongs to REQUEST, REPLY "
-                "and ITEM, meta (0x02) and stream (0x04) to REQUEST only"
+                "and ITEM, meta (0x02) and stream (0x04) to REQUEST only, routed (0x08) "
+                "to BUNDLE only"
             ),
             rid,
             cd,
@@ -831,7 +933,8 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
         if mt is _BUNDLE:
             if codec is not _MSGPACK or oob:
                 raise ProtocolError("a BUNDLE is MessagePack, with no out-of-band frames")
-            return _decode_bundle(decode_value(body, codec, oob, limits, size))
+            value = decode_value(body, codec, oob, limits, size)
+            return _decode_bundle(value, bool(flags & FLAG_ROUTED))
         if mt in _EMPTY_BODY:
             if size or oob:
                 raise ProtocolError(f"{mt.name} carries no body")
@@ -844,10 +947,11 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
         raise _with_id(exc, rid, codec) from exc.__cause__
 
 
-# Request and Reply are built without their __init__: a frozen dataclass's __init__
-# sets each field through object.__setattr__, and setting the slots directly costs a
-# third of that (about 1 µs less per decoded request). Only for these two hot types,
-# with every field given and already checked.
+# Request, Reply and Header are built without their __init__: a frozen dataclass's
+# __init__ sets each field through object.__setattr__, and setting the slots directly
+# costs a third of that (about 1 µs less per decoded request; a broker decodes two or
+# three headers per call). Only for these hot types, with every field given and
+# already checked.
 
 
 def _slot_setters(cls: type, *names: str) -> tuple[Any, ...]:
@@ -866,6 +970,7 @@ _set_request = _slot_setters(
     Request, "id", "target", "args", "kwargs", "ttl_ms", "codec", "batch", "trace", "window"
 )
 _set_reply = _slot_setters(Reply, "id", "result", "codec", "batch")
+_set_header = _slot_setters(Header, "type", "codec", "flags", "id", "ttl_ms", "target")
 
 
 def _new_request(

@@ -261,13 +261,18 @@ class Bundle:
     out-of-band frames. The receiver handles them in order, exactly as if each had
     arrived alone on this connection: a bundle only saves the per-message cost of
     ZeroMQ and of the receive loop when many small messages are ready at once. Sent
-    only to a peer whose HELLO said ``bundle``; id 0, MessagePack, no flags.
+    only to a peer whose HELLO said ``bundle``; id 0, MessagePack.
+
+    ``clients``: a routed BUNDLE (the routed flag), between a broker and a worker in
+    their link's own envelope: one client id per message, the frame that would have
+    come before it had it travelled alone (SPEC 12.2).
     """
 
     TYPE: ClassVar[MessageType] = MessageType.BUNDLE
     messages: tuple[tuple[bytes, bytes], ...]
     id: int = 0
     codec: Codec = Codec.MSGPACK
+    clients: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from vectorkit import describe
 from protocol import (
     FLAG_BATCH,
     FLAG_META,
+    FLAG_ROUTED,
     FLAG_STREAM,
     Bundle,
     Cancel,
@@ -523,6 +524,19 @@ def message_cases() -> Cases:
         tuple(frames_of(Progress(33, 1, 2, ""))),
     ]
     c.valid("bundle-answers", Bundle(tuple(answers)), spec="7.10")  # type: ignore[arg-type]
+    clients = (bytes.fromhex("006b8b4567"), bytes.fromhex("006b8b4569"))
+    c.valid(
+        "bundle-routed-requests",
+        Bundle(tuple(requests), clients=clients),  # type: ignore[arg-type]
+        spec="7.10, 12.2",
+        note="broker to worker in the link's own envelope: each REQUEST after its client's id",
+    )
+    c.valid(
+        "bundle-routed-answers",
+        Bundle(tuple(answers[:2]), clients=clients),  # type: ignore[arg-type]
+        spec="7.10, 12.2",
+        note="worker to broker: each answer after the id of the client it is for",
+    )
     _stream_messages(c)
     c.valid(
         "reply-integer-keys-msgpack",
@@ -1164,6 +1178,24 @@ def _bundle_checks(c: Cases) -> None:
     inner = [header(BUNDLE), mp(add)]
     frames = [header(BUNDLE), mp(inner)]
     c.refused("bundle-in-a-bundle", frames, "a BUNDLE holds no BUNDLE", spec="7.10")
+    routed = "routed BUNDLE body: a non-empty array of bin, client, header, body, in threes"
+    client = bytes.fromhex("006b8b4567")
+    for name, value in (
+        ("bundle-routed-pairs", [add[0], add[1]]),
+        ("bundle-routed-string-client", ["c", add[0], add[1]]),
+    ):
+        c.refused(name, [header(BUNDLE, flags=FLAG_ROUTED), mp(value)], routed, spec="7.10")
+    for name, bad in (
+        ("bundle-routed-empty-client", b""),
+        ("bundle-routed-long-client", b"c" * 256),
+    ):
+        frames = [header(BUNDLE, flags=FLAG_ROUTED), mp([bad, add[0], add[1]])]
+        c.refused(name, frames, "a routed BUNDLE's client ids are 1 to 255 bytes", spec="7.10")
+    frames = [header(BUNDLE, flags=FLAG_ROUTED), mp([client, *inner])]
+    c.refused("bundle-routed-in-a-bundle", frames, "a BUNDLE holds no BUNDLE", spec="7.10")
+    frames = [header(REQUEST, 41, flags=FLAG_ROUTED, target=b"math.add"), mp([[1, 2], {}])]
+    check = "the routed flag on a type other than BUNDLE"
+    c.refused("routed-flag-on-request", frames, check, rid=41, spec="2, 7.10")
 
 
 def _stream_checks(c: Cases) -> None:

@@ -306,3 +306,227 @@ def test_a_broker_takes_a_clients_bundles_and_answers_in_bundles_if_asked(
     with Client([b.endpoint], timeout=20) as c:
         futures = [c.submit("bk.echo", i) for i in range(2000)]
         assert [f.result() for f in futures] == list(range(2000))
+
+
+# --- routed BUNDLEs between a broker and its workers (SPEC 7.10, 12.2) --------------------
+
+
+@given(
+    st.lists(
+        st.tuples(st.binary(min_size=1, max_size=8), st.integers(0, 3000)),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_coalesce_routed_keeps_every_message_its_client_and_its_order(
+    spec: list[tuple[bytes, int]],
+) -> None:
+    messages = [(client, _request(i, size * 40)) for i, (client, size) in enumerate(spec)]
+    out = protocol.coalesce_routed(messages)
+    got: list[tuple[bytes, tuple[bytes, ...]]] = []
+    for envelope, frames in out:
+        if envelope:  # a message alone, after its client's id
+            got.append((envelope, tuple(frames)))
+            continue
+        msg = protocol.decode(frames)
+        assert type(msg) is Bundle
+        assert msg.clients
+        assert sum(map(len, msg.messages[0])) <= BUNDLE_BYTES or len(msg.messages) == 1
+        got += zip(msg.clients, msg.messages, strict=True)
+    assert got == [(client, tuple(frames)) for client, frames in messages]
+
+
+def test_a_routed_bundle_refuses_client_ids_zeromq_would_not_give() -> None:
+    with pytest.raises(ProtocolError, match="1 to 255 bytes"):
+        protocol.bundle([_request(1)], clients=[b""])
+    with pytest.raises(ProtocolError, match="1 to 255 bytes"):
+        protocol.bundle([_request(1)], clients=[b"c" * 256])
+    with pytest.raises(ProtocolError, match="one client id per message"):
+        protocol.bundle([_request(1), _request(2)], clients=[b"c"])
+    header, _ = protocol.bundle([_request(1)], clients=[b"c"])
+    assert protocol.decode_header(header).flags == protocol.FLAG_ROUTED
+
+
+def _link_messages(frames: list[bytes]) -> tuple[bool, list[tuple[bytes, list[bytes]]]]:
+    """One message on a broker-worker link (the peer's id already taken off): whether
+    it was a routed BUNDLE, and its messages as ``(client, [header, body])``; the
+    link's own messages (HELLO, READY, PING...) have client ``b""``."""
+    envelope, *rest = frames
+    if not envelope and protocol.header_type(rest[0]) is MessageType.BUNDLE:
+        msg = protocol.decode(rest)
+        assert type(msg) is Bundle
+        assert msg.clients, "a BUNDLE in the link's own envelope that is not routed"
+        return True, [(c, list(m)) for c, m in zip(msg.clients, msg.messages, strict=True)]
+    return False, [(envelope, rest)]
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("takes", [True, False])
+def test_a_broker_sends_routed_bundles_only_to_a_worker_that_takes_them(
+    bmesh: BrokeredMesh, takes: bool
+) -> None:
+    # This test is the worker: a bare DEALER that registers with a real broker, lets 60
+    # calls queue there, then grants credit for all of them at once. They must come
+    # in routed BUNDLEs if its HELLO said bundle (and never otherwise), each with its
+    # client's id; its answers, bundled the same way, reach every caller.
+    b = bmesh.broker()
+    hello = Hello(
+        1,
+        role="worker",
+        name="bare",
+        version=protocol.__version__,
+        services={"bk": ["echo"]},
+        capacity=100,
+        threads=100,
+        heartbeat_ms=60_000,
+        bundle=takes,
+    )
+    with raw_dealer(b.endpoint, rcvhwm=0) as sock, Client([b.endpoint], timeout=20) as c:
+        sock.send_multipart([b"", *protocol.encode(hello)])
+        assert sock.poll(10_000), "the broker did not answer the worker's HELLO"
+        answer = protocol.decode(sock.recv_multipart()[1:])
+        assert type(answer) is Hello
+        assert answer.bundle, "the broker's HELLO says it takes routed BUNDLEs"
+        futures = [c.submit("bk.echo", i) for i in range(60)]
+        wait_for(b, lambda st: st["totals"]["queued"] == 60, bmesh, what="60 calls queued")
+        sock.send_multipart([b"", *protocol.encode(protocol.Ready(0, 100))])
+        held: list[tuple[bytes, Request]] = []
+        bundles = 0
+        deadline = time.monotonic() + 20
+        while len(held) < 60 and time.monotonic() < deadline:
+            if not sock.poll(1000):
+                continue
+            routed, messages = _link_messages(sock.recv_multipart())
+            bundles += routed
+            for client, frames in messages:
+                msg = protocol.decode(frames)
+                if client and type(msg) is Request:
+                    held.append((client, msg))
+        assert len(held) == 60, f"{len(held)} of 60 requests reached the worker"
+        if takes:
+            assert bundles, "60 requests dispatched at once, and not one routed BUNDLE"
+        else:
+            assert not bundles, "a routed BUNDLE to a worker whose HELLO did not ask for them"
+        replies = [protocol.encode(Reply(req.id, req.args[0])) for _, req in held]
+        if takes:
+            bundle = protocol.bundle(replies, clients=[client for client, _ in held])
+            sock.send_multipart([b"", *bundle])
+        else:
+            for (client, _), reply in zip(held, replies, strict=True):
+                sock.send_multipart([client, *reply])
+        assert [f.result() for f in futures] == list(range(60))
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("mode", ["inline", "threads"])
+@pytest.mark.parametrize("takes", [True, False])
+def test_a_worker_answers_a_broker_in_routed_bundles_only_if_it_takes_them(
+    bmesh: BrokeredMesh, mode: str, takes: bool
+) -> None:
+    # This test is the broker: a bare ROUTER a real worker joins. It sends 60 requests
+    # from two clients (in one routed BUNDLE if it said bundle, else one by one), one
+    # of them malformed; every answer must come back to its client, in routed BUNDLEs
+    # only to a broker whose HELLO asked for them.
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVHWM, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    concurrency = "1" if mode == "inline" else "4"
+    bmesh.worker(
+        args=(
+            "--broker", f"tcp://127.0.0.1:{port}", "--concurrency", concurrency,
+            "--broker-prefetch", "60",
+        )
+    )  # fmt: skip
+    clients = (b"\x00client-a", b"\x00client-b")
+    try:
+        assert router.poll(20_000), "the worker did not say HELLO"
+        wid, *frames = router.recv_multipart()
+        _, [(_, hello_frames)] = _link_messages(frames)
+        hello = protocol.decode(hello_frames)
+        assert type(hello) is Hello
+        assert hello.bundle, "a worker says it takes routed BUNDLEs"
+        mine = Hello(hello.id, role="broker", name="bare", version="0.1.0", bundle=takes)
+        router.send_multipart([wid, b"", *protocol.encode(mine)])
+        credit = 0
+        deadline = time.monotonic() + 20
+        while credit < 60 and time.monotonic() < deadline:
+            if router.poll(1000):
+                _, [(_, control)] = _link_messages(router.recv_multipart()[1:])
+                msg = protocol.decode(control)
+                if type(msg) is protocol.Ready:
+                    credit += msg.credit
+        assert credit >= 60, f"the worker granted {credit} credit"
+        routes = [clients[i % 2] for i in range(60)]
+        requests = [protocol.encode(Request(i, "bk.echo", [i], {}, 10_000)) for i in range(60)]
+        requests[7] = [requests[7][0], b"\x93\x01\x02\x03"]  # a body that is no request
+        if takes:
+            router.send_multipart([wid, b"", *protocol.bundle(requests, clients=routes)])
+        else:
+            for client, frames in zip(routes, requests, strict=True):
+                router.send_multipart([wid, client, *frames])
+        answers: dict[int, tuple[bytes, Any]] = {}
+        bundles = 0
+        while len(answers) < 60 and time.monotonic() < deadline:
+            if not router.poll(1000):
+                continue
+            routed, messages = _link_messages(router.recv_multipart()[1:])
+            bundles += routed
+            for client, frames in messages:
+                if client:
+                    msg = protocol.decode(frames)
+                    answers[msg.id] = (client, msg)
+        assert len(answers) == 60, f"{len(answers)} of 60 answers came back"
+        for i in range(60):
+            client, msg = answers[i]
+            assert client == routes[i], f"answer {i} went to the wrong client"
+            if i == 7:
+                assert type(msg) is Error
+                assert msg.code == ErrorCode.PROTOCOL
+            else:
+                assert type(msg) is Reply
+                assert msg.result == i
+        if takes:
+            assert bundles, "60 quick answers to one broker, and not one routed BUNDLE"
+        else:
+            assert not bundles, "a routed BUNDLE to a broker whose HELLO did not ask for them"
+    finally:
+        router.close()
+        ctx.term()
+
+
+def test_check_route_holds_routed_bundles_to_broker_worker_links() -> None:
+    plain = Bundle((tuple(_request(1)),))  # type: ignore[arg-type]
+    routed = Bundle((tuple(_request(1)),), clients=(b"c",))  # type: ignore[arg-type]
+    protocol.check_route(plain, link=False)
+    protocol.check_route(routed, link=True)
+    for msg, link in ((plain, True), (routed, False)):
+        with pytest.raises(ProtocolError, match="only between a broker and a worker"):
+            protocol.check_route(msg, link)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("peer", ["worker", "broker"])
+def test_a_routed_bundle_from_a_client_is_refused_and_nothing_in_it_runs(
+    mesh: Mesh, bmesh: BrokeredMesh, peer: str
+) -> None:
+    # A client could otherwise pass requests off as another client's (the ids in a
+    # routed BUNDLE say whom each answer goes to).
+    if peer == "worker":
+        endpoint, target = mesh.start().endpoint, "math.add"
+    else:
+        b = bmesh.broker()
+        bmesh.worker(b)
+        wait_for(b, workers_ready(1), bmesh)
+        endpoint, target = b.endpoint, "bk.echo"
+    smuggled = protocol.encode(Request(1, target, [1, 2] if peer == "worker" else [1], {}))
+    with raw_dealer(endpoint, rcvhwm=0) as sock:
+        sock.send_multipart(protocol.bundle([smuggled], clients=[b"\x00someone-else"]))
+        plain = protocol.encode(Request(2, target, [2, 2] if peer == "worker" else [2], {}))
+        sock.send_multipart(plain)
+        assert sock.poll(10_000), f"the {peer} answered nothing"
+        msg = protocol.decode(sock.recv_multipart())
+        assert type(msg) is Reply
+        assert msg.id == 2, "the request inside the routed BUNDLE was run"
+        assert not sock.poll(500), "more than the one plain request was answered"

@@ -33,6 +33,7 @@ import numpy as np
 from protocol import (
     FLAG_BATCH,
     FLAG_META,
+    FLAG_ROUTED,
     FLAG_STREAM,
     Bundle,
     Cancel,
@@ -138,7 +139,8 @@ def describe(msg: Message, body: Any = None) -> dict[str, Any]:
         "codec": Codec(msg.codec).name,
         "flags": (FLAG_BATCH if getattr(msg, "batch", False) else 0)
         | (FLAG_META if getattr(msg, "trace", "") or getattr(msg, "window", 0) else 0)
-        | (FLAG_STREAM if getattr(msg, "window", 0) else 0),
+        | (FLAG_STREAM if getattr(msg, "window", 0) else 0)
+        | (FLAG_ROUTED if getattr(msg, "clients", ()) else 0),
         "ttl_ms": msg.ttl_ms if isinstance(msg, Request) else 0,
         "target": msg.target if isinstance(msg, Request) else "",
     }
@@ -154,8 +156,15 @@ def describe(msg: Message, body: Any = None) -> dict[str, Any]:
         meaning["body"] = to_json(msg.result)
     elif isinstance(msg, Item):  # a value, as a REPLY's
         meaning["body"] = to_json(msg.value)
-    elif isinstance(msg, Bundle):  # its body: header, body, header, body ... as bin
-        meaning["body"] = to_json([frame for pair in msg.messages for frame in pair])
+    elif isinstance(msg, Bundle):  # its body: [client,] header, body, [client,] ... as bin
+        clients = msg.clients or (None,) * len(msg.messages)
+        meaning["body"] = to_json(
+            [
+                frame
+                for client, pair in zip(clients, msg.messages, strict=True)
+                for frame in ((client, *pair) if client is not None else pair)
+            ]
+        )
     elif msg.TYPE not in _EMPTY_BODY:
         if not isinstance(body, dict):
             raise TypeError(f"a {msg.TYPE.name} meaning needs its body map")
@@ -193,6 +202,9 @@ def message(meaning: dict[str, Any]) -> Message:
         return Item(rid, from_json(meaning["body"]), codec, batch)
     if mtype is MessageType.BUNDLE:
         flat = from_json(meaning["body"])
+        if meaning["flags"] & FLAG_ROUTED:
+            pairs = tuple(zip(flat[1::3], flat[2::3], strict=True))
+            return Bundle(pairs, rid, codec, tuple(flat[0::3]))
         return Bundle(tuple(zip(flat[0::2], flat[1::2], strict=True)), rid, codec)
     fields = {name: from_json(value) for name, value in meaning.get("fields", {}).items()}
     return _CLASSES[mtype](id=rid, codec=codec, **fields)

@@ -53,6 +53,7 @@ from protocol import (
     LEAVING,
     LIVENESS,
     READY,
+    Bundle,
     Cancel,
     Codec,
     Credit,
@@ -98,7 +99,7 @@ class WorkerPort(Protocol):
     def accept(self, peer: Any, req: Request) -> None: ...
     def cancel(self, peer: Any, rid: int) -> None: ...
     def pump(self) -> None: ...
-    def hello(self, rid: int, codec: Codec, bundle: bool = True) -> Hello: ...
+    def hello(self, rid: int, codec: Codec) -> Hello: ...
     def grant(self, peer: Any, rid: int, credit: int) -> None: ...
     def peer_gone(self, peer: Any) -> None: ...
     def malformed(
@@ -133,6 +134,7 @@ class _Conn:
     """One broker: its socket, session state and the credit it was told about."""
 
     __slots__ = (
+        "bundle",
         "dialer",
         "endpoint",
         "granted",
@@ -161,6 +163,7 @@ class _Conn:
         self.outbox: Outbox | None = None
         self.state = _CONNECTING
         self.granted = 0  # credit this broker believes it has from us
+        self.bundle = False  # its HELLO said it takes routed BUNDLEs
         self.hello_id = 0
         self.heard = 0.0
         self.pinged = 0.0
@@ -295,6 +298,22 @@ class BrokerLink:
         """Send a worker's answer to ``via``'s client, on the link it came from."""
         self._send(via.conn, [via.client, *frames])
 
+    def reply_all(self, answers: list[tuple[Via, list[Any]]]) -> None:
+        """Send the answers of one turn of the worker's loop, in order: those for one
+        broker that takes routed BUNDLEs, small ones together in some (SPEC 7.10)."""
+        by_conn: dict[_Conn, list[tuple[bytes, list[Any]]]] = {}
+        for via, frames in answers:
+            msgs = by_conn.get(via.conn)
+            if msgs is None:
+                msgs = by_conn[via.conn] = []
+            msgs.append((via.client, frames))
+        limits = self.worker.config.limits
+        for conn, msgs in by_conn.items():
+            if conn.bundle and len(msgs) > 1:
+                msgs = protocol.coalesce_routed(msgs, limits)
+            for envelope, frames in msgs:
+                self._send(conn, [envelope, *frames])
+
     def reply_now(self, via: Via, frames: list[Any]) -> None:
         """`reply` from the inline watchdog's thread (socket lock held); best effort."""
         sock = via.conn.sock
@@ -359,14 +378,20 @@ class BrokerLink:
         if not client:
             self._on_control(conn, frames[1:])
             return
+        self._on_routed(conn, client, frames[1:])
+
+    def _on_routed(self, conn: _Conn, client: bytes, frames: list[Any]) -> None:
+        """``header, body…`` for ``client`` from the broker: a message that came alone,
+        or one out of a routed BUNDLE (``bytes`` frames then, SPEC 7.10)."""
+        w = self.worker
         via = Via(conn.prefix + client)
         via.link, via.conn, via.client = self, conn, client
         try:
-            msg = protocol.decode(frames[1:], w.config.limits)
+            msg = protocol.decode(frames, w.config.limits)
         except ProtocolError as exc:
-            if conn.granted > 0 and protocol.header_type(frames[1]) is MessageType.REQUEST:
+            if conn.granted > 0 and protocol.header_type(frames[0]) is MessageType.REQUEST:
                 conn.granted -= 1  # it used a credit all the same: grant() gives it back
-            w.malformed(via, frames[1:], exc, f"client {client.hex()} via broker {conn.endpoint}")
+            w.malformed(via, frames, exc, f"client {client.hex()} via broker {conn.endpoint}")
             return
         if type(msg) is Request:
             if not w.draining and self.slots - w.held <= 0:
@@ -407,6 +432,16 @@ class BrokerLink:
             return
         if type(msg) is Pong:
             return
+        if type(msg) is Bundle:
+            try:
+                protocol.check_route(msg, link=True)
+            except ProtocolError as exc:
+                w.count_bad(f"malformed message from broker {conn.endpoint}: {exc}")
+                return
+            on_routed = self._on_routed
+            for client, pair in zip(msg.clients, msg.messages, strict=True):
+                on_routed(conn, client, list(pair))
+            return
         if type(msg) is Hello:
             if msg.id == 0:
                 # The broker does not know us (it expired us, or restarted): start over.
@@ -420,6 +455,7 @@ class BrokerLink:
                 if not self.draining and conn.state is not _GREETING:
                     self._greet(conn)
                 return
+            conn.bundle = msg.bundle  # it takes routed BUNDLEs (SPEC 7.10)
             if conn.state is _GREETING:
                 conn.state = _READY
                 log.info("registered with broker %s (%s, pid %d)", conn.endpoint, msg.name, msg.pid)
@@ -461,6 +497,7 @@ class BrokerLink:
             log.warning("lost the connection to broker %s; reconnecting", conn.endpoint)
         conn.state = _CONNECTING
         conn.granted = 0
+        conn.bundle = False
         assert conn.outbox is not None
         conn.outbox.reset(why=f"the connection to broker {conn.endpoint} dropped")
         conn.stolen.clear()
@@ -499,7 +536,7 @@ class BrokerLink:
         conn.hello_id = next(self._hello_ids)
         return [
             _EMPTY,
-            *protocol.encode(self.worker.hello(conn.hello_id, Codec.MSGPACK, bundle=False)),
+            *protocol.encode(self.worker.hello(conn.hello_id, Codec.MSGPACK)),
         ]
 
     # --- time ----------------------------------------------------------------------------------

@@ -369,6 +369,8 @@ class Worker(RouterServer):
         self._peers[peer] = time.monotonic()
         try:
             msg = protocol.decode(frames[1:], self.config.limits)
+            if type(msg) is Bundle:
+                protocol.check_route(msg, link=False)
         except ProtocolError as exc:
             self.malformed(peer, frames[1:], exc, f"client {peer.hex()}")
             return
@@ -484,12 +486,9 @@ class Worker(RouterServer):
             if type(peer) is bytes:  # (a broker's clients are the broker's to watch)
                 self._send(peer, list(ping))
 
-    def hello(self, rid: int, codec: protocol.Codec, bundle: bool = True) -> Hello:
-        """This worker's HELLO (answer to a client, greeting to a broker).
-
-        ``bundle``: whether the peer may send it BUNDLEs (a client may; the broker
-        link does not take them apart, so it says no).
-        """
+    def hello(self, rid: int, codec: protocol.Codec) -> Hello:
+        """This worker's HELLO (answer to a client, greeting to a broker). It says
+        ``bundle``: a client may send it BUNDLEs, a broker routed ones (SPEC 7.10)."""
         slots = self.slots.announced(self.table.draining)
         return Hello(
             rid,
@@ -508,7 +507,7 @@ class Worker(RouterServer):
             async_slots=slots.async_slots,
             async_handlers=slots.async_handlers,
             stats={**self.stats.summary(), **process_usage()},
-            bundle=bundle,
+            bundle=True,
             streams=True,
         )
 
@@ -833,10 +832,11 @@ class Worker(RouterServer):
         it keeps its deadline); one that does not decode is left for the loop."""
         try:
             msg = protocol.decode(frames[1:], self.config.limits)
+            assert type(msg) is Bundle
+            protocol.check_route(msg, link=False)
         except ProtocolError:
             self._stolen.append(frames)  # the loop counts and logs it
             return
-        assert type(msg) is Bundle
         for header, body in msg.messages:
             inner = [frames[0], header, body]
             self._stolen_auth[id(inner)] = frames[1]
@@ -1047,17 +1047,24 @@ class Worker(RouterServer):
 
     def _send_held(self, held: dict[bytes, list[list[Any]]]) -> None:
         """Send what `_flush_done` held, by client: small answers in BUNDLEs to a
-        client that takes them (SPEC 7.10; only direct clients, never a broker's)."""
+        client that takes them, and those that came through brokers to their links,
+        which bundle them per broker (SPEC 7.10)."""
         limits = self.config.limits
         bundlers = self._bundlers
         send = self._send
+        routed: list[tuple[Any, list[Any]]] = []
         for peer, answers in held.items():
-            if peer in bundlers and len(answers) > 1:
+            if type(peer) is not bytes:  # a client behind a broker
+                routed += [(peer, frames) for frames in answers]
+            elif peer in bundlers and len(answers) > 1:
                 for frames, _ in protocol.coalesce(answers, limits):
                     send(peer, frames)
             else:
                 for frames in answers:
                     send(peer, frames)
+        if routed:
+            assert self._link is not None
+            self._link.reply_all(routed)
 
     def _limit_text(self) -> str:
         cfg = self.config
