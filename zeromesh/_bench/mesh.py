@@ -188,6 +188,51 @@ def _zm_async_rate(endpoints: list[str], n: int) -> float:
     return asyncio.run(run())
 
 
+def _asyncio_floor_rate(n: int) -> float:
+    """What the AsyncClient row's pattern costs asyncio alone: ``n`` coroutines under
+    ``gather``, at most `WINDOW` awaiting at once (a counter and a queue of waiters,
+    as `AsyncClient` keeps), each awaiting a future that a loop callback resolves, in
+    batches, as answers would arrive. No sockets, no encoding: the ceiling of any
+    asyncio client of this shape on this interpreter."""
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        pending: deque[asyncio.Future[int]] = deque()
+        waiters: deque[asyncio.Future[None]] = deque()
+        in_flight = 0
+
+        async def call() -> int:
+            nonlocal in_flight
+            while in_flight >= WINDOW:
+                waiter = loop.create_future()
+                waiters.append(waiter)
+                await waiter
+            in_flight += 1
+            fut: asyncio.Future[int] = loop.create_future()
+            pending.append(fut)
+            return await fut
+
+        def answer() -> None:
+            nonlocal in_flight
+            for _ in range(min(len(pending), 256)):
+                pending.popleft().set_result(1)
+                in_flight -= 1
+                if waiters:
+                    waiters.popleft().set_result(None)
+            if not done:
+                loop.call_soon(answer)
+
+        done = False
+        loop.call_soon(answer)
+        start = time.perf_counter()
+        await asyncio.gather(*(call() for _ in range(n)))
+        elapsed = time.perf_counter() - start
+        done = True
+        return n / elapsed
+
+    return asyncio.run(run())
+
+
 def _map_rate(c: Client, n: int) -> float:
     """Items/s of ``c.map`` over ``n`` additions."""
     t = time.perf_counter()
@@ -244,7 +289,7 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
                 n = sizes.rtt_calls
                 zms, raws = _alternate(rounds, lambda: _zm_rtts(c, n), lambda: raw.rtts(n))
                 zp50 = _median([statistics.median(r) for r in zms]) * 1e6
-                rp50 = _median([statistics.median(r) for r in raws]) * 1e6
+                rp50 = raw_rtt = _median([statistics.median(r) for r in raws]) * 1e6
                 rows.append(
                     Row(
                         f"RTT p50 {transport} (us)",
@@ -306,6 +351,22 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
                         ">= 0.8x",
                         "calls/s",
                         async_rate >= 0.8 * raw_rate,
+                    )
+                )
+
+                floors, raws = _alternate(
+                    rounds, lambda: _asyncio_floor_rate(n), lambda: raw.pipelined(n)
+                )
+                floor, raw_rate = _median(floors), _median(raws)
+                rows.append(
+                    Row(
+                        f"asyncio alone: gather of awaits, {WINDOW} in flight, no I/O",
+                        floor,
+                        raw_rate,
+                        floor / raw_rate,
+                        "-",
+                        "calls/s",
+                        None,
                     )
                 )
 
@@ -402,7 +463,7 @@ def run_scenarios(sizes: Sizes, transport: str, log: Callable[[str], None]) -> l
         rows.extend(_curve(kids, sizes, w1, log))
         rows.append(_metrics_row(kids, sizes, w1, log))
 
-        rows.extend(_brokered(kids, sizes, w1, log))
+        rows.extend(_brokered(kids, sizes, w1, raw_rtt, log))
         rows.extend(_memory(kids, sizes, log))
     finally:
         kids.close()
@@ -606,11 +667,18 @@ def _curve(kids: _Children, sizes: Sizes, plain: str, log: Callable[[str], None]
     return rows
 
 
-def _brokered(kids: _Children, sizes: Sizes, direct: str, log: Callable[[str], None]) -> list[Row]:
+def _brokered(
+    kids: _Children, sizes: Sizes, direct: str, raw_rtt_us: float, log: Callable[[str], None]
+) -> list[Row]:
     """Brokered pipelined calls/s vs direct (worker ``direct``): with exact credit (the
     default: no request waits behind a busy handler) and with ``--broker-prefetch 32``
     (what a throughput user picks). A broker and a worker each, started from this
-    interpreter's installation (``python -m broker``), whatever is on PATH."""
+    interpreter's installation (``python -m broker``), whatever is on PATH.
+
+    Exact credit gives a one-slot worker one request at a time: each waits for the
+    last one's answer to reach the broker. No design does that faster than one raw
+    round trip per call, so the row after it shows that ceiling, ``1 / raw RTT p50``,
+    against the same direct rate."""
     rows = []
     n = sizes.pipelined_calls
     for prefetch, target in ((0, 0.3), (32, 0.7)):
@@ -651,6 +719,19 @@ def _brokered(kids: _Children, sizes: Sizes, direct: str, log: Callable[[str], N
                 rate >= target * direct_rate,
             )
         )
+        if not prefetch:
+            ceiling = 1e6 / raw_rtt_us
+            rows.append(
+                Row(
+                    "one request at a time, 1 / raw RTT p50, vs direct",
+                    ceiling,
+                    direct_rate,
+                    ceiling / direct_rate,
+                    "-",
+                    "calls/s",
+                    None,
+                )
+            )
     return rows
 
 
