@@ -230,9 +230,16 @@ class Broker(RouterServer):
         assert sock is not None
         if receive_batch(sock, self._on_message, _BATCH) == _BATCH:
             self._schedule_pump()  # more may wait: let timers and signals run first
+        # Workers first: the requests their answers made room for go out before those
+        # answers are forwarded, so a worker is idle for less of each turn (brokered,
+        # prefetch 32: +15% calls/s). A client's forwarded answers still precede the
+        # broker's own answer to it (`_run_outbox`). Forwarding may find a client gone,
+        # whose requests are then cancelled: the outbox runs again for those.
+        self._run_outbox()
         if self._held:
             self._send_held()
-        self._run_outbox()
+            if self.sched.outbox:
+                self._run_outbox()
         self._maybe_announce()
         if has_input(sock):  # sending may have consumed the FD's edge
             self._schedule_pump()
@@ -361,10 +368,12 @@ class Broker(RouterServer):
     def _send_held(self) -> None:
         """The answers held this pump, small ones bundled per client (SPEC 7.10)."""
         held, self._held = self._held, {}
-        limits = self.config.limits
         for client, answers in held.items():
-            for frames, _ in protocol.coalesce(answers, limits):
-                self._send([client, *frames])
+            self._send_answers(client, answers)
+
+    def _send_answers(self, client: bytes, answers: list[list[Any]]) -> None:
+        for frames, _ in protocol.coalesce(answers, self.config.limits):
+            self._send([client, *frames])
 
     def _forget_client(self, peer: bytes) -> None:
         self._clients.pop(peer, None)
@@ -734,6 +743,9 @@ class Broker(RouterServer):
                         self._dispatch(cmd, held)
                     elif type(cmd) is Answer:
                         job = cmd.job
+                        held_answers = self._held.pop(job.client, None)
+                        if held_answers:  # the worker's answers go first (a stream's items)
+                            self._send_answers(job.client, held_answers)
                         msg = Error(
                             job.id,
                             cmd.code,
