@@ -201,24 +201,33 @@ class _Future(cf.Future):
 
     _zm_driver: Driver
     _zm_id: int
+    _zm_cond: threading.Condition | None
+    """The Condition once made (``_condition`` then holds it too); None before."""
 
     def __init__(self, driver: Driver, rid: int) -> None:  # no super(): no Condition yet
         self._state = _PENDING
         self._result = None
         self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Callable[[cf.Future[Any]], object]] = []
         self._zm_driver = driver
         self._zm_id = rid
+        self._zm_cond = None
 
     def __getattr__(self, name: str) -> Any:
-        if name != "_condition":
+        """Make the Condition, with the waiter and callback lists that only matter
+        beside it, on first use (stock code touches none of the three before
+        ``_condition``). Three objects fewer per future for the garbage collector
+        to walk while a caller holds thousands of them: a quarter of a pipelined
+        client's time went to its passes."""
+        if name not in ("_condition", "_waiters", "_done_callbacks"):
             raise AttributeError(name)
         with _condition_made:
-            cond = self.__dict__.get("_condition")
-            if cond is None:
-                cond = self.__dict__["_condition"] = threading.Condition()
-        return cond
+            if self._zm_cond is None:
+                self._waiters: list[Any] = []
+                self._done_callbacks: list[Callable[[cf.Future[Any]], object]] = []
+                cond = threading.Condition()
+                self._condition = cond
+                self._zm_cond = cond
+        return getattr(self, name)
 
     def done(self) -> bool:
         return self._state in _DONE_STATES
@@ -277,7 +286,7 @@ class _Future(cf.Future):
         """Under the driver's lock: take ``state`` (and the outcome), waking whoever
         waits on the Condition if there is one (the class docstring says why so)."""
         with _condition_made:
-            cond = self.__dict__.get("_condition")
+            cond = self._zm_cond
             if cond is None:
                 self._result = result
                 self._exception = exc
@@ -298,7 +307,7 @@ class _Future(cf.Future):
     def _announce(self) -> None:
         """After the state moved, outside the driver's lock: run the done-callbacks
         (they may call the client again)."""
-        if self._done_callbacks:
+        if self._zm_cond is not None and self._done_callbacks:
             self._invoke_callbacks()
 
     def _follow(self, timeout: float | None) -> None:
@@ -653,7 +662,7 @@ class Driver:
         fut: _Future = call.future
         if self._progress:
             self._finished.append((fut, value, exc))
-        elif fut._finish(value, exc) and fut._done_callbacks:
+        elif fut._finish(value, exc) and fut._zm_cond is not None and fut._done_callbacks:
             self._finished.append((fut, _ANNOUNCE, None))
 
     def _defer_progress(self, fn: Callable[[Progress], None]) -> Callable[[Progress], None]:
