@@ -41,8 +41,15 @@ class _AsyncCalls:
         Waits for a free slot when ``max_in_flight`` requests are unanswered.
         Cancelling the awaiting task asks the worker to drop the request.
         """
+        # `_start` inlined: one coroutine object less per call (with thousands of calls
+        # awaiting, each is also one more for the garbage collector to walk).
         owner = self._owner
-        fut = await owner._start(target, list(args), kwargs, self._opts, False, False)
+        opts = self._opts
+        core = owner._core_started()
+        rid, frames = make_request(target, list(args), kwargs, opts, False, owner._limits)
+        if owner._in_flight >= owner.max_in_flight:
+            await owner._slot_free()
+        fut = owner._issue(core, target, rid, frames, opts, False)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -260,11 +267,19 @@ class AsyncClient(_AsyncCalls):
         core = self._core_started()
         stream = on_item is not None
         rid, frames = make_request(target, args, kwargs, opts, batch, self._limits, stream)
+        if self._in_flight >= self.max_in_flight:
+            await self._slot_free()
+        return self._issue(core, target, rid, frames, opts, watch_cancel, on_item)
+
+    async def _slot_free(self) -> None:
+        """Wait in line until fewer than ``max_in_flight`` requests are unanswered.
+
+        A counter and a queue of futures, not an asyncio.Semaphore, whose release
+        scans its waiters (O(n) per call with a thousand of them queued). Returns
+        with a slot free: the caller takes it (`_issue`) before it next awaits."""
+        loop = asyncio.get_running_loop()
         while self._in_flight >= self.max_in_flight:
-            # Full: wait in line. A counter and a queue of futures, not an
-            # asyncio.Semaphore, whose release scans its waiters (O(n) per call
-            # with a thousand of them queued).
-            waiter: asyncio.Future[None] = core.loop.create_future()
+            waiter: asyncio.Future[None] = loop.create_future()
             self._slot_waiters.append(waiter)
             try:
                 await waiter
@@ -272,6 +287,18 @@ class AsyncClient(_AsyncCalls):
                 if waiter.done() and not waiter.cancelled():
                     self._wake_next()  # we were handed a slot we will not use
                 raise
+
+    def _issue(
+        self,
+        core: Core,
+        target: str,
+        rid: int,
+        frames: list[Any],
+        opts: Options,
+        watch_cancel: bool,
+        on_item: Callable[[list[Any]], None] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Take a slot and send the encoded request: its future."""
         self._in_flight += 1
         fut: asyncio.Future[Any] = core.loop.create_future()
         call = Call(target, frames, rid, opts.timeout, opts.retries, fut, self._complete)
