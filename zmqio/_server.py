@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -87,7 +88,17 @@ class RouterServer:
     # --- lifecycle -------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve on a new event loop until drained; returns the exit status."""
+        """Serve on a new event loop until drained; returns the exit status.
+
+        For a process that is this server (the ``zeromesh-worker`` and
+        ``zeromesh-broker`` commands): everything made so far (modules, the services,
+        the configuration) is frozen out of the garbage collector's passes first
+        (``gc.freeze``). Those objects live as long as the process, and each full pass
+        walked them all: a worker running ``map`` batches, whose argument lists live
+        long enough to be promoted, spent a fifth of its time there (``map`` of 500k
+        additions over 2 workers: 1.14-1.22M to 1.41-1.52M items/s).
+        """
+        gc.freeze()
         return asyncio.run(self.serve())
 
     async def serve(self) -> int:
