@@ -187,6 +187,8 @@ class Call:
         "future",
         "id",
         "items",
+        "metered_at",
+        "metered_then",
         "on_item",
         "on_progress",
         "peer",
@@ -195,6 +197,10 @@ class Call:
         "target",
         "timeout",
     )
+    metered_at: float
+    metered_then: Callable[[Call, Any, BaseException | None], None]
+    # Set only with metrics on (`ClientMetrics.watch`): when it was submitted, and the
+    # completion to pass on once it is counted.
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ The calls this process makes, by target and outcome, their latency (submit to an
 retries included), re-sends and calls in flight, registered in prometheus-client's
 default registry so the program's own ``/metrics`` (``start_http_server``, a web
 framework's exporter) shows them beside its other metrics. Off by default: counting
-costs a closure and a clock read per call.
+costs two clock reads and a histogram update per call.
 """
 
 from __future__ import annotations
@@ -33,24 +33,25 @@ class ClientMetrics:
         self.stats = CallStats()
         self.core: Core | None = None
         """The client's core, once it exists (an AsyncClient makes it on first use)."""
+        self._count = self._counted  # one bound method for every call (`watch`)
 
     def watch(self, call: Call) -> None:
-        """Count ``call`` when it completes (the core's thread; called at submit)."""
-        started = time.monotonic()
-        complete = call.complete
-        stats = self.stats
+        """Count ``call`` when it completes (the core's thread; called at submit). No
+        closure per call: the start and the completion to pass on go in the call's
+        own slots, and one bound method counts them all."""
+        call.metered_at = time.monotonic()
+        call.metered_then = call.complete
+        call.complete = self._count
 
-        def counted(c: Call, value: Any, exc: BaseException | None) -> None:
-            if exc is None:
-                outcome = "ok"
-            elif isinstance(exc, ZeromeshError):
-                outcome = outcome_name(exc.code)
-            else:
-                outcome = "error"
-            stats.observe(c.target, outcome, time.monotonic() - started)
-            complete(c, value, exc)
-
-        call.complete = counted
+    def _counted(self, c: Call, value: Any, exc: BaseException | None) -> None:
+        if exc is None:
+            outcome = "ok"
+        elif isinstance(exc, ZeromeshError):
+            outcome = outcome_name(exc.code)
+        else:
+            outcome = "error"
+        self.stats.observe(c.target, outcome, time.monotonic() - c.metered_at)
+        c.metered_then(c, value, exc)
 
     def register(self) -> ClientMetrics:
         """Report this client's counts (in prometheus-client's default registry)."""
