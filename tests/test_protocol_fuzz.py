@@ -444,6 +444,37 @@ def test_max_depth(codec: Codec) -> None:
         assert protocol.decode(frames, Limits(max_depth=depth + 2))
 
 
+_nested = st.recursive(
+    st.integers(0, 3) | st.text(max_size=2),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=2), kids, max_size=3)
+    ),
+    max_leaves=60,
+)
+
+
+def _depth(value: Any) -> int:
+    """Levels of containers, counted the plain recursive way."""
+    if type(value) is list:
+        return 1 + max(map(_depth, value), default=0)
+    if type(value) is dict:
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300)
+@given(_nested, st.integers(1, 8))
+def test_decode_refuses_exactly_the_bodies_deeper_than_max_depth(value: Any, limit: int) -> None:
+    # The depth check walks a body level by level, taking a level of all lists (or all
+    # maps) whole: it must agree with plain recursion on any mix of lists and maps.
+    frames = protocol.encode(Reply(1, value))
+    limits = Limits(max_depth=limit)
+    if _depth(value) > limit:
+        refused(frames, ErrorCode.LIMIT_EXCEEDED, limits=limits)
+    else:
+        assert protocol.decode(frames, limits).result == value
+
+
 BIG_CLAIMS = {
     "str32": b"\xdb",
     "bin32": b"\xc6",
