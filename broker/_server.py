@@ -62,7 +62,6 @@ from zmqio import (
     Security,
     counter,
     gauge,
-    has_input,
     labelled,
     process_usage,
     receive_batch,
@@ -241,8 +240,7 @@ class Broker(RouterServer):
             if self.sched.outbox:
                 self._run_outbox()
         self._maybe_announce()
-        if has_input(sock):  # sending may have consumed the FD's edge
-            self._schedule_pump()
+        self._look_for_input()  # sending may have consumed the FD's edge
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 2:
@@ -903,12 +901,7 @@ class Broker(RouterServer):
                 self._bundlers.discard(clients.popitem(last=False)[0])
             if self._draining and not self.sched.in_flight:
                 self._wake()
-            # Sending here (PINGs, answers, HELLOs) may consume the FD's edge of a
-            # message that arrived meanwhile: a CREDIT left unread so would pause a
-            # stream for good. Look, as `pump` does after it sends.
-            sock = self._sock
-            if sock is not None and not sock.closed and has_input(sock):
-                self._schedule_pump()
+            self._look_for_input()  # (after its PINGs, answers and HELLOs)
 
     def _begin_drain(self, reason: str) -> None:
         if self._draining:

@@ -67,7 +67,6 @@ from zmqio import (
     add_log_fields,
     counter,
     gauge,
-    has_input,
     outcome_name,
     process_usage,
     receive_batch,
@@ -1040,10 +1039,7 @@ class Worker(RouterServer):
                 self._wake()
         if self._link is not None:
             self._link.grant()  # free slots become credit at the brokers
-        sock = self._sock
-        # Sending may have consumed the FD's edge: look for input we would otherwise miss.
-        if sock is not None and has_input(sock):
-            self._schedule_pump()
+        self._look_for_input()  # sending may have consumed the FD's edge
 
     def _send_held(self, held: dict[bytes, list[list[Any]]]) -> None:
         """Send what `_flush_done` held, by client: small answers in BUNDLEs to a
@@ -1159,15 +1155,6 @@ class Worker(RouterServer):
             for peer in stale:
                 self._forget_peer(peer)
             self._look_for_input()
-
-    def _look_for_input(self) -> None:
-        """After sending outside a pump (the heartbeat's PINGs to streaming clients): a
-        send may consume the FD's edge of a message that arrived meanwhile, and nothing
-        else would wake the loop for it. A CREDIT left unread so had paused a stream
-        for good (its client waits for items, it for the credit)."""
-        sock = self._sock
-        if sock is not None and not sock.closed and has_input(sock):
-            self._schedule_pump()
 
     def _check_hard_timeout(self) -> None:
         """Threaded mode, on the loop: answer an overrunning handler's client and drain."""

@@ -25,6 +25,7 @@ import zmq
 
 from protocol import Limits, StartupError
 
+from ._frames import has_input
 from ._outbox import Outbox
 from ._security import ALLOW_ANY, Gatekeeper, Security
 from ._sockets import BindError, bind_router, new_context
@@ -257,6 +258,16 @@ class RouterServer:
             self._pump_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self.pump)
+
+    def _look_for_input(self) -> None:
+        """Call after sending outside a pump (timers: heartbeats, PINGs, expiries). ZeroMQ's
+        descriptor is edge-triggered, and a send may consume the edge of a message that
+        arrived meanwhile; nothing else would wake the loop for it. A CREDIT left unread
+        so had paused a stream for good (its client waited for items, its worker for
+        the credit). `pump` makes the same check after its own sends."""
+        sock = self._sock
+        if sock is not None and not sock.closed and has_input(sock):
+            self._schedule_pump()
 
     def _wake(self) -> None:
         """Wake `serve` (to start draining) or `_wait_while` (to look again)."""
