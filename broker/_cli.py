@@ -13,6 +13,7 @@ from zmqio import (
     add_max_peer_output,
     add_metrics_option,
     add_server_security,
+    freeze_startup_heap,
     setup_logging,
 )
 
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             security=security,
             metrics=args.metrics or "",
         )
-        code = Broker(config).run()
+        broker = Broker(config)
+        freeze_startup_heap()
+        code = broker.run()
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 2

@@ -370,7 +370,7 @@ class Broker(RouterServer):
             self._send_answers(client, answers)
 
     def _send_answers(self, client: bytes, answers: list[list[Any]]) -> None:
-        for frames, _ in protocol.coalesce(answers, self.config.limits):
+        for frames, _ in protocol.coalesce(answers):
             self._send([client, *frames])
 
     def _forget_client(self, peer: bytes) -> None:
@@ -506,7 +506,7 @@ class Broker(RouterServer):
             threads=0 if draining else sched.threads,
             async_slots=0 if draining else sched.async_slots,
             async_handlers=sched.async_handlers(),
-            bundle=True,  # a client may bundle (to a worker's link this means nothing)
+            bundle=True,  # a client may bundle; over a worker's link: routed BUNDLEs
             streams=True,  # it routes streams to the workers that stream (SPEC 12.8)
         )
 
@@ -706,6 +706,9 @@ class Broker(RouterServer):
             f"client (over --max-peer-output {self.config.max_peer_output}); read the "
             "stream as it comes, or ask for a smaller window"
         )
+        held = self._held.pop(client, None)
+        if held:  # the items forwarded before the cut go before it
+            self._send_answers(client, held)
         self._send(
             [
                 client,
@@ -808,7 +811,7 @@ class Broker(RouterServer):
         if not mine or w is None:
             return
         if w.bundle and len(mine) > 1:
-            mine = protocol.coalesce_routed(mine, self.config.limits)
+            mine = protocol.coalesce_routed(mine)
         sock = self._sock
         assert sock is not None
         try:

@@ -313,9 +313,7 @@ class Core:
                 calls.append(cmd.call)
             end += 1
         done = 0
-        for frames, count in protocol.coalesce(
-            [c.frames_for(peer, self.limits) for c in calls], self.limits
-        ):
+        for frames, count in protocol.coalesce([c.frames_for(peer, self.limits) for c in calls]):
             if not self._try_send(peer, frames):
                 failed = calls[done]
                 self._take_back(out, out.index(SendCall(peer, failed), first), peer, failed)

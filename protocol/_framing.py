@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ._limits import BUNDLE_BYTES, DEFAULT_LIMITS, Limits
 from ._messages import (
@@ -179,7 +179,7 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[Buffer]:
     if type(msg) is Bundle:
         if codec is not _MSGPACK or msg.id:
             raise ProtocolError("a BUNDLE has id 0 and is MessagePack (SPEC 7.10)")
-        return bundle(msg.messages, limits, msg.clients)
+        return bundle(msg.messages, msg.clients)
     # The rest: no target, no ttl, no flags; an empty body or a map.
     oob: list[Buffer] = []
     if cls is Ping or cls is Pong or cls is Cancel:
@@ -348,11 +348,7 @@ _WHAT: dict[type, str] = {
 }
 
 
-def bundle(
-    messages: Sequence[Sequence[Buffer]],
-    limits: Limits = DEFAULT_LIMITS,
-    clients: Sequence[bytes] = (),
-) -> list[Buffer]:
+def bundle(messages: Sequence[Sequence[Buffer]], clients: Sequence[bytes] = ()) -> list[Buffer]:
     """The frames of one BUNDLE carrying ``messages``, each the ``[header, body]``
     frames of an encoded message without out-of-band frames (SPEC 7.10). With
     ``clients`` (one per message), a routed BUNDLE: what a broker and a worker send
@@ -360,8 +356,8 @@ def bundle(
 
     Raises:
         ProtocolError: no messages, one with out-of-band frames or itself a BUNDLE, a
-            client id that is empty or over 255 bytes, or a body over ``limits`` (code
-            ``LIMIT_EXCEEDED``; send them one by one).
+            client id that is empty or over 255 bytes, or a body over `BUNDLE_BYTES`
+            (code ``LIMIT_EXCEEDED``; send fewer in it).
     """
     if not messages:
         raise ProtocolError("a BUNDLE holds at least one message")
@@ -387,40 +383,27 @@ def bundle(
         flat.append(header)
         flat.append(body if type(body) is bytes else bytes(_byte_view(body)))
     body, _ = encode_value(flat, _MSGPACK)
-    if len(body) > limits.max_body_bytes:
+    if len(body) > BUNDLE_BYTES:
         raise ProtocolError(
-            f"bundle body of {size_text(len(body))} is over the {size_text(limits.max_body_bytes)} "
-            "body limit: send fewer messages in it",
+            f"bundle body of {size_text(len(body))} is over {size_text(BUNDLE_BYTES)}, "
+            "the most a BUNDLE may carry (SPEC 7.10): send fewer messages in it",
             ErrorCode.LIMIT_EXCEEDED,
         )
     return [_ROUTED_BUNDLE_HEADER if clients else _BUNDLE_HEADER, body]
 
 
-def coalesce(
-    messages: Sequence[list[Buffer]], limits: Limits = DEFAULT_LIMITS
-) -> list[tuple[list[Buffer], int]]:
+def coalesce(messages: Sequence[list[Buffer]]) -> list[tuple[list[Buffer], int]]:
     """``messages`` (each its encoded frames), in order, with each run of small ones
     joined into one BUNDLE: what a sender whose peer takes bundles sends instead.
 
-    Small: a header and a body only (no out-of-band frames), up to `BUNDLE_BYTES` per
-    bundle; a larger message goes alone. Returns ``(frames, count)`` pairs: the frames
+    Small: a header and a body only (no out-of-band frames); a BUNDLE's body stays
+    within `BUNDLE_BYTES`, which every receiver takes whatever its own limits (SPEC
+    7.10); a larger message goes alone. Returns ``(frames, count)`` pairs: the frames
     of one message to send and how many of ``messages`` it carries.
     """
     out: list[tuple[list[Buffer], int]] = []
-    run: list[list[Buffer]] = []
-    size = 0
-    for frames in messages:
-        n = len(frames[0]) + len(frames[1]) if len(frames) == 2 else BUNDLE_BYTES + 1
-        if run and size + n > BUNDLE_BYTES:
-            out.append(_run(run, limits))
-            run, size = [], 0
-        if n > BUNDLE_BYTES:
-            out.append((frames, 1))
-            continue
-        run.append(frames)
-        size += n
-    if run:
-        out.append(_run(run, limits))
+    for run in _runs(messages, _bundled_size):
+        out.append((run[0] if len(run) == 1 else bundle(run), len(run)))
     return out
 
 
@@ -432,44 +415,71 @@ def check_route(msg: Bundle, link: bool) -> None:
         ProtocolError: the BUNDLE is on the wrong kind of connection (never answered:
             count and log it, as any BUNDLE that does not decode).
     """
-    if bool(msg.clients) is not link:
+    if msg.clients and not link:
         raise ProtocolError(
-            "a routed BUNDLE travels only between a broker and a worker, in their "
-            "link's own envelope; between others, a BUNDLE has no routed flag (SPEC 7.10)"
+            "a routed BUNDLE (flag 0x08) from a peer that is not a broker or a worker on "
+            "its link: routed BUNDLEs travel only between those two (SPEC 7.10)"
+        )
+    if link and not msg.clients:
+        raise ProtocolError(
+            "a BUNDLE without the routed flag on a broker-worker link, where every "
+            "message needs its client id: send a routed BUNDLE (SPEC 7.10)"
         )
 
 
 def coalesce_routed(
-    messages: Sequence[tuple[bytes, list[Buffer]]], limits: Limits = DEFAULT_LIMITS
+    messages: Sequence[tuple[bytes, list[Buffer]]],
 ) -> list[tuple[bytes, list[Buffer]]]:
     """`coalesce` for a broker-worker link: ``messages`` are ``(client, frames)`` pairs;
     each run of small ones becomes one routed BUNDLE. Returns ``(envelope, frames)``
     pairs to send as ``[envelope, *frames]``: a lone message keeps its client as its
     envelope, a routed BUNDLE goes in the link's own (empty) one (SPEC 7.10)."""
     out: list[tuple[bytes, list[Buffer]]] = []
-    run: list[tuple[bytes, list[Buffer]]] = []
-    size = 0
-    for client, frames in messages:
-        n = len(frames[0]) + len(frames[1]) if len(frames) == 2 else BUNDLE_BYTES + 1
-        if run and size + n > BUNDLE_BYTES:
-            out.append(_routed_run(run, limits))
-            run, size = [], 0
-        if n > BUNDLE_BYTES:
-            out.append((client, frames))
-            continue
-        run.append((client, frames))
-        size += n + len(client)
-    if run:
-        out.append(_routed_run(run, limits))
+    for run in _runs(messages, _routed_size):
+        if len(run) == 1:
+            out.append(run[0])
+        else:
+            clients = [client for client, _ in run]
+            out.append((_EMPTY, bundle([frames for _, frames in run], clients)))
     return out
 
 
-def _routed_run(
-    run: list[tuple[bytes, list[Buffer]]], limits: Limits
-) -> tuple[bytes, list[Buffer]]:
-    if len(run) == 1:
-        return run[0]
-    return _EMPTY, bundle([frames for _, frames in run], limits, [c for c, _ in run])
+_T = TypeVar("_T")
+_BIN_HEADER = 5
+"""The most bytes a MessagePack bin header takes (bin 32); a BUNDLE's array header too."""
+
+
+def _bundled_size(frames: list[Buffer]) -> int | None:
+    """What ``frames`` add to a BUNDLE's body; None if they cannot go in one."""
+    if len(frames) != 2:
+        return None
+    return len(frames[0]) + len(frames[1]) + 2 * _BIN_HEADER
+
+
+def _routed_size(message: tuple[bytes, list[Buffer]]) -> int | None:
+    client, frames = message
+    n = _bundled_size(frames)
+    return None if n is None else n + len(client) + _BIN_HEADER
+
+
+def _runs(messages: Sequence[_T], size_of: Callable[[_T], int | None]) -> Iterator[list[_T]]:
+    """``messages`` in order, in runs whose BUNDLE body stays within `BUNDLE_BYTES`
+    (counting MessagePack's headers at their largest); one that cannot go in a BUNDLE
+    or would not fit one alone is a run of its own."""
+    run: list[_T] = []
+    size = _BIN_HEADER
+    for msg in messages:
+        n = size_of(msg)
+        if run and (n is None or size + n > BUNDLE_BYTES):
+            yield run
+            run, size = [], _BIN_HEADER
+        if n is None or _BIN_HEADER + n > BUNDLE_BYTES:
+            yield [msg]
+            continue
+        run.append(msg)
+        size += n
+    if run:
+        yield run
 
 
 EncodedItem = bytes | tuple[bytes, list[Buffer]]
@@ -563,13 +573,23 @@ def _joined(header: bytes, bodies: list[bytes], codec: Codec) -> list[Buffer]:
 
 
 @functools.lru_cache(maxsize=8)
+def _bundle_limits(limits: Limits) -> Limits:
+    """``limits`` for a BUNDLE's own body: exactly `BUNDLE_BYTES`, whatever the
+    receiver's ``max_body_bytes``, and room for the array and bin items that many
+    bytes hold. A sender cannot know its peer's limits; the messages inside are each
+    checked against the receiver's own when handled, as if each had come alone."""
+    return replace(
+        limits,
+        max_body_bytes=BUNDLE_BYTES,
+        max_array_len=max(limits.max_array_len, BUNDLE_BYTES),
+        max_bin_len=max(limits.max_bin_len, BUNDLE_BYTES),
+    )
+
+
+@functools.lru_cache(maxsize=8)
 def _one_level_more(limits: Limits) -> Limits:
     """``limits`` with one more level of nesting: a batched ITEM's own array."""
     return replace(limits, max_depth=limits.max_depth + 1)
-
-
-def _run(run: list[list[Buffer]], limits: Limits) -> tuple[list[Buffer], int]:
-    return (run[0] if len(run) == 1 else bundle(run, limits)), len(run)
 
 
 def _decode_bundle(value: Any, routed: bool) -> Bundle:
@@ -864,6 +884,8 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
             ErrorCode.LIMIT_EXCEEDED if count > limits.max_frames else ErrorCode.PROTOCOL,
         )
     mt, codec, flags, rid, ttl, target = _read_header(frames[0], limits)
+    if mt is _BUNDLE:
+        limits = _bundle_limits(limits)
     try:
         body = frames[1]
         if type(body) is bytes:

@@ -56,7 +56,8 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 BUNDLE_BYTES = 256 * 1024
-"""The most the reference client and worker put in one BUNDLE (SPEC 7.10), headers and
-bodies together. Bundles pay off for small messages (one ZeroMQ send and receive
-instead of many); a large one goes alone, so it never waits while a bundle is built,
-and no bundle comes near a receiver's ``max_body_bytes``."""
+"""The most a BUNDLE's body may hold (SPEC 7.10), MessagePack's headers included.
+Every receiver takes a BUNDLE up to this size whatever its own limits (a sender cannot
+know them; each message inside is checked against them as if it had come alone), and
+refuses a larger one. Bundles pay off for small messages (one ZeroMQ send and receive
+instead of many); a large one goes alone, so it never waits while a bundle is built."""

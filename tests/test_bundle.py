@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -77,7 +79,7 @@ def test_coalesce_keeps_every_message_and_its_order(sizes: list[int]) -> None:
         if count > 1:
             assert protocol.header_type(frames[0]) is MessageType.BUNDLE
             assert len(frames) == 2
-            assert len(frames[1]) <= BUNDLE_BYTES + 16 * count
+            assert len(frames[1]) <= BUNDLE_BYTES
         else:  # alone: exactly as encoded, never wrapped
             assert protocol.header_type(frames[0]) is not MessageType.BUNDLE
 
@@ -101,8 +103,29 @@ def test_bundle_refuses_what_it_cannot_carry() -> None:
         protocol.bundle([inner])
     with pytest.raises(ProtocolError, match="MessagePack"):
         protocol.encode(Bundle(((b"", b""),), codec=Codec.JSON))
-    with pytest.raises(ProtocolError, match=r"limit"):
-        protocol.bundle([_request(1, 2000)], protocol.Limits(max_body_bytes=1000))
+    with pytest.raises(ProtocolError, match=r"the most a BUNDLE may carry") as over:
+        protocol.bundle([_request(1, 100_000), _request(2, 100_000), _request(3, 100_000)])
+    assert over.value.code == ErrorCode.LIMIT_EXCEEDED
+
+
+def test_any_receiver_takes_a_bundle_up_to_bundle_bytes_and_none_larger() -> None:
+    # A sender cannot know its peer's limits: a receiver whose own are smaller than a
+    # BUNDLE still takes it whole (its messages are each checked as if alone, later),
+    # and nobody takes a larger one (SPEC 7.10).
+    small = protocol.Limits(max_body_bytes=1000, max_array_len=10, max_bin_len=100)
+    messages = [_request(i, 500) for i in range(200)]
+    for frames, count in protocol.coalesce(messages):
+        msg = protocol.decode(frames, small)
+        assert type(msg) is Bundle
+        assert len(msg.messages) == count
+    routed = protocol.coalesce_routed([(b"\x00client", m) for m in messages])
+    assert all(type(protocol.decode(f, small)) is Bundle for envelope, f in routed if not envelope)
+    flat = [frame for m in messages for frame in m] * 3
+    too_big = [protocol.bundle([_request(1)])[0], msgpack.packb(flat)]
+    assert len(too_big[1]) > BUNDLE_BYTES
+    with pytest.raises(ProtocolError) as refused:
+        protocol.decode(too_big)
+    assert refused.value.code == ErrorCode.LIMIT_EXCEEDED
 
 
 def test_a_bundle_has_no_flags_and_id_0() -> None:
@@ -501,9 +524,10 @@ def test_check_route_holds_routed_bundles_to_broker_worker_links() -> None:
     routed = Bundle((tuple(_request(1)),), clients=(b"c",))  # type: ignore[arg-type]
     protocol.check_route(plain, link=False)
     protocol.check_route(routed, link=True)
-    for msg, link in ((plain, True), (routed, False)):
-        with pytest.raises(ProtocolError, match="only between a broker and a worker"):
-            protocol.check_route(msg, link)
+    with pytest.raises(ProtocolError, match="travel only between those two"):
+        protocol.check_route(routed, link=False)
+    with pytest.raises(ProtocolError, match="send a routed BUNDLE"):
+        protocol.check_route(plain, link=True)
 
 
 @pytest.mark.process
@@ -530,3 +554,31 @@ def test_a_routed_bundle_from_a_client_is_refused_and_nothing_in_it_runs(
         assert type(msg) is Reply
         assert msg.id == 2, "the request inside the routed BUNDLE was run"
         assert not sock.poll(500), "more than the one plain request was answered"
+
+
+@pytest.mark.process
+def test_a_worker_with_small_limits_takes_a_brokers_full_bundles(bmesh: BrokeredMesh) -> None:
+    # The broker cannot know a worker's limits: its routed BUNDLEs (up to 256 KiB) must
+    # reach a worker whose own max_body_bytes is far smaller, which had refused them
+    # whole (its calls then never answered, the broker's credit for it lost).
+    from brokerkit import svc
+
+    from worker import Worker, WorkerConfig
+
+    b = bmesh.broker()
+    limits = protocol.Limits(max_body_bytes=16 * 1024, max_array_len=64, max_bin_len=16 * 1024)
+    config = WorkerConfig(
+        binds=[], brokers=[b.endpoint], broker_prefetch=2000, limits=limits, heartbeat_ms=300
+    )
+    w = Worker([svc], config)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        wait_for(b, workers_ready(1), bmesh)
+        payload = "x" * 200  # ~230 bytes a request: 2,000 of them fill several bundles
+        with Client([b.endpoint], max_in_flight=2000, timeout=20) as c:
+            futures = [c.submit("bk.echo", payload) for _ in range(2000)]
+            assert all(f.result() == payload for f in futures)
+    finally:
+        w.request_stop("test over")
+        t.join(20)

@@ -307,10 +307,9 @@ class BrokerLink:
             if msgs is None:
                 msgs = by_conn[via.conn] = []
             msgs.append((via.client, frames))
-        limits = self.worker.config.limits
         for conn, msgs in by_conn.items():
             if conn.bundle and len(msgs) > 1:
-                msgs = protocol.coalesce_routed(msgs, limits)
+                msgs = protocol.coalesce_routed(msgs)
             for envelope, frames in msgs:
                 self._send(conn, [envelope, *frames])
 

@@ -18,6 +18,7 @@ from zmqio import (
     add_metrics_option,
     add_resolve_interval,
     add_server_security,
+    freeze_startup_heap,
     setup_logging,
 )
 
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics=args.metrics or "",
         )
         worker = Worker(services, config)
+        freeze_startup_heap()
         code = worker.run()
     except StartupError as exc:
         log.error("cannot start: %s", exc)

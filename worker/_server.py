@@ -1045,7 +1045,6 @@ class Worker(RouterServer):
         """Send what `_flush_done` held, by client: small answers in BUNDLEs to a
         client that takes them, and those that came through brokers to their links,
         which bundle them per broker (SPEC 7.10)."""
-        limits = self.config.limits
         bundlers = self._bundlers
         send = self._send
         routed: list[tuple[Any, list[Any]]] = []
@@ -1053,7 +1052,7 @@ class Worker(RouterServer):
             if type(peer) is not bytes:  # a client behind a broker
                 routed += [(peer, frames) for frames in answers]
             elif peer in bundlers and len(answers) > 1:
-                for frames, _ in protocol.coalesce(answers, limits):
+                for frames, _ in protocol.coalesce(answers):
                     send(peer, frames)
             else:
                 for frames in answers:
