@@ -218,7 +218,7 @@ class Broker(RouterServer):
             self.config.max_queue,
             self.config.heartbeat_ms,
         )
-        return [loop.create_task(self._ticker())]
+        return [loop.create_task(self._ticker(), name="the broker's ticker")]
 
     # --- the socket loop --------------------------------------------------------------------
 

@@ -238,7 +238,7 @@ class Worker(RouterServer):
         )
         if self.request_limit:
             log.info("recycling after %d requests (%s)", self.request_limit, self._limit_text())
-        return [loop.create_task(self._housekeeping())]
+        return [loop.create_task(self._housekeeping(), name="the worker's housekeeping")]
 
     def _close(self) -> None:
         self._closing = True

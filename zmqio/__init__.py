@@ -62,7 +62,7 @@ from ._security import (
     load_public_key,
     write_certificates,
 )
-from ._server import HANGUP_GRACE_S, RouterServer, freeze_startup_heap
+from ._server import EXIT_INTERNAL_ERROR, HANGUP_GRACE_S, RouterServer, freeze_startup_heap
 from ._sockets import (
     SERVER_SNDHWM,
     BindError,
@@ -79,6 +79,7 @@ __all__ = [
     # sockets
     "HANGUP_GRACE_S",
     "RouterServer",
+    "EXIT_INTERNAL_ERROR",
     "freeze_startup_heap",
     "SERVER_SNDHWM",
     "BindError",

@@ -30,7 +30,11 @@ from ._outbox import Outbox
 from ._security import ALLOW_ANY, Gatekeeper, Security
 from ._sockets import BindError, bind_router, new_context
 
-__all__ = ["HANGUP_GRACE_S", "RouterServer", "freeze_startup_heap"]
+__all__ = ["EXIT_INTERNAL_ERROR", "HANGUP_GRACE_S", "RouterServer", "freeze_startup_heap"]
+
+EXIT_INTERNAL_ERROR = 4
+"""Exit status after a background task failed (a bug in zeromesh): beside 2 (cannot
+start), 3 (drain timed out) and the worker's 70 (a handler overran --hard-timeout)."""
 
 HANGUP_GRACE_S = 0.2
 """After a drain: time for clients to read our last messages. Clients connect with
@@ -119,6 +123,8 @@ class RouterServer:
         try:
             self._bind()
             tasks = self._start(loop)
+            for task in tasks:
+                task.add_done_callback(self._task_ended)
         except BaseException:
             self._stop_gatekeeper()
             self._ctx.destroy(linger=0)  # closes every socket made so far
@@ -142,6 +148,27 @@ class RouterServer:
             self._stop_gatekeeper()
             self._ctx.term()
         return self.exit_code
+
+    def _task_ended(self, task: asyncio.Task[Any]) -> None:
+        """A background task (the broker's ticker, the worker's housekeeping) runs until
+        cancelled; one that raised would leave the server serving without its timers
+        (no expiry, no deadlines, no heartbeats) and nothing would say so. Say so and
+        drain, with `EXIT_INTERNAL_ERROR`, so that supervisord starts a fresh one."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self._log.critical(
+            "internal error: %s stopped (%s: %s); draining to exit with status %d so "
+            "that the process is restarted; please report this with the traceback below",
+            task.get_name(),
+            type(exc).__name__,
+            exc,
+            EXIT_INTERNAL_ERROR,
+            exc_info=exc,
+        )
+        if not self.exit_code:
+            self.exit_code = EXIT_INTERNAL_ERROR
+        self._begin_drain(f"internal error in {task.get_name()}")
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Begin a graceful drain. Safe from any thread."""
