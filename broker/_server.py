@@ -240,6 +240,8 @@ class Broker(RouterServer):
             if self.sched.outbox:
                 self._run_outbox()
         self._maybe_announce()
+        if self._draining and not self.sched.in_flight:
+            self._wake()  # the drain is done (the ticker wakes it too, unless it failed)
         self._look_for_input()  # sending may have consumed the FD's edge
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
@@ -938,7 +940,8 @@ class Broker(RouterServer):
                 "the worker replied"
             )
             self._run_outbox()
-            self.exit_code = EXIT_DRAIN_TIMEOUT
+            if not self.exit_code:  # (an internal error's status stands)
+                self.exit_code = EXIT_DRAIN_TIMEOUT
             log.error("drain timeout: %d request(s) still in flight answered WORKER_LOST", n)
         if self._clients:
             await self._hang_up_grace()  # for the DRAINING answers and the DISCONNECT

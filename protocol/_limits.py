@@ -52,6 +52,13 @@ class Limits:
         if self.max_frames < 2:
             raise ValueError("Limits.max_frames must be at least 2 (header and body)")
 
+    @property
+    def largest_frame(self) -> int:
+        """The largest single frame a receiver with these limits takes (libzmq's
+        ``MAXMSGSIZE``): ``max_message_bytes``, or a whole BUNDLE's body if that is more
+        (every receiver takes one up to `BUNDLE_BYTES`, SPEC 7.10)."""
+        return max(self.max_message_bytes, BUNDLE_BYTES)
+
 
 DEFAULT_LIMITS = Limits()
 

@@ -560,25 +560,30 @@ def test_a_routed_bundle_from_a_client_is_refused_and_nothing_in_it_runs(
 def test_a_worker_with_small_limits_takes_a_brokers_full_bundles(bmesh: BrokeredMesh) -> None:
     # The broker cannot know a worker's limits: its routed BUNDLEs (up to 256 KiB) must
     # reach a worker whose own max_body_bytes is far smaller, which had refused them
-    # whole (its calls then never answered, the broker's credit for it lost).
+    # whole (its calls then never answered, the broker's credit for it lost), and whose
+    # max_message_bytes would have had libzmq drop the connection (ZMQ_MAXMSGSIZE).
     from brokerkit import svc
 
     from worker import Worker, WorkerConfig
 
     b = bmesh.broker()
-    limits = protocol.Limits(max_body_bytes=16 * 1024, max_array_len=64, max_bin_len=16 * 1024)
+    small = 16 * 1024
+    limits = protocol.Limits(
+        max_body_bytes=small, max_message_bytes=4 * small, max_array_len=64, max_bin_len=small
+    )
     config = WorkerConfig(
-        binds=[], brokers=[b.endpoint], broker_prefetch=2000, limits=limits, heartbeat_ms=300
+        binds=[], brokers=[b.endpoint], broker_prefetch=900, limits=limits, heartbeat_ms=300
     )
     w = Worker([svc], config)
     t = threading.Thread(target=w.run, daemon=True)
-    t.start()
-    try:
-        wait_for(b, workers_ready(1), bmesh)
-        payload = "x" * 200  # ~230 bytes a request: 2,000 of them fill several bundles
-        with Client([b.endpoint], max_in_flight=2000, timeout=20) as c:
-            futures = [c.submit("bk.echo", payload) for _ in range(2000)]
+    payload = "x" * 200  # ~240 bytes a request: 901 of them make a ~220 KiB BUNDLE
+    with Client([b.endpoint], max_in_flight=2000, prefetch=2000, timeout=20) as c:
+        # Queued before the worker joins, so that its first credit releases them all
+        # in one turn of the broker: the largest routed BUNDLEs it makes.
+        futures = [c.submit("bk.echo", payload) for _ in range(2000)]
+        t.start()
+        try:
             assert all(f.result() == payload for f in futures)
-    finally:
-        w.request_stop("test over")
-        t.join(20)
+        finally:
+            w.request_stop("test over")
+            t.join(20)

@@ -541,7 +541,11 @@ class BrokerLink:
     # --- time ----------------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        """Every heartbeat: ping the brokers, notice silent ones, greet again."""
+        """Every heartbeat: ping the brokers, notice silent ones, greet again. The next
+        tick is set first: were this one to fail (a bug, logged by the loop), the
+        brokers must still hear from this worker, or they would expire it."""
+        assert self._loop is not None
+        self._ticker = self._loop.call_later(self.heartbeat, self._tick)
         now = time.monotonic()
         hb = self.heartbeat
         for conn in self.conns:
@@ -566,8 +570,6 @@ class BrokerLink:
                     conn.pinged = now
                     self._send(conn, [_EMPTY, *protocol.encode(Ping(0))])
         self.grant()
-        assert self._loop is not None
-        self._ticker = self._loop.call_later(hb, self._tick)
 
     # --- brokers from DNS -------------------------------------------------------------------
 

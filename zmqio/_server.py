@@ -168,7 +168,10 @@ class RouterServer:
         )
         if not self.exit_code:
             self.exit_code = EXIT_INTERNAL_ERROR
-        self._begin_drain(f"internal error in {task.get_name()}")
+        try:
+            self._begin_drain(f"internal error in {task.get_name()}")
+        finally:
+            self._wake()  # even if the drain's start fails the same way: serve must end
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Begin a graceful drain. Safe from any thread."""

@@ -108,8 +108,9 @@ def check_endpoint(endpoint: str, action: str = "bind") -> tuple[str, str]:
 
 def _common(sock: zmq.Socket[Any], limits: Limits, heartbeat_ms: int, timeout_ms: int) -> None:
     # One size rule for every socket: libzmq drops a frame over MAXMSGSIZE before
-    # Python sees it, and no frame of a valid message is larger than the whole message.
-    sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
+    # Python sees it, and no frame of a valid message is larger than the whole message
+    # (or than a BUNDLE, which any receiver takes whatever its limits).
+    sock.setsockopt(zmq.MAXMSGSIZE, limits.largest_frame)
     sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
     sock.setsockopt(zmq.LINGER, 0)  # a dead peer must not hang close(); callers may override
