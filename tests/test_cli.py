@@ -135,6 +135,12 @@ def test_worker_startup_errors(short_tmp) -> None:
     out = run("zeromesh-worker", "examples.mathsvc:svc", "--max-requests-jitter", "5")
     assert out.returncode == 2
     assert "--max-requests-jitter needs --max-requests" in out.stderr
+    # A prefetch the worker could not hold: the brokers' extra requests refused OVERLOADED.
+    broker = ["--broker", "tcp://127.0.0.1:9", "--broker-prefetch", "2000"]
+    out = run("zeromesh-worker", "examples.mathsvc:svc", *broker)
+    assert out.returncode == 2
+    assert "more than it holds (--max-pending" in out.stderr
+    assert "Lower --broker-prefetch, or raise --max-pending to" in out.stderr
 
 
 def test_port_in_use(mesh: Mesh) -> None:

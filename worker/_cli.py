@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="credit offered to brokers beyond --concurrency, so short calls pipeline "
-        "(default 0: exact credit, no request waits behind a busy handler)",
+        "(default 0: exact credit, no request waits behind a busy handler; at most "
+        "--max-pending minus the worker's slots)",
     )
     p.add_argument(
         "--concurrency",

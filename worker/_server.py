@@ -162,6 +162,14 @@ class Worker(RouterServer):
         self._threads: list[threading.Thread] = []
         self._async_running = 0
         self.max_pending = config.max_pending or self.capacity + 1000
+        slots = self.capacity + config.broker_prefetch
+        if config.brokers and slots > self.max_pending:
+            raise StartupError(
+                f"--broker-prefetch {config.broker_prefetch} lets the brokers send this worker "
+                f"{slots} requests at once ({self.capacity} slots + the prefetch), more than "
+                f"it holds (--max-pending {self.max_pending}): the rest would be refused "
+                f"OVERLOADED. Lower --broker-prefetch, or raise --max-pending to {slots} or more"
+            )
         self.table = JobTable(self._handlers, max_pending=self.max_pending, name=self.name)
         self._jobs = self.table.jobs  # read often on the loop: one attribute lookup
         self.table.reporter = self._report_progress
