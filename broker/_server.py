@@ -371,6 +371,15 @@ class Broker(RouterServer):
         for client, answers in held.items():
             self._send_answers(client, answers)
 
+    def _end_request(self, client: bytes, msg: Error) -> None:
+        """The broker's own answer to ``client`` ends a request (a stream's LIMIT_EXCEEDED,
+        a WORKER_LOST...): the workers' answers held for that client this pump go
+        first, so a stream's last items are not left behind its end."""
+        held = self._held.pop(client, None)
+        if held:
+            self._send_answers(client, held)
+        self._send([client, *protocol.encode(msg)])
+
     def _send_answers(self, client: bytes, answers: list[list[Any]]) -> None:
         for frames, _ in protocol.coalesce(answers):
             self._send([client, *frames])
@@ -708,15 +717,7 @@ class Broker(RouterServer):
             f"client (over --max-peer-output {self.config.max_peer_output}); read the "
             "stream as it comes, or ask for a smaller window"
         )
-        held = self._held.pop(client, None)
-        if held:  # the items forwarded before the cut go before it
-            self._send_answers(client, held)
-        self._send(
-            [
-                client,
-                *protocol.encode(Error(rid, ErrorCode.LIMIT_EXCEEDED, why, codec=header.codec)),
-            ]
-        )
+        self._end_request(client, Error(rid, ErrorCode.LIMIT_EXCEEDED, why, codec=header.codec))
         self.streams_cut += 1
         n = self.streams_cut
         if n <= 10 or n % 1000 == 0:
@@ -746,9 +747,6 @@ class Broker(RouterServer):
                         self._dispatch(cmd, held)
                     elif type(cmd) is Answer:
                         job = cmd.job
-                        held_answers = self._held.pop(job.client, None)
-                        if held_answers:  # the worker's answers go first (a stream's items)
-                            self._send_answers(job.client, held_answers)
                         msg = Error(
                             job.id,
                             cmd.code,
@@ -756,7 +754,7 @@ class Broker(RouterServer):
                             protocol.error_name(cmd.code),
                             codec=Codec(job.codec),
                         )
-                        self._send([job.client, *protocol.encode(msg)])
+                        self._end_request(job.client, msg)
                     elif type(cmd) is CancelAt:
                         job = cmd.job
                         wid = cmd.worker
